@@ -1,0 +1,168 @@
+"""Entropy coding of integer latents with constriction's range coder and fixed integer tables.
+
+A *table set* holds many discrete distributions, each over a contiguous range of integers
+[minimum, minimum + length - 2] plus one escape symbol (the last entry). Tables are integer
+frequencies shipped in the model package, so every machine builds the same models. Values outside
+a table's range are coded as the escape symbol and written afterwards as zigzag varints.
+
+Symbols are coded grouped by table (table 0's symbols in raster order, then table 1's, ...), which
+lets constriction code each group with one model in a single vectorised call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import constriction
+import numpy as np
+
+from .errors import CorruptFileError
+
+
+@dataclass
+class TableSet:
+    pmf: np.ndarray        # concatenated integer frequencies (escape last in each table)
+    offset: np.ndarray     # start of each table in pmf
+    length: np.ndarray     # entries of each table, escape included
+    minimum: np.ndarray    # value of each table's first entry
+    _models: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "TableSet":
+        return cls(*(np.asarray(arrays[f"{prefix}_{k}"]).astype(np.int64) for k in ("pmf", "offset", "length", "minimum")))
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_pmf": self.pmf.astype(np.int32), f"{prefix}_offset": self.offset.astype(np.int32),
+                f"{prefix}_length": self.length.astype(np.int32), f"{prefix}_minimum": self.minimum.astype(np.int32)}
+
+    @classmethod
+    def from_pmfs(cls, pmfs: list[np.ndarray], minimums: list[int]) -> "TableSet":
+        lengths = np.array([len(p) for p in pmfs])
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return cls(np.concatenate(pmfs).astype(np.int64), offsets, lengths, np.asarray(minimums, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(len(self.length))
+
+    def model(self, t: int):
+        m = self._models.get(t)
+        if m is None:
+            freq = self.pmf[self.offset[t]:self.offset[t] + self.length[t]].astype(np.float64)
+            m = constriction.stream.model.Categorical(freq / freq.sum(), perfect=False)
+            self._models[t] = m
+        return m
+
+
+def quantize_pmf(prob: np.ndarray, total_bits: int = 16, escape_mass: float = 2.0**-14) -> np.ndarray:
+    """Float probabilities (without escape) -> integer frequencies, each >= 1, escape appended."""
+    total = 1 << total_bits
+    prob = np.clip(np.nan_to_num(np.asarray(prob, dtype=np.float64)), 0, None)
+    n = len(prob)
+    esc = max(1, round(escape_mass * total))
+    free = total - esc - n                  # every entry gets 1, the rest is shared out
+    if free < 0:
+        raise ValueError("table too long for its precision")
+    share = prob / max(prob.sum(), 1e-300) * free
+    freq = 1 + np.floor(share).astype(np.int64)
+    left = total - esc - int(freq.sum())
+    if left > 0:                            # largest remainders first (stable, deterministic)
+        order = np.argsort(-(share - np.floor(share)), kind="stable")[:left]
+        freq[order] += 1
+    return np.concatenate([freq, [esc]])
+
+
+def _zigzag(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.int64)
+    return np.where(v >= 0, 2 * v, -2 * v - 1).astype(np.uint64)
+
+
+def _unzigzag(u: int) -> int:
+    return u // 2 if u % 2 == 0 else -(u + 1) // 2
+
+
+def write_varints(values: np.ndarray) -> bytes:
+    out = bytearray()
+    for u in _zigzag(values).tolist():
+        while True:
+            b = u & 0x7F
+            u >>= 7
+            if u:
+                out.append(b | 0x80)
+            else:
+                out.append(b)
+                break
+    return bytes(out)
+
+
+class VarintReader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def read(self, n: int) -> np.ndarray:
+        out = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            u, shift = 0, 0
+            while True:
+                if self.pos >= len(self.data) or shift > 63:
+                    raise CorruptFileError("payload is damaged (escape values run past the end)")
+                b = self.data[self.pos]
+                self.pos += 1
+                u |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            out[i] = _unzigzag(u)
+        return out
+
+
+class Encoder:
+    """Collects symbols into one range-coded stream plus an escape stream."""
+
+    def __init__(self):
+        self._coder = constriction.stream.queue.RangeEncoder()
+        self._escapes: list[np.ndarray] = []
+
+    def encode(self, values: np.ndarray, table_index: np.ndarray, tables: TableSet) -> None:
+        values = np.asarray(values, dtype=np.int64).ravel()
+        table_index = np.asarray(table_index, dtype=np.int64).ravel()
+        for t in np.unique(table_index).tolist():
+            v = values[table_index == t]
+            sym = v - tables.minimum[t]
+            esc = (sym < 0) | (sym >= tables.length[t] - 1)
+            sym[esc] = tables.length[t] - 1
+            self._coder.encode(sym.astype(np.int32), tables.model(t))
+            if esc.any():
+                self._escapes.append(v[esc])
+
+    def finish(self) -> tuple[bytes, bytes]:
+        words = self._coder.get_compressed()
+        escapes = np.concatenate(self._escapes) if self._escapes else np.zeros(0, np.int64)
+        return words.astype("<u4").tobytes(), write_varints(escapes)
+
+
+class Decoder:
+    def __init__(self, stream: bytes, escapes: bytes):
+        if len(stream) % 4:
+            raise CorruptFileError("payload is damaged (range-coder stream length)")
+        words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(words)
+        self._escapes = VarintReader(escapes)
+
+    def decode(self, table_index: np.ndarray, tables: TableSet) -> np.ndarray:
+        table_index = np.asarray(table_index, dtype=np.int64)
+        flat = table_index.ravel()
+        out = np.empty(flat.shape, dtype=np.int64)
+        for t in np.unique(flat).tolist():
+            mask = flat == t
+            n = int(mask.sum())
+            try:
+                sym = np.asarray(self._coder.decode(tables.model(t), n), dtype=np.int64)
+            except Exception:  # noqa: BLE001 - constriction reports damaged streams as errors
+                raise CorruptFileError("payload is damaged (range decoder failed)") from None
+            v = sym + tables.minimum[t]
+            esc = sym == tables.length[t] - 1
+            if esc.any():
+                v[esc] = self._escapes.read(int(esc.sum()))
+            out[mask] = v
+        return out.reshape(table_index.shape)

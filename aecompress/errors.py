@@ -1,0 +1,19 @@
+"""The one exception type users see: a one-line message and a non-zero exit code."""
+
+
+class AecError(Exception):
+    """An error caused by input, environment or configuration, reported as one line without a traceback."""
+
+    exit_code = 1
+
+
+class CorruptFileError(AecError):
+    """A .aez file that is truncated, damaged or not an .aez file at all."""
+
+    exit_code = 3
+
+
+class ModelError(AecError):
+    """A model package that is missing, unreadable or does not match a file."""
+
+    exit_code = 4

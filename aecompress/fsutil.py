@@ -1,0 +1,67 @@
+"""Atomic, no-clobber file output: a finished file or nothing, never a partial one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import AecError
+
+
+def check_writable(path: Path, force: bool) -> None:
+    """Refuse to overwrite an existing file unless force is set."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise AecError(f"{path} exists (use --force to overwrite)")
+    if path.is_dir():
+        raise AecError(f"{path} is a folder")
+
+
+def _describe(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device while writing {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: permission denied"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+@contextmanager
+def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target folder; on success it replaces `path` in one rename.
+
+    On any failure (exception, Ctrl-C, full disk) the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    check_writable(path, force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise AecError(_describe(exc, path)) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        if not force and path.exists():
+            raise AecError(f"{path} exists (use --force to overwrite)")
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise AecError(_describe(exc, path)) from None
+    finally:
+        if tmp_path.exists():
+            try:
+                tmp_path.unlink()
+            except OSError:
+                pass
+
+
+def write_bytes_atomic(path: Path, data: bytes, force: bool = False) -> None:
+    with atomic_output(path, force) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)

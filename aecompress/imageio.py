@@ -1,0 +1,169 @@
+"""Image input and output through Pillow: modes, EXIF orientation, 16-bit, alpha, metadata.
+
+Pixels travel through the package as numpy arrays of shape (H, W, C), uint8 or uint16.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import AecError
+from .fsutil import atomic_output
+
+MAX_PIXELS = 400_000_000       # refuse anything larger (about 20000 x 20000)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass
+class Picture:
+    pixels: np.ndarray              # (H, W, C) uint8 or uint16
+    mode: str                       # "L", "LA", "RGB" or "RGBA"
+    bits: int = 8                   # 8 or 16 bits per sample in the source
+    format: str | None = None       # Pillow's name of the source format ("PNG", "JPEG", ...)
+    exif: bytes | None = None
+    icc: bytes | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.mode in ("LA", "RGBA")
+
+
+def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        a = np.clip(a, 0, 65535).astype(np.uint16)
+        return a[:, :, None], "L", 16
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+        a = np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8)
+        return a[:, :, None], "L", 8
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    a = np.asarray(im)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    # Pillow reads 16-bit RGB PNGs as 8-bit RGB; 16-bit greyscale is handled above.
+    return np.ascontiguousarray(a), im.mode, 8
+
+
+def read_image(path: str | Path) -> Picture:
+    """Read any image Pillow can, with EXIF orientation applied. One-line AecError on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise AecError(f"{path}: no such file")
+    if path.is_dir():
+        raise AecError(f"{path} is a folder")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format
+                if im.width * im.height > MAX_PIXELS:
+                    raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
+                im.load()
+                icc = im.info.get("icc_profile")
+                exif = im.getexif()
+                im = ImageOps.exif_transpose(im)
+                if exif and 0x0112 in exif:
+                    exif[0x0112] = 1        # orientation already applied to the pixels
+                exif_bytes = exif.tobytes() if exif else None
+                arr, mode, bits = _to_array(im)
+    except AecError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise AecError(f"{path}: image is too large (limit {MAX_PIXELS:,} pixels)") from None
+    except MemoryError:
+        raise AecError(f"{path}: not enough memory to read this image") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AecError(f"{path}: cannot read image ({reason})") from None
+    if arr.size == 0:
+        raise AecError(f"{path}: image is empty")
+    return Picture(arr, mode, bits, fmt, exif_bytes, icc)
+
+
+def to_rgb8(pic: Picture) -> np.ndarray:
+    """(H, W, 3) uint8: greyscale replicated, alpha dropped, 16-bit rounded to 8-bit."""
+    a = pic.pixels
+    if a.dtype == np.uint16:
+        a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if pic.mode in ("L", "LA"):
+        a = np.repeat(a[:, :, :1], 3, axis=2)
+    else:
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def to_channels8(pic: Picture, channels: int) -> np.ndarray:
+    """(H, W, channels) uint8 for a model with 1 or 3 input channels."""
+    rgb = to_rgb8(pic)
+    if channels == 3:
+        return rgb
+    if pic.mode in ("L", "LA"):
+        return rgb[:, :, :1].copy()
+    g = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    return np.clip(g, 0, 255).astype(np.uint8)[:, :, None]
+
+
+def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.dtype == np.uint16:
+        return Image.fromarray(a.astype(np.uint16) if a.ndim == 2 else (a >> 8).astype(np.uint8))
+    im = Image.fromarray(np.ascontiguousarray(a))
+    if mode and im.mode != mode:
+        im = im.convert(mode)
+    return im
+
+
+def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
+               exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
+               quality: int = 95) -> None:
+    """Write pixels atomically in the format the extension (or `format`) names."""
+    path = Path(path)
+    im = from_array(pixels, mode)
+    fmt = format or Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise AecError(f"{path}: unknown image format '{path.suffix}'")
+    kwargs: dict = {}
+    if exif:
+        kwargs["exif"] = exif
+    if icc:
+        kwargs["icc_profile"] = icc
+    if fmt == "JPEG":
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGB")
+        kwargs["quality"] = quality
+    if fmt == "WEBP":
+        kwargs["quality"] = quality
+    with atomic_output(path, force) as tmp:
+        try:
+            im.save(tmp, format=fmt, **kwargs)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise AecError(f"{path}: cannot save as {fmt} ({exc})") from None

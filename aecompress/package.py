@@ -1,0 +1,162 @@
+"""Model packages: a folder of ONNX graphs, a tables file and a JSON manifest, found by name or path.
+
+Search order for a name: $AECOMPRESS_MODELS (a path list), the project's models/ folder, then
+~/.local/share/aecompress/models. The model id is a content hash of everything that decides the
+bitstream (graphs, tables and the manifest's coding fields), so a file names exactly the model that
+made it, and editing the manifest's notes or measurements does not change it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+from .session import Session, open_session
+
+MANIFEST = "manifest.json"
+FORMAT = "aecompress-model/1"
+# Manifest keys that describe provenance or measurements and do not affect coding.
+NON_CODING_KEYS = {"description", "training", "measured", "notes", "license"}
+DEFAULT_CODEC = "photo"
+DEFAULT_DENOISER = "denoise"
+
+
+def search_path() -> list[Path]:
+    paths: list[Path] = []
+    env = os.environ.get("AECOMPRESS_MODELS")
+    if env:
+        paths += [Path(p) for p in env.split(os.pathsep) if p]
+    paths.append(Path(__file__).resolve().parent.parent / "models")
+    paths.append(Path.home() / ".local" / "share" / "aecompress" / "models")
+    return paths
+
+
+@dataclass
+class ModelPackage:
+    path: Path
+    manifest: dict
+    device: str = "auto"
+    threads: int | None = None
+    _sessions: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind", "codec"))
+
+    @property
+    def channels(self) -> int:
+        return int(self.manifest.get("channels", 3))
+
+    @cached_property
+    def model_id(self) -> bytes:
+        """16-byte content hash of the package."""
+        h = hashlib.sha256()
+        coding = {k: v for k, v in self.manifest.items() if k not in NON_CODING_KEYS}
+        h.update(json.dumps(coding, sort_keys=True).encode())
+        files = sorted(set(self.manifest.get("graphs", {}).values()) | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
+        for name in files:
+            p = self.path / name
+            h.update(name.encode())
+            try:
+                h.update(p.read_bytes())
+            except OSError:
+                raise ModelError(f"model package {self.path}: {name} is missing") from None
+        return h.digest()[:16]
+
+    @cached_property
+    def tables(self) -> dict[str, np.ndarray]:
+        name = self.manifest.get("tables")
+        if not name:
+            return {}
+        try:
+            with np.load(self.path / name) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"model package {self.path}: cannot read {name} ({exc})") from None
+
+    def session(self, graph: str) -> Session:
+        """The inference session of one graph, opened once and reused."""
+        if graph not in self._sessions:
+            graphs = self.manifest.get("graphs", {})
+            if graph not in graphs:
+                raise ModelError(f"model package {self.name} has no '{graph}' graph")
+            self._sessions[graph] = open_session(self.path / graphs[graph], self.device, self.threads)
+        return self._sessions[graph]
+
+    @property
+    def provider(self) -> str:
+        """Execution provider of the sessions opened so far (CPUExecutionProvider if none yet)."""
+        for s in self._sessions.values():
+            return s.provider
+        return "CPUExecutionProvider"
+
+
+def read_manifest(folder: Path) -> dict:
+    f = Path(folder) / MANIFEST
+    try:
+        m = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder} is not a model package (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{f}: unreadable manifest ({exc})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ModelError(f"{f}: not an {FORMAT} manifest")
+    return m
+
+
+def find_package_dir(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and (p / MANIFEST).exists():
+        return p
+    if p.is_file() and p.name == MANIFEST:
+        return p.parent
+    for root in search_path():
+        cand = root / str(name_or_path)
+        if (cand / MANIFEST).exists():
+            return cand
+    if p.exists():
+        raise ModelError(f"{p} is not a model package (no {MANIFEST})")
+    raise ModelError(f"unknown model '{name_or_path}' (see `aecompress models`)")
+
+
+def load_package(name_or_path: str | Path, device: str = "auto", threads: int | None = None) -> ModelPackage:
+    folder = find_package_dir(name_or_path)
+    return ModelPackage(folder, read_manifest(folder), device, threads)
+
+
+def installed_packages() -> list[ModelPackage]:
+    seen: set[Path] = set()
+    out = []
+    for root in search_path():
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            if (d / MANIFEST).exists() and d.resolve() not in seen:
+                seen.add(d.resolve())
+                try:
+                    out.append(ModelPackage(d, read_manifest(d)))
+                except ModelError:
+                    continue
+    return out
+
+
+def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
+               threads: int | None = None) -> ModelPackage:
+    for pkg in (extra or []) + installed_packages():
+        try:
+            if pkg.model_id == model_id:
+                return ModelPackage(pkg.path, pkg.manifest, device, threads)
+        except ModelError:
+            continue
+    raise ModelError(f"no installed model package matches this file (model id {model_id.hex()}); pass it with -m")

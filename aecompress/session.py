@@ -1,0 +1,78 @@
+"""ONNX Runtime inference sessions: device choice, thread count, and the provider that really ran."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AecError, ModelError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise AecError("onnxruntime is not installed: pip install 'aecompress[cpu]' (or [gpu] for CUDA)") from None
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+def available_providers() -> list[str]:
+    return list(_ort().get_available_providers())
+
+
+@dataclass
+class Session:
+    """One ONNX graph ready to run, with the execution provider that actually serves it."""
+
+    path: Path
+    provider: str
+    _sess: object
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._sess.get_inputs()]
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
+        return self._sess.run(None, feeds)
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        return self.run(*inputs)[0]
+
+
+def open_session(path: str | Path, device: str = "auto", threads: int | None = None) -> Session:
+    """Open an ONNX graph. device: auto (CUDA when it really works, else CPU), cpu or cuda."""
+    ort = _ort()
+    path = Path(path)
+    if device not in DEVICES:
+        raise AecError(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
+    if not path.exists():
+        raise ModelError(f"model graph {path} is missing")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not have_cuda:
+        raise AecError("CUDA was requested but this onnxruntime has no CUDA provider (install aecompress[gpu])")
+    wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not os.environ.get("AECOMPRESS_NO_CUDA"))
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        if wants_cuda and device == "auto":
+            sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        else:
+            raise ModelError(f"cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+    provider = sess.get_providers()[0]
+    if device == "cuda" and provider != "CUDAExecutionProvider":
+        raise AecError("CUDA was requested but onnxruntime could not start it on this machine")
+    return Session(path, provider, sess)

@@ -1,0 +1,84 @@
+"""Training data: image folders loaded into memory, random crops, labels from folder names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+
+
+@dataclass
+class ImageSet:
+    images: list[np.ndarray]          # HxWxC uint8
+    paths: list[Path]
+    labels: list[str]                 # name of the parent folder relative to the root ("" at top)
+    skipped: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def find_images(root: Path) -> list[Path]:
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_folder(root: Path, mode: str = "RGB", jpeg_downscale: bool = False, max_side: int | None = None,
+                limit: int | None = None) -> ImageSet:
+    """Read every image below root. Unreadable files are skipped and listed in .skipped.
+
+    jpeg_downscale halves JPEG sources (hides their compression artefacts when they serve as
+    clean targets); max_side caps the longer side.
+    """
+    root = Path(root)
+    out = ImageSet([], [], [])
+    for p in find_images(root):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            with Image.open(p) as im:
+                im = ImageOps.exif_transpose(im)
+                im = im.convert(mode)
+                if jpeg_downscale and p.suffix.lower() in {".jpg", ".jpeg"}:
+                    im = im.resize((im.width // 2, im.height // 2), Image.LANCZOS)
+                if max_side and max(im.size) > max_side:
+                    s = max_side / max(im.size)
+                    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted
+            out.skipped.append(p)
+            continue
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        out.images.append(arr)
+        out.paths.append(p)
+        rel = p.parent.relative_to(root) if root.is_dir() else Path("")
+        out.labels.append(str(rel) if str(rel) != "." else "")
+    return out
+
+
+def random_crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, C, size, size) float32 in [0, 1], random position and flips; small images are padded."""
+    c = images[0].shape[2]
+    out = np.empty((batch, c, size, size), dtype=np.float32)
+    for i in range(batch):
+        im = images[rng.integers(len(images))]
+        h, w = im.shape[:2]
+        if h < size or w < size:
+            im = np.pad(im, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
+            h, w = im.shape[:2]
+        y = rng.integers(h - size + 1)
+        x = rng.integers(w - size + 1)
+        crop = im[y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if rng.random() < 0.5:
+            crop = crop[::-1]
+        out[i] = crop.transpose(2, 0, 1) / 255.0
+    return out

@@ -1,0 +1,212 @@
+"""Export trained models as model packages: ONNX graphs, integer tables, a manifest.
+
+Every graph is checked against torch on a sample input before the package is written, and the
+package is written to a temporary folder first and renamed into place, so a failed export never
+leaves a package that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..entropy import TableSet, quantize_pmf
+from ..hyper import ACT_MAX, IntegerHyperSynthesis
+from ..package import FORMAT, MANIFEST
+from .conv import SCALE_LEVELS, SCALE_TABLE_MAX, SCALE_TABLE_MIN, HyperpriorCodec
+from .layers import EntropyBottleneck
+
+WEIGHT_MAX = (1 << 11) - 1
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic_hw: bool = True,
+                atol: float = 2e-3) -> None:
+    """torch -> single-file ONNX (weights embedded), verified with onnxruntime on `example`."""
+    import onnxruntime as ort
+
+    module = module.eval()
+    example = example.detach()
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "oh", 3: "ow"}} if dynamic_hw \
+        else {"input": {0: "batch"}, "output": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+    with torch.no_grad():
+        ref = module(example).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": example.numpy()})[0]
+    err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    if got.shape != ref.shape or err > atol * scale:
+        raise RuntimeError(f"ONNX export of {path.name} does not match torch (max error {err:.2e})")
+
+
+def factorized_tables(eb: EntropyBottleneck, radius: int = 255, tail: float = 1e-7) -> TableSet:
+    pmf = eb.pmf_table(radius).double().numpy()
+    pmfs, mins = [], []
+    for p in pmf:
+        c = np.cumsum(p)
+        lo = int(np.searchsorted(c, tail))
+        hi = int(np.searchsorted(c, c[-1] - tail))
+        hi = max(hi, lo)
+        pmfs.append(quantize_pmf(p[lo:hi + 1], total_bits=20))
+        mins.append(lo - radius)
+    return TableSet.from_pmfs(pmfs, mins)
+
+
+def scale_table() -> np.ndarray:
+    return np.exp(np.linspace(math.log(SCALE_TABLE_MIN), math.log(SCALE_TABLE_MAX), SCALE_LEVELS))
+
+
+def gaussian_tables(scales: np.ndarray, tail_sigmas: float = 9.0) -> TableSet:
+    pmfs, mins = [], []
+    for s in scales:
+        r = int(math.ceil(s * tail_sigmas)) + 1
+        v = np.arange(-r, r + 1, dtype=np.float64)
+        upper = 0.5 * np.vectorize(math.erfc)(-(v + 0.5) / (s * math.sqrt(2)))
+        lower = 0.5 * np.vectorize(math.erfc)(-(v - 0.5) / (s * math.sqrt(2)))
+        pmfs.append(quantize_pmf(upper - lower, total_bits=20))
+        mins.append(-r)
+    return TableSet.from_pmfs(pmfs, mins)
+
+
+@torch.no_grad()
+def quantize_hyper_synthesis(codec: HyperpriorCodec, calib_z: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Integer weights and requantisation multipliers for aecompress.hyper (see its docstring)."""
+    convs = codec.h_s.convs()
+    shuffles = [False, True, True, False]
+    relus = [True, True, True, False]
+    # activation ranges of each hidden layer on calibration latents
+    maxima = [0.0] * (len(convs) - 1)
+    for z in calib_z:
+        h = z
+        for i, c in enumerate(convs[:-1]):
+            h = torch.relu(c(h))
+            maxima[i] = max(maxima[i], float(h.max()))
+            if shuffles[i]:
+                h = torch.nn.functional.pixel_shuffle(h, 2)
+    out: dict[str, np.ndarray] = {"hs_layers": np.array(len(convs))}
+    s_in = 1.0
+    for i, c in enumerate(convs):
+        w = c.weight.double().numpy()
+        b = c.bias.double().numpy()
+        s_w = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(1), 1e-12) / WEIGHT_MAX
+        w_int = np.round(w / s_w[:, None, None, None])
+        b_int = np.round(b / (s_in * s_w))
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        assert fan_in * ACT_MAX * WEIGHT_MAX + np.abs(b_int).max() < 2**52, "integer accumulator could overflow"
+        if i < len(convs) - 1:
+            s_out = max(maxima[i] * 1.25, 1e-6) / ACT_MAX
+            mult = s_in * s_w / s_out
+        else:
+            s_out, mult = None, s_in * s_w
+        out[f"hs_w{i}"] = w_int.astype(np.int32)
+        out[f"hs_b{i}"] = b_int.astype(np.int64)
+        out[f"hs_mult{i}"] = mult.astype(np.float64)
+        out[f"hs_shuffle{i}"] = np.array(int(shuffles[i]))
+        out[f"hs_relu{i}"] = np.array(int(relus[i]))
+        s_in = s_out if s_out else s_in
+    return out
+
+
+class _Synthesis(nn.Module):
+    """g_s with the output clamped to [0, 1]."""
+
+    def __init__(self, g_s: nn.Module):
+        super().__init__()
+        self.g_s = g_s
+
+    def forward(self, y):
+        return torch.clamp(self.g_s(y), 0.0, 1.0)
+
+
+def _write_package_atomically(out: Path, build) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[np.ndarray],
+                      training: dict, description: str = "", measured: dict | None = None) -> Path:
+    """Write a hyperprior model package. calib: a few (H, W, C) uint8 images for calibration."""
+    codec = codec.eval()
+    ch = codec.config["channels"]
+
+    def build(tmp: Path) -> None:
+        ex = torch.rand(1, ch, 128, 192)
+        export_onnx(codec.g_a, ex, tmp / "analysis.onnx")
+        y = codec.g_a(ex)
+        export_onnx(codec.h_a, y, tmp / "hyper_analysis.onnx")
+        export_onnx(_Synthesis(codec.g_s), y, tmp / "synthesis.onnx")
+        calib_z = []
+        with torch.no_grad():
+            for im in calib:
+                x = torch.from_numpy(im[:256, :256].transpose(2, 0, 1)[None].astype(np.float32) / 255)
+                x = x[:, :, : x.shape[2] // 64 * 64, : x.shape[3] // 64 * 64]
+                if x.shape[2] < 64 or x.shape[3] < 64:
+                    continue
+                for k in range(codec.levels):
+                    yy = codec.g_a(x) * torch.exp(codec.log_gain[k])[None, :, None, None]
+                    calib_z.append(torch.round(codec.h_a(yy)))
+        tables = {"log_gain": codec.log_gain.detach().double().numpy(),
+                  "log_inv_gain": codec.log_inv_gain.detach().double().numpy(),
+                  "log_scale_bounds": np.log(scale_table()[:-1] * np.sqrt(scale_table()[1:] / scale_table()[:-1]))}
+        tables.update(factorized_tables(codec.entropy_bottleneck).to_arrays("z"))
+        tables.update(gaussian_tables(scale_table()).to_arrays("y"))
+        tables.update(quantize_hyper_synthesis(codec, calib_z))
+        # the integer hyper-synthesis must agree with the float one
+        hs = IntegerHyperSynthesis.from_tables(tables)
+        if calib_z:
+            z = calib_z[len(calib_z) // 2]
+            mean_i, ls_i = hs(z[0].numpy())
+            with torch.no_grad():
+                mean_f, ls_f = codec.h_s(z).chunk(2, dim=1)
+            err = float(np.max(np.abs(mean_i - mean_f[0].numpy())))
+            if err > 0.05:
+                raise RuntimeError(f"integer hyper-synthesis deviates from torch by {err:.3f}")
+        np.savez_compressed(tmp / "tables.npz", **tables)
+        manifest = {
+            "format": FORMAT, "name": name, "kind": "codec", "codec": "hyperprior", "channels": ch,
+            "graphs": {"analysis": "analysis.onnx", "hyper_analysis": "hyper_analysis.onnx",
+                       "synthesis": "synthesis.onnx"},
+            "tables": "tables.npz", "downsample": 16, "pad_multiple": 64,
+            "latent_channels": codec.config["m"], "levels": codec.levels,
+            "overlap": {"analysis": 64, "synthesis": 4},
+            "architecture": codec.config,
+            "description": description, "training": training, "measured": measured or {},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    return _write_package_atomically(out, build)
+
+
+def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndarray], description: str = "",
+                      extra_training: dict | None = None) -> Path:
+    ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+    cfg = ck["model_config"]
+    codec = HyperpriorCodec(cfg["channels"], cfg["n"], cfg["m"], cfg["nh"], cfg["nz"], tuple(cfg["lambdas"]))
+    codec.load_state_dict(ck["model"])
+    tc = ck.get("train_config", {})
+    training = {"data": tc.get("data"), "steps": ck["step"], "seconds": round(ck["elapsed"]),
+                "crop": tc.get("crop"), "batch": tc.get("batch"), "lr": tc.get("lr"), "seed": tc.get("seed"),
+                "validation_history": ck.get("history", [])[-1:], **(extra_training or {})}
+    return export_conv_codec(codec, out, name, calib, training, description)

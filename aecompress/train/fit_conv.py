@@ -1,0 +1,146 @@
+"""Training loop of the convolutional rate-distortion codec (``aecompress train conv``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .conv import HyperpriorCodec, rd_loss
+from .data import ImageSet, load_folder, random_crops
+
+
+@dataclass
+class ConvConfig:
+    data: str
+    out: str
+    mode: str = "RGB"
+    n: int = 64
+    m: int = 128
+    nh: int = 64
+    nz: int = 32
+    crop: int = 128
+    batch: int = 8
+    steps: int = 20000
+    minutes: float | None = None        # wall-clock budget; the LR schedule follows whichever ends first
+    lr: float = 2e-4
+    seed: int = 0
+    val: str | None = None               # folder of validation images; default: 5% of --data
+    val_every: int = 500
+    checkpoint_every: int = 250
+    threads: int | None = None
+    jpeg_downscale: bool = True
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _val_crops(images: list[np.ndarray], size: int, count: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(1234)
+    return random_crops(images, count, size, rng)
+
+
+@torch.no_grad()
+def evaluate(model: HyperpriorCodec, crops: np.ndarray) -> list[dict]:
+    """Per quality level: real-rounding PSNR and estimated bpp on fixed validation crops."""
+    model.eval()
+    x = torch.from_numpy(crops)
+    rows = []
+    for k in range(model.levels):
+        level = torch.full((x.shape[0],), k, dtype=torch.long)
+        r = rd_loss(model, x, level)
+        xh = r["x_hat"].clamp(0, 1)
+        mse = torch.mean((torch.round(xh * 255) - torch.round(x * 255)) ** 2).item()
+        rows.append({"level": k, "bpp": float(r["bpp"]), "psnr": 10 * math.log10(255**2 / max(mse, 1e-10))})
+    model.train()
+    return rows
+
+
+def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    data = load_folder(Path(cfg.data), cfg.mode, jpeg_downscale=cfg.jpeg_downscale)
+    if len(data) == 0:
+        raise ValueError(f"no readable images in {cfg.data}")
+    if cfg.val:
+        val = load_folder(Path(cfg.val), cfg.mode)
+        train_images = data.images
+    else:
+        n_val = max(1, len(data) // 20)
+        val = ImageSet(data.images[:n_val], data.paths[:n_val], data.labels[:n_val])
+        train_images = data.images[n_val:] or data.images
+    log(f"{len(train_images)} training images, {len(val)} validation, {len(data.skipped)} skipped")
+    val_crops = _val_crops(val.images, cfg.crop)
+
+    channels = 1 if cfg.mode == "L" else 3
+    model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, elapsed_before, history = 0, 0.0, []
+    rng = np.random.default_rng(cfg.seed)
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
+            raise ValueError("checkpoint is from another architecture or configuration")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
+        rng = np.random.default_rng(cfg.seed + step)
+        log(f"resumed at step {step}")
+
+    budget = cfg.minutes * 60 if cfg.minutes else None
+    t0 = time.time() - elapsed_before
+    last = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}
+
+    def progress() -> float:
+        p = step / cfg.steps
+        if budget:
+            p = max(p, (time.time() - t0) / budget)
+        return min(p, 1.0)
+
+    def save() -> None:
+        _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": asdict(cfg),
+                            "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                            "elapsed": time.time() - t0, "history": history}, ckpt_path)
+
+    while progress() < 1.0:
+        p = progress()
+        lr = cfg.lr * (0.1 if p > 0.85 else 1.0) * min(1.0, (step + 1) / 200)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = torch.from_numpy(random_crops(train_images, cfg.batch, cfg.crop, rng))
+        level = torch.from_numpy(rng.integers(0, model.levels, cfg.batch))
+        r = rd_loss(model, x, level)
+        if not torch.isfinite(r["loss"]):
+            raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        r["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        for k in last:
+            last[k] = 0.98 * last[k] + 0.02 * float(r[k]) if step > 1 else float(r[k])
+        if step % cfg.val_every == 0:
+            rows = evaluate(model, val_crops)
+            history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})
+            log(json.dumps({"step": step, "sec": round(time.time() - t0), "lr": lr, **{k: round(v, 5) for k, v in last.items()},
+                            "val": [(round(v["bpp"], 3), round(v["psnr"], 2)) for v in rows]}))
+        if step % cfg.checkpoint_every == 0:
+            save()
+    history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": evaluate(model, val_crops)})
+    save()
+    log(f"done: {step} steps in {time.time() - t0:.0f} s")
+    return ckpt_path
