@@ -141,9 +141,10 @@ class Codec:
     def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
-    def code(self, a: Analysis, level: float, mode: str = "RGB", bits: int = 8, flags: int = 0) -> tuple[bytes, dict]:
+    def code(self, a: Analysis, level: float, mode: str = "RGB", bits: int = 8,
+             alpha_dropped: bool = False) -> tuple[bytes, dict]:
         """Quantize and entropy-code at a quality level: (.aez bytes, quantized state for recon)."""
-        level = float(np.float32(min(max(level, 0.0), max(self.levels - 1, 0))))
+        level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
         st = self._quantize(a, level)
         enc = Encoder()
         if self.kind == "hyperprior":
@@ -152,7 +153,7 @@ class Codec:
         else:
             enc.encode(st["q"], self._channel_index(st["q"].shape), self.z_tables)
         payload = container.join_payload(*enc.finish())
-        header = Header(self.pkg.model_id, a.width, a.height, self.channels, mode, bits, self.kind, level, flags)
+        header = Header(self.pkg.model_id, a.width, a.height, self.channels, mode, bits, self.kind, level, alpha_dropped)
         st["level"] = level
         return container.pack(header, payload), st
 
@@ -179,9 +180,9 @@ class Codec:
 
     def decode(self, data: bytes) -> tuple[np.ndarray, Header]:
         header, payload = container.unpack(data)
-        if header.model_id != self.pkg.model_id:
+        if header.model_id != self.pkg.model_id[:container.ID_BYTES]:
             raise ModelError(f"file was made with another model (id {header.model_id.hex()}, "
-                             f"'{self.pkg.name}' is {self.pkg.model_id.hex()})")
+                             f"'{self.pkg.name}' is {self.pkg.model_id[:container.ID_BYTES].hex()})")
         if header.codec != self.kind or header.channels != self.channels:
             raise CorruptFileError("header does not match the model")
         stream, escapes = container.split_payload(payload)

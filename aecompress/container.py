@@ -1,7 +1,9 @@
-"""The .aez container: a fixed little-endian header, the coded payload, a CRC-32 trailer.
+"""The .aez container: a compact header, the coded payload, a CRC-32 trailer.
 
-See docs/aez-format.md for the byte layout. Reading validates everything before any decoding
-starts, so a damaged or truncated file fails with one clear message.
+See docs/aez-format.md for the byte layout. The header is small (17 bytes for a photo) because a
+28x28 digit codes into a couple of dozen bytes and the file size is what bpp is measured on.
+Reading validates everything before any decoding starts, so a damaged or truncated file fails with
+one clear message.
 """
 
 from __future__ import annotations
@@ -13,90 +15,134 @@ from dataclasses import dataclass
 from .errors import CorruptFileError
 from .imageio import MAX_PIXELS
 
-MAGIC = b"\x89AEZ"
+MAGIC = b"AEZ"
 VERSION = 1
-_HEADER = struct.Struct("<4sBB16sIIBBBBfI")
-HEADER_SIZE = _HEADER.size          # 42 bytes
+ID_BYTES = 8
 TRAILER_SIZE = 4
 MODES = ("L", "LA", "RGB", "RGBA")
 CODECS = ("hyperprior", "factorized")
-FLAG_ALPHA_DROPPED = 1
+QUALITY_SCALE = 1024           # quality level is stored as round(level * 1024) in a u16
+MAX_SIDE = 1 << 18
 
 
 @dataclass
 class Header:
-    model_id: bytes            # 16-byte content hash of the model package
+    model_id: bytes            # content hash of the model package (first 8 bytes are stored)
     width: int
     height: int
     channels: int              # channels the model coded (1 or 3)
     mode: str                  # mode of the source image (decoded back to it)
     bits: int                  # bits per sample of the source (8 or 16)
     codec: str                 # "hyperprior" or "factorized"
-    quality: float             # continuous quality level in the model's level range
-    flags: int = 0
+    quality: float             # quality level in the model's level range (multiple of 1/1024)
+    alpha_dropped: bool = False
     version: int = VERSION
 
-    @property
-    def alpha_dropped(self) -> bool:
-        return bool(self.flags & FLAG_ALPHA_DROPPED)
-
     def as_dict(self) -> dict:
-        return {"version": self.version, "model_id": self.model_id.hex(), "width": self.width,
+        return {"version": self.version, "model_id": self.model_id[:ID_BYTES].hex(), "width": self.width,
                 "height": self.height, "channels": self.channels, "mode": self.mode, "bits": self.bits,
                 "codec": self.codec, "quality_level": round(self.quality, 4),
                 "alpha_dropped": self.alpha_dropped}
 
 
+def quantize_level(level: float) -> float:
+    """The level as it will be stored (encoder and decoder must use the same value)."""
+    return min(max(round(level * QUALITY_SCALE), 0), 0xFFFF) / QUALITY_SCALE
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    n, shift = 0, 0
+    while True:
+        if pos >= end or shift > 35:
+            raise CorruptFileError("damaged or truncated .aez file (header)")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
 def pack(header: Header, payload: bytes) -> bytes:
-    head = _HEADER.pack(MAGIC, header.version, header.flags, header.model_id, header.width, header.height,
-                        header.channels, MODES.index(header.mode), header.bits, CODECS.index(header.codec),
-                        header.quality, len(payload))
-    body = head + payload
+    flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
+             | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5))
+    body = (MAGIC + bytes([header.version]) + header.model_id[:ID_BYTES] + bytes([flags])
+            + _varint(header.width) + _varint(header.height)
+            + struct.pack("<H", round(header.quality * QUALITY_SCALE)) + payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def read_header(data: bytes, check_crc: bool = True) -> Header:
-    if len(data) < 4 or data[:4] != MAGIC:
+def _parse(data: bytes) -> tuple[Header, int]:
+    if len(data) < 4 or data[:3] != MAGIC:
         raise CorruptFileError("not an .aez file (bad magic bytes)")
-    if len(data) < HEADER_SIZE + TRAILER_SIZE:
-        raise CorruptFileError("truncated .aez file (header incomplete)")
-    (_, version, flags, model_id, width, height, channels, mode, bits, codec, quality,
-     payload_len) = _HEADER.unpack_from(data)
+    version = data[3]
     if version != VERSION:
         raise CorruptFileError(f"unsupported .aez version {version} (this aecompress reads version {VERSION})")
-    expected = HEADER_SIZE + payload_len + TRAILER_SIZE
-    if len(data) < expected:
-        raise CorruptFileError(f"truncated .aez file ({len(data)} of {expected} bytes)")
-    if len(data) > expected:
-        raise CorruptFileError(f"damaged .aez file ({len(data) - expected} unexpected trailing bytes)")
-    if check_crc:
-        (crc,) = struct.unpack_from("<I", data, HEADER_SIZE + payload_len)
-        if zlib.crc32(data[: HEADER_SIZE + payload_len]) != crc:
-            raise CorruptFileError("damaged .aez file (checksum mismatch)")
-    if mode >= len(MODES) or codec >= len(CODECS) or channels not in (1, 3) or bits not in (8, 16):
-        raise CorruptFileError("damaged .aez file (invalid header fields)")
-    if width == 0 or height == 0 or width * height > MAX_PIXELS or width > 1 << 18 or height > 1 << 18:
+    end = len(data) - TRAILER_SIZE
+    pos = 4 + ID_BYTES + 1
+    if end < pos:
+        raise CorruptFileError("truncated .aez file")
+    model_id = bytes(data[4:4 + ID_BYTES])
+    flags = data[4 + ID_BYTES]
+    width, pos = _read_varint(data, pos, end)
+    height, pos = _read_varint(data, pos, end)
+    if pos + 2 > end:
+        raise CorruptFileError("truncated .aez file")
+    (q,) = struct.unpack_from("<H", data, pos)
+    pos += 2
+    if flags >> 6:
+        raise CorruptFileError("damaged .aez file (invalid header flags)")
+    if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise CorruptFileError(f"damaged .aez file (implausible size {width}x{height})")
-    if quality != quality:  # NaN
-        raise CorruptFileError("damaged .aez file (invalid quality)")
-    return Header(model_id, width, height, channels, MODES[mode], bits, CODECS[codec], float(quality), flags, version)
+    mode = MODES[flags & 3]
+    header = Header(model_id, width, height, 3 if flags & 16 else 1, mode, 16 if flags & 4 else 8,
+                    CODECS[(flags >> 3) & 1], q / QUALITY_SCALE, bool(flags & 32), version)
+    return header, pos
+
+
+def read_header(data: bytes, check_crc: bool = True) -> Header:
+    header, pos = _parse(data)
+    if check_crc:
+        _check_crc(data)
+    return header
+
+
+def _check_crc(data: bytes) -> None:
+    if len(data) < 4 + ID_BYTES + TRAILER_SIZE:
+        raise CorruptFileError("truncated .aez file")
+    (crc,) = struct.unpack_from("<I", data, len(data) - TRAILER_SIZE)
+    if zlib.crc32(data[:-TRAILER_SIZE]) != crc:
+        raise CorruptFileError("damaged or truncated .aez file (checksum mismatch)")
 
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
-    header = read_header(data)
-    (payload_len,) = struct.unpack_from("<I", data, HEADER_SIZE - 4)
-    return header, data[HEADER_SIZE:HEADER_SIZE + payload_len]
-
-
-def split_payload(payload: bytes) -> tuple[bytes, bytes]:
-    """Payload = u32 length of the range-coder stream, the stream, then the escape varints."""
-    if len(payload) < 4:
-        raise CorruptFileError("damaged .aez file (payload too short)")
-    (n,) = struct.unpack_from("<I", payload)
-    if 4 + n > len(payload):
-        raise CorruptFileError("damaged .aez file (payload length)")
-    return payload[4:4 + n], payload[4 + n:]
+    header, pos = _parse(data)
+    _check_crc(data)
+    return header, bytes(data[pos:len(data) - TRAILER_SIZE])
 
 
 def join_payload(stream: bytes, escapes: bytes) -> bytes:
-    return struct.pack("<I", len(stream)) + stream + escapes
+    """Payload = varint length of the range-coder stream, the stream, then the escape varints.
+
+    Trailing zero bytes of the stream are dropped (the decoder pads them back)."""
+    stream = stream.rstrip(b"\x00")
+    return _varint(len(stream)) + stream + escapes
+
+
+def split_payload(payload: bytes) -> tuple[bytes, bytes]:
+    n, pos = _read_varint(payload, 0, len(payload))
+    if pos + n > len(payload):
+        raise CorruptFileError("damaged .aez file (payload length)")
+    stream = payload[pos:pos + n]
+    stream += b"\x00" * (-len(stream) % 4)
+    return stream, payload[pos + n:]

@@ -155,7 +155,7 @@ def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device:
                threads: int | None = None) -> ModelPackage:
     for pkg in (extra or []) + installed_packages():
         try:
-            if pkg.model_id == model_id:
+            if pkg.model_id[: len(model_id)] == model_id:
                 return ModelPackage(pkg.path, pkg.manifest, device, threads)
         except ModelError:
             continue

@@ -1,0 +1,138 @@
+"""`aecompress encode`, `decode`, `info` and `models`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from .common import device_option, progress, run_many, threads_option
+
+
+def _fmt_encode(r: dict) -> str:
+    e = r["_extra"]
+    line = (f"{r['input']} -> {r['output']}: {e['bytes']} bytes, {r['bpp']:.3f} bpp, "
+            f"{r['ratio_raw']:.1f}:1 vs raw ({r['ratio_file']:.2f}:1 vs input), "
+            f"PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}, q {e['quality']:g}, "
+            f"{r['seconds']:.2f} s, {r['provider']}")
+    for n in e["notes"]:
+        line += f"\n  note: {n}"
+    return line
+
+
+@app.command()
+def encode(
+    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several)."),
+    quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
+    bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
+    psnr: Optional[float] = typer.Option(None, "--psnr", help="Target PSNR in dB (smallest file reaching it)."),
+    size: Optional[int] = typer.Option(None, "--size", min=1, help="Target file size in bytes."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package name or folder (default: photo)."),
+    device: str = device_option(),
+    threads: Optional[int] = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
+    from ..compress import encode_file, open_codec, output_for
+
+    if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
+        from ..errors import AecError
+        raise AecError("use only one of -q, --bpp, --psnr and --size")
+    codec = open_codec(model, device, threads)
+    many = len(images) > 1
+
+    def one(path: Path) -> dict:
+        out = output_for(path, output, many, ".aez")
+        r = encode_file(path, out, codec, force, quality, bpp, size, psnr)
+        if as_json:
+            print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True)
+        elif not quiet:
+            progress.print_line(_fmt_encode(r))
+        return r
+
+    run_many(images, one, "encoding")
+
+
+@app.command()
+def decode(
+    files: List[Path] = typer.Argument(..., help=".aez files to decompress."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several); the extension picks the format (PNG by default)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package (default: found by the file's model id)."),
+    device: str = device_option(),
+    threads: Optional[int] = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Decompress .aez files into images."""
+    from ..compress import decode_file, output_for
+    from ..package import load_package
+
+    pkg = load_package(model, device, threads) if model else None
+    many = len(files) > 1
+
+    def one(path: Path) -> dict:
+        out = output_for(path, output, many, ".png")
+        r = decode_file(path, out, pkg, force, device, threads)
+        if as_json:
+            print(json.dumps(r), flush=True)
+        elif not quiet:
+            progress.print_line(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, "
+                                f"{r['seconds']:.2f} s, {r['provider']}")
+        return r
+
+    run_many(files, one, "decoding")
+
+
+@app.command()
+def info(
+    file: Path = typer.Argument(..., help="An .aez file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show an .aez file's header without decoding it."""
+    from ..compress import file_info
+
+    d = file_info(file)
+    if as_json:
+        print(json.dumps(d))
+        return
+    for k, v in d.items():
+        print(f"{k:>14}: {v}")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List installed model packages and their measured rate-distortion."""
+    from ..package import installed_packages
+
+    rows = []
+    for p in installed_packages():
+        m = p.manifest
+        rows.append({"name": p.name, "kind": p.kind, "codec": m.get("codec"), "channels": p.channels,
+                     "path": str(p.path), "model_id": p.model_id[:8].hex(),
+                     "description": m.get("description", ""), "measured": m.get("measured", {})})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no model packages installed")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Installed model packages")
+    for c in ("name", "kind", "model id", "measured", "path"):
+        t.add_column(c)
+    for r in rows:
+        meas = r["measured"]
+        summary = meas.get("summary") if isinstance(meas, dict) else None
+        t.add_row(r["name"], f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), r["model_id"],
+                  summary or "-", r["path"])
+    Console().print(t)

@@ -1,0 +1,72 @@
+"""Shared command-line pieces: device/thread options, per-file error handling, progress bars."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import AecError
+
+console_err = Console(stderr=True, highlight=False)
+
+
+def device_option():
+    return typer.Option("auto", "--device", help="auto (CUDA when it works, else CPU), cpu or cuda.")
+
+
+def threads_option():
+    return typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all cores).")
+
+
+class _Lines:
+    """Prints result lines above a live progress bar when one is shown."""
+
+    def __init__(self):
+        self.bar: Optional[Progress] = None
+
+    def print_line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+
+progress = _Lines()
+
+
+def error_line(msg: str) -> None:
+    console_err.print(f"aecompress: error: {msg}", markup=False, highlight=False, soft_wrap=True)
+
+
+def run_many(items: Iterable[Path], fn: Callable[[Path], dict], verb: str) -> list[dict]:
+    """Run fn on every item; one bad item is reported and skipped; exit 1 at the end if any failed."""
+    items = list(items)
+    results, failed = [], 0
+    show_bar = len(items) > 1 and console_err.is_terminal
+    bar = Progress(TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console_err, transient=True,
+                   disable=not show_bar)
+    with bar:
+        progress.bar = bar if show_bar else None
+        task = bar.add_task(verb, total=len(items), rate="")
+        try:
+            for i, item in enumerate(items):
+                try:
+                    results.append(fn(Path(item)))
+                except AecError as exc:
+                    failed += 1
+                    if len(items) == 1:
+                        raise
+                    error_line(str(exc))
+                bar.update(task, advance=1)
+        finally:
+            progress.bar = None
+    if failed:
+        console_err.print(f"{len(items) - failed} done, {failed} failed", markup=False)
+        raise typer.Exit(1)
+    return results

@@ -1,0 +1,211 @@
+"""Compress and decompress images and files: the operations the CLI and the GUI both call.
+
+Rate control: the analysis transform runs once; a target (bpp, bytes or PSNR) is then met by
+bisection over the model's continuous quality level, re-running only the cheap quantize/entropy
+coding steps (and the synthesis, for a PSNR target).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import container
+from .codec import Analysis, Codec, level_to_quality, quality_to_level
+from .errors import AecError
+from .fsutil import write_bytes_atomic
+from .imageio import Picture, read_image, save_image, to_channels8
+from .metrics import ms_ssim, psnr
+from .package import DEFAULT_CODEC, ModelPackage, find_by_id, load_package
+
+DEFAULT_QUALITY = 75
+SEARCH_STEPS = 12
+
+
+@dataclass
+class Encoded:
+    data: bytes
+    recon: np.ndarray            # (H, W, C) uint8 as the decoder will produce it
+    reference: np.ndarray        # (H, W, C) uint8 that was coded (after mode conversion)
+    level: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quality(self) -> float:
+        return self.level
+
+
+def _coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
+    notes = []
+    if pic.has_alpha:
+        notes.append("alpha channel dropped (the codec stores colour only)")
+    if pic.bits == 16:
+        notes.append("16-bit samples reduced to 8 bits")
+    if codec.channels == 1 and pic.mode not in ("L", "LA"):
+        notes.append("colour converted to greyscale (the model is greyscale)")
+    return to_channels8(pic, codec.channels), notes
+
+
+def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool = True):
+    """Bisection for the highest (want_high) or lowest level where ok(level) holds; ok is monotone."""
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        res = ok(mid)
+        if res is not None:
+            best = (mid, res)
+            lo, hi = (mid, hi) if want_high else (lo, mid)
+        else:
+            lo, hi = (lo, mid) if want_high else (mid, hi)
+    return best
+
+
+def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
+                   target_size: int | None = None, target_psnr: float | None = None) -> Encoded:
+    pixels, notes = _coding_input(pic, codec)
+    analysis = codec.analyse(pixels)
+    mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
+    top = max(codec.levels - 1, 0)
+
+    def run(level: float):
+        data, st = codec.code(analysis, level, mode, bits, dropped)
+        return data, st
+
+    if target_bpp is not None or target_size is not None:
+        limit = target_size if target_size is not None else target_bpp * pic.width * pic.height / 8
+        found = _search(0.0, float(top), lambda lv: (r := run(lv)) and (r if len(r[0]) <= limit else None))
+        if found is None:
+            data, st = run(0.0)
+            notes.append(f"target not reachable: smallest file is {len(data)} bytes")
+        else:
+            data, st = found[1]
+            hi_data, hi_st = run(float(top))
+            if len(hi_data) <= limit:
+                data, st = hi_data, hi_st
+    elif target_psnr is not None:
+        def ok(lv):
+            data, st = run(lv)
+            rec = codec.reconstruct(st, pic.height, pic.width)
+            return (data, st, rec) if psnr(pixels, rec) >= target_psnr else None
+        best = ok(float(top))
+        if best is None:
+            notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
+            data, st = run(float(top))
+        else:
+            found = _search(0.0, float(top), ok, want_high=False)
+            data, st, _ = found[1] if found else best
+    else:
+        data, st = run(quality_to_level(DEFAULT_QUALITY if quality is None else quality, codec.levels))
+    recon = codec.reconstruct(st, pic.height, pic.width)
+    return Encoded(data, recon, pixels, st["level"], notes)
+
+
+def decoded_to_mode(pixels: np.ndarray, header: container.Header) -> np.ndarray:
+    """Decoded pixels in the source's channel layout (greyscale sources come back greyscale)."""
+    if header.mode in ("L", "LA") and pixels.shape[2] == 3:
+        return np.round(pixels.astype(np.float32).mean(axis=2, keepdims=True)).astype(np.uint8)
+    return pixels
+
+
+def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "auto",
+                 threads: int | None = None, extra: list[ModelPackage] | None = None
+                 ) -> tuple[np.ndarray, container.Header, Codec]:
+    header = container.read_header(data)
+    if pkg is None or pkg.model_id[: container.ID_BYTES] != header.model_id:
+        if pkg is not None and pkg.model_id[: container.ID_BYTES] != header.model_id:
+            from .errors import ModelError
+            raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
+        pkg = find_by_id(header.model_id, extra, device, threads)
+    codec = Codec(pkg)
+    pixels, header = codec.decode(data)
+    return decoded_to_mode(pixels, header), header, codec
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
+    if output is None:
+        return inp.with_suffix(suffix) if inp.suffix.lower() != suffix else inp.with_name(inp.name + suffix)
+    if many or output.is_dir():
+        return output / (inp.stem + suffix)
+    return output
+
+
+def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality: float | None = None,
+                target_bpp: float | None = None, target_size: int | None = None,
+                target_psnr: float | None = None) -> dict:
+    t0 = time.perf_counter()
+    if out.exists() and not force:
+        raise AecError(f"{out} exists (use --force to overwrite)")
+    pic = read_image(inp)
+    enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr)
+    write_bytes_atomic(out, enc.data, force)
+    seconds = time.perf_counter() - t0
+    size = out.stat().st_size
+    pixels = pic.width * pic.height
+    report = {
+        "input": str(inp), "output": str(out),
+        "bpp": size * 8 / pixels,
+        "ratio_raw": pixels * 3 / size,
+        "ratio_file": inp.stat().st_size / size,
+        "psnr": psnr(enc.reference, enc.recon),
+        "ms_ssim": ms_ssim(enc.reference, enc.recon),
+        "seconds": seconds,
+        "provider": codec.pkg.provider,
+    }
+    extras = {"bytes": size, "width": pic.width, "height": pic.height,
+              "quality": round(level_to_quality(enc.level, codec.levels), 2), "model": codec.pkg.name,
+              "notes": enc.notes}
+    return {**report, "_extra": extras}
+
+
+def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bool = False,
+                device: str = "auto", threads: int | None = None) -> dict:
+    t0 = time.perf_counter()
+    if out.exists() and not force:
+        raise AecError(f"{out} exists (use --force to overwrite)")
+    try:
+        data = inp.read_bytes()
+    except FileNotFoundError:
+        raise AecError(f"{inp}: no such file") from None
+    except OSError as exc:
+        raise AecError(f"{inp}: cannot read ({exc.strerror})") from None
+    try:
+        pixels, header, codec = decode_bytes(data, pkg, device, threads)
+    except AecError as exc:
+        raise type(exc)(f"{inp}: {exc}") from None
+    save_image(out, pixels, force=force)
+    return {"input": str(inp), "output": str(out), "width": header.width, "height": header.height,
+            "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
+            "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
+
+
+def open_codec(model: str | None, device: str = "auto", threads: int | None = None) -> Codec:
+    return Codec(load_package(model or DEFAULT_CODEC, device, threads))
+
+
+def file_info(path: Path) -> dict:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AecError(f"{path}: no such file") from None
+    try:
+        header = container.read_header(data)
+    except AecError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    info = {"file": str(path), "bytes": len(data), **header.as_dict(),
+            "bpp": len(data) * 8 / (header.width * header.height)}
+    try:
+        pkg = find_by_id(header.model_id)
+        info["model"] = pkg.name
+        info["quality"] = round(level_to_quality(header.quality, int(pkg.manifest.get("levels", 1))), 2)
+    except AecError:
+        info["model"] = None
+    return info
+
+
+__all__ = ["Encoded", "encode_picture", "decode_bytes", "encode_file", "decode_file", "open_codec",
+           "file_info", "output_for", "Analysis", "asdict"]
