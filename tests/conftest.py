@@ -1,0 +1,37 @@
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "docs" / "samples" / "cat.png"
+
+
+@pytest.fixture(scope="session")
+def cat() -> np.ndarray:
+    return np.asarray(Image.open(SAMPLE).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def photo_codec():
+    from aecompress.compress import open_codec
+
+    return open_codec("photo", "cpu", 2)
+
+
+def smooth_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """A deterministic photo-like test image (smooth gradients plus texture)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    chans = []
+    for c in range(channels):
+        f = rng.uniform(0.01, 0.06, 2)
+        base = 128 + 80 * np.sin(xx * f[0] + c) * np.cos(yy * f[1] - c)
+        chans.append(base + rng.normal(0, 6, (h, w)))
+    return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)

@@ -1,0 +1,145 @@
+"""`aecompress encode/decode/info/models` as a user runs them: reports, outputs, bad input."""
+
+import errno
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aecompress.metrics import ms_ssim, psnr
+
+from .conftest import SAMPLE, smooth_image
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    p = tmp_path / "cat.png"
+    p.write_bytes(SAMPLE.read_bytes())
+    return p
+
+
+def test_encode_json_report_matches_the_files(photo):
+    r = run("encode", photo, "--json", "-q", "70")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep) == {"bpp", "ratio_raw", "ratio_file", "psnr", "ms_ssim", "seconds", "provider", "input", "output"}
+    out = photo.with_suffix(".aez")
+    assert rep["output"] == str(out)
+    w, h = Image.open(photo).size
+    size = out.stat().st_size
+    assert rep["bpp"] == pytest.approx(size * 8 / (w * h), rel=1e-12)
+    assert rep["ratio_raw"] == pytest.approx(w * h * 3 / size)
+    assert rep["ratio_file"] == pytest.approx(photo.stat().st_size / size)
+    assert rep["provider"] == "CPUExecutionProvider"
+
+    r = run("decode", out)            # would write cat.png over the original: refused
+    assert r.returncode == 1 and "exists" in r.stderr
+    r = run("decode", out, "-o", photo.with_name("dec.png"))
+    assert r.returncode == 0, r.stderr
+    dec = np.asarray(Image.open(photo.with_name("dec.png")))
+    src = np.asarray(Image.open(photo).convert("RGB"))
+    assert rep["psnr"] == pytest.approx(psnr(src, dec), abs=1e-9)
+    assert rep["ms_ssim"] == pytest.approx(ms_ssim(src, dec), abs=1e-9)
+
+
+def test_info_reads_the_header(photo):
+    assert run("encode", photo, "--quiet").returncode == 0
+    r = run("info", photo.with_suffix(".aez"), "--json")
+    d = json.loads(r.stdout)
+    assert (d["width"], d["height"], d["model"], d["mode"]) == (451, 300, "photo", "RGB")
+    assert d["bytes"] == photo.with_suffix(".aez").stat().st_size
+
+
+def test_no_overwrite_without_force(photo):
+    out = photo.with_suffix(".aez")
+    out.write_bytes(b"precious")
+    r = run("encode", photo)
+    assert r.returncode != 0 and "exists" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"precious"
+    assert run("encode", photo, "--force", "--quiet").returncode == 0
+    assert out.read_bytes()[:3] == b"AEZ"
+
+
+def test_several_inputs_into_a_folder_with_one_bad_file(tmp_path, photo):
+    Image.fromarray(smooth_image(50, 70)).save(tmp_path / "b.jpg")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    outdir = tmp_path / "out"
+    r = run("encode", photo, tmp_path / "broken.png", tmp_path / "b.jpg", "-o", outdir, "--quiet")
+    assert r.returncode == 1
+    assert "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in outdir.iterdir()) == ["b.aez", "cat.aez"]
+    r = run("decode", outdir / "b.aez", outdir / "cat.aez", "-o", tmp_path / "dec")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["b.png", "cat.png"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_corrupt_aez_gives_one_line_and_no_output(tmp_path, photo, damage):
+    assert run("encode", photo, "--quiet").returncode == 0
+    data = photo.with_suffix(".aez").read_bytes()
+    bad = {"truncate": data[: len(data) // 2], "flip": data[:40] + bytes([data[40] ^ 4]) + data[41:],
+           "garbage": b"hello world" * 10, "empty": b""}[damage]
+    f = tmp_path / "bad.aez"
+    f.write_bytes(bad)
+    r = run("decode", f)
+    assert r.returncode == 3
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unknown_model_and_unreadable_image(tmp_path, photo):
+    r = run("encode", photo, "-m", "no-such-model")
+    assert r.returncode == 4 and "unknown model" in r.stderr
+    (tmp_path / "x.jpg").write_text("not an image")
+    r = run("encode", tmp_path / "x.jpg")
+    assert r.returncode == 1 and "cannot read image" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.aez").exists()
+
+
+def test_absurd_image_dimensions(tmp_path):
+    """A PNG whose header claims 40000 x 40000 pixels is refused before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    (tmp_path / "huge.png").write_bytes(png)
+    r = run("encode", tmp_path / "huge.png")
+    assert r.returncode == 1 and "too large" in r.stderr
+
+
+def test_full_disk_leaves_nothing_behind(tmp_path, monkeypatch):
+    """ENOSPC while writing: one-line error, no partial or temporary file."""
+    from typer.testing import CliRunner
+
+    import aecompress.fsutil as fsutil
+    from aecompress.cli import app
+
+    src = tmp_path / "a.png"
+    Image.fromarray(smooth_image(64, 64)).save(src)
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "fsync", no_space)
+    res = CliRunner().invoke(app, ["encode", str(src), "--quiet"])
+    assert res.exit_code != 0
+    assert "no space left" in str(res.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_models_lists_the_photo_codec():
+    r = run("models", "--json")
+    names = [m["name"] for m in json.loads(r.stdout)]
+    assert "photo" in names

@@ -1,0 +1,67 @@
+"""The .aez container: layout, validation of damaged and truncated files."""
+
+import pytest
+
+from aecompress import container
+from aecompress.container import Header
+from aecompress.errors import CorruptFileError
+
+
+def _header(**kw):
+    base = dict(model_id=bytes(range(16)), width=451, height=300, channels=3, mode="RGB", bits=8,
+                codec="hyperprior", quality=container.quantize_level(5.25), alpha_dropped=False)
+    base.update(kw)
+    return Header(**base)
+
+
+def test_roundtrip_header_and_payload():
+    h = _header(mode="LA", bits=16, alpha_dropped=True, width=70000, height=3)
+    data = container.pack(h, b"payload-bytes")
+    got, payload = container.unpack(data)
+    assert payload == b"payload-bytes"
+    assert (got.width, got.height, got.mode, got.bits, got.alpha_dropped) == (70000, 3, "LA", 16, True)
+    assert got.model_id == h.model_id[:8]
+    assert got.quality == h.quality
+
+
+def test_header_is_compact():
+    # magic 3 + version 1 + id 8 + flags 1 + two 2-byte varints + quality 2 + crc 4
+    assert len(container.pack(_header(), b"")) == 3 + 1 + 8 + 1 + 2 + 2 + 2 + 4
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 5, 12, 16, 20, 25])
+def test_every_truncation_is_detected(cut):
+    data = container.pack(_header(), b"x" * 10)
+    with pytest.raises(CorruptFileError):
+        container.unpack(data[:cut] if cut < len(data) - 1 else data[:-1])
+
+
+def test_any_flipped_bit_is_detected():
+    data = container.pack(_header(), bytes(range(40)))
+    for i in range(len(data)):
+        for bit in (0, 7):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(CorruptFileError):
+                container.unpack(bytes(bad))
+
+
+def test_rejects_other_files_and_versions():
+    with pytest.raises(CorruptFileError, match="not an .aez"):
+        container.unpack(b"\x89PNG\r\n\x1a\n" + b"0" * 40)
+    data = bytearray(container.pack(_header(), b"abc"))
+    data[3] = 9
+    with pytest.raises(CorruptFileError, match="version 9"):
+        container.unpack(bytes(data))
+
+
+def test_absurd_dimensions_rejected_before_decoding():
+    data = container.pack(_header(width=200000, height=200000), b"")
+    with pytest.raises(CorruptFileError, match="implausible size"):
+        container.read_header(data)
+
+
+def test_payload_split_restores_stripped_zero_bytes():
+    stream = b"\x01\x02\x03\x04\x05\x00\x00\x00"
+    s, e = container.split_payload(container.join_payload(stream, b"\x07"))
+    assert s == stream and e == b"\x07"
