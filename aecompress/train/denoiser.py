@@ -291,6 +291,7 @@ def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training
     if out.exists() and not force:
         raise FileExistsError(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o755)
     try:
         model = model.eval()
         example = torch.rand(1, 3, 64, 96)

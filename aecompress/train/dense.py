@@ -293,7 +293,7 @@ def jacobian_frobenius(model: DenseAE, x: torch.Tensor, probes: int = 1, create_
             v[:, p] = 1.0
         else:
             v = torch.randn_like(code)
-        (g,) = torch.autograd.grad(code, x, v, create_graph=create_graph)
+        (g,) = torch.autograd.grad(code, x, v, create_graph=create_graph, retain_graph=True)
         total = total + (g**2).sum(1).mean()
     return total / (1 if probes == model.cfg.latent else probes)
 

@@ -1,0 +1,489 @@
+"""Batch denoising: files and folders, mirrored output trees, resume, parallel workers, Ray.
+
+One plan (`plan_jobs`) turns inputs into (source, destination, reference) jobs; `run_batch` runs them
+on local worker threads (each with its own inference session) or on Ray actors (each holding one
+session), and reports every finished job to a progress callback. Semantics shared by both engines:
+
+- outputs are written atomically (a finished file or nothing) and never overwrite without `force`;
+- `skip_existing` skips jobs whose output exists, so a rerun resumes an interrupted batch;
+- a bad input is reported as a failed job and the others go on;
+- `cancel()` (or Ctrl-C) stops starting new jobs; jobs in flight end without writing partial files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import AecError
+from .package import DEFAULT_DENOISER, load_package
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
+                  ".pbm", ".tga"}
+SUFFIX = ".denoised"
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    rel: Path                       # path relative to its input root (the file name for file inputs)
+    ref: Path | None = None
+
+
+@dataclass
+class JobResult:
+    src: str
+    dst: str
+    status: str                     # "done", "skipped" or "failed"
+    error: str | None = None
+    seconds: float = 0.0
+    sigma_estimate: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    psnr_input: float | None = None
+    provider: str | None = None
+
+
+@dataclass
+class BatchSummary:
+    total: int
+    results: list[JobResult] = field(default_factory=list)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def done(self) -> int:
+        return self.count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def not_started(self) -> int:
+        return self.total - len(self.results)
+
+    def mean(self, key: str) -> float | None:
+        vals = [getattr(r, key) for r in self.results if getattr(r, key) is not None]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "not_started": self.not_started, "cancelled": self.cancelled, "seconds": round(self.seconds, 3),
+                "mean_psnr": self.mean("psnr"), "mean_ssim": self.mean("ssim"),
+                "mean_psnr_input": self.mean("psnr_input"),
+                "results": [asdict(r) for r in self.results]}
+
+
+# ---------------------------------------------------------------- planning
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _scan(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    found = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(root):
+            d = Path(dirpath)
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
+                                 and (exclude is None or (d / n).resolve() != exclude))
+            found += [d / f for f in sorted(filenames) if _is_image(d / f)]
+    else:
+        found = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
+    return found
+
+
+def _find_reference(reference: Path, rel: Path) -> Path | None:
+    cand = reference / rel
+    if cand.is_file():
+        return cand
+    for p in sorted(cand.parent.glob(cand.stem + ".*")) if cand.parent.is_dir() else []:
+        if _is_image(p):
+            return p
+    return None
+
+
+def default_output(src: Path) -> Path:
+    """NAME.denoised.EXT next to a file; NAME.denoised next to a folder."""
+    return src.with_name(src.stem + SUFFIX + src.suffix) if src.is_file() else src.with_name(src.name + SUFFIX)
+
+
+def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, recursive: bool = False,
+              reference: str | Path | None = None) -> list[Job]:
+    """Turn files and folders into jobs. Raises AecError for inputs that do not exist.
+
+    A single file with -o names the output file (or a folder to put it in, when -o is a folder, ends
+    with a separator or has no extension); without -o the output is NAME.denoised.EXT beside it. Folders (and several
+    inputs) need -o to be a folder, or write into a sibling NAME.denoised folder / beside each file;
+    -r recurses and mirrors the folder structure. The output folder is never scanned as input.
+    """
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise AecError("no input given")
+    for p in inputs:
+        if not p.exists():
+            raise AecError(f"{p}: no such file or folder")
+    out = Path(output) if output is not None else None
+    ref = Path(reference) if reference is not None else None
+    if ref is not None and not ref.is_dir():
+        raise AecError(f"--reference {ref} is not a folder")
+    single_file = len(inputs) == 1 and inputs[0].is_file()
+    out_is_dir = out is not None and (out.is_dir() or str(output).endswith(("/", os.sep)) or not single_file
+                                      or not out.suffix)
+    if out is not None and out.exists() and not out.is_dir() and not single_file:
+        raise AecError(f"-o {out} must be a folder when denoising several files or a folder")
+    jobs: list[Job] = []
+    for p in inputs:
+        if p.is_file():
+            rel = Path(p.name)
+            dst = (out / rel if out_is_dir else out) if out is not None else default_output(p)
+            jobs.append(Job(p, dst, rel))
+        elif p.is_dir():
+            root_out = out if out is not None else default_output(p)
+            exclude = root_out.resolve()
+            for f in _scan(p, recursive, exclude):
+                rel = f.relative_to(p)
+                jobs.append(Job(f, root_out / rel, rel))
+        else:
+            raise AecError(f"{p} is not a file or folder")
+    if ref is not None:
+        for j in jobs:
+            j.ref = _find_reference(ref, j.rel)
+    return jobs
+
+
+# ---------------------------------------------------------------- one file
+
+def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | None = None, sigma=None,
+                 ref: Path | None = None, cancel: Callable[[], bool] | None = None) -> dict:
+    """Read, denoise and atomically write one image, keeping format, size, mode, EXIF and ICC profile."""
+    from .denoise import DEFAULT_TILE, denoise_array
+    from .fsutil import check_writable
+    from .imageio import read_image, save_image
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and src.resolve() == dst.resolve():
+        raise AecError(f"{dst}: refusing to overwrite the input")
+    check_writable(dst, force)
+    pic = read_image(src)
+    out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
+                              cancel=cancel)
+    if cancel is not None and cancel():
+        raise KeyboardInterrupt
+    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format)
+    if ref is not None:
+        info.update(reference_metrics(out, pic.pixels, ref))
+    return info
+
+
+def reference_metrics(out, noisy, ref: Path) -> dict:
+    from .imageio import read_image
+    from .metrics import psnr, ssim
+
+    clean = read_image(ref).pixels
+    if clean.shape != out.shape:
+        raise AecError(f"reference {ref} is {clean.shape[1]}x{clean.shape[0]}, output is {out.shape[1]}x{out.shape[0]}")
+    return {"psnr": round(psnr(out, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4),
+            "ssim": round(ssim(out, clean), 5),
+            "psnr_input": round(psnr(noisy, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4)}
+
+
+def _result(job: Job, info: dict | None = None, error: str | None = None, status: str | None = None,
+            seconds: float = 0.0) -> JobResult:
+    info = info or {}
+    return JobResult(str(job.src), str(job.dst), status or ("failed" if error else "done"), error,
+                     round(seconds, 4), info.get("sigma_estimate"), info.get("psnr"), info.get("ssim"),
+                     info.get("psnr_input"), info.get("provider"))
+
+
+def _remove_stale_parts(dst: Path) -> None:
+    """Temporary files a killed run left for this output (only called when we are about to write it)."""
+    if dst.parent.is_dir():
+        for p in dst.parent.glob(f".{dst.name}.*.part"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- engines
+
+def _as_cancel(cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel
+
+
+def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | None = None, recursive: bool = False,
+              skip_existing: bool = False, force: bool = False, jobs: int = 1, tile: int | None = None, sigma=None,
+              reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER, device: str = "auto",
+              threads: int | None = None, engine: str = "local", address: str | None = None,
+              progress: Callable[[JobResult, BatchSummary], None] | None = None,
+              cancel: Callable[[], bool] | threading.Event | None = None,
+              on_start: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
+    """Denoise many images. Returns a BatchSummary; never raises for a single bad file.
+
+    inputs: paths (planned with plan_jobs) or ready Job objects. progress(result, summary) is called
+    after every job (from the calling thread); cancel is a callable or threading.Event polled between
+    and inside jobs. KeyboardInterrupt stops the batch the same way and is re-raised after cleanup.
+    """
+    if engine not in ENGINES:
+        raise AecError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
+    job_list = list(inputs)
+    if not job_list or not isinstance(job_list[0], Job):
+        job_list = plan_jobs(job_list, output, recursive, reference)
+    jobs = max(1, int(jobs or 1))
+    is_cancelled = _as_cancel(cancel)
+    summary = BatchSummary(total=len(job_list))
+    t0 = time.perf_counter()
+    seen: dict[Path, Path] = {}
+    todo: list[Job] = []
+
+    def report(r: JobResult) -> None:
+        summary.results.append(r)
+        summary.seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress(r, summary)
+
+    if on_start is not None:
+        on_start(summary)
+    for job in job_list:
+        key = job.dst.resolve()
+        if key in seen:
+            report(_result(job, error=f"{job.dst}: also the output of {seen[key]}"))
+            continue
+        seen[key] = job.src
+        if job.src.resolve() == key:
+            report(_result(job, error=f"{job.dst}: refusing to overwrite the input"))
+        elif skip_existing and job.dst.exists():
+            report(_result(job, status="skipped"))
+        elif job.dst.exists() and not force:
+            report(_result(job, error=f"{job.dst} exists (use --force to overwrite or --skip-existing)"))
+        else:
+            todo.append(job)
+    if not todo:
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    load_package(model)                                   # fail early, once, on a bad model name
+    runner = _run_ray if engine == "ray" else _run_local
+    try:
+        runner(todo, report, is_cancelled, model=model, device=device, threads=threads, jobs=jobs, tile=tile,
+               sigma=sigma, force=force, skip_existing=skip_existing, address=address)
+    except KeyboardInterrupt:
+        summary.cancelled = True
+        summary.seconds = time.perf_counter() - t0
+        raise
+    summary.cancelled = summary.cancelled or (is_cancelled() and summary.not_started > 0)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, force,
+               skip_existing, address=None) -> None:
+    stop = threading.Event()
+
+    def cancelled() -> bool:
+        return stop.is_set() or is_cancelled()
+
+    per_worker = threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    local = threading.local()
+
+    def work(job: Job) -> JobResult:
+        t = time.perf_counter()
+        if cancelled():
+            return None
+        try:
+            if not hasattr(local, "pkg"):
+                local.pkg = load_package(model, device=device, threads=per_worker)
+            if skip_existing:
+                _remove_stale_parts(job.dst)
+            info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
+                                cancel=cancelled)
+            return _result(job, info, seconds=time.perf_counter() - t)
+        except AecError as exc:
+            return _result(job, error=str(exc), seconds=time.perf_counter() - t)
+        except KeyboardInterrupt:
+            stop.set()
+            return None
+        except MemoryError:
+            return _result(job, error=f"{job.src}: not enough memory", seconds=time.perf_counter() - t)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _result(job, error=f"{job.src}: {msg}", seconds=time.perf_counter() - t)
+
+    if jobs == 1:
+        for job in todo:
+            if cancelled():
+                break
+            r = work(job)
+            if r is None:
+                if stop.is_set() and not is_cancelled():
+                    raise KeyboardInterrupt
+                break
+            report(r)
+        return
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="aec-denoise")
+    pending = set()
+    it = iter(todo)
+    try:
+        for job in it:
+            pending.add(pool.submit(work, job))
+            if len(pending) >= jobs * 2:
+                break
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for f in done:
+                r = f.result()
+                if r is not None:
+                    report(r)
+            if cancelled():
+                continue                     # let jobs in flight finish (or abort cleanly), start none
+            for job in it:
+                pending.add(pool.submit(work, job))
+                if len(pending) >= jobs * 2:
+                    break
+    except KeyboardInterrupt:
+        stop.set()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if stop.is_set() and not is_cancelled():
+        raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------- Ray
+
+def _package_files(model) -> tuple[str, dict[str, bytes]]:
+    pkg = load_package(model)
+    names = ["manifest.json"] + sorted(set(pkg.manifest.get("graphs", {}).values()))
+    return pkg.name, {n: (pkg.path / n).read_bytes() for n in names}
+
+
+class _RayWorker:
+    """Holds one inference session; gets file bytes, returns output bytes (no shared file system needed)."""
+
+    def __init__(self, name: str, files: dict[str, bytes], device: str, threads: int | None):
+        self.dir = Path(tempfile.mkdtemp(prefix="aec-ray-"))
+        pkg_dir = self.dir / "pkg" / name
+        pkg_dir.mkdir(parents=True)
+        for n, data in files.items():
+            (pkg_dir / n).write_bytes(data)
+        self.pkg = load_package(pkg_dir, device=device, threads=threads)
+        self.pkg.session("denoise")
+
+    def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma) -> dict:
+        t = time.perf_counter()
+        work = Path(tempfile.mkdtemp(dir=self.dir))
+        try:
+            src = work / ("in" + Path(name).suffix)
+            src.write_bytes(data)
+            dst = work / ("out" + Path(name).suffix)
+            ref_path = None
+            if ref is not None:
+                ref_path = work / ("ref" + Path(ref_name).suffix)
+                ref_path.write_bytes(ref)
+            try:
+                info = denoise_file(src, dst, self.pkg, force=True, tile=tile, sigma=sigma, ref=ref_path)
+            except AecError as exc:
+                return {"error": str(exc).replace(str(src), name), "seconds": time.perf_counter() - t}
+            except Exception as exc:  # noqa: BLE001
+                return {"error": f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                        "seconds": time.perf_counter() - t}
+            return {"data": dst.read_bytes(), "info": info, "seconds": time.perf_counter() - t}
+        finally:
+            for p in work.iterdir():
+                p.unlink()
+            work.rmdir()
+
+
+def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, force,
+             skip_existing, address=None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise AecError("--engine ray needs Ray: pip install 'aecompress[cluster]'") from None
+    from .fsutil import write_bytes_atomic
+
+    started = False
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=jobs, **kwargs)
+        started = True
+    try:
+        name, files = _package_files(model)
+        files_ref = ray.put(files)
+        Worker = ray.remote(num_cpus=1)(_RayWorker)
+        n = max(1, min(jobs, len(todo)))
+        if device == "cuda":
+            Worker = Worker.options(num_gpus=1)
+        actors = [Worker.remote(name, files_ref, "cpu" if device == "auto" else device, threads or 1)
+                  for _ in range(n)]
+        it = iter(todo)
+        running: dict = {}
+        free = list(actors)
+
+        def submit() -> None:
+            while free and not is_cancelled():
+                job = next(it, None)
+                if job is None:
+                    return
+                a = free.pop()
+                if skip_existing:
+                    _remove_stale_parts(job.dst)
+                try:
+                    data = job.src.read_bytes()
+                    ref = job.ref.read_bytes() if job.ref is not None else None
+                except OSError as exc:
+                    free.append(a)
+                    report(_result(job, error=f"{job.src}: cannot read ({exc.strerror or exc})"))
+                    continue
+                fut = a.process.remote(str(job.src), data, job.ref.name if job.ref else None, ref, tile, sigma)
+                running[fut] = (job, a)
+
+        submit()
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for fut in ready:
+                job, a = running.pop(fut)
+                free.append(a)
+                try:
+                    res = ray.get(fut)
+                except Exception as exc:  # noqa: BLE001 - a worker that died
+                    report(_result(job, error=f"{job.src}: worker failed ({type(exc).__name__})"))
+                    continue
+                if "error" in res:
+                    report(_result(job, error=res["error"], seconds=res["seconds"]))
+                    continue
+                try:
+                    write_bytes_atomic(job.dst, res["data"], force=force)
+                except AecError as exc:
+                    report(_result(job, error=str(exc), seconds=res["seconds"]))
+                    continue
+                report(_result(job, res["info"], seconds=res["seconds"]))
+            submit()
+    finally:
+        if started:
+            ray.shutdown()

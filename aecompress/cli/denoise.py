@@ -1,0 +1,144 @@
+"""`aecompress denoise`: files and folders, resume, parallel or Ray workers, reference metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import app
+from .common import console_err, device_option, error_line, threads_option
+
+
+def _fmt(r, show_sigma: bool) -> str:
+    line = f"{r.src} -> {r.dst}: {r.seconds:.2f} s"
+    if show_sigma and r.sigma_estimate is not None:
+        line += f", estimated sigma {r.sigma_estimate:.1f}"
+    if r.psnr is not None:
+        line += f", PSNR {r.psnr:.2f} dB (input {r.psnr_input:.2f} dB), SSIM {r.ssim:.4f}"
+    return line
+
+
+def _parse_sigma(sigma: Optional[str]):
+    from ..errors import AecError
+
+    if sigma is None or sigma == "auto":
+        return sigma
+    try:
+        v = float(sigma)
+    except ValueError:
+        raise AecError(f"--sigma must be 'auto' or a number, not '{sigma}'") from None
+    if not 0 <= v <= 255:
+        raise AecError(f"--sigma must be between 0 and 255, not {sigma}")
+    return v
+
+
+@app.command()
+def denoise(
+    inputs: List[Path] = typer.Argument(..., help="Images and folders to denoise."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input file) or folder. Default: NAME.denoised.EXT beside each file, FOLDER.denoised beside a folder."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders and mirror their structure under -o."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose output exists (resume a batch)."),
+    jobs: int = typer.Option(1, "-j", "--jobs", min=1, help="Images processed in parallel (local threads or Ray workers)."),
+    tile: int = typer.Option(512, "--tile", min=0, help="Tile size in pixels for bounded memory (0: whole image at once)."),
+    sigma: Optional[str] = typer.Option(None, "--sigma", help="'auto' to estimate and report the noise level, or a known level (0-255 scale). The default model is blind and needs neither."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean images with the same relative paths: report PSNR and SSIM."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Denoiser model package name or folder (default: denoise)."),
+    engine: str = typer.Option("local", "--engine", help="local or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --engine ray; default: start a local instance)."),
+    device: str = device_option(),
+    threads: Optional[int] = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image, then a summary object."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors and the summary of failures."),
+) -> None:
+    """Remove noise from photos: blind model, tiled, resumable batches with atomic writes."""
+    from dataclasses import asdict
+
+    from ..batch import plan_jobs, run_batch
+    from ..errors import AecError
+    from ..package import DEFAULT_DENOISER, load_package
+
+    sig = _parse_sigma(sigma)
+    model = model or DEFAULT_DENOISER
+    pkg = load_package(model)
+    if pkg.kind != "denoiser":
+        raise AecError(f"model {pkg.name} is a {pkg.kind}, not a denoiser")
+    if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
+        console_err.print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
+                          f"(--sigma {sig:g} is recorded only)", markup=False, highlight=False)
+    job_list = plan_jobs(inputs, output, recursive, reference)
+    if not job_list:
+        raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))
+    if reference is not None:
+        missing = [j for j in job_list if j.ref is None]
+        for j in missing[:5]:
+            error_line(f"no reference for {j.rel} in {reference}")
+    single = len(job_list) == 1
+    show_bar = not single and console_err.is_terminal and not quiet
+    bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console_err,
+                   transient=True, disable=not show_bar)
+    task = bar.add_task("denoise", total=len(job_list), rate="")
+
+    def say(text: str) -> None:
+        if show_bar:
+            bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    def on_result(r, summary) -> None:
+        if as_json and r.status == "failed":
+            print(json.dumps(asdict(r)), flush=True)
+        if r.status == "failed":
+            if show_bar:
+                bar.console.print(f"aecompress: error: {r.error}", markup=False, highlight=False, soft_wrap=True)
+            else:
+                error_line(r.error)
+        elif as_json:
+            print(json.dumps(asdict(r)), flush=True)
+        elif not quiet:
+            say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
+        n = len(summary.results)
+        rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""
+        bar.update(task, completed=n, rate=rate)
+
+    cancel = threading.Event()
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum, frame):                    # `kill` behaves like Ctrl-C: no partial files
+            raise KeyboardInterrupt
+        old_term = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        with bar:
+            summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
+                                model=model, device=device, threads=threads, engine=engine, address=address,
+                                progress=on_result, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("aecompress: interrupted; no partial files were left; rerun with --skip-existing to resume",
+              file=sys.stderr)
+        raise typer.Exit(130)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if as_json:
+        d = summary.as_dict()
+        d.pop("results")
+        print(json.dumps({"summary": d}), flush=True)
+    elif (not single or reference is not None) and not quiet:
+        line = f"{summary.done} denoised, {summary.skipped} skipped, {summary.failed} failed in {summary.seconds:.1f} s"
+        if summary.mean("psnr") is not None:
+            line += (f"; mean PSNR {summary.mean('psnr'):.2f} dB (input {summary.mean('psnr_input'):.2f} dB), "
+                     f"mean SSIM {summary.mean('ssim'):.4f}")
+        print(line, file=sys.stderr if summary.failed else sys.stdout, flush=True)
+    elif summary.failed and not single:
+        console_err.print(f"{summary.done} denoised, {summary.failed} failed", markup=False)
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,200 @@
+"""Rate-distortion benchmark: our codec against JPEG, WebP and AVIF (all through Pillow), side by side.
+
+    python bench/rd.py [FOLDER] [-m photo] [--limit N] [--out bench/results]
+
+For every image and setting it measures bpp from the real file bytes, RGB PSNR and MS-SSIM of the
+decoded image, and encode/decode seconds. Curves are averaged per setting over the images (as
+CompressAI reports), BD-rates (PSNR, cubic fit of log-rate) of ours against each codec are printed,
+and a JSON file and an RD plot (PNG) are written. It also times the whole `aecompress encode` +
+`aecompress decode` processes on a 768x512 crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, features
+
+from aecompress.codec import quality_to_level
+from aecompress.compress import decode_bytes, open_codec
+from aecompress.imageio import read_image, to_rgb8
+from aecompress.metrics import ms_ssim, psnr
+
+OUR_QUALITIES = [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+PIL_QUALITIES = {"JPEG": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
+                 "WEBP": [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
+                 "AVIF": [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]}
+
+
+def pil_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray, float, float]:
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    kw = {"quality": q}
+    if fmt == "JPEG":
+        kw["subsampling"] = "4:2:0"
+    if fmt == "WEBP":
+        kw["method"] = 6
+    if fmt == "AVIF":
+        kw["speed"] = 6
+    Image.fromarray(img).save(buf, format=fmt, **kw)
+    te = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    td = time.perf_counter() - t0
+    return len(buf.getvalue()), dec, te, td
+
+
+def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray) -> float | None:
+    """Bjontegaard delta rate of curve 2 against curve 1, in percent (negative: 2 needs fewer bits)."""
+    lr1, lr2 = np.log(r1), np.log(r2)
+    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
+    if hi <= lo or len(r1) < 4 or len(r2) < 4:
+        return None
+    f1 = np.polyfit(p1, lr1, 3)
+    f2 = np.polyfit(p2, lr2, 3)
+    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
+    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
+    return float((np.exp((i2 - i1) / (hi - lo)) - 1) * 100)
+
+
+def whole_process_seconds(model: str, sample: Path) -> dict:
+    """Wall time of `aecompress encode` then `aecompress decode` on a 768x512 crop, new processes."""
+    img = to_rgb8(read_image(sample))
+    h, w = img.shape[:2]
+    crop = img[(h - 512) // 2:(h - 512) // 2 + 512, (w - 768) // 2:(w - 768) // 2 + 768] if h >= 512 and w >= 768 \
+        else np.asarray(Image.fromarray(img).resize((768, 512)))
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "crop.png"
+        Image.fromarray(crop).save(src)
+        exe = [sys.executable, "-m", "aecompress"]
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(exe + ["encode", str(src), "-m", model, "--force", "--quiet"], check=True)
+            t1 = time.perf_counter()
+            subprocess.run(exe + ["decode", str(src.with_suffix(".aez")), "-o", str(Path(d) / "out.png"),
+                                  "-m", model, "--force", "--quiet"], check=True)
+            t2 = time.perf_counter()
+            times.append((t1 - t0, t2 - t1))
+        enc, dec = min(times, key=lambda t: t[0] + t[1])
+    return {"encode_s": enc, "decode_s": dec, "total_s": enc + dec, "size": [768, 512]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", nargs="?", default="../shared/data/val/photos")
+    ap.add_argument("-m", "--model", default="photo")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+    if args.limit:
+        files = files[:: max(1, len(files) // args.limit)][: args.limit]
+    codec = open_codec(args.model, "cpu", args.threads)
+    codecs = ["ours"] + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
+    settings = {"ours": OUR_QUALITIES, **PIL_QUALITIES}
+    # rows[codec][setting] -> list of per-image dicts
+    rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in settings[c]} for c in codecs}
+    times: dict[str, dict[str, list[float]]] = {c: {"encode": [], "decode": []} for c in codecs}
+
+    for n, f in enumerate(files):
+        img = to_rgb8(read_image(f))
+        px = img.shape[0] * img.shape[1]
+        t0 = time.perf_counter()
+        analysis = codec.analyse(img)
+        t_an = time.perf_counter() - t0
+        for q in OUR_QUALITIES:
+            t0 = time.perf_counter()
+            data, _ = codec.code(analysis, quality_to_level(q, codec.levels))
+            te = t_an + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            dec, _, _ = decode_bytes(data, codec.pkg)
+            td = time.perf_counter() - t0
+            rows["ours"][q].append({"bpp": len(data) * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
+            times["ours"]["encode"].append(te)
+            times["ours"]["decode"].append(td)
+        for fmt in codecs[1:]:
+            for q in settings[fmt]:
+                size, dec, te, td = pil_roundtrip(img, fmt, q)
+                rows[fmt][q].append({"bpp": size * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
+                times[fmt]["encode"].append(te)
+                times[fmt]["decode"].append(td)
+        print(f"[{n + 1}/{len(files)}] {f.name}", file=sys.stderr)
+
+    curves = {}
+    for c in codecs:
+        pts = []
+        for q, lst in rows[c].items():
+            pts.append({"setting": q, "bpp": float(np.mean([r["bpp"] for r in lst])),
+                        "psnr": float(np.mean([r["psnr"] for r in lst])),
+                        "ms_ssim": float(np.mean([r["ms_ssim"] for r in lst]))})
+        curves[c] = sorted(pts, key=lambda p: p["bpp"])
+
+    def arr(c, k):
+        return np.array([p[k] for p in curves[c]])
+
+    bd = {}
+    for c in codecs[1:]:
+        # restrict to the monotone part of each curve
+        bd[c] = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr("ours", "bpp"), arr("ours", "psnr")),
+                 "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
+                                       arr("ours", "bpp"), -10 * np.log10(1 - arr("ours", "ms_ssim")))}
+    timing = {c: {k: float(np.mean(v)) for k, v in times[c].items()} for c in codecs}
+    proc = whole_process_seconds(args.model, files[0])
+
+    print(f"\n{len(files)} images from {args.folder}\n")
+    print(f"{'codec':6} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+    for c in codecs:
+        for p in curves[c]:
+            print(f"{c:6} {p['setting']:>7} {p['bpp']:7.3f} {p['psnr']:7.2f} {p['ms_ssim']:8.4f}")
+    print("\nBD-rate of ours against (negative = ours needs fewer bits at equal quality):")
+    for c, v in bd.items():
+        fmt = lambda x: "n/a" if x is None else f"{x:+.1f}%"  # noqa: E731
+        print(f"  {c:5}  PSNR {fmt(v['psnr'])}   MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
+    print("\nmean seconds per image (in-process):")
+    for c, v in timing.items():
+        print(f"  {c:5}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
+    print(f"\nwhole process, 768x512: encode {proc['encode_s']:.2f} s + decode {proc['decode_s']:.2f} s"
+          f" = {proc['total_s']:.2f} s")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"folder": str(args.folder), "images": [f.name for f in files], "model": args.model,
+              "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+              "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
+    (args.out / "rd.json").write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        for c in codecs:
+            axes[0].plot(arr(c, "bpp"), arr(c, "psnr"), "o-", ms=3, label=c if c != "ours" else f"aecompress ({args.model})")
+            axes[1].plot(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")), "o-", ms=3, label=c)
+        axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)", title=f"{len(files)} images: {args.folder}")
+        axes[1].set(xlabel="bits per pixel (file bytes)", ylabel="MS-SSIM (dB)")
+        for a in axes:
+            a.grid(alpha=0.3)
+            a.set_xlim(0, 2.2)
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(args.out / "rd.png", dpi=110)
+        print(f"wrote {args.out / 'rd.json'} and {args.out / 'rd.png'}")
+    except ImportError:
+        print(f"wrote {args.out / 'rd.json'} (install matplotlib for the plot)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""The Batch tab: many files at once, with per-file and overall progress, cancel, skip existing,
+an output folder, and errors listed per file without stopping the queue.
+
+Images are compressed (aecompress.compress.encode_file, as `aecompress encode`) or denoised
+(aecompress.batch.run_batch, as `aecompress denoise`); .aez files are decompressed
+(aecompress.compress.decode_file, as `aecompress decode`). Output names are those of the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
+                               QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from aecompress.compress import decode_file, encode_file, open_codec, output_for
+from aecompress.errors import AecError
+
+from .compress_tab import IMAGE_FILTER
+from .runtime import Runtime
+from .settings import Settings
+from .workers import WorkQueue
+
+WAITING, WORKING, DONE, SKIPPED, FAILED, CANCELLED = "Waiting", "Working", "Done", "Skipped", "Failed", "Cancelled"
+FINISHED = (DONE, SKIPPED)
+
+
+@dataclass
+class Item:
+    path: Path
+    status: str = WAITING
+    message: str = ""
+    output: Path | None = None
+
+    @property
+    def is_aez(self) -> bool:
+        return self.path.suffix.lower() == ".aez"
+
+
+def destination(src: Path, action: str, folder: Path | None) -> Path:
+    """Where a batch writes a file's result: the CLI's names, in `folder` when one is chosen."""
+    if action == "denoise":
+        from aecompress.batch import default_output
+        return folder / default_output(src).name if folder is not None else default_output(src)
+    suffix = ".png" if action == "decompress" else ".aez"
+    return output_for(src, folder, folder is not None, suffix)
+
+
+class BatchTab(QWidget):
+    errorOccurred = Signal(str)
+    statusMessage = Signal(str)
+    providerUsed = Signal(str)
+    finished = Signal(object)          # the list of items when a run ends (done or cancelled)
+
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue,
+                 options: Callable[[], dict], parent: QWidget | None = None):
+        """options() returns the codec/denoiser model and quality set in the other tabs."""
+        super().__init__(parent)
+        self.runtime, self.settings, self.work, self.options = runtime, settings, work, options
+        self.items: list[Item] = []
+        self._job = None
+        self._rows: list[int] = []
+        self._t0 = time.perf_counter()
+
+        self.table = QTableWidget(0, 4, self)
+        self.table.setHorizontalHeaderLabels(["File", "Action", "Progress", "Result"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        h = self.table.horizontalHeader()
+        h.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        h.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table.setColumnWidth(0, 220)
+        self.table.setColumnWidth(2, 130)
+
+        self.add_btn = QPushButton("Add files\u2026", self)
+        self.remove_btn = QPushButton("Remove", self)
+        self.clear_btn = QPushButton("Clear finished", self)
+        self.add_btn.clicked.connect(lambda: self.add_dialog())
+        self.remove_btn.clicked.connect(self.remove_selected)
+        self.clear_btn.clicked.connect(self.clear_finished)
+        self.action = QComboBox(self)
+        self.action.addItems(["Compress images", "Denoise images"])
+        self.action.setToolTip(".aez files are always decompressed")
+        self.action.currentIndexChanged.connect(self._refresh_actions)
+
+        top = QHBoxLayout()
+        top.addWidget(self.add_btn)
+        top.addWidget(self.remove_btn)
+        top.addWidget(self.clear_btn)
+        top.addStretch(1)
+        top.addWidget(QLabel("Images:", self))
+        top.addWidget(self.action)
+
+        self.out_edit = QLineEdit(settings.batch_output, self)
+        self.out_edit.setPlaceholderText("next to each file")
+        self.out_edit.setClearButtonEnabled(True)
+        self.out_edit.editingFinished.connect(lambda: setattr(self.settings, "batch_output", self.out_edit.text().strip()))
+        self.out_btn = QPushButton("Choose\u2026", self)
+        self.out_btn.clicked.connect(lambda: self.choose_output())
+        self.skip = QCheckBox("Skip files whose output exists", self)
+        self.skip.setToolTip("Unchecked: existing outputs are overwritten")
+        self.skip.setChecked(settings.skip_existing)
+        self.skip.toggled.connect(lambda v: setattr(self.settings, "skip_existing", v))
+        opts = QHBoxLayout()
+        opts.addWidget(QLabel("Output folder:", self))
+        opts.addWidget(self.out_edit, 1)
+        opts.addWidget(self.out_btn)
+        opts.addSpacing(12)
+        opts.addWidget(self.skip)
+
+        self.settings_note = QLabel("", self)
+        self.settings_note.setObjectName("note")
+        self.overall = QProgressBar(self)
+        self.overall.setFormat("%v of %m files")
+        self.overall.setValue(0)
+        self.overall.setMaximum(1)
+        self.start_btn = QPushButton("Start", self)
+        self.start_btn.setObjectName("primary")
+        self.cancel_btn = QPushButton("Cancel", self)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.overall, 1)
+        bottom.addWidget(self.start_btn)
+        bottom.addWidget(self.cancel_btn)
+        self.summary = QLabel("Drop several files on the window, or add them here.", self)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(10, 8, 10, 10)
+        lay.addLayout(top)
+        lay.addWidget(self.table, 1)
+        lay.addLayout(opts)
+        lay.addWidget(self.settings_note)
+        lay.addLayout(bottom)
+        lay.addWidget(self.summary)
+        self._update_controls()
+
+    # -- the list --------------------------------------------------------------------------------
+    def add_paths(self, paths: list[str | Path]) -> None:
+        known = {i.path.resolve() for i in self.items}
+        for p in paths:
+            p = Path(p)
+            if p.is_dir() or p.resolve() in known:
+                continue
+            known.add(p.resolve())
+            self.items.append(Item(p))
+            self._add_row(self.items[-1])
+        self._refresh_actions()
+        self._update_controls()
+
+    def add_dialog(self) -> None:
+        names, _ = QFileDialog.getOpenFileNames(self, "Add files", self.settings.folder("open"),
+                                                IMAGE_FILTER[:-1] + " *.aez);;All files (*)")
+        if names:
+            self.settings.set_folder("open", names[0])
+            self.add_paths(names)
+
+    def choose_output(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text() or self.settings.folder("batch_out"))
+        if d:
+            self.out_edit.setText(d)
+            self.settings.batch_output = d
+            self.settings.set_folder("batch_out", d)
+
+    def _add_row(self, item: Item) -> None:
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        name = QTableWidgetItem(item.path.name)
+        name.setToolTip(str(item.path))
+        self.table.setItem(r, 0, name)
+        self.table.setItem(r, 1, QTableWidgetItem(""))
+        bar = QProgressBar(self.table)
+        bar.setRange(0, 100)
+        bar.setValue(0)
+        bar.setTextVisible(True)
+        bar.setFormat(WAITING)
+        self.table.setCellWidget(r, 2, bar)
+        self.table.setItem(r, 3, QTableWidgetItem(""))
+
+    def _action(self, item: Item) -> str:
+        if item.is_aez:
+            return "decompress"
+        return "denoise" if self.action.currentIndex() == 1 else "compress"
+
+    def _refresh_actions(self, *_):
+        for r, item in enumerate(self.items):
+            self.table.item(r, 1).setText(self._action(item).capitalize())
+        o = self.options()
+        self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d at quality {o['quality']}; "
+                                   f"denoise uses \u201c{o['denoiser'] or 'denoise'}\u201d (set in those tabs).")
+
+    def remove_selected(self) -> None:
+        if self.running:
+            return
+        rows = sorted({i.row() for i in self.table.selectedIndexes()}, reverse=True)
+        for r in rows:
+            self.table.removeRow(r)
+            del self.items[r]
+        self._update_controls()
+
+    def clear_finished(self) -> None:
+        if self.running:
+            return
+        for r in reversed(range(len(self.items))):
+            if self.items[r].status in FINISHED:
+                self.table.removeRow(r)
+                del self.items[r]
+        self._update_controls()
+
+    def _show(self, r: int) -> None:
+        item = self.items[r]
+        bar: QProgressBar = self.table.cellWidget(r, 2)
+        if item.status == WORKING:
+            bar.setRange(0, 0)                       # busy: the runtime reports whole files
+        else:
+            bar.setRange(0, 100)
+            bar.setValue(100 if item.status in (DONE, SKIPPED, FAILED) else 0)
+        bar.setFormat(item.status)
+        bar.setProperty("state", item.status.lower())
+        bar.style().unpolish(bar)
+        bar.style().polish(bar)
+        res = self.table.item(r, 3)
+        res.setText(item.message)
+        res.setToolTip(item.message)
+        res.setForeground(QColor("#b3261e") if item.status == FAILED else self.palette().text().color())
+
+    # -- running ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def output_folder(self) -> Path | None:
+        t = self.out_edit.text().strip()
+        return Path(t).expanduser() if t else None
+
+    def start(self) -> None:
+        """Run every file not yet done; results arrive per file; one failure does not stop the rest."""
+        if self.running:
+            return
+        todo = [i for i, it in enumerate(self.items) if it.status not in FINISHED]
+        if not todo:
+            return
+        folder = self.output_folder()
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.errorOccurred.emit(f"cannot create the output folder {folder}: {exc.strerror or exc}")
+                return
+        skip = self.skip.isChecked()
+        o = self.options()
+        runtime = self.runtime
+        device, threads = runtime.device, runtime.threads
+        plan = [(i, self.items[i].path, self._action(self.items[i])) for i in todo]
+        for i, _, action in plan:
+            self.items[i].status, self.items[i].message = WAITING, ""
+            self.items[i].output = destination(self.items[i].path, action, folder)
+            self._show(i)
+        outputs = {i: self.items[i].output for i, _, _ in plan}
+        self.overall.setMaximum(len(self.items))
+        self.overall.setValue(sum(it.status in FINISHED for it in self.items))
+
+        def job(token, emit):
+            codec = None
+            for is_denoise, group in itertools.groupby(plan, key=lambda x: x[2] == "denoise"):
+                group = list(group)
+                if token.cancelled:
+                    break
+                if is_denoise:
+                    _denoise_group(group, outputs, o["denoiser"], device, threads, skip, token, emit)
+                    continue
+                for i, src, action in group:
+                    if token.cancelled:
+                        break
+                    out = outputs[i]
+                    if skip and out.exists():
+                        emit((i, SKIPPED, f"{out.name} exists"))
+                        continue
+                    emit((i, WORKING, ""))
+                    try:
+                        if action == "compress":
+                            if codec is None:
+                                codec = open_codec(o["codec_key"], device, threads)
+                            r = encode_file(src, out, codec, force=True, quality=o["quality"])
+                            msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
+                                   f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
+                        else:
+                            r = decode_file(src, out, None, force=True, device=device, threads=threads)
+                            msg = f"{r['width']}\u00d7{r['height']}, {r['seconds']:.1f} s \u2192 {out.name}"
+                        emit((i, DONE, msg, r.get("provider")))
+                    except AecError as exc:
+                        emit((i, FAILED, str(exc)))
+                    except MemoryError:
+                        emit((i, FAILED, f"{src.name}: not enough memory"))
+                    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the queue
+                        emit((i, FAILED, f"{src.name}: {type(exc).__name__}: {exc}"))
+            return None
+
+        self._rows = [i for i, _, _ in plan]
+        self.summary.setText(f"Working on {len(plan)} file{'s' if len(plan) != 1 else ''}\u2026")
+        self._t0 = time.perf_counter()
+        self._job = self.work.submit(job, name="batch", progress=self._progress, done=lambda _: self._ended(False),
+                                     error=self._batch_failed, cancelled=lambda: self._ended(True),
+                                     progress_after_cancel=True)
+        self._update_controls()
+
+    def _progress(self, payload) -> None:
+        i, status, message = payload[:3]
+        item = self.items[i]
+        item.status, item.message = status, message
+        self._show(i)
+        if len(payload) > 3 and payload[3]:
+            self.providerUsed.emit(payload[3])
+        self.overall.setValue(sum(it.status in (DONE, SKIPPED, FAILED) for it in self.items))
+
+    def _batch_failed(self, message: str) -> None:
+        self.errorOccurred.emit(message)
+        self._ended(False)
+
+    def _ended(self, cancelled: bool) -> None:
+        self._job = None
+        for r in self._rows:
+            it = self.items[r]
+            if it.status in (WAITING, WORKING):
+                it.status = CANCELLED
+                self._show(r)
+        n = {s: sum(it.status == s for it in self.items) for s in (DONE, SKIPPED, FAILED, CANCELLED, WAITING)}
+        parts = [f"{n[DONE]} done"]
+        if n[SKIPPED]:
+            parts.append(f"{n[SKIPPED]} skipped")
+        if n[FAILED]:
+            parts.append(f"{n[FAILED]} failed")
+        if n[CANCELLED]:
+            parts.append(f"{n[CANCELLED]} cancelled")
+        text = ", ".join(parts) + f" in {time.perf_counter() - self._t0:.1f} s"
+        self.summary.setText(("Cancelled: " if cancelled else "Finished: ") + text)
+        self.statusMessage.emit("Batch " + ("cancelled: " if cancelled else "finished: ") + text)
+        self._update_controls()
+        self.finished.emit(self.items)
+
+    def cancel(self) -> None:
+        """Stop after the file in progress (denoising stops within the file); outputs are never partial."""
+        if self._job is not None:
+            self._job.cancel()
+            self.summary.setText("Cancelling after the current file\u2026")
+            self.cancel_btn.setEnabled(False)
+
+    def _update_controls(self) -> None:
+        run = self.running
+        pending = any(it.status not in FINISHED for it in self.items)
+        self.start_btn.setEnabled(not run and pending)
+        self.cancel_btn.setEnabled(run)
+        for w in (self.add_btn, self.remove_btn, self.clear_btn, self.action, self.out_edit, self.out_btn, self.skip):
+            w.setEnabled(not run)
+
+
+def _denoise_group(group, outputs, model, device, threads, skip, token, emit) -> None:
+    """A run of images to denoise, through aecompress.batch.run_batch (one model load for all)."""
+    from aecompress.batch import Job, run_batch
+
+    jobs = [Job(src, outputs[i], Path(src.name)) for i, src, _ in group]
+    index = {str(j.src): i for j, (i, _, _) in zip(jobs, group)}
+    order = [i for i, _, _ in group]
+    emit((order[0], WORKING, ""))
+
+    def progress(res, summary) -> None:
+        i = index[res.src]
+        if res.status == "skipped":
+            emit((i, SKIPPED, f"{Path(res.dst).name} exists"))
+        elif res.status == "failed":
+            emit((i, FAILED, res.error or "failed"))
+        else:
+            sig = f"\u03c3 \u2248 {res.sigma_estimate:.1f}, " if res.sigma_estimate is not None else ""
+            emit((i, DONE, f"{sig}{res.seconds:.1f} s \u2192 {Path(res.dst).name}", res.provider))
+        k = len(summary.results)
+        if k < len(order) and not token.cancelled:
+            emit((order[k], WORKING, ""))          # one job at a time: the next one starts now
+
+    try:
+        run_batch(jobs, skip_existing=skip, force=True, jobs=1, sigma="auto", model=model or "denoise",
+                  device=device, threads=threads, progress=progress, cancel=lambda: token.cancelled)
+    except AecError as exc:                        # the model itself is missing or broken: every file fails
+        for i in order:
+            emit((i, FAILED, str(exc)))

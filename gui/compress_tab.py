@@ -1,0 +1,409 @@
+"""The Compress tab: an image, a model, a quality (or a target bpp/size) and the result beside it.
+
+The slow, quality-independent analysis transform runs once per image and model; moving the quality
+slider then re-runs only the entropy coding (exact file size at once) and the reconstruction, on a
+worker, debounced. Targets (bpp, size) go through aecompress.compress.encode_picture, like
+`aecompress encode --bpp/--size`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton,
+                               QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+
+from aecompress.codec import Analysis, Codec, level_to_quality, quality_to_level
+from aecompress.compress import DEFAULT_QUALITY, encode_picture, output_for
+# the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
+from aecompress.compress import _coding_input as coding_input
+from aecompress.fsutil import write_bytes_atomic
+from aecompress.imageio import Picture, read_image, save_image, to_rgb8
+from aecompress.metrics import ms_ssim, psnr
+
+from .compare import ComparePanel, difference_image, to_qimage
+from .runtime import Runtime, provider_text
+from .settings import Settings
+from .widgets import ModelPicker, ResultGrid, SidePanel, group, note_label
+from .workers import WorkQueue
+
+DEBOUNCE_MS = 150
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif *.ppm *.pgm *.tga)"
+
+
+def human_bytes(n: int) -> str:
+    if n < 1000:
+        return f"{n} bytes"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f} kB"
+    return f"{n / 1_000_000:.2f} MB"
+
+
+@dataclass
+class Source:
+    """An image to work on: a file, or pixels pasted from the clipboard (path None)."""
+
+    name: str
+    path: Path | None = None
+    picture: Picture | None = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def file_bytes(self) -> int | None:
+        try:
+            return self.path.stat().st_size if self.path is not None else None
+        except OSError:
+            return None
+
+
+def load_source(src: Source) -> tuple[Picture, QImage]:
+    """Read the picture (on a worker) and make its display image."""
+    pic = src.picture if src.picture is not None else read_image(src.path)
+    return pic, to_qimage(to_rgb8(pic))
+
+
+@dataclass
+class Prepared:
+    picture: Picture
+    codec: Codec
+    reference: np.ndarray         # the pixels that are coded (after mode conversion)
+    analysis: Analysis
+    notes: list[str]
+    seconds: float
+
+
+@dataclass
+class Result:
+    data: bytes
+    recon: np.ndarray
+    level: float
+    quality: float
+    psnr: float
+    ms_ssim: float
+    seconds_encode: float
+    seconds_decode: float
+    provider: str
+    after: QImage
+    diff: QImage
+    notes: list[str] = field(default_factory=list)
+
+
+class CompressTab(QWidget):
+    errorOccurred = Signal(str)
+    statusMessage = Signal(str)
+    providerUsed = Signal(str)
+    addFolderRequested = Signal()
+
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runtime, self.settings, self.work = runtime, settings, work
+        self.source: Source | None = None
+        self.prepared: Prepared | None = None
+        self.result: Result | None = None
+        self._prep_job = None
+        self._enc_job = None
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.encode)
+
+        self.panel = ComparePanel(self, ("Original", "Compressed"))
+        side = SidePanel(self)
+
+        self.model = ModelPicker(runtime, "codec", self)
+        self.model.select(settings.model)
+        self.model.modelChanged.connect(self._model_changed)
+        self.model.addFolderRequested.connect(self.addFolderRequested)
+        side.add(group("Model", self.model))
+
+        self.rate_mode = QComboBox(self)
+        self.rate_mode.addItems(["Quality", "Target bits per pixel", "Target file size"])
+        self.quality = QSlider(Qt.Orientation.Horizontal, self)
+        self.quality.setRange(1, 100)
+        self.quality.setValue(settings.quality)
+        self.quality.setPageStep(5)
+        self.quality_spin = QSpinBox(self)
+        self.quality_spin.setRange(1, 100)
+        self.quality_spin.setValue(settings.quality)
+        self.quality.valueChanged.connect(self.quality_spin.setValue)
+        self.quality_spin.valueChanged.connect(self.quality.setValue)
+        self.quality.valueChanged.connect(self._rate_changed)
+        qrow = QWidget(self)
+        ql = QHBoxLayout(qrow)
+        ql.setContentsMargins(0, 0, 0, 0)
+        ql.addWidget(self.quality, 1)
+        ql.addWidget(self.quality_spin)
+        self.bpp = QDoubleSpinBox(self)
+        self.bpp.setRange(0.01, 24.0)
+        self.bpp.setDecimals(2)
+        self.bpp.setSingleStep(0.05)
+        self.bpp.setValue(0.5)
+        self.bpp.setSuffix(" bpp")
+        self.bpp.valueChanged.connect(self._rate_changed)
+        self.size_kb = QDoubleSpinBox(self)
+        self.size_kb.setRange(0.1, 1_000_000)
+        self.size_kb.setDecimals(1)
+        self.size_kb.setValue(20.0)
+        self.size_kb.setSuffix(" kB")
+        self.size_kb.valueChanged.connect(self._rate_changed)
+        self.rate_stack = QStackedWidget(self)
+        for w in (qrow, self.bpp, self.size_kb):
+            self.rate_stack.addWidget(w)
+        self.rate_stack.setFixedHeight(qrow.sizeHint().height() + 4)
+        self.rate_mode.currentIndexChanged.connect(self.rate_stack.setCurrentIndex)
+        self.rate_mode.currentIndexChanged.connect(self._rate_changed)
+        self.estimate = QLabel("", self)
+        self.estimate.setObjectName("estimate")
+        side.add(group("Quality", self.rate_mode, self.rate_stack, self.estimate))
+
+        self.grid = ResultGrid([("size", "File size"), ("bpp", "Bits per pixel"), ("ratio", "Compression"),
+                                ("psnr", "PSNR"), ("msssim", "MS-SSIM"), ("quality", "Quality"),
+                                ("time", "Time"), ("provider", "Provider")], self)
+        self.notes = note_label("", self)
+        self.notes.hide()
+        side.add(group("Result", self.grid, self.notes))
+
+        self.save_aez_btn = QPushButton("Save .aez\u2026", self)
+        self.save_aez_btn.setObjectName("primary")
+        self.save_aez_btn.setToolTip("Save the compressed file (Ctrl+S)")
+        self.save_img_btn = QPushButton("Save image\u2026", self)
+        self.save_img_btn.setToolTip("Save the reconstruction as PNG, JPEG, WebP, ...")
+        self.save_aez_btn.clicked.connect(lambda: self.save_aez())
+        self.save_img_btn.clicked.connect(lambda: self.save_image())
+        row = QWidget(self)
+        rl = QHBoxLayout(row)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.save_aez_btn)
+        rl.addWidget(self.save_img_btn)
+        side.add(row)
+        side.finish()
+
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.panel, 1)
+        lay.addWidget(side)
+        self._update_buttons()
+
+    # -- input -----------------------------------------------------------------------------------
+    def open_path(self, path: str | Path) -> None:
+        path = Path(path)
+        self.open_source(Source(path.name, path))
+
+    def open_picture(self, pic: Picture, name: str = "pasted image") -> None:
+        self.open_source(Source(name, None, pic))
+
+    def open_source(self, src: Source) -> None:
+        self.source, self.prepared, self.result = src, None, None
+        self.grid.clear()
+        self.estimate.setText("")
+        self.notes.hide()
+        self.panel.view.set_images(None)
+        self.panel.set_pair_controls(False)
+        self._update_buttons()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Read the image and run the analysis transform (once per image, model and device)."""
+        if self.source is None:
+            return
+        for j in (self._prep_job, self._enc_job):
+            if j is not None:
+                j.cancel()
+        self.prepared = None
+        src, key, runtime = self.source, self.model.key(), self.runtime
+        if not key:
+            self.errorOccurred.emit("no codec model is installed: add a model folder (Model \u203a Add model folder\u2026)")
+            return
+
+        def job(token, emit):
+            pic, img = load_source(src)
+            emit(("picture", pic, img))
+            token.check()
+            codec = runtime.codec(key)
+            ref, notes = coding_input(pic, codec)
+            token.check()
+            t0 = time.perf_counter()
+            analysis = codec.analyse(ref)
+            return Prepared(pic, codec, ref, analysis, notes, time.perf_counter() - t0)
+
+        self._set_busy(f"Analysing {src.name}\u2026")
+        self._prep_job = self.work.submit(job, name="analyse", progress=self._prep_progress, done=self._prepared,
+                                          error=self._failed, cancelled=lambda: None)
+
+    def _prep_progress(self, payload) -> None:
+        if payload[0] == "picture":
+            _, pic, img = payload
+            self.source.picture = pic
+            self.panel.view.set_images(img, None, None, ("Original", "Compressed"))
+            self.panel.set_pair_controls(False)
+            self.statusMessage.emit(f"{self.source.name}: {pic.width}\u00d7{pic.height}, {pic.mode}"
+                                    + (f", {pic.bits}-bit" if pic.bits != 8 else ""))
+
+    def _prepared(self, p: Prepared) -> None:
+        self.prepared = p
+        self.providerUsed.emit(p.codec.pkg.provider)
+        self.encode()
+
+    # -- rate ------------------------------------------------------------------------------------
+    def _rate_changed(self, *_):
+        if self.rate_mode.currentIndex() == 0:
+            self.settings.quality = self.quality.value()
+        if self.prepared is not None:
+            self._debounce.start()
+
+    def rate(self) -> tuple[str, float]:
+        i = self.rate_mode.currentIndex()
+        if i == 1:
+            return "bpp", self.bpp.value()
+        if i == 2:
+            return "size", self.size_kb.value() * 1000
+        return "quality", float(self.quality.value())
+
+    def _model_changed(self, key: str) -> None:
+        self.settings.model = key
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-run everything for the current image (after a model or device change)."""
+        if self.source is not None:
+            self.prepare()
+
+    def encode(self) -> None:
+        """Code the analysed image at the current quality (or target) on a worker."""
+        self._debounce.stop()
+        p = self.prepared
+        if p is None:
+            return
+        if self._enc_job is not None:
+            self._enc_job.cancel()
+        mode, value = self.rate()
+
+        def job(token, emit):
+            codec, pic = p.codec, p.picture
+            t0 = time.perf_counter()
+            notes = list(p.notes)
+            if mode == "quality":
+                data, st = codec.code(p.analysis, quality_to_level(value, codec.levels), pic.mode, pic.bits,
+                                      pic.has_alpha)
+                t_enc = p.seconds + time.perf_counter() - t0
+                emit(("estimate", len(data)))
+                token.check()
+                t1 = time.perf_counter()
+                recon, level = codec.reconstruct(st, pic.height, pic.width), st["level"]
+                t_dec = time.perf_counter() - t1
+            else:
+                enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
+                                     target_size=int(value) if mode == "size" else None)
+                data, recon, level, notes = enc.data, enc.recon, enc.level, enc.notes
+                t_enc, t_dec = time.perf_counter() - t0, 0.0
+            token.check()
+            q = psnr(p.reference, recon)
+            token.check()
+            m = ms_ssim(p.reference, recon)
+            token.check()
+            return Result(data, recon, level, level_to_quality(level, codec.levels), q, m, t_enc, t_dec,
+                          codec.pkg.provider, to_qimage(recon), difference_image(p.reference, recon), notes)
+
+        self._set_busy("Compressing\u2026" if mode == "quality" else "Searching for the target\u2026")
+        self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,
+                                         error=self._failed, cancelled=lambda: None)
+
+    def _estimate(self, payload) -> None:
+        if payload[0] == "estimate":
+            n = payload[1]
+            pic = self.prepared.picture
+            self.estimate.setText(f"\u2248 {human_bytes(n)} \u00b7 {n * 8 / (pic.width * pic.height):.3f} bpp")
+
+    def _encoded(self, r: Result) -> None:
+        self.result = r
+        pic = self.prepared.picture
+        n, px = len(r.data), pic.width * pic.height
+        self.estimate.setText(f"{human_bytes(n)} \u00b7 {n * 8 / px:.3f} bpp")
+        self.grid.set("size", f"{human_bytes(n)} ({n:,} bytes)")
+        self.grid.set("bpp", f"{n * 8 / px:.3f}")
+        ratio = f"{px * 3 / n:.1f} : 1 vs raw"
+        fb = self.source.file_bytes
+        if fb:
+            ratio += f"\n{fb / n:.2f} : 1 vs the {self.source.path.suffix.lstrip('.').upper() or 'input'} file"
+        self.grid.set("ratio", ratio)
+        self.grid.set("psnr", "\u221e (lossless)" if r.psnr == float("inf") else f"{r.psnr:.2f} dB")
+        self.grid.set("msssim", f"{r.ms_ssim:.4f}")
+        self.grid.set("quality", f"{r.quality:.0f}" if abs(r.quality - round(r.quality)) < 0.05 else f"{r.quality:.1f}")
+        t = f"{r.seconds_encode:.2f} s encode"
+        if r.seconds_decode:
+            t += f", {r.seconds_decode:.2f} s decode"
+        self.grid.set("time", t)
+        self.grid.set("provider", provider_text(r.provider))
+        self.notes.setText("\n".join(f"Note: {x}" for x in r.notes))
+        self.notes.setVisible(bool(r.notes))
+        self.panel.view.set_after(r.after, r.diff)
+        self.panel.set_pair_controls(True)
+        self.providerUsed.emit(r.provider)
+        self._set_busy("")
+        self._update_buttons()
+        self.statusMessage.emit(f"{self.source.name}: {human_bytes(n)}, {n * 8 / px:.3f} bpp, "
+                                f"PSNR {r.psnr:.2f} dB, MS-SSIM {r.ms_ssim:.4f}")
+
+    def _failed(self, message: str) -> None:
+        self._set_busy("")
+        self.errorOccurred.emit(message)
+        self._update_buttons()
+
+    def _set_busy(self, text: str) -> None:
+        self.panel.view.set_busy(text)
+        if text:
+            self.statusMessage.emit(text)
+
+    def _update_buttons(self) -> None:
+        ok = self.result is not None
+        self.save_aez_btn.setEnabled(ok)
+        self.save_img_btn.setEnabled(ok)
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _ask(self, title: str, suggested: str, filters: str) -> Path | None:
+        start = str(Path(self.settings.folder("save")) / suggested)
+        name, _ = QFileDialog.getSaveFileName(self, title, start, filters)
+        if not name:
+            return None
+        self.settings.set_folder("save", name)
+        return Path(name)
+
+    def save_aez(self, path: str | Path | None = None) -> Path | None:
+        """Write the compressed file; asks where unless given a path. Returns the path written."""
+        if self.result is None:
+            return None
+        if path is None:
+            suggested = output_for(Path(self.source.name), None, False, ".aez").name
+            path = self._ask("Save compressed file", suggested, "aecompress files (*.aez)")
+            if path is None:
+                return None
+        path = Path(path)
+        data = self.result.data
+        self.work.submit(lambda token, emit: write_bytes_atomic(path, data, force=True), name="save",
+                         done=lambda _: self.statusMessage.emit(f"Saved {path} ({human_bytes(len(data))})"),
+                         error=self._failed)
+        return path
+
+    def save_image(self, path: str | Path | None = None) -> Path | None:
+        if self.result is None:
+            return None
+        if path is None:
+            path = self._ask("Save reconstruction", f"{self.source.stem}-compressed.png", IMAGE_FILTER)
+            if path is None:
+                return None
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".png")
+        recon = self.result.recon
+        self.work.submit(lambda token, emit: save_image(path, recon, force=True), name="save",
+                         done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
+        return path

@@ -1,0 +1,279 @@
+"""The Denoise tab: an image, a denoiser model, the noise level (automatic or set) and a strength.
+
+Denoising goes through aecompress.denoise.denoise_array (tiled, cancellable between tiles), the same
+function `aecompress denoise` uses. Strength mixes the denoised result with the input (100% = the
+model's output); it is applied to the finished result, so changing it does not re-run the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
+                               QWidget)
+
+from aecompress.imageio import Picture, save_image, to_rgb8
+
+from .compare import ComparePanel, difference_image, to_qimage
+from .compress_tab import IMAGE_FILTER, Source, load_source
+from .runtime import Runtime, provider_text
+from .settings import Settings
+from .widgets import ModelPicker, ResultGrid, SidePanel, group, note_label
+from .workers import WorkQueue
+
+
+def blend(noisy: np.ndarray, denoised: np.ndarray, strength: float) -> np.ndarray:
+    """Mix the model's output with its input: strength 1 is the output, 0 the input."""
+    if strength >= 1.0:
+        return denoised
+    peak = 65535 if denoised.dtype == np.uint16 else 255
+    mix = noisy.astype(np.float32) + (denoised.astype(np.float32) - noisy.astype(np.float32)) * strength
+    return np.clip(np.round(mix), 0, peak).astype(denoised.dtype)
+
+
+def _display(pic: Picture, pixels: np.ndarray) -> np.ndarray:
+    return to_rgb8(Picture(pixels, pic.mode, pic.bits))
+
+
+@dataclass
+class Denoised:
+    picture: Picture
+    output: np.ndarray            # the model's output, same shape and dtype as the input
+    shown: np.ndarray             # output mixed at the current strength
+    info: dict
+    sigma_after: float
+    after: QImage
+    diff: QImage
+
+
+class DenoiseTab(QWidget):
+    errorOccurred = Signal(str)
+    statusMessage = Signal(str)
+    providerUsed = Signal(str)
+    addFolderRequested = Signal()
+
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runtime, self.settings, self.work = runtime, settings, work
+        self.source: Source | None = None
+        self.result: Denoised | None = None
+        self._job = None
+        self._blend_timer = QTimer(self)
+        self._blend_timer.setSingleShot(True)
+        self._blend_timer.setInterval(120)
+        self._blend_timer.timeout.connect(self._reblend)
+
+        self.panel = ComparePanel(self, ("Input", "Denoised"))
+        self.panel.view.diff_label = "Removed noise (\u00d7 8)"
+        side = SidePanel(self)
+        self.model = ModelPicker(runtime, "denoiser", self)
+        self.model.modelChanged.connect(lambda _k: self.run())
+        self.model.addFolderRequested.connect(self.addFolderRequested)
+        side.add(group("Model", self.model))
+
+        self.auto = QCheckBox("Automatic noise level", self)
+        self.auto.setChecked(settings.denoise_auto)
+        self.sigma = QSlider(Qt.Orientation.Horizontal, self)
+        self.sigma.setRange(0, 75)
+        self.sigma.setValue(settings.denoise_sigma)
+        self.sigma_spin = QSpinBox(self)
+        self.sigma_spin.setRange(0, 75)
+        self.sigma_spin.setPrefix("\u03c3 ")
+        self.sigma_spin.setValue(settings.denoise_sigma)
+        self.sigma.valueChanged.connect(self.sigma_spin.setValue)
+        self.sigma_spin.valueChanged.connect(self.sigma.setValue)
+        srow = QWidget(self)
+        sl = QHBoxLayout(srow)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(self.sigma, 1)
+        sl.addWidget(self.sigma_spin)
+        self.sigma_note = note_label("", self)
+        self.auto.toggled.connect(self._noise_changed)
+        self.sigma.sliderReleased.connect(self._noise_changed)
+        self.sigma_spin.editingFinished.connect(self._noise_changed)
+        side.add(group("Noise level", self.auto, srow, self.sigma_note))
+
+        self.strength = QSlider(Qt.Orientation.Horizontal, self)
+        self.strength.setRange(0, 100)
+        self.strength.setValue(100)
+        self.strength_label = QLabel("100%", self)
+        self.strength_label.setMinimumWidth(40)
+        self.strength.valueChanged.connect(lambda v: (self.strength_label.setText(f"{v}%"), self._blend_timer.start()))
+        strow = QWidget(self)
+        stl = QHBoxLayout(strow)
+        stl.setContentsMargins(0, 0, 0, 0)
+        stl.addWidget(self.strength, 1)
+        stl.addWidget(self.strength_label)
+        side.add(group("Strength", strow, note_label("How much of the denoised result to use; lower keeps more "
+                                                     "of the original grain.", self)))
+
+        self.grid = ResultGrid([("noise", "Noise level"), ("dims", "Image"), ("time", "Time"),
+                                ("provider", "Provider")], self)
+        side.add(group("Result", self.grid))
+        self.save_btn = QPushButton("Save image\u2026", self)
+        self.save_btn.setObjectName("primary")
+        self.save_btn.clicked.connect(lambda: self.save_image())
+        side.add(self.save_btn)
+        side.finish()
+
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.panel, 1)
+        lay.addWidget(side)
+        self._noise_controls()
+        self._update_buttons()
+
+    # -- controls --------------------------------------------------------------------------------
+    def _takes_sigma(self) -> bool:
+        key = self.model.key()
+        if not key:
+            return False
+        try:
+            from aecompress.package import load_package
+            return bool(load_package(key).manifest.get("sigma_input", False))
+        except Exception:  # noqa: BLE001 - a broken package shows its error when it runs
+            return False
+
+    def _noise_controls(self) -> None:
+        manual_ok = self._takes_sigma()
+        self.sigma.setEnabled(not self.auto.isChecked())
+        self.sigma_spin.setEnabled(not self.auto.isChecked())
+        if self.auto.isChecked():
+            self.sigma_note.setText("Estimated from the image (on the 0\u2013255 scale).")
+        elif manual_ok:
+            self.sigma_note.setText("The model is told this noise level.")
+        else:
+            self.sigma_note.setText("This model finds the noise level itself; the value is recorded only. "
+                                    "Use Strength to denoise less.")
+
+    def _noise_changed(self, *_):
+        self.settings.denoise_auto = self.auto.isChecked()
+        self.settings.denoise_sigma = self.sigma.value()
+        self._noise_controls()
+        if self.source is not None:
+            self.run()
+
+    def sigma_arg(self):
+        return "auto" if self.auto.isChecked() else float(self.sigma.value())
+
+    # -- input and work --------------------------------------------------------------------------
+    def open_path(self, path: str | Path) -> None:
+        path = Path(path)
+        self.open_source(Source(path.name, path))
+
+    def open_picture(self, pic: Picture, name: str = "pasted image") -> None:
+        self.open_source(Source(name, None, pic))
+
+    def open_source(self, src: Source) -> None:
+        self.source, self.result = src, None
+        self.grid.clear()
+        self.panel.view.set_images(None)
+        self.panel.set_pair_controls(False)
+        self._update_buttons()
+        self.run()
+
+    def run(self) -> None:
+        if self.source is None:
+            return
+        if self._job is not None:
+            self._job.cancel()
+        key = self.model.key()
+        if not key:
+            self.errorOccurred.emit("no denoiser model is installed: add a model folder "
+                                    "(Model \u203a Add model folder\u2026)")
+            return
+        src, runtime, sigma, strength = self.source, self.runtime, self.sigma_arg(), self.strength.value() / 100
+
+        def job(token, emit):
+            from aecompress.denoise import denoise_array, estimate_sigma
+
+            pic, img = load_source(src)
+            emit(("picture", pic, img))
+            token.check()
+            pkg = runtime.denoiser(key)
+            out, info = denoise_array(pic.pixels, pkg, sigma=sigma, cancel=lambda: token.cancelled)
+            token.check()
+            shown = blend(pic.pixels, out, strength)
+            a, b = _display(pic, pic.pixels), _display(pic, shown)
+            return Denoised(pic, out, shown, info, estimate_sigma(out), to_qimage(b), difference_image(a, b))
+
+        self.panel.view.set_busy(f"Denoising {src.name}\u2026")
+        self.statusMessage.emit(f"Denoising {src.name}\u2026")
+        self._job = self.work.submit(job, name="denoise", progress=self._progress, done=self._done,
+                                     error=self._failed, cancelled=lambda: None)
+
+    def _progress(self, payload) -> None:
+        if payload[0] == "picture":
+            _, pic, img = payload
+            self.source.picture = pic
+            if self.panel.view.before is None:
+                self.panel.view.set_images(img, None, None, ("Input", "Denoised"))
+            self.grid.set("dims", f"{pic.width} \u00d7 {pic.height}, {pic.mode}")
+
+    def _done(self, r: Denoised) -> None:
+        self.result = r
+        info = r.info
+        self.panel.view.set_busy("")
+        self.panel.view.set_after(r.after, r.diff)
+        self.panel.set_pair_controls(True)
+        est = info.get("sigma_estimate")
+        before = f"\u03c3 \u2248 {est:.1f}" if est is not None else f"\u03c3 {info['sigma']:g} (set)" if info.get("sigma") is not None else "blind"
+        self.grid.set("noise", f"{before} \u2192 {r.sigma_after:.1f} after")
+        self.grid.set("time", f"{info.get('seconds', 0):.2f} s")
+        self.grid.set("provider", provider_text(info.get("provider")))
+        self.providerUsed.emit(info.get("provider") or "")
+        self._update_buttons()
+        self.statusMessage.emit(f"Denoised {self.source.name} in {info.get('seconds', 0):.2f} s")
+
+    def _reblend(self) -> None:
+        r = self.result
+        if r is None:
+            return
+        strength = self.strength.value() / 100
+
+        def job(token, emit):
+            shown = blend(r.picture.pixels, r.output, strength)
+            a, b = _display(r.picture, r.picture.pixels), _display(r.picture, shown)
+            return shown, to_qimage(b), difference_image(a, b)
+
+        def done(res) -> None:
+            if self.result is r:
+                r.shown, r.after, r.diff = res
+                self.panel.view.set_after(r.after, r.diff)
+
+        self.work.submit(job, name="blend", done=done, error=self._failed)
+
+    def _failed(self, message: str) -> None:
+        self.panel.view.set_busy("")
+        self.errorOccurred.emit(message)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.save_btn.setEnabled(self.result is not None)
+
+    def save_image(self, path: str | Path | None = None) -> Path | None:
+        """Save the denoised image, keeping the input's mode, bit depth, EXIF and colour profile."""
+        r = self.result
+        if r is None:
+            return None
+        if path is None:
+            suffix = self.source.path.suffix if self.source.path is not None else ".png"
+            start = str(Path(self.settings.folder("save")) / f"{self.source.stem}.denoised{suffix}")
+            name, _ = QFileDialog.getSaveFileName(self, "Save denoised image", start, IMAGE_FILTER)
+            if not name:
+                return None
+            self.settings.set_folder("save", name)
+            path = name
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".png")
+        pic, shown = r.picture, r.shown
+        self.work.submit(lambda token, emit: save_image(path, shown, force=True, mode=pic.mode, exif=pic.exif,
+                                                        icc=pic.icc),
+                         name="save", done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
+        return path

@@ -1,0 +1,341 @@
+"""The main window: tabs for Compress, Decompress, Denoise and Batch, drag and drop, clipboard paste,
+the device choice, the execution provider in the status bar, and error messages in the window.
+
+Files dropped or opened are routed by type: one .aez file to Decompress, one image to Compress (or
+Denoise when that tab is showing), several files to the Batch queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+
+from aecompress import __version__ as VERSION
+from aecompress.errors import AecError
+from aecompress.imageio import Picture
+
+from .batch_queue import BatchTab
+from .compare import from_qimage
+from .compress_tab import IMAGE_FILTER, CompressTab
+from .decompress_tab import DecompressTab
+from .denoise_tab import DenoiseTab
+from .runtime import Runtime, provider_text
+from .settings import Settings
+from .workers import WorkQueue
+
+DEVICES = [("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda")]
+OPEN_FILTER = IMAGE_FILTER[:-1] + " *.aez);;aecompress files (*.aez);;All files (*)"
+CLOSE_WAIT_MS = 120_000        # the longest a model step may take before the app quits anyway
+
+
+class ErrorBanner(QFrame):
+    """A dismissable message across the top of the window (errors never open modal dialogs)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("errorBanner")
+        self.label = QLabel("", self)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        icon = QLabel("\u26a0", self)
+        icon.setObjectName("errorIcon")
+        close = QToolButton(self)
+        close.setText("\u2715")
+        close.setAutoRaise(True)
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.hide)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(12, 6, 6, 6)
+        lay.addWidget(icon)
+        lay.addWidget(self.label, 1)
+        lay.addWidget(close)
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+    @property
+    def text(self) -> str:
+        return self.label.text() if self.isVisible() else ""
+
+
+def picture_from_qimage(img: QImage) -> Picture:
+    a = from_qimage(img)
+    return Picture(a, "RGBA" if a.shape[2] == 4 else "RGB", 8, None)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Settings | None = None, runtime: Runtime | None = None):
+        super().__init__()
+        self.settings = settings or Settings()
+        self.runtime = runtime or Runtime(self.settings.device, self.settings.extra_models)
+        self.work = WorkQueue(self, threads=1)           # interactive work, one step at a time
+        self.batch_work = WorkQueue(self, threads=1)     # the batch queue, beside it
+        self.setWindowTitle("aecompress")
+        self.setAcceptDrops(True)
+        self._closing = False
+
+        self.compress = CompressTab(self.runtime, self.settings, self.work, self)
+        self.decompress = DecompressTab(self.runtime, self.settings, self.work, self)
+        self.denoise = DenoiseTab(self.runtime, self.settings, self.work, self)
+        self.batch = BatchTab(self.runtime, self.settings, self.batch_work, self._batch_options, self)
+        self.tabs = QTabWidget(self)
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.compress, "Compress")
+        self.tabs.addTab(self.decompress, "Decompress")
+        self.tabs.addTab(self.denoise, "Denoise")
+        self.tabs.addTab(self.batch, "Batch")
+        self.tabs.currentChanged.connect(lambda _i: self.batch._refresh_actions())
+        for tab in (self.compress, self.decompress, self.denoise, self.batch):
+            tab.errorOccurred.connect(self.show_error)
+            tab.statusMessage.connect(self.show_status)
+            tab.providerUsed.connect(self.set_provider)
+        for tab in (self.compress, self.denoise):
+            tab.addFolderRequested.connect(lambda: self.add_model_folder())
+        mode = self.settings.compare_mode
+        for tab in (self.compress, self.decompress, self.denoise):
+            tab.panel.set_mode(mode)
+            tab.panel.view.modeChanged.connect(self._mode_changed)
+
+        self.banner = ErrorBanner(self)
+        central = QWidget(self)
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+
+        self._build_status_bar()
+        self._build_menus()
+        geo = self.settings.geometry
+        if geo is None or not self.restoreGeometry(geo):
+            self.resize(1180, 760)
+        self.work.busyChanged.connect(self._busy_changed)
+        self.batch_work.busyChanged.connect(self._busy_changed)
+
+    # -- chrome ----------------------------------------------------------------------------------
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.busy_bar = QProgressBar(self)
+        self.busy_bar.setRange(0, 0)
+        self.busy_bar.setFixedWidth(90)
+        self.busy_bar.setMaximumHeight(14)
+        self.busy_bar.hide()
+        self.device = QComboBox(self)
+        for label, key in DEVICES:
+            self.device.addItem(label, key)
+        self.device.setCurrentIndex(max(self.device.findData(self.runtime.device), 0))
+        self.device.setToolTip("Where models run: Auto uses CUDA when it works, else the CPU")
+        self.device.currentIndexChanged.connect(lambda _i: self.set_device(self.device.currentData()))
+        self.provider = QLabel("Provider: \u2013", self)
+        self.provider.setObjectName("provider")
+        self.provider.setToolTip("The ONNX Runtime execution provider that really ran the last model")
+        sb.addPermanentWidget(self.busy_bar)
+        sb.addPermanentWidget(QLabel("Device:", self))
+        sb.addPermanentWidget(self.device)
+        sb.addPermanentWidget(self.provider)
+
+    def _build_menus(self) -> None:
+        def act(menu, text, slot, shortcut=None) -> QAction:
+            a = QAction(text, self)
+            if shortcut is not None:
+                a.setShortcut(shortcut)
+            a.triggered.connect(slot)
+            menu.addAction(a)
+            return a
+
+        f = self.menuBar().addMenu("&File")
+        act(f, "&Open\u2026", lambda: self.open_dialog(), QKeySequence.StandardKey.Open)
+        act(f, "&Paste image", self.paste, QKeySequence.StandardKey.Paste)
+        f.addSeparator()
+        act(f, "&Save result\u2026", self.save_result, QKeySequence.StandardKey.Save)
+        act(f, "Save compressed .&aez\u2026", lambda: self.compress.save_aez())
+        f.addSeparator()
+        act(f, "Add &model folder\u2026", lambda: self.add_model_folder())
+        f.addSeparator()
+        act(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        v = self.menuBar().addMenu("&View")
+        act(v, "&Split", lambda: self._set_mode("split"))
+        act(v, "Side &by side", lambda: self._set_mode("side"))
+        act(v, "&Fit", lambda: self._panel() and self._panel().view.fit(), "F")
+        act(v, "&Actual size (1:1)", lambda: self._panel() and self._panel().view.actual_size(), "1")
+        h = self.menuBar().addMenu("&Help")
+        act(h, "&About aecompress", self.about)
+
+    def _panel(self):
+        tab = self.tabs.currentWidget()
+        return getattr(tab, "panel", None)
+
+    def _set_mode(self, mode: str) -> None:
+        for tab in (self.compress, self.decompress, self.denoise):
+            tab.panel.set_mode(mode)
+
+    def _mode_changed(self, mode: str) -> None:
+        self.settings.compare_mode = mode
+        self._set_mode(mode)
+
+    def _busy_changed(self, _busy: bool) -> None:
+        self.busy_bar.setVisible(self.work.busy or self.batch_work.busy)
+
+    def _batch_options(self) -> dict:
+        return {"codec": self.compress.model.currentText(), "codec_key": self.compress.model.key() or "photo",
+                "quality": self.compress.quality.value(), "denoiser": self.denoise.model.key()}
+
+    # -- messages --------------------------------------------------------------------------------
+    def show_error(self, message: str) -> None:
+        self.banner.show_message(message)
+        self.statusBar().showMessage(f"Error: {message}", 10_000)
+
+    def show_status(self, message: str) -> None:
+        self.statusBar().showMessage(message)
+
+    def set_provider(self, provider: str) -> None:
+        if provider:
+            self.provider.setText(f"Provider: {provider_text(provider)}")
+
+    def set_device(self, device: str) -> None:
+        """Run models on another device from now on; the images on screen are processed again."""
+        if device == self.runtime.device:
+            return
+        self.runtime.set_device(device)
+        self.settings.device = device
+        self.provider.setText("Provider: \u2013")
+        self.compress.reload()
+        if self.denoise.source is not None:
+            self.denoise.run()
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About aecompress",
+                          f"<b>aecompress {VERSION}</b><p>Compress and denoise images with autoencoders.</p>"
+                          "<p>Drop photos or .aez files on the window. The same runtime as the "
+                          "<tt>aecompress</tt> command line.</p>")
+
+    # -- opening ---------------------------------------------------------------------------------
+    def open_paths(self, paths: list[str | Path]) -> None:
+        """One image or .aez goes to its tab, several files to the batch queue."""
+        paths = [Path(p) for p in paths]
+        files = [p for p in paths if not p.is_dir()]
+        for d in (p for p in paths if p.is_dir()):
+            files += sorted(x for x in d.iterdir() if x.is_file() and not x.name.startswith("."))
+        if not files:
+            self.show_error("nothing to open: drop image files or .aez files")
+            return
+        self.banner.hide()
+        self.settings.set_folder("open", files[0])
+        if len(files) > 1:
+            self.batch.add_paths(files)
+            self.tabs.setCurrentWidget(self.batch)
+            self.show_status(f"{len(files)} files added to the batch queue: press Start")
+            return
+        p = files[0]
+        if p.suffix.lower() == ".aez":
+            self.tabs.setCurrentWidget(self.decompress)
+            self.decompress.open_path(p)
+        elif self.tabs.currentWidget() is self.denoise:
+            self.denoise.open_path(p)
+        else:
+            self.tabs.setCurrentWidget(self.compress)
+            self.compress.open_path(p)
+
+    def open_picture(self, img: QImage, name: str = "pasted image") -> None:
+        if img.isNull():
+            self.show_error("the clipboard image is empty")
+            return
+        self.banner.hide()
+        pic = picture_from_qimage(img)
+        if self.tabs.currentWidget() is self.denoise:
+            self.denoise.open_picture(pic, name)
+        else:
+            self.tabs.setCurrentWidget(self.compress)
+            self.compress.open_picture(pic, name)
+
+    def open_dialog(self) -> None:
+        names, _ = QFileDialog.getOpenFileNames(self, "Open images or .aez files", self.settings.folder("open"),
+                                                OPEN_FILTER)
+        if names:
+            self.open_paths(names)
+
+    def open_mime(self, mime) -> bool:
+        """Open what a drop or the clipboard carries: file URLs first, else image data."""
+        if mime.hasUrls():
+            paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+            if paths:
+                self.open_paths(paths)
+                return True
+        if mime.hasImage():
+            img = mime.imageData()
+            if isinstance(img, QImage):
+                self.open_picture(img)
+                return True
+        return False
+
+    def paste(self) -> None:
+        if not self.open_mime(QGuiApplication.clipboard().mimeData()):
+            self.show_error("the clipboard holds no image and no image files")
+
+    def dragEnterEvent(self, event) -> None:
+        m = event.mimeData()
+        if m.hasUrls() or m.hasImage():
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event) -> None:
+        event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        if self.open_mime(event.mimeData()):
+            event.acceptProposedAction()
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save_result(self) -> None:
+        tab = self.tabs.currentWidget()
+        if tab is self.compress:
+            self.compress.save_aez()
+        elif tab is self.decompress:
+            self.decompress.save_image()
+        elif tab is self.denoise:
+            self.denoise.save_image()
+
+    def add_model_folder(self, folder: str | Path | None = None) -> None:
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Add a model package folder", self.settings.folder("models"))
+            if not folder:
+                return
+        try:
+            entry = self.runtime.add_folder(folder)
+        except AecError as exc:
+            self.show_error(str(exc))
+            return
+        self.settings.set_folder("models", Path(folder).parent)
+        self.settings.extra_models = self.runtime.extra_folders
+        self.compress.model.refresh()
+        self.denoise.model.refresh()
+        picker = self.compress.model if entry.kind == "codec" else self.denoise.model if entry.kind == "denoiser" else None
+        if picker is not None:
+            picker.select(entry.key)
+            picker.modelChanged.emit(entry.key)
+        self.show_status(f"Added model {entry.label}")
+
+    # -- closing ---------------------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Cancel all work, wait for the model step in flight (with the window already gone), quit."""
+        self.settings.geometry = self.saveGeometry()
+        self.settings.sync()
+        self._closing = True
+        self.hide()
+        self.batch.cancel()
+        ok = all(q.shutdown(CLOSE_WAIT_MS) for q in (self.work, self.batch_work))
+        if not ok:
+            print("aecompress: work still running at exit", flush=True)
+        event.accept()
+
+
+def show_later(win: MainWindow, paths: list[str]) -> None:
+    """Open command-line paths once the event loop runs."""
+    if paths:
+        QTimer.singleShot(0, lambda: win.open_paths(paths))

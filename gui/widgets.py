@@ -1,0 +1,135 @@
+"""Small widgets the tabs share: the model picker, the side panel, a grid of result numbers."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QScrollArea, QSizePolicy,
+                               QVBoxLayout, QWidget)
+
+from .runtime import ModelEntry, Runtime
+
+ADD_FOLDER = "__add__"
+
+
+class ModelPicker(QComboBox):
+    """Installed packages of one kind plus added folders; the last item adds a package folder."""
+
+    addFolderRequested = Signal()
+    modelChanged = Signal(str)
+
+    def __init__(self, runtime: Runtime, kind: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runtime, self.kind = runtime, kind
+        self._current = ""
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self.activated.connect(self._activated)
+        self.refresh()
+
+    def refresh(self, select: str | None = None) -> None:
+        want = select or self._current
+        self.blockSignals(True)
+        self.clear()
+        for e in self.runtime.models(self.kind):
+            self.addItem(e.label, e.key)
+            self.setItemData(self.count() - 1, e.description or e.key, Qt.ItemDataRole.ToolTipRole)
+        if self.count() == 0:
+            self.addItem("(no model installed)", "")
+        self.insertSeparator(self.count())
+        self.addItem("Add model folder\u2026", ADD_FOLDER)
+        i = self.findData(want) if want else -1
+        self.setCurrentIndex(i if i >= 0 else 0)
+        self.blockSignals(False)
+        self._current = self.currentData() or ""
+
+    def key(self) -> str:
+        return self._current
+
+    def select(self, key: str) -> None:
+        i = self.findData(key)
+        if i >= 0 and key != ADD_FOLDER:
+            self.setCurrentIndex(i)
+            self._current = key
+
+    def _activated(self, index: int) -> None:
+        key = self.itemData(index)
+        if key == ADD_FOLDER:
+            self.select(self._current)           # keep showing the model in use
+            self.addFolderRequested.emit()
+        elif key != self._current:
+            self._current = key or ""
+            self.modelChanged.emit(self._current)
+
+
+class ResultGrid(QWidget):
+    """Label/value rows; values are selectable so users can copy numbers."""
+
+    def __init__(self, rows: list[tuple[str, str]], parent: QWidget | None = None):
+        super().__init__(parent)
+        g = QGridLayout(self)
+        g.setContentsMargins(0, 0, 0, 0)
+        g.setHorizontalSpacing(12)
+        g.setVerticalSpacing(5)
+        self.values: dict[str, QLabel] = {}
+        for r, (key, title) in enumerate(rows):
+            t = QLabel(title, self)
+            t.setObjectName("resultName")
+            v = QLabel("\u2013", self)
+            v.setObjectName("resultValue")
+            v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            v.setWordWrap(True)
+            g.addWidget(t, r, 0, Qt.AlignmentFlag.AlignTop)
+            g.addWidget(v, r, 1)
+            self.values[key] = v
+        g.setColumnStretch(1, 1)
+
+    def set(self, key: str, text: str) -> None:
+        self.values[key].setText(text)
+
+    def clear(self) -> None:
+        for v in self.values.values():
+            v.setText("\u2013")
+
+    def text(self, key: str) -> str:
+        return self.values[key].text()
+
+
+def group(title: str, *widgets: QWidget, parent: QWidget | None = None) -> QGroupBox:
+    box = QGroupBox(title, parent)
+    lay = QVBoxLayout(box)
+    lay.setSpacing(6)
+    for w in widgets:
+        lay.addWidget(w) if isinstance(w, QWidget) else lay.addLayout(w)
+    return box
+
+
+class SidePanel(QScrollArea):
+    """The column of controls at the right of a tab, scrollable on small screens."""
+
+    def __init__(self, parent: QWidget | None = None, width: int = 300):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFixedWidth(width)
+        self.inner = QWidget(self)
+        self.inner.setObjectName("sidePanel")
+        self.layout_ = QVBoxLayout(self.inner)
+        self.layout_.setContentsMargins(10, 8, 10, 10)
+        self.layout_.setSpacing(10)
+        self.setWidget(self.inner)
+        self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Expanding)
+
+    def add(self, w: QWidget, stretch: int = 0) -> QWidget:
+        self.layout_.addWidget(w, stretch)
+        return w
+
+    def finish(self) -> None:
+        self.layout_.addStretch(1)
+
+
+def note_label(text: str = "", parent: QWidget | None = None) -> QLabel:
+    lab = QLabel(text, parent)
+    lab.setObjectName("note")
+    lab.setWordWrap(True)
+    return lab

@@ -1,0 +1,212 @@
+"""Batch denoising: mirroring, resume, bad files, interruption without partial files, -j, Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aecompress.batch import plan_jobs, run_batch
+from tests.test_denoise import ROOT, make_denoiser_package, noisy, run_cli, smooth_image
+
+
+@pytest.fixture(scope="module")
+def pkg_dir(tmp_path_factory) -> Path:
+    return make_denoiser_package(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def env(pkg_dir, monkeypatch):
+    monkeypatch.setenv("AECOMPRESS_MODELS", str(pkg_dir.parent))
+    return {**os.environ, "AECOMPRESS_MODELS": str(pkg_dir.parent)}
+
+
+RELS = ["a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png", "other/e.png"]
+
+
+def make_tree(root: Path, rels=RELS, size=(40, 48)) -> list[Path]:
+    out = []
+    for i, rel in enumerate(rels):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy(smooth_image(*size, seed=i), 20, seed=i)).save(p)
+        out.append(p)
+    (root / "notes.txt").write_text("not an image")
+    return out
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_recursive_mirrors_structure_and_ignores_non_images(tmp_path, env):
+    make_tree(tmp_path / "in")
+    before = snapshot(tmp_path / "in")
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", tmp_path / "out"], env)
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "out") == set(RELS)
+    assert snapshot(tmp_path / "in") == before                    # inputs never modified
+    r = run_cli(["denoise", tmp_path / "in", "-o", tmp_path / "flat"], env)   # no -r: top level only
+    assert r.exit_code == 0 and files_under(tmp_path / "flat") == {"a.png", "b.jpg"}
+
+
+def test_output_folder_inside_input_is_not_rescanned(tmp_path, env):
+    make_tree(tmp_path / "in")
+    for _ in range(2):
+        r = run_cli(["denoise", tmp_path / "in", "-r", "-o", tmp_path / "in" / "out", "--skip-existing"], env)
+        assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "in" / "out") == set(RELS)
+
+
+def test_default_folder_output_is_sibling(tmp_path, env):
+    make_tree(tmp_path / "in", RELS[:2])
+    r = run_cli(["denoise", tmp_path / "in"], env)
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "in.denoised") == {"a.png", "b.jpg"}
+
+
+def test_skip_existing_resumes(tmp_path, env):
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(["denoise", tmp_path / "in", "-r", "-o", out], env).exit_code == 0
+    full = snapshot(out)
+    (out / "sub" / "c.png").unlink()
+    (out / "a.png").write_bytes(b"marker")                      # existing outputs are left alone
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out, "--skip-existing", "--json"], env)
+    assert r.exit_code == 0, r.output
+    assert (out / "a.png").read_bytes() == b"marker"
+    assert (out / "sub" / "c.png").read_bytes() == full["sub/c.png"]
+    assert '"skipped": 4' in r.stdout and '"done": 1' in r.stdout
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out], env)   # without skip/force: refused, counted
+    assert r.exit_code == 1 and (out / "a.png").read_bytes() == b"marker"
+
+
+def test_corrupt_file_is_skipped_others_complete(tmp_path, env):
+    make_tree(tmp_path / "in")
+    (tmp_path / "in" / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    good = np.asarray(Image.open(tmp_path / "in" / "a.png"))
+    Image.fromarray(good).save(tmp_path / "in" / "trunc.png")
+    data = (tmp_path / "in" / "trunc.png").read_bytes()
+    (tmp_path / "in" / "trunc.png").write_bytes(data[: len(data) // 2])
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", tmp_path / "out", "-j", "2"], env)
+    assert r.exit_code == 1
+    assert files_under(tmp_path / "out") == set(RELS)
+    assert "broken.png" in r.output and "trunc.png" in r.output
+    assert "5 denoised, 0 skipped, 2 failed" in r.output
+
+
+def test_jobs_give_identical_outputs(tmp_path, env):
+    make_tree(tmp_path / "in")
+    s1 = run_batch([tmp_path / "in"], tmp_path / "o1", recursive=True, jobs=1)
+    s2 = run_batch([tmp_path / "in"], tmp_path / "o2", recursive=True, jobs=3)
+    assert (s1.done, s2.done, s2.failed) == (5, 5, 0)
+    assert snapshot(tmp_path / "o1") == snapshot(tmp_path / "o2")
+
+
+def test_progress_and_cancel_callbacks(tmp_path, env):
+    make_tree(tmp_path / "in")
+    seen = []
+    stop = threading.Event()
+
+    def progress(result, summary):
+        seen.append((result.status, len(summary.results), summary.total))
+        if len(summary.results) == 2:
+            stop.set()
+
+    s = run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, progress=progress, cancel=stop)
+    assert seen == [("done", 1, 5), ("done", 2, 5)]
+    assert s.cancelled and s.done == 2 and s.not_started == 3
+    assert len(files_under(tmp_path / "out")) == 2
+    s = run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, skip_existing=True)
+    assert (s.done, s.skipped, s.failed) == (3, 2, 0)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_interrupt_mid_write_leaves_no_partial_files(tmp_path, env, monkeypatch, jobs):
+    """Ctrl-C while the third image is half written: no partial file, the rest resumes with --skip-existing."""
+    make_tree(tmp_path / "in")
+    calls = {"n": 0}
+    real_save = Image.Image.save
+    lock = threading.Lock()
+
+    def flaky_save(self, fp, *args, **kwargs):
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n == 3:
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG half written")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", flaky_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, jobs=jobs)
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    written = files_under(tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
+    assert 2 <= len(written) < len(RELS)
+    for rel in written:                                           # every file that exists is complete
+        Image.open(tmp_path / "out" / rel).load()
+    s = run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, skip_existing=True)
+    assert s.failed == 0 and s.done + s.skipped == len(RELS) and s.skipped == len(written)
+    assert files_under(tmp_path / "out") == set(RELS)
+
+
+def test_sigterm_mid_batch_leaves_no_partial_files(tmp_path, env):
+    make_tree(tmp_path / "in", [f"img{i:02d}.png" for i in range(40)], size=(160, 160))
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "in"), "-o", str(out)],
+                         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.is_dir() and len(list(out.glob("*.png"))) >= 2):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    done = sorted(out.glob("*.png"))
+    if len(done) == 40:
+        pytest.skip("the batch finished before the signal arrived")
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not [x for x in out.iterdir() if x.name.startswith(".")]
+    for f in done:
+        Image.open(f).load()
+    r = run_cli(["denoise", tmp_path / "in", "-o", out, "--skip-existing"], env)
+    assert r.exit_code == 0 and len(list(out.glob("*.png"))) == 40
+
+
+def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env):
+    from aecompress.errors import AecError
+
+    make_tree(tmp_path / "x", ["a.png"])
+    make_tree(tmp_path / "y", ["a.png"])
+    s = run_batch([tmp_path / "x", tmp_path / "y"], tmp_path / "out")
+    assert (s.done, s.failed) == (1, 1) and "also the output" in s.results[0].error
+    with pytest.raises(AecError):
+        plan_jobs([tmp_path / "nope"])
+
+
+def test_ray_engine_matches_local(tmp_path, env):
+    pytest.importorskip("ray")
+    make_tree(tmp_path / "in")
+    (tmp_path / "in" / "bad.png").write_bytes(b"garbage")
+    local = run_batch([tmp_path / "in"], tmp_path / "local", recursive=True, jobs=1)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "a.png").write_bytes((tmp_path / "local" / "a.png").read_bytes())   # resume: kept
+    s = run_batch([tmp_path / "in"], tmp_path / "ray", recursive=True, jobs=2, engine="ray", skip_existing=True)
+    assert (local.done, local.failed) == (5, 1)
+    assert (s.done, s.skipped, s.failed) == (4, 1, 1)
+    assert "bad.png" in [r for r in s.results if r.status == "failed"][0].error
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")

@@ -1,0 +1,256 @@
+"""Denoising runtime and `aecompress denoise` on single files: shapes, modes, metadata, tiling, sigma, CLI.
+
+Uses the shipped models/denoise package when it exists, else exports a randomly initialised network
+with the training code (needs torch). Nothing here depends on the weights being good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from aecompress.package import load_package
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "denoise"
+
+
+def make_denoiser_package(root: Path) -> Path:
+    """The shipped package, or (without one) an untrained export with random non-zero weights."""
+    if (SHIPPED / "manifest.json").exists():
+        return SHIPPED
+    torch = pytest.importorskip("torch")
+    from aecompress.train.denoiser import DenoiseNet, export_package
+
+    torch.manual_seed(0)
+    net = DenoiseNet()
+    for p in net.out.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    return export_package(net, root / "denoise", measure=False)
+
+
+@pytest.fixture(scope="session")
+def pkg_dir(tmp_path_factory) -> Path:
+    return make_denoiser_package(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def pkg(pkg_dir):
+    return load_package(pkg_dir, device="cpu", threads=2)
+
+
+@pytest.fixture
+def env(pkg_dir, monkeypatch):
+    monkeypatch.setenv("AECOMPRESS_MODELS", str(pkg_dir.parent))
+    return {**os.environ, "AECOMPRESS_MODELS": str(pkg_dir.parent)}
+
+
+def smooth_image(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    chans = [128 + 60 * np.sin(xx / (7 + 3 * k) + rng.uniform(0, 6)) * np.cos(yy / (9 + 2 * k)) for k in range(c)]
+    return np.clip(np.stack(chans, axis=2), 0, 255).astype(np.uint8)
+
+
+def noisy(a: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(a + rng.normal(0, sigma, a.shape)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- runtime
+
+@pytest.mark.parametrize("shape,dtype", [((37, 53, 3), np.uint8), ((40, 24), np.uint8), ((33, 31, 1), np.uint8),
+                                         ((24, 40, 4), np.uint8), ((20, 30, 2), np.uint8), ((32, 32, 3), np.uint16)])
+def test_denoise_array_keeps_shape_dtype_and_alpha(pkg, shape, dtype):
+    from aecompress.denoise import denoise_array
+
+    rng = np.random.default_rng(0)
+    top = 65535 if dtype == np.uint16 else 255
+    a = rng.integers(0, top + 1, size=shape).astype(dtype)
+    out, info = denoise_array(a, pkg)
+    assert out.shape == a.shape and out.dtype == a.dtype
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        assert np.array_equal(out[:, :, -1], a[:, :, -1])
+    assert not np.array_equal(out, a)                    # the network really ran
+    assert info["provider"] == "CPUExecutionProvider" and info["seconds"] > 0
+
+
+def test_greyscale_is_the_mean_of_the_replicated_colour_run(pkg):
+    from aecompress.denoise import denoise_array
+
+    g = noisy(smooth_image(48, 40, 1), 20)
+    out_g, _ = denoise_array(g, pkg, float_output=True)
+    out_c, _ = denoise_array(np.repeat(g, 3, axis=2), pkg, float_output=True)
+    assert out_g.shape == (48, 40, 1)
+    np.testing.assert_allclose(out_g[:, :, 0], out_c.mean(axis=2), atol=1e-3)
+
+
+def test_tiled_equals_untiled(pkg):
+    from aecompress.denoise import denoise_array
+
+    a = noisy(smooth_image(150, 170), 25)
+    whole, info_w = denoise_array(a, pkg, tile=0, float_output=True)
+    tiled, info_t = denoise_array(a, pkg, tile=32, float_output=True)
+    assert info_w["tile"] is None and info_t["tile"] == 32
+    assert np.abs(whole - tiled).max() < 0.02            # 0-255 scale: float rounding only, no seams
+    u8_whole, _ = denoise_array(a, pkg, tile=0)
+    u8_tiled, _ = denoise_array(a, pkg, tile=48)
+    assert np.abs(u8_whole.astype(int) - u8_tiled).max() <= 1
+
+
+@pytest.mark.parametrize("sigma", [5, 15, 25, 40])
+def test_sigma_estimate_in_ballpark(sigma):
+    from aecompress.denoise import estimate_sigma
+
+    clean = smooth_image(256, 256)
+    est = estimate_sigma(noisy(clean, sigma, seed=sigma))
+    assert abs(est - sigma) < 0.15 * sigma + 1.0
+    assert estimate_sigma(clean) < 1.5
+    a16 = (noisy(clean, sigma).astype(np.uint16) * 257)
+    assert abs(estimate_sigma(a16) - est) < 0.5
+
+
+def test_sigma_auto_reports_estimate(pkg):
+    from aecompress.denoise import denoise_array
+
+    _, info = denoise_array(noisy(smooth_image(64, 64), 20), pkg, sigma="auto")
+    assert 14 < info["sigma_estimate"] < 26
+    _, info = denoise_array(smooth_image(64, 64), pkg, sigma=12)
+    assert info["sigma"] == 12 and info["sigma_estimate"] is None
+
+
+def test_denoise_array_rejects_bad_input(pkg):
+    from aecompress.denoise import denoise_array
+    from aecompress.errors import AecError
+
+    with pytest.raises(AecError):
+        denoise_array(np.zeros((8, 8, 3), np.float32), pkg)
+    with pytest.raises(AecError):
+        denoise_array(np.zeros((8, 8, 5), np.uint8), pkg)
+    with pytest.raises(AecError):
+        denoise_array(np.zeros((8, 8, 3), np.uint8), pkg, sigma="loud")
+
+
+def test_manifest_describes_package(pkg):
+    m = pkg.manifest
+    assert m["kind"] == "denoiser" and m["graphs"] == {"denoise": "denoise.onnx"}
+    assert m["receptive_radius"] > 0 and m["align"] == 8
+    files = sorted(os.listdir(pkg.path))
+    assert files == ["denoise.onnx", "manifest.json"]     # self-contained: no external weight files
+    assert (pkg.path / "denoise.onnx").stat().st_size < 50 * 2**20
+
+
+# ---------------------------------------------------------------- CLI, single files
+
+def run_cli(args, env=None):
+    from aecompress.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_cli_single_file_default_output_and_no_overwrite(tmp_path, env):
+    src = tmp_path / "photo.png"
+    Image.fromarray(noisy(smooth_image(40, 56), 20)).save(src)
+    before = digest(src)
+    r = run_cli(["denoise", src], env)
+    assert r.exit_code == 0, r.output
+    dst = tmp_path / "photo.denoised.png"
+    assert dst.exists() and digest(src) == before
+    assert "photo.denoised.png" in r.output
+    first = digest(dst)
+    r = run_cli(["denoise", src], env)                  # exists, no --force: refused, file untouched
+    assert r.exit_code == 1 and digest(dst) == first
+    r = run_cli(["denoise", src, "--force", "-o", tmp_path / "x.png"], env)
+    assert r.exit_code == 0 and (tmp_path / "x.png").exists()
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, env):
+    cases = [
+        ["denoise", tmp_path / "missing.png"],
+        ["denoise", tmp_path, "--sigma", "loud"],
+        ["denoise", tmp_path, "-m", "no-such-model"],
+    ]
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    cases.append(["denoise", tmp_path / "bad.png"])
+    for args in cases:
+        p = subprocess.run([sys.executable, "-m", "aecompress"] + [str(a) for a in args], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0, args
+        err = p.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
+        assert err.startswith("aecompress: error:"), err
+
+
+def test_cli_keeps_format_size_mode_exif_icc(tmp_path, env):
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"                                # Make
+    exif[0x0132] = "2024:01:02 03:04:05"                    # DateTime
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = noisy(smooth_image(48, 64), 15)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=92, exif=exif, icc_profile=icc)
+    Image.fromarray(noisy(smooth_image(40, 36, 1), 15)[:, :, 0], "L").save(tmp_path / "b.png", icc_profile=icc)
+    rgba = np.concatenate([rgb, np.full((48, 64, 1), 200, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "c.webp", lossless=True, exif=exif)
+    Image.fromarray(rgb).save(tmp_path / "d.tiff")
+    out = tmp_path / "out"
+    r = run_cli(["denoise", tmp_path, "-o", out], env)
+    assert r.exit_code == 0, r.output
+    for name, fmt, mode, size, has_exif, has_icc in [
+        ("a.jpg", "JPEG", "RGB", (64, 48), True, True), ("b.png", "PNG", "L", (36, 40), False, True),
+        ("c.webp", "WEBP", "RGBA", (64, 48), True, False), ("d.tiff", "TIFF", "RGB", (64, 48), False, False),
+    ]:
+        with Image.open(out / name) as im:
+            assert (im.format, im.mode, im.size) == (fmt, mode, size), name
+            if has_exif:
+                assert im.getexif().get(0x010F) == "TestCam", name
+            if has_icc:
+                assert im.info.get("icc_profile") == icc, name
+            if mode == "RGBA":
+                assert np.all(np.asarray(im)[:, :, 3] == 200)
+
+
+def test_cli_reference_reports_psnr_ssim(tmp_path, env):
+    from aecompress.metrics import psnr, ssim
+
+    (tmp_path / "noisy" / "s").mkdir(parents=True)
+    (tmp_path / "clean" / "s").mkdir(parents=True)
+    for i in range(2):
+        clean = smooth_image(40, 48, seed=i)
+        Image.fromarray(clean).save(tmp_path / "clean" / "s" / f"{i}.png")
+        Image.fromarray(noisy(clean, 25, seed=i)).save(tmp_path / "noisy" / "s" / f"{i}.png")
+    r = run_cli(["denoise", tmp_path / "noisy", "-r", "-o", tmp_path / "out", "--reference", tmp_path / "clean",
+                 "--json"], env)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    results, summary = lines[:-1], lines[-1]["summary"]
+    assert len(results) == 2 and summary["done"] == 2
+    for res in results:
+        rel = Path(res["src"]).relative_to(tmp_path / "noisy")
+        out = np.asarray(Image.open(tmp_path / "out" / rel))
+        clean = np.asarray(Image.open(tmp_path / "clean" / rel))
+        assert res["psnr"] == pytest.approx(psnr(out, clean), abs=1e-3)
+        assert res["ssim"] == pytest.approx(ssim(out, clean), abs=1e-4)
+        assert res["psnr_input"] == pytest.approx(psnr(np.asarray(Image.open(res["src"])), clean), abs=1e-3)
+    assert summary["mean_psnr"] == pytest.approx(np.mean([x["psnr"] for x in results]), abs=1e-3)
+
+
+def test_cli_sigma_auto_json(tmp_path, env):
+    Image.fromarray(noisy(smooth_image(64, 64), 20)).save(tmp_path / "n.png")
+    r = run_cli(["denoise", tmp_path / "n.png", "--sigma", "auto", "--json"], env)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.splitlines()[0])
+    assert 14 < res["sigma_estimate"] < 26

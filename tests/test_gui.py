@@ -1,0 +1,497 @@
+"""The desktop app (gui/), offscreen with pytest-qt: drops, the quality slider, the compare view,
+the batch queue, errors shown in the window, settings, and closing during work.
+
+Screenshots of the main states go to $AECOMPRESS_GUI_SCREENSHOTS when set (else the test's tmp dir).
+Tests use the default codec package `photo` and small crops so the module runs in seconds.
+"""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import threading  # noqa: E402
+import warnings  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
+from aecompress.imageio import read_image  # noqa: E402
+from gui.app import create_app  # noqa: E402
+from gui.batch_queue import CANCELLED, DONE, FAILED, SKIPPED  # noqa: E402
+from gui.compare import CompareView, from_qimage, to_qimage  # noqa: E402
+from gui.main_window import MainWindow  # noqa: E402
+from gui.runtime import Runtime  # noqa: E402
+from gui.settings import Settings  # noqa: E402
+from gui.workers import WorkQueue  # noqa: E402
+
+from .conftest import SAMPLE, smooth_image  # noqa: E402
+
+WAIT = 60_000
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def shots(tmp_path):
+    d = Path(os.environ.get("AECOMPRESS_GUI_SCREENSHOTS") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+
+    def shot(widget, name: str) -> Path:
+        QApplication.processEvents()
+        p = d / f"{name}.png"
+        assert widget.grab().save(str(p))
+        return p
+
+    return shot
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    ini = tmp_path / "settings" / "aecompress-gui.ini"
+    monkeypatch.setenv("AECOMPRESS_GUI_SETTINGS", str(ini))     # nothing is written to the user's home
+    return Settings(QSettings(str(ini), QSettings.Format.IniFormat))
+
+
+def make_window(qtbot, settings, size=(1100, 700)) -> MainWindow:
+    create_app()
+    win = MainWindow(settings, Runtime("cpu", threads=2))
+    qtbot.addWidget(win)
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    return win
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    win = make_window(qtbot, settings)
+    yield win
+    win.close()
+
+
+@pytest.fixture
+def crops(tmp_path):
+    """Small photo crops (128x96) of the sample image, as PNG files."""
+    im = Image.open(SAMPLE).convert("RGB")
+    out = []
+    for k, (x, y) in enumerate([(150, 60), (40, 150), (280, 120), (300, 10), (10, 10), (200, 190)]):
+        p = tmp_path / "in" / f"crop{k}.png"
+        p.parent.mkdir(exist_ok=True)
+        im.crop((x, y, x + 128, y + 96)).save(p)
+        out.append(p)
+    return out
+
+
+def drop(win, paths) -> None:
+    """What a file manager's drag and drop delivers: a drag entering the window, then the drop."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    pos = QPoint(win.width() // 2, win.height() // 2)
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        enter = QDragEnterEvent(pos, *args)
+    QApplication.sendEvent(win, enter)
+    assert enter.isAccepted()
+    ev = QDropEvent(QPointF(pos), *args)
+    QApplication.sendEvent(win, ev)
+    assert ev.isAccepted()
+
+
+def wait_result(qtbot, tab, previous=None):
+    qtbot.waitUntil(lambda: tab.result is not None and tab.result is not previous and not tab.work.busy, timeout=WAIT)
+    return tab.result
+
+
+# -- compress --------------------------------------------------------------------------------------
+
+def test_drop_image_compresses_and_reports(qtbot, window, crops, tmp_path, shots):
+    shots(window, "empty")
+    drop(window, [crops[0]])
+    assert window.tabs.currentWidget() is window.compress
+    r = wait_result(qtbot, window.compress)
+    w, h = 128, 96
+    g = window.compress.grid
+    assert g.text("bpp") == f"{len(r.data) * 8 / (w * h):.3f}"
+    assert "dB" in g.text("psnr") and g.text("msssim").startswith("0.")
+    assert "vs raw" in g.text("ratio") and "PNG" in g.text("ratio")
+    assert "CPUExecutionProvider" in g.text("provider")
+    assert "CPUExecutionProvider" in window.provider.text()
+    view = window.compress.panel.view
+    assert view.before is not None and view.after is not None
+    assert (view.before.width(), view.before.height()) == (w, h)
+    # the GUI makes the same file as the CLI's encode_picture at that quality
+    codec = open_codec("photo", "cpu", 2)
+    ref = encode_picture(read_image(crops[0]), codec, quality=window.compress.quality.value())
+    assert r.data == ref.data
+    np.testing.assert_array_equal(r.recon, ref.recon)
+    shots(window, "compress-split")
+    # save both outputs; the .aez decodes to the reconstruction shown
+    out = window.compress.save_aez(tmp_path / "out" / "crop0.aez")
+    img = window.compress.save_image(tmp_path / "out" / "crop0-compressed.png")
+    qtbot.waitUntil(lambda: out.exists() and img.exists() and not window.work.busy, timeout=WAIT)
+    pixels, header, _ = decode_bytes(out.read_bytes(), device="cpu")
+    np.testing.assert_array_equal(pixels, r.recon)
+    np.testing.assert_array_equal(np.asarray(Image.open(img)), r.recon)
+    assert window.banner.text == ""
+
+
+def test_quality_slider_changes_the_result(qtbot, window, crops, shots):
+    tab = window.compress
+    tab.open_path(crops[1])
+    r75 = wait_result(qtbot, tab)
+    calls = []
+    orig = tab.prepared.codec.analyse
+    tab.prepared.codec.analyse = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    tab.quality.setValue(10)
+    r10 = wait_result(qtbot, tab, r75)
+    tab.quality_spin.setValue(95)
+    r95 = wait_result(qtbot, tab, r10)
+    assert not calls, "moving the slider must not re-run the analysis transform"
+    assert len(r10.data) < len(r75.data) < len(r95.data)
+    assert r10.psnr < r95.psnr
+    assert tab.estimate.text().endswith("bpp")
+    assert tab.grid.text("quality") == "95"
+    assert window.settings.quality == 95
+    # a target bits-per-pixel: the largest file not above it
+    tab.rate_mode.setCurrentIndex(1)
+    tab.bpp.setValue(0.8)
+    r_bpp = wait_result(qtbot, tab, r95)
+    assert len(r_bpp.data) * 8 / (128 * 96) <= 0.8
+    # side by side with the difference map
+    tab.panel.side_btn.click()
+    tab.panel.diff_btn.click()
+    assert tab.panel.view.mode == "side" and tab.panel.view.show_diff
+    shots(window, "compress-side-diff")
+
+
+def test_paste_image_from_clipboard(qtbot, window):
+    img = to_qimage(smooth_image(96, 128, seed=3))
+    QGuiApplication.clipboard().setImage(img)
+    window.paste()
+    r = wait_result(qtbot, window.compress)
+    assert window.compress.source.path is None and r.recon.shape == (96, 128, 3)
+    assert "vs raw" in window.compress.grid.text("ratio")
+
+
+# -- decompress and errors -------------------------------------------------------------------------
+
+def test_drop_aez_shows_image_and_header(qtbot, window, crops, tmp_path, shots):
+    aez = tmp_path / "crop2.aez"
+    rep = encode_file(crops[2], aez, open_codec("photo", "cpu", 2), quality=60)
+    drop(window, [aez])
+    tab = window.decompress
+    assert window.tabs.currentWidget() is tab
+    qtbot.waitUntil(lambda: tab.decoded is not None, timeout=WAIT)
+    assert tab.grid.text("dims") == "128 \u00d7 96"
+    assert tab.grid.text("model") == "photo"
+    assert tab.grid.text("quality") == "60"
+    assert tab.grid.text("bpp") == f"{rep['bpp']:.3f}"
+    assert "CPUExecutionProvider" in tab.grid.text("provider")
+    assert tab.panel.view.before.size().width() == 128
+    tab.compare_with(crops[2])
+    qtbot.waitUntil(lambda: tab.panel.view.after is not None and not window.work.busy, timeout=WAIT)
+    assert tab.metrics.text("psnr") == f"{rep['psnr']:.2f} dB"
+    shots(window, "decompress")
+    out = tab.save_image(tmp_path / "decoded.png")
+    qtbot.waitUntil(lambda: out.exists(), timeout=WAIT)
+    assert np.asarray(Image.open(out)).shape == (96, 128, 3)
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("broken.aez", b"this is not an aez file at all", "broken.aez"),
+    ("truncated.aez", None, "truncated.aez"),
+    ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "cannot read image"),
+])
+def test_drop_corrupt_file_shows_message(qtbot, window, crops, tmp_path, shots, name, content, expect):
+    bad = tmp_path / name
+    if content is None:                  # a real .aez cut short
+        good = tmp_path / "good.aez"
+        encode_file(crops[0], good, open_codec("photo", "cpu", 2))
+        content = good.read_bytes()[: len(good.read_bytes()) // 2]
+    bad.write_bytes(content)
+    drop(window, [bad])
+    qtbot.waitUntil(lambda: window.banner.text != "" and not window.work.busy, timeout=WAIT)
+    assert expect in window.banner.text
+    assert window.isVisible()
+    if name == "broken.aez":
+        shots(window, "error")
+    # the window still works afterwards
+    drop(window, [crops[0]])
+    assert window.banner.text == ""
+    wait_result(qtbot, window.compress)
+
+
+def test_missing_model_is_a_message(qtbot, window, crops, tmp_path):
+    window.add_model_folder(tmp_path)              # not a model package
+    assert "not a model package" in window.banner.text
+    window.compress.model.refresh()
+    window.compress.model._current = "no-such-model"
+    window.compress.open_path(crops[0])
+    qtbot.waitUntil(lambda: "unknown model" in window.banner.text, timeout=WAIT)
+
+
+# -- compare view ----------------------------------------------------------------------------------
+
+def test_compare_view_split_side_zoom_and_pan(qtbot, shots):
+    create_app()
+    view = CompareView()
+    qtbot.addWidget(view)
+    view.resize(640, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    a = smooth_image(96, 128, seed=1)
+    img = to_qimage(a)
+    view.set_images(img, img, to_qimage(np.zeros_like(a)))
+    assert view.scale == pytest.approx(min((640 - 16) / 128, (400 - 16) / 96))
+    # split: dragging the divider moves it
+    x0 = int(view.width() * view.divider)
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=QPoint(x0, 200))
+    qtbot.mouseMove(view, QPoint(160, 200))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=QPoint(160, 200))
+    assert view.divider == pytest.approx(160 / 640, abs=0.01)
+    shots(view, "compare-split")
+    # side by side: zoom and pan apply to both panes, so identical images render identically
+    view.set_mode("side")
+    view.fit()
+    s = view.scale
+    view.zoom_by(2.0, QPointF(100, 150))
+    assert view.scale == pytest.approx(2 * s)
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=QPoint(150, 200))
+    qtbot.mouseMove(view, QPoint(120, 170))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=QPoint(120, 170))
+    g = from_qimage(view.grab().toImage())
+    half = (g.shape[1] - 2) // 2
+    left, right = g[60:, :half], g[60:, half + 2: half + 2 + half]
+    assert np.abs(left.astype(int) - right.astype(int)).mean() < 1.0
+    assert left.std() > 10                       # the image really is drawn
+    view.actual_size()
+    assert view.scale == pytest.approx(1.0 / view.devicePixelRatioF())
+    view.fit()
+    assert view.scale == pytest.approx(s)
+    view.set_show_diff(True)
+    g = from_qimage(view.grab().toImage())
+    assert g[80:, half + 40: half + 200].mean() < g[80:, 40:200].mean()    # the zero error map is dark
+    shots(view, "compare-side-diff")
+
+
+# -- batch -----------------------------------------------------------------------------------------
+
+def test_batch_completes_with_errors_listed_per_file(qtbot, window, crops, tmp_path, shots):
+    aez = tmp_path / "in" / "packed.aez"
+    encode_file(crops[3], aez, open_codec("photo", "cpu", 2))
+    bad = tmp_path / "in" / "bad.png"
+    bad.write_bytes(b"not a png")
+    files = [crops[0], crops[1], bad, aez]
+    drop(window, files)
+    tab = window.batch
+    assert window.tabs.currentWidget() is tab and len(tab.items) == 4
+    out = tmp_path / "out"
+    tab.out_edit.setText(str(out))
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    st = [it.status for it in tab.items]
+    assert st == [DONE, DONE, FAILED, DONE]
+    assert "bad.png" in tab.items[2].message
+    assert (out / "crop0.aez").exists() and (out / "crop1.aez").exists() and (out / "packed.png").exists()
+    assert "bpp" in tab.items[0].message
+    assert tab.overall.value() == 4
+    assert "3 done" in tab.summary.text() and "1 failed" in tab.summary.text()
+    shots(window, "batch")
+    # again, skipping what exists: only the failed file is retried
+    (out / "crop1.aez").unlink()
+    tab.items[1].status = "Waiting"
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [DONE, DONE, FAILED, DONE]
+    assert (out / "crop1.aez").exists()
+    tab.clear_finished()
+    assert [it.path.name for it in tab.items] == ["bad.png"]
+    tab.items[0].status = "Waiting"
+    tab.out_edit.setText("")
+    tab.skip.setChecked(True)
+    tab.add_paths([crops[2]])
+    (crops[2].with_suffix(".aez")).write_bytes(b"x")
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [FAILED, SKIPPED]
+
+
+def test_batch_can_be_cancelled(qtbot, window, crops, tmp_path):
+    tab = window.batch
+    big = []
+    for k in range(6):
+        p = tmp_path / "big" / f"img{k}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(smooth_image(256, 320, seed=k)).save(p)
+        big.append(p)
+    tab.add_paths(big)
+    tab.out_edit.setText(str(tmp_path / "out"))
+    tab.start()
+    qtbot.waitUntil(lambda: any(it.status == DONE for it in tab.items), timeout=WAIT)
+    tab.cancel()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    st = [it.status for it in tab.items]
+    assert CANCELLED in st and st.count(DONE) < 6
+    assert "Cancelled" in tab.summary.text()
+    done = {it.output.name for it in tab.items if it.status == DONE}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == done      # no partial files
+    # the rest can be finished later
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert all(it.status == DONE for it in tab.items)
+
+
+# -- denoise ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def blur_denoiser(tmp_path):
+    """A stand-in denoiser package: a 3x3 box blur as an ONNX graph (needs the onnx package)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                            count_include_pad=0)
+    graph = helper.make_graph([node], "blur", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, None, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    d = tmp_path / "blur-denoiser"
+    d.mkdir()
+    onnx.save(model, str(d / "denoise.onnx"))
+    import json
+    (d / "manifest.json").write_text(json.dumps({
+        "format": "aecompress-model/1", "name": "blur", "kind": "denoiser", "channels": 3,
+        "graphs": {"denoise": "denoise.onnx"}, "align": 8, "receptive_radius": 1, "blind": True,
+        "sigma_input": False, "description": "test stand-in: 3x3 box blur"}))
+    return d
+
+
+def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots):
+    clean = smooth_image(96, 128, seed=5, channels=3)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    src = tmp_path / "noisy.png"
+    Image.fromarray(noisy).save(src)
+    window.add_model_folder(blur_denoiser)
+    tab = window.denoise
+    assert tab.model.key() == str(blur_denoiser.resolve())
+    assert window.settings.extra_models == [str(blur_denoiser.resolve())]
+    window.tabs.setCurrentWidget(tab)
+    drop(window, [src])
+    assert window.tabs.currentWidget() is tab
+    r = wait_result(qtbot, tab)
+    assert r.output.shape == noisy.shape and not np.array_equal(r.output, noisy)
+    assert "\u2192" in tab.grid.text("noise") and "CPUExecutionProvider" in tab.grid.text("provider")
+    est = r.info["sigma_estimate"]
+    assert 10 < est < 30 and r.sigma_after < est
+    shots(window, "denoise")
+    tab.strength.setValue(0)
+    qtbot.waitUntil(lambda: np.array_equal(tab.result.shown, noisy), timeout=WAIT)
+    tab.strength.setValue(50)
+    qtbot.waitUntil(lambda: not np.array_equal(tab.result.shown, noisy) and not window.work.busy, timeout=WAIT)
+    out = tab.save_image(tmp_path / "den.png")
+    qtbot.waitUntil(lambda: out.exists(), timeout=WAIT)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), tab.result.shown)
+    # a batch of images to denoise goes through aecompress.batch.run_batch
+    window.batch.action.setCurrentIndex(1)
+    window.batch.add_paths([src])
+    window.batch.start()
+    qtbot.waitUntil(lambda: not window.batch.running, timeout=WAIT)
+    assert window.batch.items[0].status == DONE, window.batch.items[0].message
+    assert (tmp_path / "noisy.denoised.png").exists()
+
+
+# -- settings, threads, closing --------------------------------------------------------------------
+
+def test_settings_persist_between_runs(qtbot, settings, crops):
+    win = make_window(qtbot, settings)
+    win.compress.quality.setValue(42)
+    win.device.setCurrentIndex(win.device.findData("auto"))
+    assert win.runtime.device == "auto" and settings.device == "auto"
+    win.device.setCurrentIndex(win.device.findData("cpu"))
+    win.batch.skip.setChecked(False)
+    win.settings.set_folder("open", crops[0])
+    win.compress.panel.side_btn.click()
+    win.close()
+    again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
+    assert again.quality == 42 and again.device == "cpu" and again.skip_existing is False
+    assert again.folder("open") == str(crops[0].parent) and again.model == "photo"
+    win2 = MainWindow(again, Runtime(again.device, again.extra_models))
+    qtbot.addWidget(win2)
+    assert win2.compress.quality.value() == 42
+    assert win2.device.currentData() == "cpu" and win2.compress.panel.view.mode == "side"
+    assert not win2.batch.skip.isChecked()
+    win2.close()
+
+
+def test_work_runs_off_the_ui_thread_and_can_be_cancelled(qtbot):
+    create_app()
+    q = WorkQueue(threads=1)
+    seen = {}
+    started, release = threading.Event(), threading.Event()
+
+    def slow(token, emit):
+        seen["worker"] = threading.current_thread()
+        emit("step")
+        started.set()
+        release.wait(5)
+        token.check()
+        return "finished"
+
+    got = []
+    job = q.submit(slow, progress=lambda p: got.append(("progress", threading.current_thread())),
+                   done=lambda r: got.append(("done", r)), cancelled=lambda: got.append(("cancelled", None)))
+    queued = q.submit(lambda t, e: "never", done=lambda r: got.append(("done2", r)),
+                      cancelled=lambda: got.append(("cancelled2", None)))
+    assert started.wait(5)
+    ticks = []
+    qtbot.waitUntil(lambda: ticks.append(1) or len(ticks) > 3, timeout=2000)   # the UI thread is free
+    assert seen["worker"] is not threading.main_thread()
+    q.cancel_all()
+    release.set()
+    assert q.shutdown(5000)
+    qtbot.waitUntil(lambda: ("cancelled", None) in got and ("cancelled2", None) in got, timeout=5000)
+    assert ("progress", threading.main_thread()) in got
+    assert not any(k.startswith("done") for k, _ in got) and job.cancelled and queued.cancelled
+
+
+def test_closing_during_work_cancels_cleanly(qtbot, settings, tmp_path):
+    win = make_window(qtbot, settings)
+    p = tmp_path / "large.png"
+    Image.fromarray(smooth_image(768, 1024, seed=9)).save(p)
+    win.open_paths([p])
+    qtbot.waitUntil(lambda: win.compress.panel.view.before is not None, timeout=WAIT)
+    assert win.work.busy
+    t0 = time.perf_counter()
+    win.close()
+    assert not win.isVisible() and not win.work.busy or win.work.pool.activeThreadCount() == 0
+    assert win.work.pool.activeThreadCount() == 0
+    assert time.perf_counter() - t0 < 60
+    assert win.compress.result is None          # the work in flight was cancelled, not delivered
+
+
+def test_cli_and_script_without_pyside(monkeypatch, capsys):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+    from aecompress.errors import AecError
+    from gui.app import main
+
+    monkeypatch.setitem(sys.modules, "PySide6", None)
+    assert main([]) == 1
+    assert "pip install 'aecompress[gui]'" in capsys.readouterr().err
+    res = CliRunner().invoke(app, ["gui"])
+    assert isinstance(res.exception, AecError) and "pip install 'aecompress[gui]'" in str(res.exception)
