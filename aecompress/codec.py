@@ -107,13 +107,17 @@ class Codec:
         ph, pw = -h % m, -w % m
         if ph or pw:
             pixels = np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="edge")
-        return (pixels.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+        return pixels.transpose(2, 0, 1)[None]          # uint8; tiles are converted to float one by one
 
     # -- encoding -----------------------------------------------------------------------------
     def analyse(self, pixels: np.ndarray) -> Analysis:
         """pixels: (H, W, channels) uint8."""
         x = self._to_input(pixels)
-        g_a = self.pkg.session("analysis")
+        session = self.pkg.session("analysis")
+
+        def g_a(tile: np.ndarray) -> np.ndarray:
+            return session(tile.astype(np.float32) * np.float32(1 / 255))
+
         if self.kind == "hyperprior":
             ov = int(self.pkg.manifest.get("overlap", {}).get("analysis", 64))
             y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=int(self.pkg.manifest.get("pad_multiple", 64)))
@@ -166,14 +170,17 @@ class Codec:
 
     def synthesize(self, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
         """Latent -> (height, width, channels) uint8."""
-        g_s = self.pkg.session("synthesis")
+        session = self.pkg.session("synthesis")
+
+        def g_s(tile: np.ndarray) -> np.ndarray:       # float tile -> uint8 tile: no full-size float image
+            return np.clip(np.round(session(tile) * 255.0), 0, 255).astype(np.uint8)
+
         if self.kind == "hyperprior":
             ov = int(self.pkg.manifest.get("overlap", {}).get("synthesis", 4))
             x = run_tiled(g_s, y_hat[None], SYNTHESIS_TILE, ov, scale=16, align=4)
         else:
             x = g_s(y_hat[None])
-        x = x[0, :, :height, :width]
-        return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        return np.ascontiguousarray(x[0, :, :height, :width].transpose(1, 2, 0))
 
     def reconstruct(self, st: dict, height: int, width: int) -> np.ndarray:
         return self.synthesize(self.latent_from_state(st), height, width)

@@ -13,7 +13,24 @@ from .errors import AecError, ModelError
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def installed_runtimes() -> list[str]:
+    """Distributions that provide the onnxruntime module (exactly one should be installed)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            found.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def _ort():
+    if len(installed_runtimes()) > 1:
+        raise AecError("both onnxruntime and onnxruntime-gpu are installed and clash; "
+                       "pip uninstall -y onnxruntime onnxruntime-gpu, then install aecompress[cpu] or aecompress[gpu]")
     try:
         import onnxruntime as ort
     except ImportError:

@@ -23,8 +23,12 @@ QPushButton#primary:disabled { background: #9db5e0; border-color: #9db5e0; color
 QFrame#errorBanner { background: #fdecea; border-bottom: 1px solid #f1b7b0; }
 QFrame#errorBanner QLabel { color: #8a1c12; }
 QLabel#errorIcon { font-size: 16px; color: #b3261e; }
-QProgressBar[state="failed"]::chunk { background: #d9534f; }
-QProgressBar[state="skipped"]::chunk { background: #9aa0a8; }
+QProgressBar#fileProgress { border: 1px solid palette(mid); border-radius: 3px; text-align: center;
+                            background: palette(base); }
+QProgressBar#fileProgress::chunk { background: #8fb3ef; }
+QProgressBar#fileProgress[state="done"]::chunk { background: #8fd19e; }
+QProgressBar#fileProgress[state="failed"]::chunk { background: #f0a39c; }
+QProgressBar#fileProgress[state="skipped"]::chunk { background: #d3d6da; }
 QToolButton:checked { background: #2d6cdf; color: white; border-radius: 3px; }
 QTabWidget::pane { border: none; }
 """

@@ -181,12 +181,17 @@ class BatchTab(QWidget):
         name.setToolTip(str(item.path))
         self.table.setItem(r, 0, name)
         self.table.setItem(r, 1, QTableWidgetItem(""))
-        bar = QProgressBar(self.table)
+        cell = QWidget(self.table)
+        cl = QHBoxLayout(cell)
+        cl.setContentsMargins(4, 3, 4, 3)
+        bar = QProgressBar(cell)
+        bar.setObjectName("fileProgress")
         bar.setRange(0, 100)
         bar.setValue(0)
         bar.setTextVisible(True)
         bar.setFormat(WAITING)
-        self.table.setCellWidget(r, 2, bar)
+        cl.addWidget(bar)
+        self.table.setCellWidget(r, 2, cell)
         self.table.setItem(r, 3, QTableWidgetItem(""))
 
     def _action(self, item: Item) -> str:
@@ -221,7 +226,7 @@ class BatchTab(QWidget):
 
     def _show(self, r: int) -> None:
         item = self.items[r]
-        bar: QProgressBar = self.table.cellWidget(r, 2)
+        bar: QProgressBar = self.table.cellWidget(r, 2).findChild(QProgressBar)
         if item.status == WORKING:
             bar.setRange(0, 0)                       # busy: the runtime reports whole files
         else:
@@ -232,7 +237,7 @@ class BatchTab(QWidget):
         bar.style().unpolish(bar)
         bar.style().polish(bar)
         res = self.table.item(r, 3)
-        res.setText(item.message)
+        res.setText(item.message.replace(str(item.path), item.path.name))
         res.setToolTip(item.message)
         res.setForeground(QColor("#b3261e") if item.status == FAILED else self.palette().text().color())
 

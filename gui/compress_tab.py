@@ -125,7 +125,7 @@ class CompressTab(QWidget):
         side.add(group("Model", self.model))
 
         self.rate_mode = QComboBox(self)
-        self.rate_mode.addItems(["Quality", "Target bits per pixel", "Target file size"])
+        self.rate_mode.addItems(["Quality 1\u2013100", "Target bits per pixel", "Target file size"])
         self.quality = QSlider(Qt.Orientation.Horizontal, self)
         self.quality.setRange(1, 100)
         self.quality.setValue(settings.quality)
@@ -333,16 +333,16 @@ class CompressTab(QWidget):
         ratio = f"{px * 3 / n:.1f} : 1 vs raw"
         fb = self.source.file_bytes
         if fb:
-            ratio += f"\n{fb / n:.2f} : 1 vs the {self.source.path.suffix.lstrip('.').upper() or 'input'} file"
+            ratio += f"\n{fb / n:.1f} : 1 vs the {self.source.path.suffix.lstrip('.').upper() or 'input'} file"
         self.grid.set("ratio", ratio)
         self.grid.set("psnr", "\u221e (lossless)" if r.psnr == float("inf") else f"{r.psnr:.2f} dB")
         self.grid.set("msssim", f"{r.ms_ssim:.4f}")
         self.grid.set("quality", f"{r.quality:.0f}" if abs(r.quality - round(r.quality)) < 0.05 else f"{r.quality:.1f}")
-        t = f"{r.seconds_encode:.2f} s encode"
+        t = f"{r.seconds_encode:.2f} s to encode"
         if r.seconds_decode:
-            t += f", {r.seconds_decode:.2f} s decode"
+            t += f"\n{r.seconds_decode:.2f} s to decode"
         self.grid.set("time", t)
-        self.grid.set("provider", provider_text(r.provider))
+        self.grid.set("provider", provider_text(r.provider, long=False))
         self.notes.setText("\n".join(f"Note: {x}" for x in r.notes))
         self.notes.setVisible(bool(r.notes))
         self.panel.view.set_after(r.after, r.diff)

@@ -136,7 +136,7 @@ class DecompressTab(QWidget):
         self.panel.view.set_images(r.image, None, None, ("Decoded", "Original"))
         self.panel.set_pair_controls(False)
         self.grid.set("time", f"{r.seconds:.2f} s")
-        self.grid.set("provider", provider_text(r.provider))
+        self.grid.set("provider", provider_text(r.provider, long=False))
         self.providerUsed.emit(r.provider)
         self._update_buttons()
         self.statusMessage.emit(f"Decoded {r.path.name}: {r.info['width']}\u00d7{r.info['height']} "

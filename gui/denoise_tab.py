@@ -225,7 +225,7 @@ class DenoiseTab(QWidget):
         before = f"\u03c3 \u2248 {est:.1f}" if est is not None else f"\u03c3 {info['sigma']:g} (set)" if info.get("sigma") is not None else "blind"
         self.grid.set("noise", f"{before} \u2192 {r.sigma_after:.1f} after")
         self.grid.set("time", f"{info.get('seconds', 0):.2f} s")
-        self.grid.set("provider", provider_text(info.get("provider")))
+        self.grid.set("provider", provider_text(info.get("provider"), long=False))
         self.providerUsed.emit(info.get("provider") or "")
         self._update_buttons()
         self.statusMessage.emit(f"Denoised {self.source.name} in {info.get('seconds', 0):.2f} s")

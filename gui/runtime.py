@@ -21,12 +21,12 @@ PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA"
                   "DmlExecutionProvider": "DirectML"}
 
 
-def provider_text(provider: str | None) -> str:
-    """'CPU (CPUExecutionProvider)' for the status bar and result panels."""
+def provider_text(provider: str | None, long: bool = True) -> str:
+    """'CPU (CPUExecutionProvider)' for the status bar; the provider's own name alone in panels."""
     if not provider:
-        return "-"
+        return "\u2013"
     short = PROVIDER_NAMES.get(provider)
-    return f"{short} ({provider})" if short else provider
+    return f"{short} ({provider})" if short and long else provider
 
 
 @dataclass(frozen=True)

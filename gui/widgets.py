@@ -77,7 +77,6 @@ class ResultGrid(QWidget):
             v = QLabel("\u2013", self)
             v.setObjectName("resultValue")
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            v.setWordWrap(True)
             g.addWidget(t, r, 0, Qt.AlignmentFlag.AlignTop)
             g.addWidget(v, r, 1)
             self.values[key] = v
@@ -106,7 +105,7 @@ def group(title: str, *widgets: QWidget, parent: QWidget | None = None) -> QGrou
 class SidePanel(QScrollArea):
     """The column of controls at the right of a tab, scrollable on small screens."""
 
-    def __init__(self, parent: QWidget | None = None, width: int = 300):
+    def __init__(self, parent: QWidget | None = None, width: int = 320):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)

@@ -116,12 +116,19 @@ def wait_result(qtbot, tab, previous=None):
 
 # -- compress --------------------------------------------------------------------------------------
 
-def test_drop_image_compresses_and_reports(qtbot, window, crops, tmp_path, shots):
+@pytest.fixture
+def cat_png(tmp_path):
+    p = tmp_path / "cat.png"
+    p.write_bytes(SAMPLE.read_bytes())
+    return p
+
+
+def test_drop_image_compresses_and_reports(qtbot, window, cat_png, tmp_path, shots):
     shots(window, "empty")
-    drop(window, [crops[0]])
+    drop(window, [cat_png])
     assert window.tabs.currentWidget() is window.compress
     r = wait_result(qtbot, window.compress)
-    w, h = 128, 96
+    w, h = Image.open(cat_png).size
     g = window.compress.grid
     assert g.text("bpp") == f"{len(r.data) * 8 / (w * h):.3f}"
     assert "dB" in g.text("psnr") and g.text("msssim").startswith("0.")
@@ -133,13 +140,13 @@ def test_drop_image_compresses_and_reports(qtbot, window, crops, tmp_path, shots
     assert (view.before.width(), view.before.height()) == (w, h)
     # the GUI makes the same file as the CLI's encode_picture at that quality
     codec = open_codec("photo", "cpu", 2)
-    ref = encode_picture(read_image(crops[0]), codec, quality=window.compress.quality.value())
+    ref = encode_picture(read_image(cat_png), codec, quality=window.compress.quality.value())
     assert r.data == ref.data
     np.testing.assert_array_equal(r.recon, ref.recon)
     shots(window, "compress-split")
     # save both outputs; the .aez decodes to the reconstruction shown
-    out = window.compress.save_aez(tmp_path / "out" / "crop0.aez")
-    img = window.compress.save_image(tmp_path / "out" / "crop0-compressed.png")
+    out = window.compress.save_aez(tmp_path / "out" / "cat.aez")
+    img = window.compress.save_image(tmp_path / "out" / "cat-compressed.png")
     qtbot.waitUntil(lambda: out.exists() and img.exists() and not window.work.busy, timeout=WAIT)
     pixels, header, _ = decode_bytes(out.read_bytes(), device="cpu")
     np.testing.assert_array_equal(pixels, r.recon)
@@ -187,26 +194,26 @@ def test_paste_image_from_clipboard(qtbot, window):
 
 # -- decompress and errors -------------------------------------------------------------------------
 
-def test_drop_aez_shows_image_and_header(qtbot, window, crops, tmp_path, shots):
-    aez = tmp_path / "crop2.aez"
-    rep = encode_file(crops[2], aez, open_codec("photo", "cpu", 2), quality=60)
+def test_drop_aez_shows_image_and_header(qtbot, window, cat_png, tmp_path, shots):
+    aez = tmp_path / "cat.aez"
+    rep = encode_file(cat_png, aez, open_codec("photo", "cpu", 2), quality=60)
     drop(window, [aez])
     tab = window.decompress
     assert window.tabs.currentWidget() is tab
     qtbot.waitUntil(lambda: tab.decoded is not None, timeout=WAIT)
-    assert tab.grid.text("dims") == "128 \u00d7 96"
+    assert tab.grid.text("dims") == "451 \u00d7 300"
     assert tab.grid.text("model") == "photo"
     assert tab.grid.text("quality") == "60"
     assert tab.grid.text("bpp") == f"{rep['bpp']:.3f}"
     assert "CPUExecutionProvider" in tab.grid.text("provider")
-    assert tab.panel.view.before.size().width() == 128
-    tab.compare_with(crops[2])
+    assert tab.panel.view.before.size().width() == 451
+    tab.compare_with(cat_png)
     qtbot.waitUntil(lambda: tab.panel.view.after is not None and not window.work.busy, timeout=WAIT)
     assert tab.metrics.text("psnr") == f"{rep['psnr']:.2f} dB"
     shots(window, "decompress")
     out = tab.save_image(tmp_path / "decoded.png")
     qtbot.waitUntil(lambda: out.exists(), timeout=WAIT)
-    assert np.asarray(Image.open(out)).shape == (96, 128, 3)
+    assert np.asarray(Image.open(out)).shape == (300, 451, 3)
 
 
 @pytest.mark.parametrize("name,content,expect", [
@@ -422,7 +429,7 @@ def test_settings_persist_between_runs(qtbot, settings, crops):
     win.device.setCurrentIndex(win.device.findData("cpu"))
     win.batch.skip.setChecked(False)
     win.settings.set_folder("open", crops[0])
-    win.compress.panel.side_btn.click()
+    win.side_action.trigger()
     win.close()
     again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
     assert again.quality == 42 and again.device == "cpu" and again.skip_existing is False

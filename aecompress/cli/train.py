@@ -1,0 +1,288 @@
+"""`aecompress train`, `embed` and `score`.
+
+`train` needs the `train` extra (torch, onnx, onnxscript, matplotlib), imported only when it runs;
+`embed` and `score` use the torch-free runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+from . import app
+from ..errors import AecError
+
+TRAIN_EXTRA = "pip install 'aecompress[train]'"
+
+# dense-only options and their defaults (used to refuse them for `train conv`)
+_DENSE_DEFAULTS = {"latent": 32, "hidden": "512,256", "activation": "elu", "linear": False, "tied": False,
+                   "greedy": False, "sparse": "", "noise": "", "contractive": 0.0, "variational": False,
+                   "beta": 1.0, "batchnorm": False, "output": None, "loss": "mse", "weight_decay": 0.0,
+                   "rate": None, "size": None, "epochs": None, "val_split": 0.1, "patience": 10}
+
+
+def _need_torch():
+    try:
+        import torch  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise AecError(f"training needs {exc.name}: {TRAIN_EXTRA}") from None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise AecError(f"training reports need matplotlib: {TRAIN_EXTRA}") from None
+
+
+def _parse_size(s: Optional[str]) -> Optional[tuple[int, int]]:
+    if not s:
+        return None
+    try:
+        w, h = (int(v) for v in s.lower().split("x"))
+        if w < 1 or h < 1:
+            raise ValueError
+    except ValueError:
+        raise AecError(f"--size '{s}': use WIDTHxHEIGHT, e.g. 28x28") from None
+    return (h, w)
+
+
+def _parse_hidden(s: str) -> tuple[int, ...]:
+    if not s.strip() or s.strip() == "none":
+        return ()
+    try:
+        hidden = tuple(int(v) for v in s.split(","))
+    except ValueError:
+        raise AecError(f"--hidden '{s}': use comma-separated layer widths, e.g. 300,150 (or none)") from None
+    if any(h < 1 for h in hidden):
+        raise AecError("--hidden: layer widths must be positive")
+    return hidden
+
+
+@app.command("train")
+def train_cmd(
+    arch: str = typer.Argument(..., help="conv (any image size, rate-distortion hyperprior codec) or dense "
+                                         "(fixed-size images, stack of dense layers)"),
+    data: Path = typer.Option(..., "--data", help="folder of training images (searched recursively; "
+                                                  "sub-folder names are labels)"),
+    out: Path = typer.Option(..., "--out", "-o", help="model package folder to write (report in OUT/report/, "
+                                                      "checkpoint in OUT.work/)"),
+    name: Optional[str] = typer.Option(None, help="model name in the manifest (default: the folder name)"),
+    description: str = typer.Option("", help="one-line description for the manifest"),
+    mode: str = typer.Option("auto", help="auto, L (greyscale) or RGB"),
+    steps: Optional[int] = typer.Option(None, help="training steps (conv default 20000; dense: see --epochs)"),
+    epochs: Optional[int] = typer.Option(None, help="dense: passes over the training images (default 30)"),
+    batch: Optional[int] = typer.Option(None, help="batch size (conv 8, dense 128)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
+    seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
+    val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5%% of --data)"),
+    val_split: float = typer.Option(0.1, help="dense: share of the images held out for validation"),
+    patience: int = typer.Option(10, help="dense: stop after this many validations without improvement (0: never)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (dense default 1)"),
+    minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget"),
+    crop: int = typer.Option(128, help="conv: training crop size"),
+    n: int = typer.Option(64, help="conv: channels of the transforms"),
+    m: int = typer.Option(128, help="conv: latent channels"),
+    latent: int = typer.Option(32, help="dense: code units (undercomplete autoencoder)"),
+    hidden: str = typer.Option("512,256", help="dense: hidden layer widths, mirrored in the decoder, or none"),
+    activation: str = typer.Option("elu", help="dense: elu or relu (He initialisation)"),
+    linear: bool = typer.Option(False, "--linear", help="dense: no activations at all (learns the PCA subspace)"),
+    tied: bool = typer.Option(False, "--tied", help="dense: decoder uses the encoder's transposed weights"),
+    greedy: bool = typer.Option(False, "--greedy", help="dense: greedy layer-wise pretraining, then fine-tuning"),
+    sparse: str = typer.Option("", help="dense: l1:WEIGHT or kl:TARGET:WEIGHT (sigmoid code)"),
+    noise: str = typer.Option("", help="dense: denoising: gaussian:STD or mask:RATE (the target stays clean)"),
+    contractive: float = typer.Option(0.0, help="dense: weight of the encoder Jacobian's squared Frobenius norm"),
+    variational: bool = typer.Option(False, "--variational", help="dense: variational autoencoder (codes the mean)"),
+    beta: float = typer.Option(1.0, help="dense: weight of the VAE's KL term"),
+    batchnorm: bool = typer.Option(False, "--batchnorm", help="dense: batch normalisation after hidden layers"),
+    output: Optional[str] = typer.Option(None, help="dense: output units, sigmoid (default) or linear"),
+    loss: str = typer.Option("mse", help="dense: mse, bce or ms-ssim"),
+    weight_decay: float = typer.Option(0.0, help="dense: L2 weight decay of the layer weights"),
+    rate: Optional[float] = typer.Option(None, help="dense: lambda of the rate term, loss = distortion + lambda * "
+                                                   "bits/pixel (default 0.02; 0: classic autoencoder, quantization "
+                                                   "calibrated after training)"),
+    size: Optional[str] = typer.Option(None, help="dense: resize every image to WIDTHxHEIGHT"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write the training report"),
+) -> None:
+    """Train a codec on a folder of images and export it as a model package."""
+    if arch not in ("conv", "dense"):
+        raise AecError(f"unknown architecture '{arch}' (choose conv or dense)")
+    _need_torch()
+    if mode not in ("auto", "L", "RGB"):
+        raise AecError(f"--mode must be auto, L or RGB, not '{mode}'")
+    out = Path(out)
+    name = name or out.name
+    log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    if arch == "conv":
+        given = {"latent": latent, "hidden": hidden, "activation": activation, "linear": linear, "tied": tied,
+                 "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
+                 "variational": variational, "beta": beta, "batchnorm": batchnorm, "output": output, "loss": loss,
+                 "weight_decay": weight_decay, "rate": rate, "size": size, "epochs": epochs,
+                 "val_split": val_split, "patience": patience}
+        bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
+        if bad:
+            raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
+        _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
+                    threads, minutes, crop, n, m, quiet, report, log)
+        return
+    if val is not None or minutes is not None:
+        raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
+                       "(dense models use --val-split and --steps/--epochs)")
+    from ..train.fit_dense import DenseTrainConfig, train_dense
+
+    cfg = DenseTrainConfig(
+        data=str(data), out=str(out), mode=mode, size=_parse_size(size), latent=latent, hidden=_parse_hidden(hidden),
+        activation=activation, linear=linear, tied=tied, batchnorm=batchnorm, output=output,
+        variational=variational, beta=beta, loss=loss, rate=rate, sparse=sparse, noise=noise,
+        contractive=contractive, weight_decay=weight_decay, greedy=greedy, steps=steps, epochs=epochs,
+        batch=batch or 128, lr=lr or 2e-3, seed=seed, val_split=val_split, patience=patience,
+        checkpoint_every=checkpoint_every or 500, threads=threads)
+    if latent < 1:
+        raise AecError("--latent must be at least 1")
+    result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
+    export_and_report_dense(result, out, name, description, report, log)
+
+
+def export_and_report_dense(result, out: Path, name: str, description: str = "", report: bool = True,
+                            log=print) -> Path:
+    from ..train.dense import describe
+    from ..train.export_dense import export_dense_codec, training_summary
+
+    sample = result.val_images if len(result.val_images) else result.train_images
+    export_dense_codec(result.model, out, name, sample[:8], training_summary(result),
+                       description or describe(result.model_cfg, result.obj), measure=sample[:500])
+    meas = json.loads((out / "manifest.json").read_text())["measured"]
+    log(f"wrote {out}: {meas['mean_psnr']:.2f} dB, {meas['mean_file_bytes']:.1f} bytes per file "
+        f"({meas['mean_payload_bytes']:.1f} payload) on {meas['images']} validation images")
+    if report:
+        from ..train.report import report_dense
+
+        html = report_dense(out, result)
+        log(f"report: {html}")
+    return out
+
+
+def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
+                minutes, crop, n, m, quiet, report, log) -> None:
+    from ..train.data import load_folder
+    from ..train.export import export_checkpoint
+    from ..train.fit_conv import ConvConfig, train_conv
+    from ..train.fit_dense import detect_mode, read_checkpoint, work_dir
+    from ..train.data import find_images
+
+    if not Path(data).exists():
+        raise AecError(f"{data}: no such folder")
+    paths = find_images(Path(data))
+    if not paths:
+        raise AecError(f"no images found in {data}")
+    if mode == "auto":
+        mode = detect_mode(paths[:200])
+    wdir = work_dir(out)
+    ckpt = wdir / "checkpoint.pt"
+    if resume:
+        if not ckpt.exists():
+            raise AecError(f"nothing to resume: no checkpoint at {ckpt}")
+        ck = read_checkpoint(ckpt)
+        if ck.get("arch") != "conv":
+            raise AecError(f"checkpoint {ckpt} is from a {ck.get('arch') or 'unknown'} model, not conv: "
+                           "train into another --out or delete the checkpoint")
+    cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 8,
+                     steps=steps or 20000, minutes=minutes, lr=lr or 2e-4, seed=seed, val=str(val) if val else None,
+                     checkpoint_every=checkpoint_every or 250, threads=threads)
+    cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
+    try:
+        path = train_conv(cfg, resume=resume, log=log)
+    except (ValueError, FloatingPointError) as exc:
+        raise AecError(str(exc).splitlines()[0]) from None
+    imgs = load_folder(Path(val or data), mode, jpeg_downscale=True, limit=4).images
+    export_checkpoint(path, out, name, imgs, description or f"convolutional hyperprior codec trained on {data}")
+    log(f"wrote {out}")
+    if report:
+        from ..train.report import report_conv
+
+        ck = read_checkpoint(path)
+        log(f"report: {report_conv(out, ck.get('history', []), imgs)}")
+
+
+# -- embed and score (torch-free) -----------------------------------------------------------------
+def _read_for(codec, path: Path) -> np.ndarray:
+    from ..imageio import read_image, to_channels8
+
+    return to_channels8(read_image(path), codec.channels)
+
+
+def _expand(images: List[Path]) -> list[Path]:
+    from ..train.data import find_images
+
+    out: list[Path] = []
+    for p in images:
+        p = Path(p)
+        if p.is_dir():
+            out += find_images(p)
+        else:
+            out.append(p)
+    if not out:
+        raise AecError("no images given")
+    return out
+
+
+@app.command("embed")
+def embed_cmd(
+    package: str = typer.Argument(..., help="model package (folder or installed name)"),
+    images: List[Path] = typer.Argument(..., help="images or folders"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .npy file: one row of codes per image"),
+    force: bool = typer.Option(False, "--force", help="overwrite OUT"),
+) -> None:
+    """Write the encoder's codes of images as a (N, D) array (hyperprior codecs: the latent averaged over space)."""
+    from ..compress import open_codec
+    from ..fsutil import atomic_output
+
+    codec = open_codec(package, "cpu", None)
+    paths = _expand(images)
+    rows = []
+    for p in paths:
+        a = codec.analyse(_read_for(codec, p))
+        y = np.asarray(a.y, dtype=np.float32)
+        rows.append(y.reshape(y.shape[0], -1).mean(1) if y.ndim == 3 else y.reshape(-1))
+    codes = np.stack(rows)
+    with atomic_output(Path(out), force) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, codes)
+    print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values", file=sys.stderr)
+
+
+@app.command("score")
+def score_cmd(
+    package: str = typer.Argument(..., help="model package (folder or installed name)"),
+    images: List[Path] = typer.Argument(..., help="images or folders"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    quality: Optional[float] = typer.Option(None, help="quality 1-100 the images are coded at (default: the best)"),
+) -> None:
+    """Reconstruction error of each image through the codec, worst first (an anomaly score)."""
+    from ..codec import quality_to_level
+    from ..compress import open_codec
+    from ..metrics import mse, psnr
+
+    codec = open_codec(package, "cpu", None)
+    level = quality_to_level(quality, codec.levels) if quality is not None else max(codec.levels - 1, 0)
+    rows = []
+    for p in _expand(images):
+        px = _read_for(codec, p)
+        a = codec.analyse(px)
+        data, st = codec.code(a, level, "L" if codec.channels == 1 else "RGB")
+        rec = codec.reconstruct(st, a.height, a.width)
+        rows.append({"path": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)})
+    rows.sort(key=lambda r: -r["mse"])
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["path"]) for r in rows)
+    print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
+    for r in rows:
+        print(f"{r['path']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
