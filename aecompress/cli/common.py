@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import AecError
 
-console_err = Console(stderr=True, highlight=False)
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 def device_option():
@@ -27,7 +29,7 @@ class _Lines:
     """Prints result lines above a live progress bar when one is shown."""
 
     def __init__(self):
-        self.bar: Optional[Progress] = None
+        self.bar = None
 
     def print_line(self, text: str) -> None:
         if self.bar is not None:
@@ -40,14 +42,20 @@ progress = _Lines()
 
 
 def error_line(msg: str) -> None:
-    console_err.print(f"aecompress: error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    print(f"aecompress: error: {msg}", file=sys.stderr, flush=True)
 
 
 def run_many(items: Iterable[Path], fn: Callable[[Path], dict], verb: str) -> list[dict]:
     """Run fn on every item; one bad item is reported and skipped; exit 1 at the end if any failed."""
     items = list(items)
     results, failed = [], 0
-    show_bar = len(items) > 1 and console_err.is_terminal
+    if len(items) == 1:                      # the common case: no progress machinery at all
+        return [fn(Path(items[0]))]
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    console_err = _stderr_console()
+    show_bar = console_err.is_terminal
     bar = Progress(TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=console_err, transient=True,
                    disable=not show_bar)
@@ -60,13 +68,14 @@ def run_many(items: Iterable[Path], fn: Callable[[Path], dict], verb: str) -> li
                     results.append(fn(Path(item)))
                 except AecError as exc:
                     failed += 1
-                    if len(items) == 1:
-                        raise
-                    error_line(str(exc))
+                    if progress.bar is not None:
+                        bar.console.print(f"aecompress: error: {exc}", markup=False, highlight=False)
+                    else:
+                        error_line(str(exc))
                 bar.update(task, advance=1)
         finally:
             progress.bar = None
     if failed:
-        console_err.print(f"{len(items) - failed} done, {failed} failed", markup=False)
+        print(f"{len(items) - failed} done, {failed} failed", file=sys.stderr)
         raise typer.Exit(1)
     return results

@@ -27,7 +27,7 @@ from .dense import (VAE_MSE_SIGMA, DenseAE, DenseConfig, Objective, calibrate_ga
                     jacobian_frobenius, objective)
 
 DEFAULT_RATE = 0.02            # lambda of the rate term: loss = distortion + lambda * bits per pixel
-EB_FIT_STEPS = 800
+EB_FIT_STEPS = 600
 
 
 @dataclass
@@ -55,6 +55,7 @@ class DenseTrainConfig:
     greedy_steps: int | None = None         # per layer; default: a quarter of the training steps
     quant_step: float = 0.1                 # rate-free models: quantization step in code standard deviations
     quant_bits: int = 4                     # sigmoid codes: 2^bits levels on [0, 1]
+    eb_steps: int = EB_FIT_STEPS            # steps fitting the entropy model to the final codes (a third for rate-trained models)
     steps: int | None = None
     epochs: int | None = None               # default 30 when neither steps nor epochs is given
     batch: int = 128
@@ -523,7 +524,7 @@ def finish(model: DenseAE, obj: Objective, cfg: DenseTrainConfig, x_train: torch
     opt = torch.optim.Adam(model.eb.parameters(), lr=5e-3)
     gen = torch.Generator().manual_seed(cfg.seed + 17)
     torch.manual_seed(cfg.seed + 17)
-    for _ in range(EB_FIT_STEPS if obj.rate <= 0 else EB_FIT_STEPS // 3):
+    for _ in range(cfg.eb_steps if obj.rate <= 0 else cfg.eb_steps // 3):
         idx = torch.randint(0, codes.shape[0], (min(512, codes.shape[0]),), generator=gen).to(codes.device)
         loss = entropy_fit_loss(model, codes[idx])
         opt.zero_grad(set_to_none=True)
