@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
@@ -110,8 +111,8 @@ class Codec:
         return pixels.transpose(2, 0, 1)[None]          # uint8; tiles are converted to float one by one
 
     # -- encoding -----------------------------------------------------------------------------
-    def analyse(self, pixels: np.ndarray) -> Analysis:
-        """pixels: (H, W, channels) uint8."""
+    def analyse(self, pixels: np.ndarray, check: Callable[[], None] | None = None) -> Analysis:
+        """pixels: (H, W, channels) uint8. check is called between tiles and may raise to cancel."""
         x = self._to_input(pixels)
         session = self.pkg.session("analysis")
 
@@ -120,7 +121,8 @@ class Codec:
 
         if self.kind == "hyperprior":
             ov = int(self.pkg.manifest.get("overlap", {}).get("analysis", 64))
-            y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=int(self.pkg.manifest.get("pad_multiple", 64)))
+            y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=int(self.pkg.manifest.get("pad_multiple", 64)),
+                          check=check)
         else:
             y = g_a(x)
         return Analysis(y[0], pixels.shape[0], pixels.shape[1])
@@ -168,7 +170,8 @@ class Codec:
             return (st["q"] * inv.reshape((-1,) + (1,) * (st["q"].ndim - 1))).astype(np.float32)
         return ((st["q"] + st["mean"]) * inv[:, None, None]).astype(np.float32)
 
-    def synthesize(self, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
+    def synthesize(self, y_hat: np.ndarray, height: int, width: int,
+                   check: Callable[[], None] | None = None) -> np.ndarray:
         """Latent -> (height, width, channels) uint8."""
         session = self.pkg.session("synthesis")
 
@@ -177,13 +180,13 @@ class Codec:
 
         if self.kind == "hyperprior":
             ov = int(self.pkg.manifest.get("overlap", {}).get("synthesis", 4))
-            x = run_tiled(g_s, y_hat[None], SYNTHESIS_TILE, ov, scale=16, align=4)
+            x = run_tiled(g_s, y_hat[None], SYNTHESIS_TILE, ov, scale=16, align=4, check=check)
         else:
             x = g_s(y_hat[None])
         return np.ascontiguousarray(x[0, :, :height, :width].transpose(1, 2, 0))
 
-    def reconstruct(self, st: dict, height: int, width: int) -> np.ndarray:
-        return self.synthesize(self.latent_from_state(st), height, width)
+    def reconstruct(self, st: dict, height: int, width: int, check: Callable[[], None] | None = None) -> np.ndarray:
+        return self.synthesize(self.latent_from_state(st), height, width, check)
 
     def decode(self, data: bytes) -> tuple[np.ndarray, Header]:
         header, payload = container.unpack(data)

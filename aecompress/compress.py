@@ -38,7 +38,8 @@ class Encoded:
         return self.level
 
 
-def _coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
+def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
+    """The pixels a codec will code for a picture (mode converted), and notes on what was lost."""
     notes = []
     if pic.has_alpha:
         notes.append("alpha channel dropped (the codec stores colour only)")
@@ -65,7 +66,7 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
 
 def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
                    target_size: int | None = None, target_psnr: float | None = None) -> Encoded:
-    pixels, notes = _coding_input(pic, codec)
+    pixels, notes = coding_input(pic, codec)
     analysis = codec.analyse(pixels)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
     top = max(codec.levels - 1, 0)
@@ -207,5 +208,5 @@ def file_info(path: Path) -> dict:
     return info
 
 
-__all__ = ["Encoded", "encode_picture", "decode_bytes", "encode_file", "decode_file", "open_codec",
+__all__ = ["Encoded", "coding_input", "encode_picture", "decode_bytes", "encode_file", "decode_file", "open_codec",
            "file_info", "output_for", "Analysis", "asdict"]

@@ -47,31 +47,44 @@ def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return w @ k
 
 
-def _ssim_parts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+STRIP = 256      # output rows per filtering block: bounds memory on very large images
+
+
+def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """Sums of the SSIM and contrast-structure maps of two 2-D float32 planes, and their count.
+
+    Computed in strips of rows (each with the window's margin), so memory stays bounded."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     k = _kernel().astype(np.float32)
-    n = a.shape[2]
-    # one filtering pass over all five moments, in float32 (inputs are 8-bit: ample precision)
-    # centred moments (variances are shift-invariant), filtered in one float32 pass
-    a0, b0 = a - 128.0, b - 128.0
-    stack = np.concatenate([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2).astype(np.float32)
-    f = _filter(stack, k).astype(np.float64)
-    ma, mb = f[..., :n], f[..., n:2 * n]
-    saa = f[..., 2 * n:3 * n] - ma**2
-    sbb = f[..., 3 * n:4 * n] - mb**2
-    sab = f[..., 4 * n:] - ma * mb
-    mu_a, mu_b = ma + 128.0, mb + 128.0
-    cs = (2 * sab + c2) / (saa + sbb + c2)
-    lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
-    return (lum * cs).mean(axis=(0, 1)), cs.mean(axis=(0, 1))
+    h = a.shape[0] - _WIN + 1
+    s_sum = cs_sum = 0.0
+    for r0 in range(0, h, STRIP):
+        r1 = min(h, r0 + STRIP)
+        # centred moments (variances are shift-invariant), filtered in one float32 pass
+        a0 = a[r0:r1 + _WIN - 1] - np.float32(128)
+        b0 = b[r0:r1 + _WIN - 1] - np.float32(128)
+        f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k).astype(np.float64)
+        ma, mb = f[..., 0], f[..., 1]
+        saa = f[..., 2] - ma**2
+        sbb = f[..., 3] - mb**2
+        sab = f[..., 4] - ma * mb
+        mu_a, mu_b = ma + 128.0, mb + 128.0
+        cs = (2 * sab + c2) / (saa + sbb + c2)
+        lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+        s_sum += float((lum * cs).sum())
+        cs_sum += float(cs.sum())
+    return s_sum, cs_sum, h * (a.shape[1] - _WIN + 1)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = _as3d(a).astype(np.float64), _as3d(b).astype(np.float64)
+    a, b = _as3d(a), _as3d(b)
     if min(a.shape[:2]) < _WIN:
         return 1.0 if np.array_equal(a, b) else float(1 - mse(a, b) / (255.0**2))
-    s, _ = _ssim_parts(a, b)
-    return float(s.mean())
+    vals = []
+    for c in range(a.shape[2]):
+        s, _, n = _ssim_sums(a[:, :, c].astype(np.float32), b[:, :, c].astype(np.float32))
+        vals.append(s / n)
+    return float(np.mean(vals))
 
 
 def _down2(x: np.ndarray) -> np.ndarray:
@@ -81,22 +94,25 @@ def _down2(x: np.ndarray) -> np.ndarray:
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = _as3d(a).astype(np.float32), _as3d(b).astype(np.float32)
+    """Mean over channels of MS-SSIM; one channel and one strip of rows at a time (bounded memory)."""
+    a, b = _as3d(a), _as3d(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     side = min(a.shape[:2])
+    if side < _WIN:
+        return ssim(a, b)
     levels = 1
     while levels < 5 and side // (2**levels) >= _WIN:
         levels += 1
-    if side < _WIN:
-        return ssim(a, b)
     weights = _WEIGHTS[:levels] / _WEIGHTS[:levels].sum()
-    values = []
-    for i in range(levels):
-        s, cs = _ssim_parts(a, b)
-        values.append(np.maximum(s if i == levels - 1 else cs, 0.0))
-        if i < levels - 1:
-            a, b = _down2(a), _down2(b)
-    stack = np.stack(values)                       # (levels, C)
-    per_channel = np.prod(stack ** weights[:, None], axis=0)
-    return float(per_channel.mean())
+    per_channel = []
+    for c in range(a.shape[2]):
+        x, y = a[:, :, c].astype(np.float32), b[:, :, c].astype(np.float32)
+        value = 1.0
+        for i in range(levels):
+            s, cs, n = _ssim_sums(x, y)
+            value *= max(s / n if i == levels - 1 else cs / n, 0.0) ** weights[i]
+            if i < levels - 1:
+                x, y = _down2(x), _down2(y)
+        per_channel.append(value)
+    return float(np.mean(per_channel))

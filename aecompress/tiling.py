@@ -22,13 +22,17 @@ def _starts(size: int, tile: int) -> list[int]:
 
 def run_tiled(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int, overlap: int,
               scale: float | Fraction = 1, align: int = 1, out_channels: int | None = None,
-              out: np.ndarray | None = None) -> np.ndarray:
-    """x: (1, C, H, W) float32. Returns fn applied to x as if in one piece: (1, C', H*scale, W*scale)."""
+              out: np.ndarray | None = None, check: Callable[[], None] | None = None) -> np.ndarray:
+    """x: (1, C, H, W). Returns fn applied to x as if in one piece: (1, C', H*scale, W*scale).
+
+    check, if given, is called before every tile and may raise to cancel the work."""
     scale = Fraction(scale).limit_denominator(1024)
     _, _, h, w = x.shape
     tile = max(align, tile // align * align)
     overlap = -(-overlap // align) * align
     if h <= tile + 2 * overlap and w <= tile + 2 * overlap:
+        if check:
+            check()
         y = fn(x)
         if out is not None:
             out[...] = y
@@ -37,6 +41,8 @@ def run_tiled(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int, 
     oh, ow = int(h * scale), int(w * scale)
     for ty in _starts(h, tile):
         for tx in _starts(w, tile):
+            if check:
+                check()
             y0, y1 = max(0, ty - overlap), min(h, ty + tile + overlap)
             x0, x1 = max(0, tx - overlap), min(w, tx + tile + overlap)
             part = fn(np.ascontiguousarray(x[:, :, y0:y1, x0:x1]))

@@ -45,6 +45,9 @@ def create_app(argv: list[str] | None = None):
     app.setOrganizationName("aecompress")
     app.setStyle("Fusion")
     app.setStyleSheet(STYLE)
+    from .qtfix import install
+
+    install(app)
     return app
 
 
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app([sys.argv[0]] + args)
     win = MainWindow()
+    app.aboutToQuit.connect(win.shutdown)
     win.show()
     show_later(win, [a for a in args if not a.startswith("-")])
     return app.exec()

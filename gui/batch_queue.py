@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
@@ -106,7 +106,7 @@ class BatchTab(QWidget):
         self.out_edit = QLineEdit(settings.batch_output, self)
         self.out_edit.setPlaceholderText("next to each file")
         self.out_edit.setClearButtonEnabled(True)
-        self.out_edit.editingFinished.connect(lambda: setattr(self.settings, "batch_output", self.out_edit.text().strip()))
+        self.out_edit.editingFinished.connect(self._output_edited)
         self.out_btn = QPushButton("Choose\u2026", self)
         self.out_btn.clicked.connect(lambda: self.choose_output())
         self.skip = QCheckBox("Skip files whose output exists", self)
@@ -159,6 +159,7 @@ class BatchTab(QWidget):
             self._add_row(self.items[-1])
         self._refresh_actions()
         self._update_controls()
+        self.table.setCurrentItem(None)
 
     def add_dialog(self) -> None:
         names, _ = QFileDialog.getOpenFileNames(self, "Add files", self.settings.folder("open"),
@@ -167,8 +168,12 @@ class BatchTab(QWidget):
             self.settings.set_folder("open", names[0])
             self.add_paths(names)
 
+    def _output_edited(self) -> None:
+        self.settings.batch_output = self.out_edit.text().strip()
+
     def choose_output(self) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text() or self.settings.folder("batch_out"))
+        start = self.out_edit.text() or self.settings.folder("batch_out")
+        d = QFileDialog.getExistingDirectory(self, "Output folder", start)
         if d:
             self.out_edit.setText(d)
             self.settings.batch_output = d
@@ -204,7 +209,7 @@ class BatchTab(QWidget):
             self.table.item(r, 1).setText(self._action(item).capitalize())
         o = self.options()
         self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d at quality {o['quality']}; "
-                                   f"denoise uses \u201c{o['denoiser'] or 'denoise'}\u201d (set in those tabs).")
+                                   f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d (set in those tabs).")
 
     def remove_selected(self) -> None:
         if self.running:

@@ -8,6 +8,8 @@ pyramid of downscaled copies so that panning a 24-megapixel photo stays smooth.
 
 from __future__ import annotations
 
+from typing import List, Union
+
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPolygonF)
@@ -71,6 +73,23 @@ def difference_image(a: np.ndarray, b: np.ndarray, gain: float = DIFF_GAIN) -> Q
     return to_qimage(_CMAP[idx])
 
 
+def pyramid(img: QImage) -> list[QImage]:
+    """The image and halved copies down to about 512 pixels: what the view draws when zoomed out.
+
+    Safe to build on a worker thread (QImage, unlike QPixmap, is not tied to the UI thread), so a
+    24-megapixel result reaches the screen without a pause; pass the list to CompareView.set_images.
+    """
+    levels = [img]
+    while max(levels[-1].width(), levels[-1].height()) > 512 and len(levels) < 9:
+        prev = levels[-1]
+        levels.append(prev.scaled(max(prev.width() // 2, 1), max(prev.height() // 2, 1),
+                                  Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation))
+    return levels
+
+
+Displayable = Union[QImage, List[QImage], None]     # an image, its pyramid, or nothing
+
+
 # -- the view ------------------------------------------------------------------------------------
 
 class CompareView(QWidget):
@@ -104,12 +123,15 @@ class CompareView(QWidget):
                             "or use File \u203a Open (Ctrl+O) or paste an image (Ctrl+V)")
 
     # -- content ---------------------------------------------------------------------------------
-    def set_images(self, before: QImage | None, after: QImage | None = None, diff: QImage | None = None,
+    def set_images(self, before: Displayable, after: Displayable = None, diff: Displayable = None,
                    labels: tuple[str, str] | None = None) -> None:
-        """Show `before` (and `after`, the result). The view is kept when the image size is unchanged."""
+        """Show `before` (and `after`, the result). The view is kept when the image size is unchanged.
+
+        Each image is a QImage or a list from pyramid() (built on a worker for large images)."""
         old = self._before.size() if self._before is not None else None
-        self._before, self._after, self._diff = before, after, diff
         self._pyramids = {}
+        before, after, diff = (self._take(x) for x in (before, after, diff))
+        self._before, self._after, self._diff = before, after, diff
         if labels:
             self._labels = labels
         if before is None or old != before.size():
@@ -118,8 +140,15 @@ class CompareView(QWidget):
             self.fit()
         self.update()
 
-    def set_after(self, after: QImage | None, diff: QImage | None = None) -> None:
-        self.set_images(self._before, after, diff)
+    def _take(self, x) -> QImage | None:
+        if isinstance(x, list):
+            self._pyramids[x[0].cacheKey()] = x
+            return x[0]
+        return x
+
+    def set_after(self, after: Displayable, diff: Displayable = None) -> None:
+        before = self._pyramids.get(self._before.cacheKey(), self._before) if self._before is not None else None
+        self.set_images(before, after, diff)
 
     @property
     def before(self) -> QImage | None:
@@ -233,18 +262,9 @@ class CompareView(QWidget):
     # -- painting --------------------------------------------------------------------------------
     def _pyramid(self, img: QImage) -> list[QImage]:
         key = img.cacheKey()
-        levels = self._pyramids.get(key)
-        if levels is None:
-            levels = [img]
-            while max(levels[-1].width(), levels[-1].height()) > 512:
-                prev = levels[-1]
-                levels.append(prev.scaled(max(prev.width() // 2, 1), max(prev.height() // 2, 1),
-                                          Qt.AspectRatioMode.IgnoreAspectRatio,
-                                          Qt.TransformationMode.SmoothTransformation))
-                if len(levels) > 8:
-                    break
-            self._pyramids[key] = levels
-        return levels
+        if key not in self._pyramids:
+            self._pyramids[key] = pyramid(img)
+        return self._pyramids[key]
 
     def _draw_image(self, p: QPainter, img: QImage, pane: QRectF, clip: QRectF) -> None:
         full = self._image_rect(pane)
@@ -405,7 +425,8 @@ class CompareView(QWidget):
 
     def mouseReleaseEvent(self, event) -> None:
         self._drag = None
-        self.setCursor(Qt.CursorShape.SplitHCursor if self._near_divider(event.position()) else Qt.CursorShape.OpenHandCursor)
+        near = self._near_divider(event.position())
+        self.setCursor(Qt.CursorShape.SplitHCursor if near else Qt.CursorShape.OpenHandCursor)
 
     def mouseDoubleClickEvent(self, event) -> None:
         if self._fitting:
@@ -494,7 +515,8 @@ class ComparePanel(QWidget):
         (self.split_btn if mode == "split" else self.side_btn).setChecked(True)
 
     def _zoom_text(self, s: float) -> None:
-        self.zoom_label.setText(f"{s * self.view.devicePixelRatioF() * 100:.0f}%" if self.view.before is not None else "")
+        shown = self.view.before is not None
+        self.zoom_label.setText(f"{s * self.view.devicePixelRatioF() * 100:.0f}%" if shown else "")
 
     def set_pair_controls(self, paired: bool, diff: bool | None = None) -> None:
         """Enable the before/after controls only when there is a result to compare."""

@@ -16,17 +16,17 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton,
-                               QSlider, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+                               QSlider, QSpinBox, QStackedWidget, QWidget)
 
 from aecompress.codec import Analysis, Codec, level_to_quality, quality_to_level
-from aecompress.compress import DEFAULT_QUALITY, encode_picture, output_for
+from aecompress.compress import encode_picture, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
-from aecompress.compress import _coding_input as coding_input
+from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
 from aecompress.imageio import Picture, read_image, save_image, to_rgb8
 from aecompress.metrics import ms_ssim, psnr
 
-from .compare import ComparePanel, difference_image, to_qimage
+from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .runtime import Runtime, provider_text
 from .settings import Settings
 from .widgets import ModelPicker, ResultGrid, SidePanel, group, note_label
@@ -36,11 +36,16 @@ DEBOUNCE_MS = 150
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif *.ppm *.pgm *.tga)"
 
 
-def ms_ssim_low_memory(a: np.ndarray, b: np.ndarray) -> float:
+def ms_ssim_low_memory(a: np.ndarray, b: np.ndarray, check=lambda: None) -> float:
     """aecompress.metrics.ms_ssim one channel at a time: the same value (channels are computed
-    independently and averaged), a third of the memory on a 24-megapixel photo."""
+    independently and averaged), a third of the memory on a 24-megapixel photo, and a chance to
+    cancel (check() raises) between channels."""
     if a.ndim == 3 and a.shape[2] > 1:
-        return float(np.mean([ms_ssim(a[:, :, c], b[:, :, c]) for c in range(a.shape[2])]))
+        vals = []
+        for c in range(a.shape[2]):
+            check()
+            vals.append(ms_ssim(a[:, :, c], b[:, :, c]))
+        return float(np.mean(vals))
     return ms_ssim(a, b)
 
 
@@ -72,10 +77,10 @@ class Source:
             return None
 
 
-def load_source(src: Source) -> tuple[Picture, QImage]:
-    """Read the picture (on a worker) and make its display image."""
+def load_source(src: Source) -> tuple[Picture, list[QImage]]:
+    """Read the picture (on a worker) and make its display image (as a pyramid, see compare.pyramid)."""
     pic = src.picture if src.picture is not None else read_image(src.path)
-    return pic, to_qimage(to_rgb8(pic))
+    return pic, pyramid(to_qimage(to_rgb8(pic)))
 
 
 @dataclass
@@ -99,8 +104,8 @@ class Result:
     seconds_encode: float
     seconds_decode: float
     provider: str
-    after: QImage
-    diff: QImage
+    after: list[QImage]            # pyramids (compare.pyramid), built on the worker
+    diff: list[QImage]
     notes: list[str] = field(default_factory=list)
 
 
@@ -229,7 +234,8 @@ class CompressTab(QWidget):
         self.prepared = None
         src, key, runtime = self.source, self.model.key(), self.runtime
         if not key:
-            self.errorOccurred.emit("no codec model is installed: add a model folder (Model \u203a Add model folder\u2026)")
+            self.errorOccurred.emit("no codec model is installed: add a model folder "
+                                    "(File \u203a Add model folder\u2026)")
             return
 
         def job(token, emit):
@@ -240,7 +246,7 @@ class CompressTab(QWidget):
             ref, notes = coding_input(pic, codec)
             token.check()
             t0 = time.perf_counter()
-            analysis = codec.analyse(ref)
+            analysis = codec.analyse(ref, check=token.check)
             return Prepared(pic, codec, ref, analysis, notes, time.perf_counter() - t0)
 
         self._set_busy(f"Analysing {src.name}\u2026")
@@ -306,7 +312,7 @@ class CompressTab(QWidget):
                 emit(("estimate", len(data)))
                 token.check()
                 t1 = time.perf_counter()
-                recon, level = codec.reconstruct(st, pic.height, pic.width), st["level"]
+                recon, level = codec.reconstruct(st, pic.height, pic.width, token.check), st["level"]
                 t_dec = time.perf_counter() - t1
             else:
                 enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
@@ -315,11 +321,11 @@ class CompressTab(QWidget):
                 t_enc, t_dec = time.perf_counter() - t0, 0.0
             token.check()
             res = Result(data, recon, level, level_to_quality(level, codec.levels), psnr(p.reference, recon), None,
-                         t_enc, t_dec, codec.pkg.provider, to_qimage(recon), difference_image(p.reference, recon),
-                         notes)
+                         t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),
+                         pyramid(difference_image(p.reference, recon)), notes)
             emit(("result", res))
             token.check()
-            return replace(res, ms_ssim=ms_ssim_low_memory(p.reference, recon))
+            return replace(res, ms_ssim=ms_ssim_low_memory(p.reference, recon, token.check))
 
         self._set_busy("Compressing\u2026" if mode == "quality" else "Searching for the target\u2026")
         self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QPus
 
 from aecompress.imageio import Picture, save_image, to_rgb8
 
-from .compare import ComparePanel, difference_image, to_qimage
+from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, Source, load_source
 from .runtime import Runtime, provider_text
 from .settings import Settings
@@ -46,8 +46,8 @@ class Denoised:
     shown: np.ndarray             # output mixed at the current strength
     info: dict
     sigma_after: float
-    after: QImage
-    diff: QImage
+    after: list[QImage]           # pyramids (compare.pyramid), built on the worker
+    diff: list[QImage]
 
 
 class DenoiseTab(QWidget):
@@ -185,7 +185,7 @@ class DenoiseTab(QWidget):
         key = self.model.key()
         if not key:
             self.errorOccurred.emit("no denoiser model is installed: add a model folder "
-                                    "(Model \u203a Add model folder\u2026)")
+                                    "(File \u203a Add model folder\u2026)")
             return
         src, runtime, sigma, strength = self.source, self.runtime, self.sigma_arg(), self.strength.value() / 100
 
@@ -200,7 +200,8 @@ class DenoiseTab(QWidget):
             token.check()
             shown = blend(pic.pixels, out, strength)
             a, b = _display(pic, pic.pixels), _display(pic, shown)
-            return Denoised(pic, out, shown, info, estimate_sigma(out), to_qimage(b), difference_image(a, b))
+            return Denoised(pic, out, shown, info, estimate_sigma(out), pyramid(to_qimage(b)),
+                            pyramid(difference_image(a, b)))
 
         self.panel.view.set_busy(f"Denoising {src.name}\u2026")
         self.statusMessage.emit(f"Denoising {src.name}\u2026")
@@ -222,7 +223,10 @@ class DenoiseTab(QWidget):
         self.panel.view.set_after(r.after, r.diff)
         self.panel.set_pair_controls(True)
         est = info.get("sigma_estimate")
-        before = f"\u03c3 \u2248 {est:.1f}" if est is not None else f"\u03c3 {info['sigma']:g} (set)" if info.get("sigma") is not None else "blind"
+        if est is not None:
+            before = f"\u03c3 \u2248 {est:.1f}"
+        else:
+            before = f"\u03c3 {info['sigma']:g} (set)" if info.get("sigma") is not None else "blind"
         self.grid.set("noise", f"{before} \u2192 {r.sigma_after:.1f} after")
         self.grid.set("time", f"{info.get('seconds', 0):.2f} s")
         self.grid.set("provider", provider_text(info.get("provider"), long=False))
@@ -239,7 +243,7 @@ class DenoiseTab(QWidget):
         def job(token, emit):
             shown = blend(r.picture.pixels, r.output, strength)
             a, b = _display(r.picture, r.picture.pixels), _display(r.picture, shown)
-            return shown, to_qimage(b), difference_image(a, b)
+            return shown, pyramid(to_qimage(b)), pyramid(difference_image(a, b))
 
         def done(res) -> None:
             if self.result is r:

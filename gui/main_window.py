@@ -185,7 +185,8 @@ class MainWindow(QMainWindow):
 
     def _batch_options(self) -> dict:
         return {"codec": self.compress.model.currentText(), "codec_key": self.compress.model.key() or "photo",
-                "quality": self.compress.quality.value(), "denoiser": self.denoise.model.key()}
+                "quality": self.compress.quality.value(), "denoiser": self.denoise.model.key(),
+                "denoiser_label": self.denoise.model.currentText() if self.denoise.model.key() else ""}
 
     # -- messages --------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -234,6 +235,7 @@ class MainWindow(QMainWindow):
             self.show_status(f"{len(files)} files added to the batch queue: press Start")
             return
         p = files[0]
+        self.setWindowTitle(f"{p.name} \u2014 aecompress")
         if p.suffix.lower() == ".aez":
             self.tabs.setCurrentWidget(self.decompress)
             self.decompress.open_path(p)
@@ -249,6 +251,7 @@ class MainWindow(QMainWindow):
             return
         self.banner.hide()
         pic = picture_from_qimage(img)
+        self.setWindowTitle(f"{name} \u2014 aecompress")
         if self.tabs.currentWidget() is self.denoise:
             self.denoise.open_picture(pic, name)
         else:
@@ -303,7 +306,8 @@ class MainWindow(QMainWindow):
 
     def add_model_folder(self, folder: str | Path | None = None) -> None:
         if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Add a model package folder", self.settings.folder("models"))
+            folder = QFileDialog.getExistingDirectory(self, "Add a model package folder",
+                                                      self.settings.folder("models"))
             if not folder:
                 return
         try:
@@ -315,7 +319,7 @@ class MainWindow(QMainWindow):
         self.settings.extra_models = self.runtime.extra_folders
         self.compress.model.refresh()
         self.denoise.model.refresh()
-        picker = self.compress.model if entry.kind == "codec" else self.denoise.model if entry.kind == "denoiser" else None
+        picker = {"codec": self.compress.model, "denoiser": self.denoise.model}.get(entry.kind)
         if picker is not None:
             picker.select(entry.key)
             picker.modelChanged.emit(entry.key)
@@ -326,13 +330,16 @@ class MainWindow(QMainWindow):
         """Cancel all work, wait for the model step in flight (with the window already gone), quit."""
         self.settings.geometry = self.saveGeometry()
         self.settings.sync()
-        self._closing = True
         self.hide()
-        self.batch.cancel()
-        ok = all(q.shutdown(CLOSE_WAIT_MS) for q in (self.work, self.batch_work))
-        if not ok:
-            print("aecompress: work still running at exit", flush=True)
+        self.shutdown()
         event.accept()
+
+    def shutdown(self) -> None:
+        """Cancel every job and wait for the workers (also run when the application quits)."""
+        self._closing = True
+        self.batch.cancel()
+        if not all(q.shutdown(CLOSE_WAIT_MS) for q in (self.work, self.batch_work)):
+            print("aecompress: work still running at exit", flush=True)
 
 
 def show_later(win: MainWindow, paths: list[str]) -> None:

@@ -64,7 +64,8 @@ class Runtime:
 
     @staticmethod
     def _entry(pkg: ModelPackage, key: str) -> ModelEntry:
-        return ModelEntry(f"{pkg.name} (added: {pkg.path.name})", key, pkg.kind, str(pkg.manifest.get("description", "")))
+        return ModelEntry(f"{pkg.name} (added: {pkg.path.name})", key, pkg.kind,
+                          str(pkg.manifest.get("description", "")))
 
     def models(self, kind: str) -> list[ModelEntry]:
         out, seen = [], set()

@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QScrollArea, QSizePolicy,
                                QVBoxLayout, QWidget)
 
-from .runtime import ModelEntry, Runtime
+from .runtime import Runtime
 
 ADD_FOLDER = "__add__"
 

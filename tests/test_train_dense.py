@@ -6,6 +6,7 @@ and tiny networks trained for a few hundred steps, so the whole file runs in wel
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 from pathlib import Path
@@ -24,11 +25,18 @@ from aecompress.train import fit_dense as F  # noqa: E402
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist5k" / "mnist_5k.csv.gz"
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_rows() -> np.ndarray:
+    with gzip.open(MNIST, "rt") as f:
+        return np.loadtxt(f, delimiter=",", dtype=np.int64)
+
+
 def read_mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n digits of all classes (the file is sorted by label: take evenly spaced rows)."""
     if not MNIST.exists():
         pytest.skip("../shared/data/mnist5k is not available")
-    with gzip.open(MNIST, "rt") as f:
-        rows = np.loadtxt(f, delimiter=",", dtype=np.int64, max_rows=n)
+    rows = _mnist_rows()
+    rows = rows[np.linspace(0, len(rows) - 1, n).astype(int)]
     return rows[:, :784].reshape(-1, 28, 28).astype(np.uint8), rows[:, 784]
 
 
@@ -41,7 +49,7 @@ def write_digits(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    images, labels = read_mnist(1500)
+    images, labels = read_mnist(1200)
     return write_digits(tmp_path_factory.mktemp("digits"), images, labels)
 
 
@@ -53,13 +61,24 @@ def digits500(tmp_path_factory) -> Path:
 
 def small(data: Path, out: Path, **kw) -> F.DenseTrainConfig:
     base = dict(data=str(data), out=str(out), latent=8, hidden=(64,), steps=150, batch=64, lr=3e-3,
-                patience=0, eb_steps=150, val_split=0.2)
+                patience=0, eb_steps=20, val_split=0.2)
     base.update(kw)
     return F.DenseTrainConfig(**base)
 
 
 def quiet(cfg, **kw):
     return F.train_dense(cfg, progress=False, log=lambda *a: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def baseline(digits500, tmp_path_factory):
+    """A plain rate-free model the variants are compared with."""
+    return quiet(small(digits500, tmp_path_factory.mktemp("base") / "ref", rate=0, steps=150))
+
+
+def mean_abs_code(r) -> float:
+    with torch.no_grad():
+        return float(r.model.eval().encode(F.to_tensor(r.val_images))["code"].abs().mean())
 
 
 def masked_mse(model, x: torch.Tensor, rate: float, seed: int = 5) -> float:
@@ -73,7 +92,7 @@ def masked_mse(model, x: torch.Tensor, rate: float, seed: int = 5) -> float:
 def test_linear_autoencoder_matches_pca(digits, tmp_path):
     n = 8
     cfg = F.DenseTrainConfig(data=str(digits), out=str(tmp_path / "lin"), linear=True, hidden=(), latent=n, rate=0,
-                             steps=500, lr=1e-2, batch=256, val_split=1 / 3, patience=0, eb_steps=50)
+                             steps=400, lr=1e-2, batch=256, val_split=1 / 3, patience=0, eb_steps=50)
     r = quiet(cfg)
     assert r.model_cfg.output == "linear" and r.model_cfg.linear
     tr = r.train_images.reshape(len(r.train_images), -1) / 255.0
@@ -126,7 +145,7 @@ def test_variants_change_the_network():
     elu = D.DenseAE(D.DenseConfig(1, 28, 28, latent=4, hidden=(32,), activation="elu"))
     assert elu.act(torch.tensor([-1.0])).item() < 0.0
     # He initialisation: weight variance 2 / fan_in
-    assert abs(float(plain.enc[0].weight.var()) * 784 / 2 - 1) < 0.1
+    assert abs(float(plain.enc[0].weight.detach().var()) * 784 / 2 - 1) < 0.1
 
 
 def test_ms_ssim_loss_agrees_with_metrics():
@@ -153,17 +172,21 @@ def test_sparse_kl_reaches_target_activation(digits500, tmp_path):
     assert torch.allclose(r.model.gain, torch.full((8,), 15.0))
 
 
-def test_sparse_l1_shrinks_codes(digits500, tmp_path):
+def test_sparse_l1_shrinks_codes(digits500, tmp_path, baseline):
     a = quiet(small(digits500, tmp_path / "l1", sparse="l1:0.05", rate=0))
-    b = quiet(small(digits500, tmp_path / "l1b", sparse="l1:0", rate=0))
-    assert a.stats["mean_activation"] < 0.5 * b.stats["mean_activation"]
+    assert a.stats["mean_activation"] < 0.5 * mean_abs_code(baseline)
 
 
-def test_denoising_noise_helps_on_corrupted_input(digits500, tmp_path):
-    den = quiet(small(digits500, tmp_path / "den", noise="mask:0.5", rate=0, steps=200))
-    ref = quiet(small(digits500, tmp_path / "ref", rate=0, steps=200))
+def test_denoising_noise_helps_on_corrupted_input(digits500, tmp_path, baseline):
+    den = quiet(small(digits500, tmp_path / "den", noise="mask:0.5", rate=0))
+    ref = baseline
     x = F.to_tensor(den.val_images)
-    assert masked_mse(den.model.eval(), x, 0.5) < 0.8 * masked_mse(ref.model.eval(), x, 0.5)
+    d, r = den.model.eval(), ref.model.eval()
+    assert masked_mse(d, x, 0.5) < 0.95 * masked_mse(r, x, 0.5)
+    # masking half the pixels hurts the plain model and not the denoising one
+    harm_den = masked_mse(d, x, 0.5) - masked_mse(d, x, 0.0)
+    harm_ref = masked_mse(r, x, 0.5) - masked_mse(r, x, 0.0)
+    assert harm_ref > 0.003 and harm_den < 0.3 * harm_ref
     with pytest.raises(AecError, match="gaussian:STD"):
         F.parse_noise("salt:0.3")
     torch.manual_seed(0)
@@ -171,9 +194,9 @@ def test_denoising_noise_helps_on_corrupted_input(digits500, tmp_path):
     assert 0.08 < float(g.std()) < 0.12
 
 
-def test_contractive_penalty_shrinks_jacobian(digits500, tmp_path):
+def test_contractive_penalty_shrinks_jacobian(digits500, tmp_path, baseline):
     c = quiet(small(digits500, tmp_path / "cae", contractive=0.1, rate=0))
-    ref = quiet(small(digits500, tmp_path / "ref", rate=0))
+    ref = baseline
     assert c.stats["jacobian_frobenius_sq"] < 0.5 * ref.stats["jacobian_frobenius_sq"]
     # the Hutchinson estimate used in training agrees with the exact norm
     torch.manual_seed(0)
@@ -208,24 +231,23 @@ def test_variational_codes_the_mean(digits500, tmp_path):
 
 
 def test_batchnorm_and_losses_train(digits500, tmp_path):
-    for kw in ({"batchnorm": True}, {"loss": "bce"}, {"loss": "ms-ssim"}, {"tied": True, "weight_decay": 1e-4}):
+    for kw in ({"batchnorm": True, "loss": "ms-ssim"}, {"loss": "bce", "tied": True}):
         r = quiet(small(digits500, tmp_path / "v", steps=40, **kw))
         assert np.isfinite(r.history[-1]["val_loss"])
     with pytest.raises(AecError, match="sigmoid output"):
         quiet(small(digits500, tmp_path / "v", loss="bce", linear=True))
 
 
-def test_weight_decay_shrinks_weights(digits500, tmp_path):
-    a = quiet(small(digits500, tmp_path / "wd", weight_decay=0.05, steps=150))
-    b = quiet(small(digits500, tmp_path / "nowd", steps=150))
-    assert a.model.enc[0].weight.norm() < 0.8 * b.model.enc[0].weight.norm()
+def test_weight_decay_shrinks_weights(digits500, tmp_path, baseline):
+    a = quiet(small(digits500, tmp_path / "wd", weight_decay=0.05, rate=0))
+    assert a.model.enc[0].weight.norm() < 0.8 * baseline.model.enc[0].weight.norm()
 
 
 # -- codec, export, runtime -----------------------------------------------------------------------
 def test_rate_term_trades_size_for_quality(digits500, tmp_path):
-    lo = quiet(small(digits500, tmp_path / "lo", rate=0.005, steps=200))
-    hi = quiet(small(digits500, tmp_path / "hi", rate=0.2, steps=200))
-    assert hi.stats["val"]["bits"] < 0.7 * lo.stats["val"]["bits"]
+    lo = quiet(small(digits500, tmp_path / "lo", rate=0.002, steps=200))
+    hi = quiet(small(digits500, tmp_path / "hi", rate=2.0, steps=200))
+    assert hi.stats["val"]["bits"] < 0.6 * lo.stats["val"]["bits"]
     assert hi.stats["val"]["psnr"] < lo.stats["val"]["psnr"]
 
 
@@ -234,7 +256,7 @@ def test_export_package_codes_digits(digits500, tmp_path):
     from aecompress.package import load_package
     from aecompress.train.export_dense import export_dense_codec, training_summary
 
-    r = quiet(small(digits500, tmp_path / "pkg", steps=200))
+    r = quiet(small(digits500, tmp_path / "pkg", steps=200, eb_steps=150))
     out = export_dense_codec(r.model, tmp_path / "pkg", "digits-test", r.val_images[:8], training_summary(r),
                              measure=r.val_images)
     m = json.loads((out / "manifest.json").read_text())
@@ -258,7 +280,7 @@ def test_export_package_codes_digits(digits500, tmp_path):
 def test_rate_free_model_gets_calibrated_gain(digits500, tmp_path):
     from aecompress.train.export_dense import export_dense_codec, training_summary
 
-    r = quiet(small(digits500, tmp_path / "cal", rate=0, quant_step=0.1))
+    r = quiet(small(digits500, tmp_path / "cal", rate=0, quant_step=0.1, eb_steps=300))
     std = r.model.encode(F.to_tensor(r.train_images))["code"].detach().std(0)
     assert torch.allclose(r.model.gain * std * 0.1, torch.ones(8), rtol=0.05)
     out = export_dense_codec(r.model, tmp_path / "cal", "cal", r.val_images[:8], training_summary(r), measure=r.val_images)

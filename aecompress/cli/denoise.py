@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import console_err, device_option, error_line, threads_option
+from .common import device_option, error_line, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -71,8 +70,8 @@ def denoise(
     if pkg.kind != "denoiser":
         raise AecError(f"model {pkg.name} is a {pkg.kind}, not a denoiser")
     if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
-        console_err.print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
-                          f"(--sigma {sig:g} is recorded only)", markup=False, highlight=False)
+        print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
+              f"(--sigma {sig:g} is recorded only)", file=sys.stderr)
     job_list = plan_jobs(inputs, output, recursive, reference)
     if not job_list:
         raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))
@@ -81,33 +80,36 @@ def denoise(
         for j in missing[:5]:
             error_line(f"no reference for {j.rel} in {reference}")
     single = len(job_list) == 1
-    show_bar = not single and console_err.is_terminal and not quiet
-    bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console_err,
-                   transient=True, disable=not show_bar)
-    task = bar.add_task("denoise", total=len(job_list), rate="")
+    bar = task = None
+    if not single and not quiet and sys.stderr.isatty():     # single files skip the progress machinery
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
-    def say(text: str) -> None:
-        if show_bar:
+        bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                       TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                       console=Console(stderr=True, highlight=False), transient=True)
+        task = bar.add_task("denoise", total=len(job_list), rate="")
+
+    def say(text: str, err: bool = False) -> None:
+        if bar is not None:
             bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
-            print(text, flush=True)
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
             print(json.dumps(asdict(r)), flush=True)
         if r.status == "failed":
-            if show_bar:
-                bar.console.print(f"aecompress: error: {r.error}", markup=False, highlight=False, soft_wrap=True)
-            else:
-                error_line(r.error)
+            say(f"aecompress: error: {r.error}", err=True)
         elif as_json:
             print(json.dumps(asdict(r)), flush=True)
         elif not quiet:
             say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
-        n = len(summary.results)
-        rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""
-        bar.update(task, completed=n, rate=rate)
+        if bar is not None:
+            n = len(summary.results)
+            rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""
+            bar.update(task, completed=n, rate=rate)
 
     cancel = threading.Event()
     old_term = None
@@ -116,10 +118,15 @@ def denoise(
             raise KeyboardInterrupt
         old_term = signal.signal(signal.SIGTERM, _on_term)
     try:
-        with bar:
+        if bar is not None:
+            bar.start()
+        try:
             summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
                                 model=model, device=device, threads=threads, engine=engine, address=address,
                                 progress=on_result, cancel=cancel)
+        finally:
+            if bar is not None:
+                bar.stop()
     except KeyboardInterrupt:
         cancel.set()
         print("aecompress: interrupted; no partial files were left; rerun with --skip-existing to resume",
@@ -139,6 +146,6 @@ def denoise(
                      f"mean SSIM {summary.mean('ssim'):.4f}")
         print(line, file=sys.stderr if summary.failed else sys.stdout, flush=True)
     elif summary.failed and not single:
-        console_err.print(f"{summary.done} denoised, {summary.failed} failed", markup=False)
+        print(f"{summary.done} denoised, {summary.failed} failed", file=sys.stderr)
     if summary.failed:
         raise typer.Exit(1)

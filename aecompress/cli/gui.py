@@ -11,7 +11,8 @@ from . import app
 
 
 @app.command()
-def gui(files: Optional[List[Path]] = typer.Argument(None, help="Images or .aez files to open (several go to the batch queue).")) -> None:
+def gui(files: Optional[List[Path]] = typer.Argument(
+        None, help="Images or .aez files to open (several go to the batch queue).")) -> None:
     """Open the desktop app: drop photos on it to compress, decompress or denoise them."""
     from ..errors import AecError
 

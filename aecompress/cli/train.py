@@ -23,7 +23,8 @@ TRAIN_EXTRA = "pip install 'aecompress[train]'"
 _DENSE_DEFAULTS = {"latent": 32, "hidden": "512,256", "activation": "elu", "linear": False, "tied": False,
                    "greedy": False, "sparse": "", "noise": "", "contractive": 0.0, "variational": False,
                    "beta": 1.0, "batchnorm": False, "output": None, "loss": "mse", "weight_decay": 0.0,
-                   "rate": None, "size": None, "epochs": None, "val_split": 0.1, "patience": 10}
+                   "rate": None, "size": None, "epochs": None, "val_split": 0.1, "patience": 10,
+                   "greedy_steps": None, "quant_step": 0.1, "quant_bits": 4, "val_every": None}
 
 
 def _need_torch():
@@ -107,6 +108,11 @@ def train_cmd(
                                                    "bits/pixel (default 0.02; 0: classic autoencoder, quantization "
                                                    "calibrated after training)"),
     size: Optional[str] = typer.Option(None, help="dense: resize every image to WIDTHxHEIGHT"),
+    greedy_steps: Optional[int] = typer.Option(None, help="dense: pretraining steps per layer (default: steps / 4)"),
+    quant_step: float = typer.Option(0.1, help="dense, rate 0: quantization step in standard deviations of each "
+                                               "code unit"),
+    quant_bits: int = typer.Option(4, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
+    val_every: Optional[int] = typer.Option(None, help="dense: steps between validations (default: one epoch)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the training report"),
 ) -> None:
@@ -117,6 +123,8 @@ def train_cmd(
     if mode not in ("auto", "L", "RGB"):
         raise AecError(f"--mode must be auto, L or RGB, not '{mode}'")
     out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
+        raise AecError(f"--out {out} exists and is not a model package (it would be replaced): choose another folder")
     name = name or out.name
     log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     if arch == "conv":
@@ -124,7 +132,8 @@ def train_cmd(
                  "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
                  "variational": variational, "beta": beta, "batchnorm": batchnorm, "output": output, "loss": loss,
                  "weight_decay": weight_decay, "rate": rate, "size": size, "epochs": epochs,
-                 "val_split": val_split, "patience": patience}
+                 "val_split": val_split, "patience": patience, "greedy_steps": greedy_steps,
+                 "quant_step": quant_step, "quant_bits": quant_bits, "val_every": val_every}
         bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
         if bad:
             raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
@@ -142,7 +151,8 @@ def train_cmd(
         variational=variational, beta=beta, loss=loss, rate=rate, sparse=sparse, noise=noise,
         contractive=contractive, weight_decay=weight_decay, greedy=greedy, steps=steps, epochs=epochs,
         batch=batch or 128, lr=lr or 2e-3, seed=seed, val_split=val_split, patience=patience,
-        checkpoint_every=checkpoint_every or 500, threads=threads)
+        checkpoint_every=checkpoint_every or 500, threads=threads, greedy_steps=greedy_steps,
+        quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
     if latent < 1:
         raise AecError("--latent must be at least 1")
     result = train_dense(cfg, resume=resume, progress=not quiet, log=log)

@@ -355,6 +355,16 @@ def receptive_radius(model: DenoiseNet) -> int:
     return int(max((ys - size // 2).abs().max(), (xs - size // 2).abs().max()))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m aecompress.train.denoiser")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -385,8 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         "images": state.get("images"),
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
-        "hardware": f"CPU ({platform.processor() or platform.machine()}), {state.get('threads', 1)} torch thread(s), "
-                    "shared with another training job",
+        "hardware": f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), "
+                    "cores shared with another training job, no GPU",
         "noise": "blind: Gaussian sigma U(0,50)/255 (4% clean), 20% Poisson-Gaussian, 15% JPEG q40-95 after noise, "
                  "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
         "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",

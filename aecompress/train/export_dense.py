@@ -11,6 +11,7 @@ decode them exactly as the encoder predicted, all before it is moved into place.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,7 @@ def export_dense_codec(model: DenseAE, out: Path, name: str, samples: np.ndarray
         raise AecError("cannot export: the model's quantization gains are not finite and positive")
 
     def build(tmp: Path) -> None:
+        os.chmod(tmp, 0o755)                       # mkdtemp makes it private; a package is meant to be shared
         x = torch.from_numpy(samples[:4].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         ex = x[:1]
         export_onnx(_Analysis(model), ex, tmp / "analysis.onnx", dynamic_hw=False)

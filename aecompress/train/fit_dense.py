@@ -28,6 +28,7 @@ from .dense import (VAE_MSE_SIGMA, DenseAE, DenseConfig, Objective, calibrate_ga
 
 DEFAULT_RATE = 0.02            # lambda of the rate term: loss = distortion + lambda * bits per pixel
 EB_FIT_STEPS = 600
+EB_LR_SCALE = 10.0          # the entropy model learns faster than the network (rate follows lambda within ~1000 steps)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class DenseResult:
     device: str
     stats: dict = field(default_factory=dict)
     checkpoint: Path | None = None
+    first_layer_init: np.ndarray | None = None     # the seeded initial first-layer weights (for the report)
 
 
 # -- option parsing -------------------------------------------------------------------------------
@@ -149,8 +151,10 @@ def build(cfg: DenseTrainConfig, channels: int, height: int, width: int) -> tupl
         raise AecError("--sparse kl and --variational cannot be combined")
     if cfg.loss == "bce" and output != "sigmoid":
         raise AecError("--loss bce needs sigmoid output units (drop --linear or --output linear)")
-    if cfg.tied and cfg.variational:
-        pass  # the log-variance layer is simply not tied
+    if not cfg.quant_step > 0 or not 1 <= cfg.quant_bits <= 8:
+        raise AecError("--quant-step must be positive and --quant-bits between 1 and 8")
+    if cfg.batch < 1 or cfg.lr <= 0 or not 0 <= cfg.val_split < 1:
+        raise AecError("--batch must be positive, --lr positive and --val-split in [0, 1)")
     rate = DEFAULT_RATE if cfg.rate is None else float(cfg.rate)
     if cfg.variational:
         rate = 0.0        # the KL term is the VAE's rate; the mean is coded with a calibrated step
@@ -300,7 +304,7 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            last = float(loss)
+            last = float(loss.detach())
             if on_step:
                 on_step()
         with torch.no_grad():
@@ -383,12 +387,15 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
 
     torch.manual_seed(cfg.seed)
     model = DenseAE(mcfg).to(device)
+    first_init = model.enc[0].weight.detach().cpu().numpy().copy()
     model.init_output_bias(x_train.mean(0))
     decay = [p for name, p in model.named_parameters() if name.endswith("weight") and not name.startswith("eb.")
              and "_bn" not in name]
-    rest = [p for name, p in model.named_parameters() if not any(p is q for q in decay)]
-    opt = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                           lr=cfg.lr)
+    eb = list(model.eb.parameters())
+    rest = [p for p in model.parameters() if not any(p is q for q in decay + eb)]
+    opt = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": rest, "weight_decay": 0.0},
+                            {"params": eb, "weight_decay": 0.0, "lr_scale": EB_LR_SCALE}], lr=cfg.lr, foreach=True)
 
     wdir = work_dir(cfg.out)
     ckpt_path = wdir / "checkpoint.pt"
@@ -436,12 +443,12 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
                 torch.manual_seed(cfg.seed * 1_000_003 + step)
                 lr = _lr_at(step, total, cfg.lr)
                 for g in opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 target = x_train[idx]
                 terms = objective(model, corrupt(target, noise), target, obj)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
-                    raise AecError(f"training diverged: the loss became {float(loss)} at step {step}; "
+                    raise AecError(f"training diverged: the loss became {float(loss.detach())} at step {step}; "
                                    f"lower --lr (now {cfg.lr:g}) or the regularisation weights")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -508,7 +515,7 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
     log(f"done: {step} steps in {seconds:.0f} s; validation {final['psnr']:.2f} dB, "
         f"{final['bits'] / 8:.1f} bytes of code per image (estimated)")
     return DenseResult(model, cfg, mcfg, obj, history, greedy_history, train_images, val_images, val_labels,
-                       data.skipped, step, seconds, device, stats, ckpt_path)
+                       data.skipped, step, seconds, device, stats, ckpt_path, first_init)
 
 
 def finish(model: DenseAE, obj: Objective, cfg: DenseTrainConfig, x_train: torch.Tensor) -> None:

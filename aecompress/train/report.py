@@ -159,10 +159,12 @@ def _latent(codes: np.ndarray, labels: list[str], path: Path) -> str:
     return how
 
 
-def _features(weights: np.ndarray, shape: tuple[int, int, int], path: Path, limit: int = 64) -> None:
-    """weights: (units, C*H*W) of the first layer."""
+def _features(weights: np.ndarray, shape: tuple[int, int, int], path: Path, limit: int = 64,
+              what: str = "weights") -> None:
+    """weights: (units, C*H*W) of the first layer; the units that changed most are shown first."""
     plt = _plt()
     c, h, w = shape
+    weights = weights[np.argsort(-np.linalg.norm(weights.reshape(len(weights), -1), axis=1), kind="stable")]
     n = min(len(weights), limit)
     cols = min(n, 8)
     rows = math.ceil(n / cols)
@@ -178,7 +180,7 @@ def _features(weights: np.ndarray, shape: tuple[int, int, int], path: Path, limi
             ax.imshow(f[:, :, 0], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         else:
             ax.imshow(np.clip(f / (2 * lim) + 0.5, 0, 1), interpolation="nearest")
-    fig.suptitle(f"first layer: {n} of {len(weights)} units", fontsize=9)
+    fig.suptitle(f"first layer, {n} of {len(weights)} units: {what}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,7 +235,10 @@ def report_dense(pkg_dir: Path, result, samples: int = 16) -> Path:
     codes = runtime_codes(pkg_dir, val[:2000])
     how = _latent(codes, labels[:2000], out / "latent.png")
     w = result.model.enc[0].weight.detach().cpu().numpy()
-    _features(w, (cfg.channels, cfg.height, cfg.width), out / "features.png")
+    init = getattr(result, "first_layer_init", None)
+    learned = init is not None and init.shape == w.shape
+    _features(w - init if learned else w, (cfg.channels, cfg.height, cfg.width), out / "features.png",
+              what="learned change of the weights (final - random initialisation)" if learned else "weights")
     np.save(out / "val_codes.npy", codes)
     meas = manifest.get("measured", {})
     table = {"architecture": manifest.get("description", ""), "steps": result.steps,
@@ -261,7 +266,8 @@ def report_dense(pkg_dir: Path, result, samples: int = 16) -> Path:
     sections = [("Training curves", _img("curves.png")),
                 ("Originals and reconstructions", _img("recon.png", "Decoded by the torch-free runtime from real .aez files.")),
                 ("Latent space", _img("latent.png", how + "; colours are the folder names.")),
-                ("First-layer features", _img("features.png", "Each tile is one unit's input weights (red positive, blue negative)."))]
+                ("First-layer features", _img("features.png", "Each tile is one unit's input weights, what training changed in "
+                                                             "them (red positive, blue negative), largest first."))]
     _html(out / "report.html", title, sections, table)
     return out / "report.html"
 

@@ -1,0 +1,144 @@
+"""`aecompress train`, `embed`, `score` from the command line; the runtime stays torch-free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.test_train_dense import read_mnist, write_digits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aecompress", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("cli")
+    images, labels = read_mnist(300)
+    data = write_digits(root / "digits", images, labels)
+    from aecompress.cli import app
+
+    out = root / "pkg"
+    r = CliRunner().invoke(app, ["train", "dense", "--data", str(data), "--out", str(out), "--latent", "8",
+                                 "--hidden", "32", "--steps", "60", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return data, out
+
+
+def test_train_dense_writes_package_and_report(trained):
+    data, out = trained
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["codec"] == "factorized" and m["training"]["steps"] == 60
+    assert m["measured"]["mean_file_bytes"] > 0
+    for f in ("report.html", "curves.png", "recon.png", "latent.png", "features.png"):
+        assert (out / "report" / f).stat().st_size > 0
+    html = (out / "report" / "report.html").read_text()
+    assert "latent.png" in html and "PSNR" in html
+    assert (out.parent / "pkg.work" / "checkpoint.pt").exists()
+
+
+def test_encode_decode_embed_score_without_torch(trained, tmp_path):
+    """The runtime commands work with torch made unimportable."""
+    data, out = trained
+    digit = sorted((data / "3").glob("*.png"))[0]
+    code = f"""
+import sys
+sys.modules['torch'] = None
+from aecompress.cli import main
+sys.argv = ['aecompress'] + sys.argv[1:]
+main()
+"""
+
+    def no_torch(*args):
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    r = no_torch("encode", "-m", str(out), str(digit), "-o", str(tmp_path / "d.aez"))
+    assert r.returncode == 0, r.stderr
+    size = (tmp_path / "d.aez").stat().st_size
+    assert 21 < size < 64
+    r = no_torch("decode", "-m", str(out), str(tmp_path / "d.aez"), "-o", str(tmp_path / "d.png"))
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "d.png")).shape == (28, 28)
+
+    r = no_torch("embed", str(out), str(data / "1"), str(digit), "-o", str(tmp_path / "codes.npy"))
+    assert r.returncode == 0, r.stderr
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (len(list((data / "1").glob("*.png"))) + 1, 8)
+
+    r = no_torch("score", str(out), str(data / "7"), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == len(list((data / "7").glob("*.png")))
+    errs = [row["mse"] for row in rows]
+    assert errs == sorted(errs, reverse=True)
+
+    r = no_torch("train", "dense", "--data", str(data), "--out", str(tmp_path / "x"))
+    assert r.returncode != 0
+    assert "pip install 'aecompress[train]'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def invoke(*args: str):
+    from aecompress.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_bad_input(trained, tmp_path):
+    from aecompress.errors import AecError
+
+    data, out = trained
+    (tmp_path / "empty").mkdir()
+    # through the real entry point: one line on stderr, exit code 1, nothing written
+    r = run("train", "dense", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "no images found" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+    def fails(match: str, *args: str) -> None:
+        res = invoke(*args)
+        assert isinstance(res.exception, AecError) and match in str(res.exception), (res.output, res.exception)
+
+    fails("dense models only", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--latent", "16")
+    fails("unknown architecture", "train", "mlp", "--data", str(data), "--out", str(tmp_path / "o"))
+    fails("--sparse 'l2:1'", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l2:1")
+    fails("--hidden", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--hidden", "3x")
+    # --resume of a conv model from a dense checkpoint
+    fails("dense model, not conv", "train", "conv", "--data", str(data), "--out", str(out), "--resume", "--steps", "2")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.txt").write_text("precious")
+    fails("not a model package", "train", "dense", "--data", str(data), "--out", str(tmp_path / "docs"))
+    assert (tmp_path / "docs" / "thesis.txt").exists()
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(big)
+    fails("28x28", "score", str(out), str(big))
+
+
+def test_train_conv_tiny(tmp_path):
+    pytest.importorskip("torch")
+    from aecompress.cli import app
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        im = np.clip(rng.normal(128, 40, (80, 96, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(im).save(tmp_path / "imgs" / f"{i}.png")
+    out = tmp_path / "conv"
+    r = CliRunner().invoke(app, ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "3",
+                                 "--crop", "64", "--n", "16", "--m", "24", "--batch", "2", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["codec"] == "hyperprior" and m["architecture"]["m"] == 24
+    assert (out / "report" / "report.html").exists() and (out / "report" / "recon.png").exists()
