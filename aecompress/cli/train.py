@@ -81,7 +81,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
     checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
-    val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5%% of --data)"),
+    val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
     val_split: float = typer.Option(0.1, help="dense: share of the images held out for validation"),
     patience: int = typer.Option(10, help="dense: stop after this many validations without improvement (0: never)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (dense default 1)"),

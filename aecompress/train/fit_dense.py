@@ -290,6 +290,7 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
         opt = torch.optim.Adam(params, lr=lr)
         gen = torch.Generator(device="cpu").manual_seed(seed * 7919 + i)
         last = float("nan")
+        var = ((h - h.mean(0)) ** 2).mean()          # MSE of predicting the mean: the scale of this layer's input
         for s in range(steps):
             idx = torch.randint(0, h.shape[0], (min(batch, h.shape[0]),), generator=gen).to(x.device)
             hb = h[idx]
@@ -315,7 +316,8 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
             model.dec_b(j).copy_(dec_b)
             z = enc(h)
             h = (model.code_act(z) if i == depth - 1 else model.act(z)).detach()
-        history.append({"layer": i + 1, "inputs": d_in, "units": d_out, "steps": steps, "mse": last})
+        history.append({"layer": i + 1, "inputs": d_in, "units": d_out, "steps": steps, "mse": last,
+                        "relative_mse": last / max(float(var), 1e-12)})
     return history
 
 
@@ -380,6 +382,8 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
     x_train = to_tensor(train_images, device)
     x_val = to_tensor(val_images, device) if len(va_idx) else x_train[:256]
 
+    if cfg.batchnorm and len(tr_idx) < 2:
+        raise AecError("--batchnorm needs at least 2 training images")
     steps_per_epoch = math.ceil(len(tr_idx) / cfg.batch)
     total = cfg.steps if cfg.steps else (cfg.epochs or 30) * steps_per_epoch
     val_every = cfg.val_every or max(1, min(steps_per_epoch, 500))
@@ -439,7 +443,10 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
                     break
                 epoch, k = divmod(step, steps_per_epoch)
                 perm = torch.randperm(len(tr_idx), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-                idx = perm[k * cfg.batch:(k + 1) * cfg.batch].to(device)
+                idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
+                if len(idx) < min(cfg.batch, len(perm)):           # keep batches full: wrap around the epoch
+                    idx = torch.cat([idx, perm[:min(cfg.batch, len(perm)) - len(idx)]])
+                idx = idx.to(device)
                 torch.manual_seed(cfg.seed * 1_000_003 + step)
                 lr = _lr_at(step, total, cfg.lr)
                 for g in opt.param_groups:
@@ -549,11 +556,13 @@ class _Bar:
 
     def __enter__(self):
         if self.enabled:
+            from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+                               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                               console=Console(stderr=True))
             self._p.__enter__()
             self._task = self._p.add_task("training", total=self.total, completed=self.done, info="")
         return self

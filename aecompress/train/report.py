@@ -102,8 +102,9 @@ def _curves(history: list[dict], path: Path, greedy: list[dict] | None = None, s
     if greedy:
         ax = axes[-1]
         layers = [g for g in greedy if "layer" in g]
-        ax.bar([f"layer {g['layer']}\n{g['inputs']}->{g['units']}" for g in layers], [g["mse"] for g in layers])
-        ax.set_title("greedy pretraining: final MSE per layer", fontsize=10)
+        ax.bar([f"layer {g['layer']}\n{g['inputs']}->{g['units']}" for g in layers],
+               [g.get("relative_mse", g["mse"]) for g in layers])
+        ax.set_title("greedy pretraining: MSE / variance of the layer's input", fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -175,6 +176,7 @@ def _features(weights: np.ndarray, shape: tuple[int, int, int], path: Path, limi
         if i >= n:
             continue
         f = weights[i].reshape(c, h, w).transpose(1, 2, 0)
+        f = f - f.mean()                           # show the pattern, not a uniform shift
         lim = max(float(np.abs(f).max()), 1e-12)
         if c == 1:
             ax.imshow(f[:, :, 0], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
@@ -267,7 +269,7 @@ def report_dense(pkg_dir: Path, result, samples: int = 16) -> Path:
                 ("Originals and reconstructions", _img("recon.png", "Decoded by the torch-free runtime from real .aez files.")),
                 ("Latent space", _img("latent.png", how + "; colours are the folder names.")),
                 ("First-layer features", _img("features.png", "Each tile is one unit's input weights, what training changed in "
-                                                             "them (red positive, blue negative), largest first."))]
+                                                             "them (mean removed; red positive, blue negative), largest first."))]
     _html(out / "report.html", title, sections, table)
     return out / "report.html"
 
