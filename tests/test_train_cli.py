@@ -49,6 +49,17 @@ def test_train_dense_writes_package_and_report(trained):
     assert (out.parent / "pkg.work" / "checkpoint.pt").exists()
 
 
+def test_variant_reports_show_their_effect(trained, tmp_path):
+    data, _ = trained
+    out = tmp_path / "den"
+    r = invoke("train", "dense", "--data", str(data), "--out", str(out), "--latent", "4", "--hidden", "16",
+               "--steps", "20", "--noise", "mask:0.3", "--sparse", "l1:0.01", "--quiet")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    html = (out / "report" / "report.html").read_text()
+    assert (out / "report" / "denoise.png").exists() and "denoising (mask:0.3)" in html
+    assert "mean code activation" in html
+
+
 def test_encode_decode_embed_score_without_torch(trained, tmp_path):
     """The runtime commands work with torch made unimportable."""
     data, out = trained

@@ -245,8 +245,8 @@ def test_weight_decay_shrinks_weights(digits500, tmp_path, baseline):
 
 # -- codec, export, runtime -----------------------------------------------------------------------
 def test_rate_term_trades_size_for_quality(digits500, tmp_path):
-    lo = quiet(small(digits500, tmp_path / "lo", rate=0.002, steps=200))
-    hi = quiet(small(digits500, tmp_path / "hi", rate=2.0, steps=200))
+    lo = quiet(small(digits500, tmp_path / "lo", rate=0.002, steps=150))
+    hi = quiet(small(digits500, tmp_path / "hi", rate=2.0, steps=150))
     assert hi.stats["val"]["bits"] < 0.6 * lo.stats["val"]["bits"]
     assert hi.stats["val"]["psnr"] < lo.stats["val"]["psnr"]
 

@@ -132,7 +132,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         opt.step()
         step += 1
         for k in last:
-            last[k] = 0.98 * last[k] + 0.02 * float(r[k]) if step > 1 else float(r[k])
+            v = float(r[k].detach())
+            last[k] = 0.98 * last[k] + 0.02 * v if step > 1 else v
         if step % cfg.val_every == 0:
             rows = evaluate(model, val_crops)
             history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})

@@ -113,7 +113,20 @@ def _curves(history: list[dict], path: Path, greedy: list[dict] | None = None, s
     plt.close(fig)
 
 
-def _recon(originals: np.ndarray, recons: np.ndarray, sizes: list[int], path: Path) -> None:
+def corrupt_uint8(images: np.ndarray, noise: str, seed: int = 0) -> np.ndarray:
+    """The training corruption (gaussian:STD or mask:RATE, on [0, 1] pixels) applied to uint8 images."""
+    rng = np.random.default_rng(seed)
+    kind, _, v = noise.partition(":")
+    x = images.astype(np.float64) / 255.0
+    if kind == "gaussian":
+        x = np.clip(x + float(v) * rng.standard_normal(x.shape), 0, 1)
+    else:
+        x = x * (rng.random(x.shape) >= float(v))
+    return np.round(x * 255).astype(np.uint8)
+
+
+def _recon(originals: np.ndarray, recons: np.ndarray, sizes: list[int], path: Path,
+           title: str = "originals (upper rows) and decoded .aez files (lower rows)") -> None:
     plt = _plt()
     n = len(originals)
     cols = min(n, 8)
@@ -130,7 +143,7 @@ def _recon(originals: np.ndarray, recons: np.ndarray, sizes: list[int], path: Pa
             ax.imshow(im[:, :, 0] if im.shape[2] == 1 else im, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             if k == 1:
                 ax.set_title(f"{sizes[i]} B", fontsize=8)
-    fig.suptitle("originals (upper rows) and decoded .aez files (lower rows)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -242,6 +255,14 @@ def report_dense(pkg_dir: Path, result, samples: int = 16) -> Path:
     _features(w - init if learned else w, (cfg.channels, cfg.height, cfg.width), out / "features.png",
               what="learned change of the weights (final - random initialisation)" if learned else "weights")
     np.save(out / "val_codes.npy", codes)
+    noise = getattr(result.cfg, "noise", "")
+    if noise:
+        noisy = corrupt_uint8(val[:samples], noise, seed=0)
+        dn, dn_sizes = code_images(pkg_dir, noisy)
+        _recon(noisy, dn, dn_sizes, out / "denoise.png",
+               title=f"corrupted inputs ({noise}, upper rows) and the decoded .aez files (lower rows)")
+        clean_err = float(np.mean((dn.astype(np.float64) - val[:samples]) ** 2))
+        noisy_err = float(np.mean((noisy.astype(np.float64) - val[:samples]) ** 2))
     meas = manifest.get("measured", {})
     table = {"architecture": manifest.get("description", ""), "steps": result.steps,
              "training time": f"{result.seconds:.1f} s on {manifest['training'].get('hardware', '')}",
@@ -264,9 +285,15 @@ def report_dense(pkg_dir: Path, result, samples: int = 16) -> Path:
         after = [g for g in result.greedy_history if "after_pretraining" in g]
         if after:
             table["validation PSNR after greedy pretraining, before fine-tuning"] = f"{after[0]['after_pretraining']['psnr']:.2f} dB"
+    if noise:
+        table[f"denoising ({noise}): PSNR of corrupted input / of its decoding, vs the clean image"] = (
+            f"{10 * np.log10(255**2 / max(noisy_err, 1e-10)):.2f} dB / {10 * np.log10(255**2 / max(clean_err, 1e-10)):.2f} dB")
     table["quantization gain per code unit"] = stats.get("gain")
     sections = [("Training curves", _img("curves.png")),
                 ("Originals and reconstructions", _img("recon.png", "Decoded by the torch-free runtime from real .aez files.")),
+                *([("Denoising", _img("denoise.png", "Corrupted validation images coded by the package: "
+                                                     "the decoder was trained to output the clean image."))]
+                  if noise else []),
                 ("Latent space", _img("latent.png", how + "; colours are the folder names.")),
                 ("First-layer features", _img("features.png", "Each tile is one unit's input weights, what training changed in "
                                                              "them (mean removed; red positive, blue negative), largest first."))]
