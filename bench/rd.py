@@ -89,6 +89,24 @@ def whole_process_seconds(model: str, sample: Path) -> dict:
     return {"encode_s": enc, "decode_s": dec, "total_s": enc + dec, "size": [768, 512]}
 
 
+def record(pkg_dir: Path, folder: str, files: list[Path], ours: list[dict], bd: dict, proc: dict) -> None:
+    """Store what was measured in the package manifest (not part of the model id)."""
+    from aecompress.fsutil import write_bytes_atomic
+
+    mf = pkg_dir / "manifest.json"
+    m = json.loads(mf.read_text())
+    lo, hi = ours[0], ours[-1]
+    bd_txt = ", ".join(f"{c} {v['psnr']:+.0f}%" for c, v in bd.items() if v["psnr"] is not None)
+    m["measured"] = {
+        "summary": f"{lo['bpp']:.2f}-{hi['bpp']:.2f} bpp, {lo['psnr']:.1f}-{hi['psnr']:.1f} dB; BD-rate {bd_txt}",
+        "set": f"{folder} ({len(files)} images)", "date": time.strftime("%Y-%m-%d"),
+        "points": [{k: round(v, 4) for k, v in p.items()} for p in ours],
+        "bd_rate_psnr_vs": {c: v["psnr"] for c, v in bd.items()},
+        "whole_process_768x512_s": round(proc["total_s"], 3),
+    }
+    write_bytes_atomic(mf, (json.dumps(m, indent=2) + "\n").encode(), force=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?", default="../shared/data/val/photos")
@@ -96,6 +114,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--record", action="store_true",
+                    help="write the measured curve and BD-rates into the model package's manifest")
     args = ap.parse_args()
 
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
@@ -168,6 +188,8 @@ def main() -> None:
     print(f"\nwhole process, 768x512: encode {proc['encode_s']:.2f} s + decode {proc['decode_s']:.2f} s"
           f" = {proc['total_s']:.2f} s")
 
+    if args.record:
+        record(codec.pkg.path, args.folder, files, curves["ours"], bd, proc)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"folder": str(args.folder), "images": [f.name for f in files], "model": args.model,
               "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",

@@ -37,7 +37,7 @@ def test_quality_orders_rate_and_distortion(photo_codec, cat):
     assert sizes[0] < sizes[1] < sizes[2]
     assert psnrs[0] < psnrs[1] < psnrs[2]
     bpp = [s * 8 / (cat.shape[0] * cat.shape[1]) for s in sizes]
-    assert bpp[0] < 0.3 and bpp[2] > 1.0                 # covers the low to high rate range
+    assert bpp[0] < 0.45 and bpp[2] > 1.4                # the shipped model spans about 0.3 to 2 bpp
 
 
 def test_greyscale_rgba_and_16bit_sources(photo_codec):

@@ -120,6 +120,23 @@ def test_sigma_estimate_in_ballpark(sigma):
     assert abs(estimate_sigma(a16) - est) < 0.5
 
 
+def test_residual_limit_keeps_clean_images(pkg):
+    from aecompress.denoise import denoise_array, estimate_sigma, limit_residual
+    from aecompress.metrics import psnr
+
+    clean = smooth_image(64, 80)
+    wrecked = np.clip(clean.astype(np.int16) + np.random.default_rng(3).integers(-60, 61, clean.shape), 0, 255)
+    out = wrecked.astype(np.uint8)
+    f = limit_residual(clean, out, estimate_sigma(clean), 255.0)
+    rms = np.sqrt(np.mean((clean.astype(float) - out) ** 2))
+    assert f < 0.1 and rms <= max(estimate_sigma(clean), 0.5) + 0.6
+    den, info = denoise_array(clean, pkg)
+    assert info["residual_scale"] <= 1.0 and psnr(den, clean) > 40
+    noisy_in = noisy(clean, 30)
+    out2 = clean.copy()                      # removing exactly the noise is within the limit: untouched
+    assert limit_residual(noisy_in, out2, 30.0, 255.0) == 1.0 and np.array_equal(out2, clean)
+
+
 def test_sigma_auto_reports_estimate(pkg):
     from aecompress.denoise import denoise_array
 

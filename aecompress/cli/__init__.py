@@ -14,15 +14,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from . import codec as _codec  # noqa: E402,F401  (registers encode, decode, info, models)
-
-for _mod in ("denoise", "train", "gui"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ImportError as _exc:  # a command module not written yet, or an optional dependency
-        if _exc.name and _exc.name.startswith(__name__):
-            continue
-        raise
+# Each module registers its commands; optional dependencies (torch, PySide6, ray) are imported
+# inside the commands, so a broken module fails loudly here instead of hiding a command.
+from . import codec, denoise, gui, train  # noqa: E402,F401
 
 
 def main() -> None:

@@ -28,9 +28,12 @@ _DENSE_DEFAULTS = {"latent": 32, "hidden": "512,256", "activation": "elu", "line
 
 
 def _need_torch():
+    """Training needs the train extra; the rest of the CLI never imports torch or onnx."""
+    import importlib
+
     try:
-        import torch  # noqa: F401
-        import onnx  # noqa: F401
+        for name in ("torch", "onnx"):
+            importlib.import_module(name)
     except ImportError as exc:
         raise AecError(f"training needs {exc.name}: {TRAIN_EXTRA}") from None
     try:

@@ -92,7 +92,7 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def degrade(clean: torch.Tensor, rng: np.random.Generator, p_poisson: float = 0.2, p_jpeg: float = 0.15,
-            p_gray: float = 0.12) -> tuple[torch.Tensor, torch.Tensor]:
+            p_gray: float = 0.12, p_clean: float = 0.04, p_low: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Blind training pairs from clean (B, 3, H, W) in [0, 1]: returns (noisy, target)."""
     clean = clean.clone()
     noisy = torch.empty_like(clean)
@@ -115,7 +115,8 @@ def degrade(clean: torch.Tensor, rng: np.random.Generator, p_poisson: float = 0.
             bb = (1 - frac) * sig_at_half ** 2
             y = x + torch.sqrt(a * x + bb) * n
         else:
-            sigma = rng.uniform(0, SIGMA_MAX) / 255 if rng.random() > 0.04 else 0.0
+            u = rng.random()
+            sigma = 0.0 if u < p_clean else (rng.uniform(0, 8) if u < p_clean + p_low else rng.uniform(0, SIGMA_MAX)) / 255
             y = x + sigma * n
         y = _round8(y)
         if rng.random() < p_jpeg:
@@ -175,7 +176,8 @@ def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float
 
 def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float = 1e-3, threads: int = 1,
           seed: int = 0, max_steps: int | None = None, data: Path | None = None, widths=(48, 64, 96),
-          log_every: int = 200, resume: bool = True) -> Path:
+          log_every: int = 200, resume: bool = True, init: Path | None = None, p_clean: float = 0.04,
+          p_low: float = 0.0, p_jpeg: float = 0.15) -> Path:
     """Train for a wall-clock budget (cosine learning rate over the budget); returns the checkpoint path."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -192,6 +194,9 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     model = DenoiseNet(widths)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, spent = 0, 0.0
+    if init is not None:                                  # fine-tune from another run's weights
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=False)["model"])
+        print(f"initialised from {init}", flush=True)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -207,7 +212,8 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     def save() -> None:
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
-                      "threads": threads, "data": str(root), "images": len(images)}, ckpt)
+                      "threads": threads, "data": str(root), "images": len(images), "init": str(init) if init else None,
+                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr}, ckpt)
 
     model.train()
     while True:
@@ -215,11 +221,12 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
         if elapsed >= budget or (max_steps is not None and step >= max_steps):
             break
         frac = elapsed / budget
-        cur = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) if step > 200 else lr * (step + 1) / 200
+        warm = 200 if init is None else 20
+        cur = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) if step > warm else lr * (step + 1) / warm
         for g in opt.param_groups:
             g["lr"] = cur
         clean = torch.from_numpy(random_crops(images, batch, crop, rng))
-        noisy, target = degrade(clean, rng)
+        noisy, target = degrade(clean, rng, p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
         y = model(noisy)
         loss = F.mse_loss(y, target)
         opt.zero_grad(set_to_none=True)
@@ -277,6 +284,8 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
         res[f"psnr_sigma{s}"] = round(float(np.mean(vals)), 3)
         res[f"psnr_noisy_sigma{s}"] = round(float(np.mean(noisy_vals)), 3)
     res["psnr_clean_input"] = round(float(np.mean([psnr(denoise_array(im, pkg)[0], im) for im in vs.images])), 3)
+    res["how"] = ("blind, seeded Gaussian noise clipped to 8 bits, full images, aecompress.denoise.denoise_array "
+                  "defaults (tile 512, removed residual limited to 1.0 x estimated sigma)")
     return res
 
 
@@ -378,6 +387,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--data", type=Path, default=None)
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tuning)")
+    t.add_argument("--p-clean", type=float, default=0.04, help="share of noise-free inputs")
+    t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
+    t.add_argument("--p-jpeg", type=float, default=0.15)
     e = sub.add_parser("export")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
@@ -387,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "train":
         train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
-              resume=not a.fresh)
+              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg)
         return
     model, state = load_checkpoint(a.checkpoint)
     training = {
@@ -401,6 +414,19 @@ def main(argv: list[str] | None = None) -> None:
                  "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
         "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",
     }
+    if state.get("init"):
+        base = torch.load(state["init"], map_location="cpu", weights_only=False)
+        training["stages"] = [
+            {"run": str(Path(state["init"]).parent), "steps": base["step"], "minutes": round(base["seconds"] / 60, 1),
+             "lr": base.get("lr", 1e-3), "p_clean": base.get("p_clean", 0.04), "p_low": base.get("p_low", 0.0),
+             "p_jpeg": base.get("p_jpeg", 0.15)},
+            {"run": str(a.checkpoint.parent), "steps": state["step"], "minutes": round(state["seconds"] / 60, 1),
+             "lr": state.get("lr"), "p_clean": state.get("p_clean"), "p_low": state.get("p_low"),
+             "p_jpeg": state.get("p_jpeg"), "why": "fine-tune with more clean and low-noise inputs (sigma U(0,8))"},
+        ]
+        training["steps"] = base["step"] + state["step"]
+        training["minutes"] = round((base["seconds"] + state["seconds"]) / 60, 1)
+        training["noise"] += "; stage 2: 15% clean, 20% sigma U(0,8), 10% JPEG"
     export_package(model, a.out, a.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)
     print(f"wrote {a.out}")
 
