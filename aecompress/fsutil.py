@@ -45,6 +45,10 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
         raise AecError(_describe(exc, path)) from None
     tmp_path = Path(tmp)
     try:
+        # mkstemp creates 0600 files: give the output the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())

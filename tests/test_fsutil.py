@@ -1,0 +1,30 @@
+"""Atomic output: permissions like a plain open(), no clobbering, nothing left on failure."""
+
+import os
+
+import pytest
+
+from aecompress.errors import AecError
+from aecompress.fsutil import atomic_output, write_bytes_atomic
+
+
+def test_output_gets_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_refuses_to_overwrite_and_cleans_up_on_failure(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"keep")
+    with pytest.raises(AecError, match="exists"):
+        write_bytes_atomic(f, b"new")
+    assert f.read_bytes() == b"keep"
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
