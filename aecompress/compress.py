@@ -15,7 +15,7 @@ import numpy as np
 
 from . import container
 from .codec import Analysis, Codec, level_to_quality, quality_to_level
-from .errors import AecError
+from .errors import AecError, ModelError
 from .fsutil import write_bytes_atomic
 from .imageio import Picture, read_image, save_image, to_channels8
 from .metrics import ms_ssim, psnr
@@ -75,32 +75,44 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         data, st = codec.code(analysis, level, mode, bits, dropped)
         return data, st
 
+    recon = None
     if target_bpp is not None or target_size is not None:
         limit = target_size if target_size is not None else target_bpp * pic.width * pic.height / 8
-        found = _search(0.0, float(top), lambda lv: (r := run(lv)) and (r if len(r[0]) <= limit else None))
-        if found is None:
-            data, st = run(0.0)
-            notes.append(f"target not reachable: smallest file is {len(data)} bytes")
-        else:
-            data, st = found[1]
-            hi_data, hi_st = run(float(top))
-            if len(hi_data) <= limit:
-                data, st = hi_data, hi_st
+
+        def fits(lv: float):
+            data, st = run(lv)
+            return (data, st) if len(data) <= limit else None
+
+        best = fits(float(top))                 # often the highest quality already fits
+        if best is None:
+            found = _search(0.0, float(top), fits)
+            if found is None:
+                best = run(0.0)
+                notes.append(f"target not reachable: smallest file is {len(best[0])} bytes")
+            else:
+                best = found[1]
+        data, st = best
     elif target_psnr is not None:
-        def ok(lv):
+        def attempt(lv: float):
             data, st = run(lv)
             rec = codec.reconstruct(st, pic.height, pic.width)
-            return (data, st, rec) if psnr(pixels, rec) >= target_psnr else None
-        best = ok(float(top))
-        if best is None:
+            return data, st, rec, psnr(pixels, rec) >= target_psnr
+
+        data, st, recon, reached = attempt(float(top))
+        if not reached:
             notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
-            data, st = run(float(top))
         else:
-            found = _search(0.0, float(top), ok, want_high=False)
-            data, st, _ = found[1] if found else best
+            def reaches(lv: float):
+                data, st, rec, ok = attempt(lv)
+                return (data, st, rec) if ok else None
+
+            found = _search(0.0, float(top), reaches, want_high=False)
+            if found:
+                data, st, recon = found[1]
     else:
         data, st = run(quality_to_level(DEFAULT_QUALITY if quality is None else quality, codec.levels))
-    recon = codec.reconstruct(st, pic.height, pic.width)
+    if recon is None:
+        recon = codec.reconstruct(st, pic.height, pic.width)
     return Encoded(data, recon, pixels, st["level"], notes)
 
 
@@ -115,11 +127,10 @@ def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "au
                  threads: int | None = None, extra: list[ModelPackage] | None = None
                  ) -> tuple[np.ndarray, container.Header, Codec]:
     header = container.read_header(data)
-    if pkg is None or pkg.model_id[: container.ID_BYTES] != header.model_id:
-        if pkg is not None and pkg.model_id[: container.ID_BYTES] != header.model_id:
-            from .errors import ModelError
-            raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
+    if pkg is None:
         pkg = find_by_id(header.model_id, extra, device, threads)
+    elif pkg.model_id[: container.ID_BYTES] != header.model_id:
+        raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
     codec = Codec(pkg)
     pixels, header = codec.decode(data)
     return decoded_to_mode(pixels, header), header, codec

@@ -153,7 +153,10 @@ def installed_packages() -> list[ModelPackage]:
 
 def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
                threads: int | None = None) -> ModelPackage:
+    """The codec package whose content hash starts with model_id (only codecs make .aez files)."""
     for pkg in (extra or []) + installed_packages():
+        if pkg.kind != "codec":
+            continue
         try:
             if pkg.model_id[: len(model_id)] == model_id:
                 return ModelPackage(pkg.path, pkg.manifest, device, threads)

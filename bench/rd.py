@@ -166,7 +166,6 @@ def main() -> None:
 
     bd = {}
     for c in codecs[1:]:
-        # restrict to the monotone part of each curve
         bd[c] = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr("ours", "bpp"), arr("ours", "psnr")),
                  "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
                                        arr("ours", "bpp"), -10 * np.log10(1 - arr("ours", "ms_ssim")))}
