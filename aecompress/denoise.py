@@ -30,6 +30,13 @@ RESIDUAL_LIMIT = 1.0       # removed residual RMS may reach this many times the 
 _ROWS = 256                # rows per chunk in whole-image passes (bounded memory)
 
 
+def _median(v: np.ndarray) -> float:
+    """np.median without its NaN check, which imports numpy.ma (~25 ms of a CLI start)."""
+    n = v.size
+    part = np.partition(v, [(n - 1) // 2, n // 2])
+    return 0.5 * (float(part[(n - 1) // 2]) + float(part[n // 2]))
+
+
 def estimate_sigma(pixels: np.ndarray) -> float:
     """Gaussian noise level on the 0-255 scale (Donoho's wavelet MAD on the finest diagonal Haar band).
 
@@ -55,7 +62,7 @@ def estimate_sigma(pixels: np.ndarray) -> float:
     for c in range(a.shape[2]):
         x = a[:h, :w, c].astype(np.float32)
         hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) * 0.5
-        sig.append(float(np.median(np.abs(hh))) / 0.6745)
+        sig.append(_median(np.abs(hh).ravel()) / 0.6745)
     return float(np.mean(sig)) * scale
 
 

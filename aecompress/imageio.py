@@ -142,11 +142,14 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
 
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
                exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
-               quality: int = 95) -> None:
-    """Write pixels atomically in the format the extension (or `format`) names."""
+               quality: int = 95, png_level: int = 3) -> None:
+    """Write pixels atomically in the format the extension (or `format`) names.
+
+    PNG uses zlib level 3 by default: about 4x faster than Pillow's default 6 for files ~5% larger."""
     path = Path(path)
     im = from_array(pixels, mode)
-    fmt = format or Image.registered_extensions().get(path.suffix.lower())
+    Image.preinit()      # the common formats; importing every plugin (registered_extensions) costs ~50 ms
+    fmt = format or Image.EXTENSION.get(path.suffix.lower()) or Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
     kwargs: dict = {}
@@ -160,6 +163,8 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
         kwargs["quality"] = quality
     if fmt == "WEBP":
         kwargs["quality"] = quality
+    if fmt == "PNG":
+        kwargs["compress_level"] = png_level
     with atomic_output(path, force) as tmp:
         try:
             im.save(tmp, format=fmt, **kwargs)

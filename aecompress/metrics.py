@@ -8,6 +8,8 @@ Images too small for five scales use as many scales as fit, with the weights ren
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -40,11 +42,16 @@ def _kernel() -> np.ndarray:
 
 
 def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Valid separable convolution over the first two axes of (H, W, C)."""
-    w = np.lib.stride_tricks.sliding_window_view(x, len(k), axis=0)
-    x = w @ k
-    w = np.lib.stride_tricks.sliding_window_view(x, len(k), axis=1)
-    return w @ k
+    """Valid separable convolution over the first two axes of (H, W, C): one multiply-add per tap."""
+    n = len(k)
+    h, w = x.shape[0] - n + 1, x.shape[1] - n + 1
+    rows = x[0:h] * k[0]
+    for i in range(1, n):
+        rows += x[i:i + h] * k[i]
+    out = rows[:, 0:w] * k[0]
+    for i in range(1, n):
+        out += rows[:, i:i + w] * k[i]
+    return out
 
 
 STRIP = 256      # output rows per filtering block: bounds memory on very large images
@@ -53,26 +60,26 @@ STRIP = 256      # output rows per filtering block: bounds memory on very large 
 def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     """Sums of the SSIM and contrast-structure maps of two 2-D float32 planes, and their count.
 
-    Computed in strips of rows (each with the window's margin), so memory stays bounded."""
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    Computed in strips of rows (each with the window's margin), so memory stays bounded. The maps
+    are float32 on centred values (variances are shift-invariant); the sums are float64."""
+    c1, c2 = np.float32((0.01 * 255) ** 2), np.float32((0.03 * 255) ** 2)
     k = _kernel().astype(np.float32)
     h = a.shape[0] - _WIN + 1
     s_sum = cs_sum = 0.0
     for r0 in range(0, h, STRIP):
         r1 = min(h, r0 + STRIP)
-        # centred moments (variances are shift-invariant), filtered in one float32 pass
         a0 = a[r0:r1 + _WIN - 1] - np.float32(128)
         b0 = b[r0:r1 + _WIN - 1] - np.float32(128)
-        f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k).astype(np.float64)
+        f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k)
         ma, mb = f[..., 0], f[..., 1]
-        saa = f[..., 2] - ma**2
-        sbb = f[..., 3] - mb**2
-        sab = f[..., 4] - ma * mb
-        mu_a, mu_b = ma + 128.0, mb + 128.0
-        cs = (2 * sab + c2) / (saa + sbb + c2)
-        lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
-        s_sum += float((lum * cs).sum())
-        cs_sum += float(cs.sum())
+        ma2, mb2, mab = ma * ma, mb * mb, ma * mb
+        cs = (2 * (f[..., 4] - mab) + c2) / ((f[..., 2] - ma2) + (f[..., 3] - mb2) + c2)
+        # luminance on the uncentred means mu = m + 128: 2 mu_a mu_b = 2 mab + 256 (ma + mb) + 2 * 128^2
+        t = np.float32(256) * (ma + mb) + np.float32(2 * 128 * 128)
+        lum = (2 * mab + t + c1) / (ma2 + mb2 + t + c1)
+        cs_sum += float(cs.sum(dtype=np.float64))
+        cs *= lum
+        s_sum += float(cs.sum(dtype=np.float64))
     return s_sum, cs_sum, h * (a.shape[1] - _WIN + 1)
 
 
@@ -94,7 +101,7 @@ def _down2(x: np.ndarray) -> np.ndarray:
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over channels of MS-SSIM; one channel and one strip of rows at a time (bounded memory)."""
+    """Mean over channels of MS-SSIM, each channel in strips of rows (bounded memory)."""
     a, b = _as3d(a), _as3d(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -105,8 +112,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     while levels < 5 and side // (2**levels) >= _WIN:
         levels += 1
     weights = _WEIGHTS[:levels] / _WEIGHTS[:levels].sum()
-    per_channel = []
-    for c in range(a.shape[2]):
+
+    def channel(c: int) -> float:
         x, y = a[:, :, c].astype(np.float32), b[:, :, c].astype(np.float32)
         value = 1.0
         for i in range(levels):
@@ -114,5 +121,12 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
             value *= max(s / n if i == levels - 1 else cs / n, 0.0) ** weights[i]
             if i < levels - 1:
                 x, y = _down2(x), _down2(y)
-        per_channel.append(value)
-    return float(np.mean(per_channel))
+        return value
+
+    # numpy releases the GIL in its array loops: two channels at a time use two cores, and memory
+    # stays bounded by two channels' planes
+    workers = min(a.shape[2], 2, os.cpu_count() or 1)
+    if workers == 1:
+        return float(np.mean([channel(c) for c in range(a.shape[2])]))
+    with ThreadPoolExecutor(workers) as pool:
+        return float(np.mean(list(pool.map(channel, range(a.shape[2])))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +15,23 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def installed_runtimes() -> list[str]:
-    """Distributions that provide the onnxruntime module (exactly one should be installed)."""
-    from importlib import metadata
+    """Distributions that provide the onnxruntime module (exactly one should be installed).
 
-    found = []
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
+    Looks for their .dist-info folders on sys.path directly: importlib.metadata costs ~35 ms of
+    every command's start."""
+    found = set()
+    for entry in sys.path:
         try:
-            metadata.version(dist)
-            found.append(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+            with os.scandir(entry or ".") as it:
+                for e in it:
+                    name = e.name.lower()
+                    if name.endswith(".dist-info"):
+                        dist = name[: -len(".dist-info")].rsplit("-", 1)[0].replace("_", "-")
+                        if dist in ("onnxruntime", "onnxruntime-gpu"):
+                            found.add(dist)
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def _ort():

@@ -1,6 +1,6 @@
 """Inference sessions: device choice, the provider that really ran, the cpu/gpu extras clash."""
 
-from importlib import metadata
+import sys
 
 import pytest
 
@@ -33,7 +33,13 @@ def test_unknown_device():
         load_package("photo", "tpu").session("analysis")
 
 
-def test_both_runtime_distributions_installed_is_refused(monkeypatch):
-    monkeypatch.setattr(metadata, "version", lambda name: "1.0")
+def test_installed_runtime_is_found():
+    assert session.installed_runtimes() == ["onnxruntime"]      # the test environment installs [cpu]
+
+
+def test_both_runtime_distributions_installed_is_refused(monkeypatch, tmp_path):
+    (tmp_path / "onnxruntime_gpu-1.32.0.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path)] + sys.path)
+    assert session.installed_runtimes() == ["onnxruntime", "onnxruntime-gpu"]
     with pytest.raises(AecError, match="both onnxruntime and onnxruntime-gpu"):
         session.open_session("whatever.onnx")

@@ -83,6 +83,8 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
+    init: Optional[Path] = typer.Option(None, "--init", help="conv: fine-tune from this checkpoint's weights "
+                                                             "(fresh optimizer and learning-rate schedule)"),
     checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
     val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
     val_split: float = typer.Option(0.1, help="dense: share of the images held out for validation"),
@@ -141,8 +143,10 @@ def train_cmd(
         if bad:
             raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
         _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
-                    threads, minutes, crop, n, m, quiet, report, log)
+                    threads, minutes, crop, n, m, quiet, report, log, init)
         return
+    if init is not None:
+        raise AecError("--init applies to conv models only")
     if val is not None or minutes is not None:
         raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
                        "(dense models use --val-split and --steps/--epochs)")
@@ -182,7 +186,7 @@ def export_and_report_dense(result, out: Path, name: str, description: str = "",
 
 
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
-                minutes, crop, n, m, quiet, report, log) -> None:
+                minutes, crop, n, m, quiet, report, log, init=None) -> None:
     from ..train.data import load_folder
     from ..train.export import export_checkpoint
     from ..train.fit_conv import ConvConfig, train_conv
@@ -207,7 +211,9 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
                            "train into another --out or delete the checkpoint")
     cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 8,
                      steps=steps or 20000, minutes=minutes, lr=lr or 2e-4, seed=seed, val=str(val) if val else None,
-                     checkpoint_every=checkpoint_every or 250, threads=threads)
+                     checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None)
+    if init is not None and not Path(init).is_file():
+        raise AecError(f"--init {init}: no such checkpoint")
     cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
     try:
         path = train_conv(cfg, resume=resume, log=log)

@@ -36,6 +36,7 @@ class ConvConfig:
     checkpoint_every: int = 250
     threads: int | None = None
     jpeg_downscale: bool = True
+    init: str | None = None              # start from this checkpoint's weights with a fresh optimizer and schedule
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -100,6 +101,12 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
         rng = np.random.default_rng(cfg.seed + step)
         log(f"resumed at step {step}")
+    elif cfg.init:
+        ck = torch.load(cfg.init, weights_only=False)
+        if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
+            raise ValueError(f"{cfg.init} is from another architecture or configuration")
+        model.load_state_dict(ck["model"])
+        log(f"initialised from {cfg.init} (step {ck.get('step')})")
 
     budget = cfg.minutes * 60 if cfg.minutes else None
     t0 = time.time() - elapsed_before
