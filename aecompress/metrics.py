@@ -16,6 +16,7 @@ import numpy as np
 _WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 _WIN = 11
 _SIGMA = 1.5
+STRIP = 256      # rows per block: bounds memory on very large images
 
 
 def _as3d(a: np.ndarray) -> np.ndarray:
@@ -24,10 +25,14 @@ def _as3d(a: np.ndarray) -> np.ndarray:
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = _as3d(a).astype(np.float64), _as3d(b).astype(np.float64)
+    a, b = _as3d(a), _as3d(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    return float(np.mean((a - b) ** 2))
+    total = 0.0
+    for r in range(0, a.shape[0], STRIP):          # strips of rows: no full-size float copies
+        d = a[r:r + STRIP].astype(np.float64) - b[r:r + STRIP]
+        total += float(np.einsum("ijk,ijk->", d, d))
+    return total / max(a.size, 1)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
@@ -54,11 +59,9 @@ def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-STRIP = 256      # output rows per filtering block: bounds memory on very large images
-
 
 def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    """Sums of the SSIM and contrast-structure maps of two 2-D float32 planes, and their count.
+    """Sums of the SSIM and contrast-structure maps of two 2-D planes (any real dtype), and their count.
 
     Computed in strips of rows (each with the window's margin), so memory stays bounded. The maps
     are float32 on centred values (variances are shift-invariant); the sums are float64."""
@@ -68,8 +71,8 @@ def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     s_sum = cs_sum = 0.0
     for r0 in range(0, h, STRIP):
         r1 = min(h, r0 + STRIP)
-        a0 = a[r0:r1 + _WIN - 1] - np.float32(128)
-        b0 = b[r0:r1 + _WIN - 1] - np.float32(128)
+        a0 = a[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
+        b0 = b[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
         f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k)
         ma, mb = f[..., 0], f[..., 1]
         ma2, mb2, mab = ma * ma, mb * mb, ma * mb
@@ -89,7 +92,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0 if np.array_equal(a, b) else float(1 - mse(a, b) / (255.0**2))
     vals = []
     for c in range(a.shape[2]):
-        s, _, n = _ssim_sums(a[:, :, c].astype(np.float32), b[:, :, c].astype(np.float32))
+        s, _, n = _ssim_sums(a[:, :, c], b[:, :, c])
         vals.append(s / n)
     return float(np.mean(vals))
 
@@ -97,7 +100,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 def _down2(x: np.ndarray) -> np.ndarray:
     h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
     x = x[:h, :w]
-    return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
+    f = np.float32
+    return f(0.25) * (x[0::2, 0::2].astype(f) + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,7 +118,7 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     weights = _WEIGHTS[:levels] / _WEIGHTS[:levels].sum()
 
     def channel(c: int) -> float:
-        x, y = a[:, :, c].astype(np.float32), b[:, :, c].astype(np.float32)
+        x, y = a[:, :, c], b[:, :, c]             # converted to float strip by strip at full scale
         value = 1.0
         for i in range(levels):
             s, cs, n = _ssim_sums(x, y)

@@ -57,6 +57,7 @@ class Session:
     path: Path
     provider: str
     _sess: object
+    _opts: object = None
 
     @property
     def input_names(self) -> list[str]:
@@ -64,7 +65,18 @@ class Session:
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
-        return self._sess.run(None, feeds)
+        return self._sess.run(None, feeds, self._run_options)
+
+    @property
+    def _run_options(self):
+        # hand the memory arena back after every run: otherwise each graph keeps the peak of its
+        # largest tile (hundreds of MB) for the life of the process, and analysis + synthesis add up
+        if self._opts is None:
+            ort = _ort()
+            self._opts = ort.RunOptions()
+            dev = "gpu:0" if self.provider == "CUDAExecutionProvider" else "cpu:0"
+            self._opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", dev)
+        return self._opts
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
         return self.run(*inputs)[0]

@@ -157,7 +157,7 @@ def train_cmd(
         activation=activation, linear=linear, tied=tied, batchnorm=batchnorm, output=output,
         variational=variational, beta=beta, loss=loss, rate=rate, sparse=sparse, noise=noise,
         contractive=contractive, weight_decay=weight_decay, greedy=greedy, steps=steps, epochs=epochs,
-        batch=batch or 128, lr=lr or 2e-3, seed=seed, val_split=val_split, patience=patience,
+        batch=batch or 128, lr=2e-3 if lr is None else lr, seed=seed, val_split=val_split, patience=patience,
         checkpoint_every=checkpoint_every or 500, threads=threads, greedy_steps=greedy_steps,
         quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
     if latent < 1:
@@ -210,7 +210,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
             raise AecError(f"checkpoint {ckpt} is from a {ck.get('arch') or 'unknown'} model, not conv: "
                            "train into another --out or delete the checkpoint")
     cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 8,
-                     steps=steps or 20000, minutes=minutes, lr=lr or 2e-4, seed=seed, val=str(val) if val else None,
+                     steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None)
     if init is not None and not Path(init).is_file():
         raise AecError(f"--init {init}: no such checkpoint")

@@ -86,7 +86,6 @@ def export_dense_codec(model: DenseAE, out: Path, name: str, samples: np.ndarray
         raise AecError("cannot export: the model's quantization gains are not finite and positive")
 
     def build(tmp: Path) -> None:
-        os.chmod(tmp, 0o755)                       # mkdtemp makes it private; a package is meant to be shared
         x = torch.from_numpy(samples[:4].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         ex = x[:1]
         export_onnx(_Analysis(model), ex, tmp / "analysis.onnx", dynamic_hw=False)
