@@ -17,7 +17,7 @@ break decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
@@ -28,6 +28,7 @@ from .container import Header
 from .entropy import Decoder, Encoder, TableSet
 from .errors import AecError, CorruptFileError, ModelError
 from .hyper import IntegerHyperSynthesis
+from .ladder import Ladder, downscale, scaled_size, upscale
 from .package import ModelPackage
 from .tiling import run_tiled
 
@@ -36,22 +37,19 @@ ANALYSIS_TILE = 1024          # pixels; peak memory per tile is about 100 MB for
 SYNTHESIS_TILE = 64           # latent cells (1024 pixels)
 
 
-def quality_to_level(quality: float, levels: int) -> float:
-    q = min(max(float(quality), QUALITY_MIN), QUALITY_MAX)
-    return (q - QUALITY_MIN) / (QUALITY_MAX - QUALITY_MIN) * (levels - 1)
-
-
-def level_to_quality(level: float, levels: int) -> float:
-    return QUALITY_MIN + level / max(levels - 1, 1) * (QUALITY_MAX - QUALITY_MIN)
-
-
 @dataclass
 class Analysis:
-    """The quality-independent part of encoding, reusable while searching a rate target."""
+    """The quality-independent part of encoding, reusable while searching a rate target.
+
+    y is the analysis of the image at full resolution; analyses at other scales of the resolution
+    ladder are computed from `pixels` the first time a quality needs them, and cached here."""
 
     y: np.ndarray          # (M, h, w) or (D,) float32
-    height: int
+    height: int            # the analysed image's size (the full image's, for the full-resolution analysis)
     width: int
+    pixels: np.ndarray | None = None
+    scale: int = 1
+    scaled: dict = field(default_factory=dict)
 
 
 class Codec:
@@ -64,6 +62,25 @@ class Codec:
             raise ModelError(f"model '{pkg.name}' uses unknown codec '{self.kind}'")
         self.channels = pkg.channels
         self.levels = int(pkg.manifest.get("levels", 1))
+        try:
+            self.ladder = Ladder.from_manifest(pkg.manifest, self.levels)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model '{pkg.name}': {exc}") from None
+        if self.kind != "hyperprior" and any(r.scale != 1 for r in self.ladder.rungs):
+            raise ModelError(f"model '{pkg.name}': only hyperprior codecs can change resolution")
+
+    # -- the quality scale --------------------------------------------------------------------
+    # A *position* runs along the resolution ladder (aecompress.ladder); without a ladder it is the
+    # quality level itself. Quality 1-100 maps linearly onto positions.
+    @property
+    def span(self) -> float:
+        return self.ladder.span
+
+    def quality_to_position(self, quality: float) -> float:
+        return self.ladder.quality_to_position(quality, QUALITY_MIN, QUALITY_MAX)
+
+    def position_to_quality(self, u: float) -> float:
+        return self.ladder.position_to_quality(u, QUALITY_MIN, QUALITY_MAX)
 
     # -- tables -------------------------------------------------------------------------------
     @cached_property
@@ -125,7 +142,18 @@ class Codec:
                           check=check)
         else:
             y = g_a(x)
-        return Analysis(y[0], pixels.shape[0], pixels.shape[1])
+        return Analysis(y[0], pixels.shape[0], pixels.shape[1], pixels)
+
+    def analysis_at(self, a: Analysis, scale: int, check: Callable[[], None] | None = None) -> Analysis:
+        """The analysis of the image downscaled by `scale` (cached in `a`)."""
+        if scale == 1:
+            return a
+        if scale not in a.scaled:
+            if a.pixels is None:
+                raise AecError("this analysis cannot be rescaled (it does not keep its pixels)")
+            sub = self.analyse(downscale(a.pixels, scale), check)
+            a.scaled[scale] = Analysis(sub.y, sub.height, sub.width, None, scale)
+        return a.scaled[scale]
 
     def _quantize(self, a: Analysis, level: float) -> dict:
         gain = self._gain(level, "log_gain")
@@ -147,11 +175,16 @@ class Codec:
     def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
-    def code(self, a: Analysis, level: float, mode: str = "RGB", bits: int = 8,
+    def code(self, a: Analysis, position: float, mode: str = "RGB", bits: int = 8,
              alpha_dropped: bool = False) -> tuple[bytes, dict]:
-        """Quantize and entropy-code at a quality level: (.aez bytes, quantized state for recon)."""
+        """Quantize and entropy-code at a position of the quality scale: (.aez bytes, quantized state).
+
+        The position picks the resolution and the quality level (see `span`); the state carries
+        what `reconstruct` needs, including the scale."""
+        scale, level = self.ladder.at(position)
         level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
-        st = self._quantize(a, level)
+        sub = self.analysis_at(a, scale)
+        st = self._quantize(sub, level)
         enc = Encoder()
         if self.kind == "hyperprior":
             enc.encode(st["z"], self._channel_index(st["z"].shape), self.z_tables)
@@ -159,8 +192,9 @@ class Codec:
         else:
             enc.encode(st["q"], self._channel_index(st["q"].shape), self.z_tables)
         payload = container.join_payload(*enc.finish())
-        header = Header(self.pkg.model_id, a.width, a.height, self.channels, mode, bits, self.kind, level, alpha_dropped)
-        st["level"] = level
+        header = Header(self.pkg.model_id, a.width, a.height, self.channels, mode, bits, self.kind, level,
+                        alpha_dropped, scale=scale)
+        st.update(level=level, scale=scale, position=self.ladder.position(scale, level))
         return container.pack(header, payload), st
 
     # -- decoding -----------------------------------------------------------------------------
@@ -186,7 +220,11 @@ class Codec:
         return np.ascontiguousarray(x[0, :, :height, :width].transpose(1, 2, 0))
 
     def reconstruct(self, st: dict, height: int, width: int, check: Callable[[], None] | None = None) -> np.ndarray:
-        return self.synthesize(self.latent_from_state(st), height, width, check)
+        """The decoded image at (height, width): synthesised at the coded scale, then upsampled."""
+        scale = int(st.get("scale", 1))
+        sw, sh = scaled_size(width, height, scale)
+        x = self.synthesize(self.latent_from_state(st), sh, sw, check)
+        return upscale(x, width, height) if scale != 1 else x
 
     def decode(self, data: bytes) -> tuple[np.ndarray, Header]:
         header, payload = container.unpack(data)
@@ -197,9 +235,12 @@ class Codec:
             raise CorruptFileError("header does not match the model")
         stream, escapes = container.split_payload(payload)
         dec = Decoder(stream, escapes)
+        if header.scale != 1 and self.kind != "hyperprior":
+            raise CorruptFileError("header does not match the model (scaled image)")
         m = int(self.pkg.manifest.get("pad_multiple", 1))
-        hp, wp = header.height + (-header.height % m), header.width + (-header.width % m)
-        st: dict = {"level": header.quality}
+        cw, ch = scaled_size(header.width, header.height, header.scale)
+        hp, wp = ch + (-ch % m), cw + (-cw % m)
+        st: dict = {"level": header.quality, "scale": header.scale}
         if self.kind == "hyperprior":
             nz = len(self.z_tables)
             zshape = (nz, hp // 64, wp // 64)

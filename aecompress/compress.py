@@ -1,8 +1,9 @@
 """Compress and decompress images and files: the operations the CLI and the GUI both call.
 
-Rate control: the analysis transform runs once; a target (bpp, bytes or PSNR) is then met by
-bisection over the model's continuous quality level, re-running only the cheap quantize/entropy
-coding steps (and the synthesis, for a PSNR target).
+Rate control: the analysis transform runs once per resolution; a target (bpp, bytes or PSNR) is
+then met by bisection over the model's continuous quality scale (its resolution ladder: see
+aecompress.ladder), re-running only the cheap quantize/entropy coding steps (and the synthesis, for
+a PSNR target).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import container
-from .codec import Analysis, Codec, level_to_quality, quality_to_level
+from .codec import Analysis, Codec
 from .errors import AecError, ModelError
 from .fsutil import write_bytes_atomic
 from .imageio import Picture, read_image, save_image, to_channels8
@@ -30,12 +31,9 @@ class Encoded:
     data: bytes
     recon: np.ndarray            # (H, W, C) uint8 as the decoder will produce it
     reference: np.ndarray        # (H, W, C) uint8 that was coded (after mode conversion)
-    level: float
+    position: float              # on the codec's quality scale (Codec.position_to_quality gives 1-100)
+    scale: int = 1               # coded at 1/scale resolution
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def quality(self) -> float:
-        return self.level
 
 
 def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
@@ -51,7 +49,7 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
 
 
 def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool = True):
-    """Bisection for the highest (want_high) or lowest level where ok(level) holds; ok is monotone."""
+    """Bisection for the highest (want_high) or lowest position where ok(position) holds (monotone)."""
     best = None
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -69,51 +67,68 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     pixels, notes = coding_input(pic, codec)
     analysis = codec.analyse(pixels)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
-    top = max(codec.levels - 1, 0)
+    top = codec.span
 
-    def run(level: float):
-        data, st = codec.code(analysis, level, mode, bits, dropped)
-        return data, st
+    def run(position: float):
+        return codec.code(analysis, position, mode, bits, dropped)
 
     recon = None
+    # Each rung of the resolution ladder is searched on its own: where one resolution hands over to
+    # the other differs from image to image, so the better of the rungs' answers is kept.
+    segments = codec.ladder.intervals()
     if target_bpp is not None or target_size is not None:
         limit = target_size if target_size is not None else target_bpp * pic.width * pic.height / 8
 
-        def fits(lv: float):
-            data, st = run(lv)
+        def fits(u: float):
+            data, st = run(u)
             return (data, st) if len(data) <= limit else None
 
         best = fits(float(top))                 # often the highest quality already fits
         if best is None:
-            found = _search(0.0, float(top), fits)
-            if found is None:
+            candidates = []
+            for lo, hi in segments:
+                found = _search(lo, hi, fits)
+                if found is not None:
+                    candidates.append(found[1])
+            if not candidates:
                 best = run(0.0)
                 notes.append(f"target not reachable: smallest file is {len(best[0])} bytes")
+            elif len(candidates) == 1:
+                best = candidates[0]
             else:
-                best = found[1]
+                scored = []
+                for data, st in candidates:
+                    rec = codec.reconstruct(st, pic.height, pic.width)
+                    scored.append((psnr(pixels, rec), data, st, rec))
+                _, data, st, recon = max(scored, key=lambda t: t[0])
+                best = data, st
         data, st = best
     elif target_psnr is not None:
-        def attempt(lv: float):
-            data, st = run(lv)
+        def attempt(u: float):
+            data, st = run(u)
             rec = codec.reconstruct(st, pic.height, pic.width)
             return data, st, rec, psnr(pixels, rec) >= target_psnr
 
-        data, st, recon, reached = attempt(float(top))
-        if not reached:
-            notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
-        else:
-            def reaches(lv: float):
-                data, st, rec, ok = attempt(lv)
-                return (data, st, rec) if ok else None
+        def reaches(u: float):
+            data, st, rec, ok = attempt(u)
+            return (data, st, rec) if ok else None
 
-            found = _search(0.0, float(top), reaches, want_high=False)
-            if found:
-                data, st, recon = found[1]
+        candidates = []
+        for lo, hi in segments:
+            data, st, rec, ok = attempt(hi)
+            if ok:
+                found = _search(lo, hi, reaches, want_high=False)
+                candidates.append(found[1] if found else (data, st, rec))
+        if candidates:
+            data, st, recon = min(candidates, key=lambda c: len(c[0]))
+        else:
+            data, st, recon, _ = attempt(float(top))
+            notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
     else:
-        data, st = run(quality_to_level(DEFAULT_QUALITY if quality is None else quality, codec.levels))
+        data, st = run(codec.quality_to_position(DEFAULT_QUALITY if quality is None else quality))
     if recon is None:
         recon = codec.reconstruct(st, pic.height, pic.width)
-    return Encoded(data, recon, pixels, st["level"], notes)
+    return Encoded(data, recon, pixels, st["position"], st["scale"], notes)
 
 
 def decoded_to_mode(pixels: np.ndarray, header: container.Header) -> np.ndarray:
@@ -169,8 +184,8 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         "provider": codec.pkg.provider,
     }
     extras = {"bytes": size, "width": pic.width, "height": pic.height,
-              "quality": round(level_to_quality(enc.level, codec.levels), 2), "model": codec.pkg.name,
-              "notes": enc.notes}
+              "quality": round(codec.position_to_quality(enc.position), 2), "scale": enc.scale,
+              "model": codec.pkg.name, "notes": enc.notes}
     return {**report, "_extra": extras}
 
 
@@ -211,9 +226,9 @@ def file_info(path: Path) -> dict:
     info = {"file": str(path), "bytes": len(data), **header.as_dict(),
             "bpp": len(data) * 8 / (header.width * header.height)}
     try:
-        pkg = find_by_id(header.model_id)
-        info["model"] = pkg.name
-        info["quality"] = round(level_to_quality(header.quality, int(pkg.manifest.get("levels", 1))), 2)
+        codec = Codec(find_by_id(header.model_id))
+        info["model"] = codec.pkg.name
+        info["quality"] = round(codec.position_to_quality(codec.ladder.position(header.scale, header.quality)), 2)
     except AecError:
         info["model"] = None
     return info

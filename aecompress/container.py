@@ -16,13 +16,15 @@ from .errors import CorruptFileError
 from .imageio import MAX_PIXELS
 
 MAGIC = b"AEZ"
-VERSION = 1
+VERSION = 2                    # 2 added the coded-resolution scale (flags bits 6-7); 1 is still read
+READABLE = (1, 2)
 ID_BYTES = 8
 TRAILER_SIZE = 4
 MODES = ("L", "LA", "RGB", "RGBA")
 CODECS = ("hyperprior", "factorized")
 QUALITY_SCALE = 1024           # quality level is stored as round(level * 1024) in a u16
 MAX_SIDE = 1 << 18
+SCALES = (1, 2)                # coded resolution = 1/scale of the image's (flags bits 6-7: index)
 
 
 @dataclass
@@ -37,12 +39,13 @@ class Header:
     quality: float             # quality level in the model's level range (multiple of 1/1024)
     alpha_dropped: bool = False
     version: int = VERSION
+    scale: int = 1             # coded at 1/scale resolution and upsampled after decoding
 
     def as_dict(self) -> dict:
         return {"version": self.version, "model_id": self.model_id[:ID_BYTES].hex(), "width": self.width,
                 "height": self.height, "channels": self.channels, "mode": self.mode, "bits": self.bits,
                 "codec": self.codec, "quality_level": round(self.quality, 4),
-                "alpha_dropped": self.alpha_dropped}
+                "alpha_dropped": self.alpha_dropped, "scale": self.scale}
 
 
 def quantize_level(level: float) -> float:
@@ -75,7 +78,9 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def pack(header: Header, payload: bytes) -> bytes:
     flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
-             | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5))
+             | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (SCALES.index(header.scale) << 6))
+    if header.scale != 1 and header.version < 2:
+        raise ValueError("a scaled image needs .aez version 2")
     body = (MAGIC + bytes([header.version]) + header.model_id[:ID_BYTES] + bytes([flags])
             + _varint(header.width) + _varint(header.height)
             + struct.pack("<H", round(header.quality * QUALITY_SCALE)) + payload)
@@ -86,8 +91,9 @@ def _parse(data: bytes) -> tuple[Header, int]:
     if len(data) < 4 or data[:3] != MAGIC:
         raise CorruptFileError("not an .aez file (bad magic bytes)")
     version = data[3]
-    if version != VERSION:
-        raise CorruptFileError(f"unsupported .aez version {version} (this aecompress reads version {VERSION})")
+    if version not in READABLE:
+        raise CorruptFileError(f"unsupported .aez version {version} (this aecompress reads versions "
+                               f"{', '.join(map(str, READABLE))})")
     end = len(data) - TRAILER_SIZE
     pos = 4 + ID_BYTES + 1
     if end < pos:
@@ -100,13 +106,14 @@ def _parse(data: bytes) -> tuple[Header, int]:
         raise CorruptFileError("truncated .aez file")
     (q,) = struct.unpack_from("<H", data, pos)
     pos += 2
-    if flags >> 6:
+    scale_code = flags >> 6
+    if scale_code >= len(SCALES) or (version == 1 and scale_code):
         raise CorruptFileError("damaged .aez file (invalid header flags)")
     if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise CorruptFileError(f"damaged .aez file (implausible size {width}x{height})")
     mode = MODES[flags & 3]
     header = Header(model_id, width, height, 3 if flags & 16 else 1, mode, 16 if flags & 4 else 8,
-                    CODECS[(flags >> 3) & 1], q / QUALITY_SCALE, bool(flags & 32), version)
+                    CODECS[(flags >> 3) & 1], q / QUALITY_SCALE, bool(flags & 32), version, SCALES[scale_code])
     return header, pos
 
 

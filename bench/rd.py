@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-from aecompress.codec import quality_to_level
 from aecompress.compress import decode_bytes, open_codec
 from aecompress.imageio import read_image, to_rgb8
 from aecompress.metrics import ms_ssim, psnr
@@ -136,7 +135,7 @@ def main() -> None:
         t_an = time.perf_counter() - t0
         for q in OUR_QUALITIES:
             t0 = time.perf_counter()
-            data, _ = codec.code(analysis, quality_to_level(q, codec.levels))
+            data, _ = codec.code(analysis, codec.quality_to_position(q))
             te = t_an + time.perf_counter() - t0
             t0 = time.perf_counter()
             dec, _, _ = decode_bytes(data, codec.pkg)

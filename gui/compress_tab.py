@@ -18,7 +18,7 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton,
                                QSlider, QSpinBox, QStackedWidget, QWidget)
 
-from aecompress.codec import Analysis, Codec, level_to_quality, quality_to_level
+from aecompress.codec import Analysis, Codec
 from aecompress.compress import encode_picture, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
 from aecompress.compress import coding_input
@@ -97,7 +97,7 @@ class Prepared:
 class Result:
     data: bytes
     recon: np.ndarray
-    level: float
+    position: float                # on the codec's quality scale
     quality: float
     psnr: float
     ms_ssim: float | None          # None until computed (it comes last: slow on large images)
@@ -306,21 +306,21 @@ class CompressTab(QWidget):
             t0 = time.perf_counter()
             notes = list(p.notes)
             if mode == "quality":
-                data, st = codec.code(p.analysis, quality_to_level(value, codec.levels), pic.mode, pic.bits,
+                data, st = codec.code(p.analysis, codec.quality_to_position(value), pic.mode, pic.bits,
                                       pic.has_alpha)
                 t_enc = p.seconds + time.perf_counter() - t0
                 emit(("estimate", len(data)))
                 token.check()
                 t1 = time.perf_counter()
-                recon, level = codec.reconstruct(st, pic.height, pic.width, token.check), st["level"]
+                recon, position = codec.reconstruct(st, pic.height, pic.width, token.check), st["position"]
                 t_dec = time.perf_counter() - t1
             else:
                 enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
                                      target_size=int(value) if mode == "size" else None)
-                data, recon, level, notes = enc.data, enc.recon, enc.level, enc.notes
+                data, recon, position, notes = enc.data, enc.recon, enc.position, enc.notes
                 t_enc, t_dec = time.perf_counter() - t0, 0.0
             token.check()
-            res = Result(data, recon, level, level_to_quality(level, codec.levels), psnr(p.reference, recon), None,
+            res = Result(data, recon, position, codec.position_to_quality(position), psnr(p.reference, recon), None,
                          t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),
                          pyramid(difference_image(p.reference, recon)), notes)
             emit(("result", res))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import aecompress.codec as codec_mod
-from aecompress.codec import Codec, quality_to_level
+from aecompress.codec import Codec
 from aecompress.compress import decode_bytes, encode_picture
 from aecompress.imageio import Picture
 from aecompress.metrics import psnr
@@ -31,7 +31,7 @@ def test_quality_orders_rate_and_distortion(photo_codec, cat):
     a = photo_codec.analyse(cat)
     sizes, psnrs = [], []
     for q in (1, 50, 100):
-        data, st = photo_codec.code(a, quality_to_level(q, photo_codec.levels))
+        data, st = photo_codec.code(a, photo_codec.quality_to_position(q))
         sizes.append(len(data))
         psnrs.append(psnr(cat, photo_codec.reconstruct(st, *cat.shape[:2])))
     assert sizes[0] < sizes[1] < sizes[2]

@@ -65,3 +65,21 @@ def test_payload_split_restores_stripped_zero_bytes():
     stream = b"\x01\x02\x03\x04\x05\x00\x00\x00"
     s, e = container.split_payload(container.join_payload(stream, b"\x07"))
     assert s == stream and e == b"\x07"
+
+
+def test_scale_is_recorded_and_version_1_files_still_read():
+    got, _ = container.unpack(container.pack(_header(scale=2), b"x"))
+    assert got.scale == 2 and got.version == container.VERSION == 2
+    old = container.pack(_header(version=1), b"x")            # a version-1 file: no scale field
+    got, payload = container.unpack(old)
+    assert (got.version, got.scale, payload) == (1, 1, b"x")
+    with pytest.raises(ValueError):
+        container.pack(_header(version=1, scale=2), b"x")
+    # version 1 never set the scale bits: a version-1 file that has them is damaged
+    bad = bytearray(container.pack(_header(scale=2), b"x"))
+    bad[3] = 1
+    body = bytes(bad[:-4])
+    import struct
+    import zlib
+    with pytest.raises(CorruptFileError, match="flags"):
+        container.unpack(body + struct.pack("<I", zlib.crc32(body)))

@@ -284,17 +284,16 @@ def score_cmd(
     quality: Optional[float] = typer.Option(None, help="quality 1-100 the images are coded at (default: the best)"),
 ) -> None:
     """Reconstruction error of each image through the codec, worst first (an anomaly score)."""
-    from ..codec import quality_to_level
     from ..compress import open_codec
     from ..metrics import mse, psnr
 
     codec = open_codec(package, "cpu", None)
-    level = quality_to_level(quality, codec.levels) if quality is not None else max(codec.levels - 1, 0)
+    position = codec.quality_to_position(quality) if quality is not None else codec.span
     rows = []
     for p in _expand(images):
         px = _read_for(codec, p)
         a = codec.analyse(px)
-        data, st = codec.code(a, level, "L" if codec.channels == 1 else "RGB")
+        data, st = codec.code(a, position, "L" if codec.channels == 1 else "RGB")
         rec = codec.reconstruct(st, a.height, a.width)
         rows.append({"path": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)})
     rows.sort(key=lambda r: -r["mse"])

@@ -198,8 +198,11 @@ def _write_package_atomically(out: Path, build) -> Path:
 
 
 def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[np.ndarray],
-                      training: dict, description: str = "", measured: dict | None = None) -> Path:
-    """Write a hyperprior model package. calib: a few (H, W, C) uint8 images for calibration."""
+                      training: dict, description: str = "", measured: dict | None = None,
+                      ladder_calib: list[np.ndarray] | None = None) -> Path:
+    """Write a hyperprior model package. calib: a few (H, W, C) uint8 images for calibration of the
+    integer hyper-synthesis; ladder_calib: images on which to choose the resolution ladder
+    (aecompress.ladder; none: a single full-resolution rung)."""
     codec = codec.eval()
     ch = codec.config["channels"]
 
@@ -247,6 +250,18 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
             "description": description, "training": training, "measured": measured or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        ladder_images = [im for im in (ladder_calib or []) if im.ndim == 3 and im.shape[2] == ch]
+        if ladder_images and ch == 3:
+            from ..codec import Codec
+            from ..ladder import calibrate_codec
+            from ..package import ModelPackage, read_manifest
+
+            ladder, points = calibrate_codec(Codec(ModelPackage(tmp, read_manifest(tmp), "cpu", None)),
+                                             ladder_images)
+            manifest["resolution_ladder"] = ladder.to_manifest()
+            manifest["training"] = {**training, "ladder_calibration": {
+                "images": len(ladder_images), "points (scale:level -> bpp, PSNR)": points}}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     return _write_package_atomically(out, build)
 
@@ -261,4 +276,4 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
     training = {"data": tc.get("data"), "steps": ck["step"], "seconds": round(ck["elapsed"]),
                 "crop": tc.get("crop"), "batch": tc.get("batch"), "lr": tc.get("lr"), "seed": tc.get("seed"),
                 "validation_history": ck.get("history", [])[-1:], **(extra_training or {})}
-    return export_conv_codec(codec, out, name, calib, training, description)
+    return export_conv_codec(codec, out, name, calib, training, description, ladder_calib=calib)

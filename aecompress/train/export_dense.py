@@ -56,7 +56,7 @@ def measure_package(folder: Path, images: np.ndarray, manifest: dict | None = No
     sizes, psnrs, mses, header_bytes = [], [], [], []
     for i, im in enumerate(images):
         a = codec.analyse(im)
-        data, st = codec.code(a, max(codec.levels - 1, 0), mode)
+        data, st = codec.code(a, codec.span, mode)
         rec = codec.reconstruct(st, a.height, a.width)
         if i < 8:
             dec, _ = codec.decode(data)

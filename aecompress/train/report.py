@@ -43,7 +43,7 @@ def code_images(pkg_dir: Path, images: np.ndarray) -> tuple[np.ndarray, list[int
     recs, sizes = [], []
     for im in images:
         a = codec.analyse(im)
-        data, _ = codec.code(a, max(codec.levels - 1, 0), mode)
+        data, _ = codec.code(a, codec.span, mode)
         rec, _ = codec.decode(data)
         recs.append(rec)
         sizes.append(len(data))
@@ -335,7 +335,7 @@ def report_conv(pkg_dir: Path, history: list[dict], images: list[np.ndarray], cr
     mode = "L" if codec.channels == 1 else "RGB"
     for im in crops:
         a = codec.analyse(im)
-        data, _ = codec.code(a, (codec.levels - 1) / 2, mode)
+        data, _ = codec.code(a, codec.span / 2, mode)
         rec, _ = codec.decode(data)
         recons.append(rec)
         sizes.append(len(data))
