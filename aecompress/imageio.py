@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import AecError
 from .fsutil import atomic_output
@@ -87,7 +87,10 @@ def read_image(path: str | Path) -> Picture:
                 im.load()
                 icc = im.info.get("icc_profile")
                 exif = im.getexif()
-                im = ImageOps.exif_transpose(im)
+                if exif.get(0x0112, 1) != 1:
+                    from PIL import ImageOps          # only when there is a rotation to apply (~6 ms import)
+
+                    im = ImageOps.exif_transpose(im)
                 if exif and 0x0112 in exif:
                     exif[0x0112] = 1        # orientation already applied to the pixels
                 exif_bytes = exif.tobytes() if exif else None

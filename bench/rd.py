@@ -6,7 +6,9 @@ For every image and setting it measures bpp from the real file bytes, RGB PSNR a
 decoded image, and encode/decode seconds. Curves are averaged per setting over the images (as
 CompressAI reports), BD-rates (PSNR, cubic fit of log-rate) of ours against each codec are printed,
 and a JSON file and an RD plot (PNG) are written. It also times the whole `aecompress encode` +
-`aecompress decode` processes on a 768x512 crop.
+`aecompress decode` processes on a 768x512 crop. When the model has a resolution ladder, the same
+model restricted to full resolution ("ours-full") runs beside it, so the ladder's effect is measured
+in the same run.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
+from aecompress.codec import Codec
 from aecompress.compress import decode_bytes, open_codec
+from aecompress.ladder import Ladder
 from aecompress.imageio import read_image, to_rgb8
 from aecompress.metrics import ms_ssim, psnr
 
-OUR_QUALITIES = [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+OUR_QUALITIES = [1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 PIL_QUALITIES = {"JPEG": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
                  "WEBP": [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
                  "AVIF": [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]}
@@ -121,8 +125,13 @@ def main() -> None:
     if args.limit:
         files = files[:: max(1, len(files) // args.limit)][: args.limit]
     codec = open_codec(args.model, "cpu", args.threads)
-    codecs = ["ours"] + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
-    settings = {"ours": OUR_QUALITIES, **PIL_QUALITIES}
+    ours = {"ours": codec}
+    if any(r.scale != 1 for r in codec.ladder.rungs):
+        full = Codec(codec.pkg)
+        full.ladder = Ladder.single(codec.levels)
+        ours["ours-full"] = full
+    codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
+    settings = {**{k: OUR_QUALITIES for k in ours}, **PIL_QUALITIES}
     # rows[codec][setting] -> list of per-image dicts
     rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in settings[c]} for c in codecs}
     times: dict[str, dict[str, list[float]]] = {c: {"encode": [], "decode": []} for c in codecs}
@@ -133,17 +142,18 @@ def main() -> None:
         t0 = time.perf_counter()
         analysis = codec.analyse(img)
         t_an = time.perf_counter() - t0
-        for q in OUR_QUALITIES:
-            t0 = time.perf_counter()
-            data, _ = codec.code(analysis, codec.quality_to_position(q))
-            te = t_an + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            dec, _, _ = decode_bytes(data, codec.pkg)
-            td = time.perf_counter() - t0
-            rows["ours"][q].append({"bpp": len(data) * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
-            times["ours"]["encode"].append(te)
-            times["ours"]["decode"].append(td)
-        for fmt in codecs[1:]:
+        for name, cod in ours.items():
+            for q in OUR_QUALITIES:
+                t0 = time.perf_counter()
+                data, _ = cod.code(analysis, cod.quality_to_position(q))      # analyses are cached per scale
+                te = t_an + time.perf_counter() - t0
+                t0 = time.perf_counter()
+                dec, _, _ = decode_bytes(data, cod.pkg)
+                td = time.perf_counter() - t0
+                rows[name][q].append({"bpp": len(data) * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
+                times[name]["encode"].append(te)
+                times[name]["decode"].append(td)
+        for fmt in codecs[len(ours):]:
             for q in settings[fmt]:
                 size, dec, te, td = pil_roundtrip(img, fmt, q)
                 rows[fmt][q].append({"bpp": size * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})

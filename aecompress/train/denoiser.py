@@ -414,19 +414,25 @@ def main(argv: list[str] | None = None) -> None:
                  "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
         "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",
     }
-    if state.get("init"):
-        base = torch.load(state["init"], map_location="cpu", weights_only=False)
+    # fine-tuning stages: follow the chain of --init checkpoints back to the first run
+    chain, st, path = [], state, a.checkpoint
+    while True:
+        chain.append((path, st))
+        if not st.get("init"):
+            break
+        path = Path(st["init"])
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    chain.reverse()
+    if len(chain) > 1:
         training["stages"] = [
-            {"run": str(Path(state["init"]).parent), "steps": base["step"], "minutes": round(base["seconds"] / 60, 1),
-             "lr": base.get("lr", 1e-3), "p_clean": base.get("p_clean", 0.04), "p_low": base.get("p_low", 0.0),
-             "p_jpeg": base.get("p_jpeg", 0.15)},
-            {"run": str(a.checkpoint.parent), "steps": state["step"], "minutes": round(state["seconds"] / 60, 1),
-             "lr": state.get("lr"), "p_clean": state.get("p_clean"), "p_low": state.get("p_low"),
-             "p_jpeg": state.get("p_jpeg"), "why": "fine-tune with more clean and low-noise inputs (sigma U(0,8))"},
-        ]
-        training["steps"] = base["step"] + state["step"]
-        training["minutes"] = round((base["seconds"] + state["seconds"]) / 60, 1)
-        training["noise"] += "; stage 2: 15% clean, 20% sigma U(0,8), 10% JPEG"
+            {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
+             "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
+             "p_jpeg": s.get("p_jpeg", 0.15), **({"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
+            for p, s in chain]
+        training["steps"] = sum(s["step"] for _, s in chain)
+        training["minutes"] = round(sum(s["seconds"] for _, s in chain) / 60, 1)
+        training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
+                              "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
     export_package(model, a.out, a.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)
     print(f"wrote {a.out}")
 

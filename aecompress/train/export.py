@@ -276,4 +276,19 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
     training = {"data": tc.get("data"), "steps": ck["step"], "seconds": round(ck["elapsed"]),
                 "crop": tc.get("crop"), "batch": tc.get("batch"), "lr": tc.get("lr"), "seed": tc.get("seed"),
                 "validation_history": ck.get("history", [])[-1:], **(extra_training or {})}
+    # fine-tuning (--init): follow the chain of checkpoints back to the first run
+    stages, cur, path = [], ck, Path(ckpt_path)
+    while True:
+        c = cur.get("train_config", {})
+        stages.append({"run": str(path.parent), "steps": cur["step"], "seconds": round(cur["elapsed"]),
+                       "lr": c.get("lr"), "crop": c.get("crop"), "batch": c.get("batch"),
+                       **({"init": c["init"]} if c.get("init") else {})})
+        if not c.get("init") or not Path(c["init"]).is_file():
+            break
+        path = Path(c["init"])
+        cur = torch.load(path, weights_only=False, map_location="cpu")
+    if len(stages) > 1:
+        stages.reverse()
+        training.update(stages=stages, steps=sum(s["steps"] for s in stages),
+                        seconds=sum(s["seconds"] for s in stages))
     return export_conv_codec(codec, out, name, calib, training, description, ladder_calib=calib)
