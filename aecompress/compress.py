@@ -63,9 +63,13 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
 
 
 def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
-                   target_size: int | None = None, target_psnr: float | None = None) -> Encoded:
+                   target_size: int | None = None, target_psnr: float | None = None,
+                   analysis: Analysis | None = None) -> Encoded:
+    """Code a picture at a quality or for a target. analysis: this picture's analysis from an
+    earlier call (the GUI keeps it while the user moves the target), else computed here."""
     pixels, notes = coding_input(pic, codec)
-    analysis = codec.analyse(pixels)
+    if analysis is None:
+        analysis = codec.analyse(pixels)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
     top = codec.span
 

@@ -314,11 +314,14 @@ class CompressTab(QWidget):
                 t1 = time.perf_counter()
                 recon, position = codec.reconstruct(st, pic.height, pic.width, token.check), st["position"]
                 t_dec = time.perf_counter() - t1
+                scale = st["scale"]
             else:
                 enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
-                                     target_size=int(value) if mode == "size" else None)
-                data, recon, position, notes = enc.data, enc.recon, enc.position, enc.notes
+                                     target_size=int(value) if mode == "size" else None, analysis=p.analysis)
+                data, recon, position, notes, scale = enc.data, enc.recon, enc.position, enc.notes, enc.scale
                 t_enc, t_dec = time.perf_counter() - t0, 0.0
+            if scale != 1:
+                notes = notes + [f"coded at 1/{scale} resolution and upsampled (the model's low-rate setting)"]
             token.check()
             res = Result(data, recon, position, codec.position_to_quality(position), psnr(p.reference, recon), None,
                          t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),

@@ -80,7 +80,8 @@ def test_decoding_is_identical_across_thread_counts(cat):
     assert np.array_equal(outs[0], outs[1])
 
 
-def test_float_drift_never_reaches_the_entropy_coder(cat, monkeypatch):
+@pytest.mark.parametrize("quality", [1, 75])          # half resolution (the ladder's low end), full
+def test_float_drift_never_reaches_the_entropy_coder(cat, monkeypatch, quality):
     """Simulate another provider: every float graph output is perturbed on the decoding side.
 
     The entropy decoder must still recover exactly the encoder's integers (it depends only on
@@ -89,7 +90,7 @@ def test_float_drift_never_reaches_the_entropy_coder(cat, monkeypatch):
     pkg = load_package("photo", "cpu", 2)
     codec = Codec(pkg)
     a = codec.analyse(cat)
-    data, st = codec.code(a, 5.0)
+    data, st = codec.code(a, codec.quality_to_position(quality))
     clean = codec.reconstruct(st, *cat.shape[:2])
 
     drifting = Codec(load_package("photo", "cpu", 2))
