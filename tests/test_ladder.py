@@ -69,23 +69,38 @@ def test_resampling_is_size_exact_and_repeatable(cat):
     assert upscale(downscale(grey, 2), 451, 300).shape == (300, 451, 1)
 
 
-@pytest.fixture(scope="module")
-def laddered(tmp_path_factory):
-    """The photo codec with a hand-made ladder: half resolution for levels 0-4, then full."""
-    src = find_package_dir("photo")
-    dst = tmp_path_factory.mktemp("pkg") / "photo_ladder"
-    shutil.copytree(src, dst)
+def _variant(tmp_path_factory, name, ladder):
+    """A copy of the shipped photo codec with another resolution ladder (None: full resolution only)."""
+    dst = tmp_path_factory.mktemp("pkg") / name
+    shutil.copytree(find_package_dir("photo"), dst)
     m = json.loads((dst / "manifest.json").read_text())
-    m["resolution_ladder"] = [{"scale": 2, "lo": 0, "hi": 4}, {"scale": 1, "lo": 0, "hi": m["levels"] - 1}]
+    m.pop("resolution_ladder", None)
+    if ladder:
+        m["resolution_ladder"] = ladder
     (dst / "manifest.json").write_text(json.dumps(m))
     return Codec(ModelPackage(dst, read_manifest(dst), "cpu", 2))
 
 
-def test_low_qualities_code_at_half_resolution_and_decode_to_full_size(laddered, photo_codec, cat):
+@pytest.fixture(scope="module")
+def laddered(tmp_path_factory):
+    """Half resolution for levels 0-4, then full resolution."""
+    return _variant(tmp_path_factory, "photo_ladder", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": 1, "lo": 0, "hi": 8}])
+
+
+@pytest.fixture(scope="module")
+def full_only(tmp_path_factory):
+    return _variant(tmp_path_factory, "photo_full", None)
+
+
+def test_shipped_codec_has_a_half_resolution_rung(photo_codec):
+    assert photo_codec.ladder.rungs[0].scale == 2 and photo_codec.ladder.rungs[-1].scale == 1
+
+
+def test_low_qualities_code_at_half_resolution_and_decode_to_full_size(laddered, full_only, cat):
     pic = Picture(cat, "RGB")
     low = encode_picture(pic, laddered, quality=1)
     assert low.scale == 2 and container.read_header(low.data).scale == 2
-    floor = encode_picture(pic, photo_codec, quality=1)          # the same model without the ladder
+    floor = encode_picture(pic, full_only, quality=1)            # the same model without the ladder
     assert len(low.data) < 0.5 * len(floor.data)
     pixels, header, _ = decode_bytes(low.data, laddered.pkg)
     assert pixels.shape == cat.shape and (header.width, header.height) == (451, 300)
@@ -94,10 +109,10 @@ def test_low_qualities_code_at_half_resolution_and_decode_to_full_size(laddered,
     assert high.scale == 1 and np.array_equal(decode_bytes(high.data, laddered.pkg)[0], high.recon)
 
 
-def test_rate_targets_search_every_resolution(laddered, photo_codec, cat):
+def test_rate_targets_search_every_resolution(laddered, full_only, cat):
     pic = Picture(cat, "RGB")
     ref, _ = coding_input(pic, laddered)
-    floor = len(encode_picture(pic, photo_codec, quality=1).data)
+    floor = len(encode_picture(pic, full_only, quality=1).data)
     target = floor // 2                                          # below what full resolution can reach
     enc = encode_picture(pic, laddered, target_size=target)
     assert len(enc.data) <= target and enc.scale == 2 and not enc.notes

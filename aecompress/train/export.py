@@ -267,7 +267,9 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
 
 
 def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndarray], description: str = "",
-                      extra_training: dict | None = None) -> Path:
+                      extra_training: dict | None = None, ladder_calib: list[np.ndarray] | None = None) -> Path:
+    """Export a conv checkpoint. calib: images for the integer hyper-synthesis; ladder_calib: images
+    for the resolution ladder (default: calib)."""
     ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
     cfg = ck["model_config"]
     codec = HyperpriorCodec(cfg["channels"], cfg["n"], cfg["m"], cfg["nh"], cfg["nz"], tuple(cfg["lambdas"]))
@@ -291,4 +293,5 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
         stages.reverse()
         training.update(stages=stages, steps=sum(s["steps"] for s in stages),
                         seconds=sum(s["seconds"] for s in stages))
-    return export_conv_codec(codec, out, name, calib, training, description, ladder_calib=calib)
+    return export_conv_codec(codec, out, name, calib, training, description,
+                             ladder_calib=calib if ladder_calib is None else ladder_calib)
