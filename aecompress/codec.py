@@ -48,7 +48,6 @@ class Analysis:
     height: int            # the analysed image's size (the full image's, for the full-resolution analysis)
     width: int
     pixels: np.ndarray | None = None
-    scale: int = 1
     scaled: dict = field(default_factory=dict)
 
 
@@ -152,7 +151,7 @@ class Codec:
             if a.pixels is None:
                 raise AecError("this analysis cannot be rescaled (it does not keep its pixels)")
             sub = self.analyse(downscale(a.pixels, scale), check)
-            a.scaled[scale] = Analysis(sub.y, sub.height, sub.width, None, scale)
+            a.scaled[scale] = Analysis(sub.y, sub.height, sub.width)
         return a.scaled[scale]
 
     def _quantize(self, a: Analysis, level: float) -> dict:

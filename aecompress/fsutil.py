@@ -21,6 +21,14 @@ def check_writable(path: Path, force: bool) -> None:
         raise AecError(f"{path} is a folder")
 
 
+def chmod_as_created(path: Path, mode: int = 0o666) -> None:
+    """Give a file (mode 0o666) or folder (0o777) made by mkstemp/mkdtemp, which are private (0600,
+    0700), the permissions a plain open() or mkdir() would have given it under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def _describe(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return f"no space left on device while writing {path}"
@@ -45,10 +53,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
         raise AecError(_describe(exc, path)) from None
     tmp_path = Path(tmp)
     try:
-        # mkstemp creates 0600 files: give the output the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        chmod_as_created(tmp_path)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())

@@ -167,22 +167,28 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
             ) -> dict[tuple[int, float], tuple[float, float]]:
     """Mean (bpp, PSNR) of real coded files at each scale and level, over (H, W, C) uint8 images.
 
-    codec: an aecompress.codec.Codec whose package has no ladder yet (positions are levels)."""
+    codec: an aecompress.codec.Codec (a hyperprior codec). Each scale is coded through the codec's own
+    resolution mechanism, with a one-rung ladder at that scale."""
+    import copy
+
     from .metrics import psnr
 
-    single = Ladder.single(codec.levels)
+    top = float(max(codec.levels - 1, 0))
     grid = list(levels) if levels is not None else [float(v) for v in range(codec.levels)]
+    at_scale = {}
+    for scale in SCALES:
+        at_scale[scale] = copy.copy(codec)
+        at_scale[scale].ladder = Ladder([Rung(scale, 0.0, top)])        # position = level
     sums: dict[tuple[int, float], list[float]] = {}
     for im in images:
         h, w = im.shape[:2]
-        for scale in SCALES:
+        a = codec.analyse(im)                                          # other scales are derived from it
+        for scale, c in at_scale.items():
             if min(h, w) < 64 * scale:
                 continue
-            small = downscale(im, scale)
-            a = codec.analyse(small)
             for lv in grid:
-                data, st = codec.code(a, single.position(1, lv))
-                rec = upscale(codec.reconstruct(st, small.shape[0], small.shape[1]), w, h)
+                data, st = c.code(a, lv)
+                rec = c.reconstruct(st, h, w)
                 acc = sums.setdefault((scale, lv), [0.0, 0.0, 0.0])
                 acc[0] += len(data) * 8 / (h * w)
                 acc[1] += psnr(im, rec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -104,8 +105,10 @@ def _down2(x: np.ndarray) -> np.ndarray:
     return f(0.25) * (x[0::2, 0::2].astype(f) + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
 
 
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over channels of MS-SSIM, each channel in strips of rows (bounded memory)."""
+def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = None) -> float:
+    """Mean over channels of MS-SSIM, each channel in strips of rows (bounded memory).
+
+    check, when given, is called before every scale of every channel and may raise to cancel."""
     a, b = _as3d(a), _as3d(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -121,6 +124,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
         x, y = a[:, :, c], b[:, :, c]             # converted to float strip by strip at full scale
         value = 1.0
         for i in range(levels):
+            if check is not None:
+                check()
             s, cs, n = _ssim_sums(x, y)
             value *= max(s / n if i == levels - 1 else cs / n, 0.0) ** weights[i]
             if i < levels - 1:

@@ -36,19 +36,6 @@ DEBOUNCE_MS = 150
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif *.ppm *.pgm *.tga)"
 
 
-def ms_ssim_low_memory(a: np.ndarray, b: np.ndarray, check=lambda: None) -> float:
-    """aecompress.metrics.ms_ssim one channel at a time: the same value (channels are computed
-    independently and averaged), a third of the memory on a 24-megapixel photo, and a chance to
-    cancel (check() raises) between channels."""
-    if a.ndim == 3 and a.shape[2] > 1:
-        vals = []
-        for c in range(a.shape[2]):
-            check()
-            vals.append(ms_ssim(a[:, :, c], b[:, :, c]))
-        return float(np.mean(vals))
-    return ms_ssim(a, b)
-
-
 def human_bytes(n: int) -> str:
     if n < 1000:
         return f"{n} bytes"
@@ -328,7 +315,7 @@ class CompressTab(QWidget):
                          pyramid(difference_image(p.reference, recon)), notes)
             emit(("result", res))
             token.check()
-            return replace(res, ms_ssim=ms_ssim_low_memory(p.reference, recon, token.check))
+            return replace(res, ms_ssim=ms_ssim(p.reference, recon, token.check))
 
         self._set_busy("Compressing\u2026" if mode == "quality" else "Searching for the target\u2026")
         self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,

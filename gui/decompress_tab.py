@@ -19,10 +19,10 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
 from aecompress.compress import decode_bytes, file_info
 from aecompress.errors import AecError
 from aecompress.imageio import read_image, save_image, to_channels8
-from aecompress.metrics import psnr
+from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_FILTER, human_bytes, ms_ssim_low_memory
+from .compress_tab import IMAGE_FILTER, human_bytes
 from .runtime import Runtime, provider_text
 from .settings import Settings
 from .widgets import ResultGrid, SidePanel, group, note_label
@@ -171,7 +171,7 @@ class DecompressTab(QWidget):
             if ref.shape != dec.pixels.shape:
                 raise AecError(f"{original.name} is {pic.width}\u00d7{pic.height}, the decoded image is "
                                f"{dec.pixels.shape[1]}\u00d7{dec.pixels.shape[0]}")
-            return (pyramid(to_qimage(ref)), psnr(ref, dec.pixels), ms_ssim_low_memory(ref, dec.pixels),
+            return (pyramid(to_qimage(ref)), psnr(ref, dec.pixels), ms_ssim(ref, dec.pixels),
                     pyramid(difference_image(ref, dec.pixels)))
 
         def done(r) -> None:

@@ -38,3 +38,16 @@ def test_ms_ssim_properties(pair):
     assert 0 < ms_ssim(a, worse) < ms_ssim(a, b) < 1
     # small images use fewer scales instead of failing
     assert 0 < ms_ssim(a[:40, :40], b[:40, :40]) < 1
+
+
+def test_ms_ssim_can_be_cancelled(pair):
+    a, b = pair
+    calls = []
+    assert ms_ssim(a, b, check=lambda: calls.append(1)) == ms_ssim(a, b)
+    assert len(calls) >= a.shape[2]                       # at least once per channel
+
+    def cancel():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ms_ssim(a, b, check=cancel)

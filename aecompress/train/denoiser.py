@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -293,16 +292,14 @@ def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training
                    measure: bool = True, val_dir: Path | None = None, measure_limit: int | None = None,
                    force: bool = True) -> Path:
     """Write a model package folder (manifest + single-file ONNX graph) atomically, verified against torch."""
-    from .export import export_onnx
+    from .export import _write_package_atomically, export_onnx
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not force:
         raise FileExistsError(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model = model.eval()
+
+    def build(tmp: Path) -> None:
+        model.eval()
         example = torch.rand(1, 3, 64, 96)
         export_onnx(model, example, tmp / "denoise.onnx", atol=1e-3)
         import onnx
@@ -332,18 +329,8 @@ def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training
         if measure:
             manifest["measured"] = measure_package(tmp, val_dir or DATA / "val" / "photos", limit=measure_limit)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return _write_package_atomically(out, build)
 
 
 @torch.no_grad()

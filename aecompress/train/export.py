@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..entropy import TableSet, quantize_pmf
+from ..fsutil import chmod_as_created
 from ..hyper import ACT_MAX, IntegerHyperSynthesis
 from ..package import FORMAT, MANIFEST
 from .conv import SCALE_LEVELS, SCALE_TABLE_MAX, SCALE_TABLE_MIN, HyperpriorCodec
@@ -180,17 +181,22 @@ class _Synthesis(nn.Module):
 
 
 def _write_package_atomically(out: Path, build) -> Path:
+    """Run build(tmp) on a temporary folder beside `out`, then swap it into place: a failed export
+    never leaves a half-written package, and an existing package is replaced only by a complete one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         build(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)          # mkdtemp made it 0700
+        chmod_as_created(tmp, 0o777)
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
