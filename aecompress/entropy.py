@@ -116,6 +116,20 @@ class VarintReader:
         return out
 
 
+def _groups(table_index: np.ndarray):
+    """(table, positions) for each table in use, in increasing table order, positions in raster
+    order: the order in which symbols enter and leave the range coder. One stable sort instead of a
+    mask per table (and no np.unique, which imports numpy.ma: ~10 ms of every start)."""
+    flat = np.asarray(table_index, dtype=np.int64).ravel()
+    if flat.size == 0:
+        return
+    order = np.argsort(flat, kind="stable")
+    counts = np.bincount(flat)
+    ends = np.cumsum(counts)
+    for t in np.flatnonzero(counts).tolist():
+        yield t, order[ends[t] - counts[t]: ends[t]]
+
+
 class Encoder:
     """Collects symbols into one range-coded stream plus an escape stream."""
 
@@ -125,9 +139,8 @@ class Encoder:
 
     def encode(self, values: np.ndarray, table_index: np.ndarray, tables: TableSet) -> None:
         values = np.asarray(values, dtype=np.int64).ravel()
-        table_index = np.asarray(table_index, dtype=np.int64).ravel()
-        for t in np.unique(table_index).tolist():
-            v = values[table_index == t]
+        for t, idx in _groups(table_index):
+            v = values[idx]
             sym = v - tables.minimum[t]
             esc = (sym < 0) | (sym >= tables.length[t] - 1)
             sym[esc] = tables.length[t] - 1
@@ -153,9 +166,8 @@ class Decoder:
         table_index = np.asarray(table_index, dtype=np.int64)
         flat = table_index.ravel()
         out = np.empty(flat.shape, dtype=np.int64)
-        for t in np.unique(flat).tolist():
-            mask = flat == t
-            n = int(mask.sum())
+        for t, idx in _groups(flat):
+            n = len(idx)
             try:
                 sym = np.asarray(self._coder.decode(tables.model(t), n), dtype=np.int64)
             except Exception:  # noqa: BLE001 - constriction reports damaged streams as errors
@@ -164,5 +176,5 @@ class Decoder:
             esc = sym == tables.length[t] - 1
             if esc.any():
                 v[esc] = self._escapes.read(int(esc.sum()))
-            out[mask] = v
+            out[idx] = v
         return out.reshape(table_index.shape)

@@ -145,10 +145,11 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
 
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
                exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
-               quality: int = 95, png_level: int = 3) -> None:
+               quality: int = 95, png_level: int = 1) -> None:
     """Write pixels atomically in the format the extension (or `format`) names.
 
-    PNG uses zlib level 3 by default: about 4x faster than Pillow's default 6 for files ~5% larger."""
+    PNG uses zlib level 1 by default: measured on a decoded 768x512 photo, 5x faster than Pillow's
+    default level 6 (28 vs 138 ms) for a file 8% larger, and 1.5x faster than level 3 for 2.7% more."""
     path = Path(path)
     im = from_array(pixels, mode)
     Image.preinit()      # the common formats; importing every plugin (registered_extensions) costs ~50 ms

@@ -48,17 +48,24 @@ def _kernel() -> np.ndarray:
 
 
 def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Valid separable convolution over the first two axes of (H, W, C): one multiply-add per tap."""
+    """Valid separable convolution over the first two axes of (H, W, C) with a symmetric kernel:
+    the two taps that share a weight are added first, so 6 multiplies instead of 11 per axis."""
     n = len(k)
+    c = n // 2
     h, w = x.shape[0] - n + 1, x.shape[1] - n + 1
-    rows = x[0:h] * k[0]
-    for i in range(1, n):
-        rows += x[i:i + h] * k[i]
-    out = rows[:, 0:w] * k[0]
-    for i in range(1, n):
-        out += rows[:, i:i + w] * k[i]
+    rows = x[c:c + h] * k[c]
+    tmp = np.empty_like(rows)
+    for i in range(c):
+        np.add(x[i:i + h], x[n - 1 - i:n - 1 - i + h], out=tmp)
+        tmp *= k[i]
+        rows += tmp
+    out = rows[:, c:c + w] * k[c]
+    tmp = np.empty_like(out)
+    for i in range(c):
+        np.add(rows[:, i:i + w], rows[:, n - 1 - i:n - 1 - i + w], out=tmp)
+        tmp *= k[i]
+        out += tmp
     return out
-
 
 
 def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:

@@ -96,6 +96,9 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle pool threads sleep instead of spinning: between graph runs numpy does the quantizing,
+    # entropy coding and metrics on the same cores (whole encode + decode: ~4% faster on 2 cores)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not have_cuda:
         raise AecError("CUDA was requested but this onnxruntime has no CUDA provider (install aecompress[gpu])")

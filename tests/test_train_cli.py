@@ -200,4 +200,15 @@ def test_subpixel_synthesis_matches_transposed_convolutions():
         ref, got = g(y), subpixel_synthesis(g)(y)
     assert got.shape == ref.shape == (1, 3, 80, 96)
     assert torch.allclose(got, ref, atol=1e-4)
-    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in subpixel_synthesis(g).modules())
+    # the only transposed convolutions left are the exact 2x2 pixel shuffles
+    assert all(m.kernel_size == (2, 2) for m in subpixel_synthesis(g).modules()
+               if isinstance(m, torch.nn.ConvTranspose2d))
+
+
+def test_exact_pixel_shuffle_is_bit_identical_to_pixel_shuffle():
+    torch = pytest.importorskip("torch")
+    from aecompress.train.export import ExactPixelShuffle
+
+    x = torch.randn(2, 4 * 5, 6, 7) * 1e3
+    with torch.no_grad():
+        assert torch.equal(ExactPixelShuffle(5)(x), torch.nn.PixelShuffle(2)(x))

@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--p-clean", type=float, default=0.04, help="share of noise-free inputs")
     t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
     t.add_argument("--p-jpeg", type=float, default=0.15)
+    t.add_argument("--seed", type=int, default=0, help="crop and noise seed (use a new one per fine-tuning stage)")
     e = sub.add_parser("export")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "train":
         train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
-              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg)
+              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed)
         return
     model, state = load_checkpoint(a.checkpoint)
     training = {
