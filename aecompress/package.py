@@ -22,8 +22,9 @@ from .session import Session, open_session
 
 MANIFEST = "manifest.json"
 FORMAT = "aecompress-model/1"
-# Manifest keys that describe provenance or measurements and do not affect coding.
-NON_CODING_KEYS = {"description", "training", "measured", "notes", "license"}
+# Manifest keys that describe provenance, measurements or encoder-only choices: they do not change
+# what a decoder computes from a file.
+NON_CODING_KEYS = {"description", "training", "measured", "notes", "license", "encoder"}
 DEFAULT_CODEC = "photo"
 DEFAULT_DENOISER = "denoise"
 

@@ -133,3 +133,45 @@ def test_tiled_transforms_leave_no_seams(monkeypatch, photo_codec):
     assert diff.mean() < 0.05 and abs(psnr(img, tiled.recon) - psnr(img, whole.recon)) < 0.05
     pixels, _, _ = decode_bytes(tiled.data)
     assert np.array_equal(pixels, tiled.recon)
+
+
+def _codec_with_rdoq(lam: float) -> Codec:
+    c = Codec(load_package("photo", "cpu", 2))
+    c.__dict__["rdoq_lambda"] = lam                      # the cached property, as the manifest would set it
+    return c
+
+
+def test_rdoq_beats_plain_rounding_on_the_rate_distortion_curve(cat):
+    rdoq, plain = _codec_with_rdoq(16.0), _codec_with_rdoq(0.0)
+    assert load_package("photo").manifest["encoder"]["rdoq_lambda"] > 0      # the shipped model uses it
+    a = plain.analyse(cat)
+    n = cat.shape[0] * cat.shape[1]
+
+    def point(codec, level):
+        data, st = codec.code(a, codec.ladder.position(1, level))
+        return len(data) * 8 / n, psnr(cat, codec.reconstruct(st, *cat.shape[:2]))
+
+    curve = np.array([point(plain, lv) for lv in np.arange(2.0, 8.01, 0.5)])   # bpp, PSNR
+    for level in (3.0, 5.0, 7.0):
+        bpp, db = point(rdoq, level)
+        assert bpp < point(plain, level)[0]                                   # fewer bits ...
+        assert db > np.interp(bpp, curve[:, 0], curve[:, 1])                  # ... for less than they cost
+
+
+def test_rdoq_with_a_huge_lambda_is_plain_rounding(cat):
+    a = _codec_with_rdoq(0.0).analyse(cat)
+    pos = 4.5
+    assert _codec_with_rdoq(1e12).code(a, pos)[0] == _codec_with_rdoq(0.0).code(a, pos)[0]
+
+
+def test_encoder_settings_do_not_change_the_model_id(tmp_path):
+    import json
+    import shutil
+
+    pkg = load_package("photo")
+    copy = tmp_path / "photo"
+    shutil.copytree(pkg.path, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["encoder"] = {"rdoq_lambda": 3.0}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert load_package(copy).model_id == pkg.model_id

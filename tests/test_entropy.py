@@ -80,3 +80,17 @@ def test_symbols_enter_the_coder_table_by_table_in_raster_order():
     for k in np.unique(idx):
         ref.encode((vals[idx == k] - t.minimum[k]).astype(np.int32), t.model(k))
     assert stream == ref.get_compressed().astype("<u4").tobytes()
+
+
+def test_table_bits_predict_the_coded_size():
+    rng = np.random.default_rng(5)
+    t = _tables()
+    idx = rng.integers(0, 3, size=4000)
+    vals = np.clip(np.round(rng.normal(0, 0.5 + idx)), -5, 5).astype(np.int64)
+    vals[:3] = [40, -70, 900]                               # escapes cost their varints too
+    enc = Encoder()
+    enc.encode(vals, idx, t)
+    stream, escapes = enc.finish()
+    predicted = t.bits(vals, idx).sum()
+    actual = 8 * (len(stream) + len(escapes))
+    assert abs(predicted - actual) < 0.02 * actual + 64
