@@ -143,3 +143,7 @@ def test_models_lists_the_photo_codec():
     r = run("models", "--json")
     names = [m["name"] for m in json.loads(r.stdout)]
     assert "photo" in names
+    table = run("models").stdout
+    assert "photo" in table and "denoise" in table
+    assert "sigma 25:" in table                       # the denoiser's measured PSNRs, not "-"
+    assert "models/photo" in table.replace("\\", "/")  # where each package lives

@@ -128,11 +128,29 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from rich.table import Table
 
     t = Table(title="Installed model packages")
-    for c in ("name", "kind", "model id", "measured", "path"):
-        t.add_column(c)
+    t.add_column("name", no_wrap=True)
+    t.add_column("kind")
+    t.add_column("model id", no_wrap=True)
+    t.add_column("measured", ratio=1)
     for r in rows:
-        meas = r["measured"]
-        summary = meas.get("summary") if isinstance(meas, dict) else None
         t.add_row(r["name"], f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), r["model_id"],
-                  summary or "-", r["path"])
-    Console().print(t)
+                  _measured_summary(r["measured"]))
+    console = Console()
+    console.print(t)
+    for r in rows:
+        console.print(f"{r['name']}: {r['path']}", highlight=False, soft_wrap=True)
+
+
+def _measured_summary(meas) -> str:
+    """One line of what a manifest says was measured: a codec's summary, a denoiser's PSNRs."""
+    if not isinstance(meas, dict) or not meas:
+        return "-"
+    if meas.get("summary"):
+        return str(meas["summary"])
+    sig = [(k[len("psnr_sigma"):], v) for k, v in meas.items() if k.startswith("psnr_sigma")]
+    if sig:
+        parts = [f"sigma {s}: {v:.2f} dB" for s, v in sig]
+        if "psnr_clean_input" in meas:
+            parts.append(f"clean input kept at {meas['psnr_clean_input']:.1f} dB")
+        return "; ".join(parts) + f" ({meas.get('images', '?')} val photos, blind)"
+    return "-"
