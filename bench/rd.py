@@ -8,7 +8,8 @@ CompressAI reports), BD-rates (PSNR, cubic fit of log-rate) of ours against each
 and a JSON file and an RD plot (PNG) are written. It also times the whole `aecompress encode` +
 `aecompress decode` processes on a 768x512 crop. When the model has a resolution ladder, the same
 model restricted to full resolution ("ours-full") runs beside it, so the ladder's effect is measured
-in the same run.
+in the same run; likewise "ours-round" is the same model with its latents plainly rounded instead
+of rate-distortion optimised rounding (the encoder's RDOQ, docs/codec.md).
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def main() -> None:
         full = Codec(codec.pkg)
         full.ladder = Ladder.single(codec.levels)
         ours["ours-full"] = full
+    if codec.rdoq_lambda > 0:
+        plain = Codec(codec.pkg)
+        plain.__dict__["rdoq_lambda"] = 0.0      # the same model and ladder, latents plainly rounded
+        ours["ours-round"] = plain
     codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
     settings = {**{k: OUR_QUALITIES for k in ours}, **PIL_QUALITIES}
     # rows[codec][setting] -> list of per-image dicts
@@ -182,17 +187,17 @@ def main() -> None:
     proc = whole_process_seconds(args.model, files[0])
 
     print(f"\n{len(files)} images from {args.folder}\n")
-    print(f"{'codec':6} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+    print(f"{'codec':10} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
     for c in codecs:
         for p in curves[c]:
-            print(f"{c:6} {p['setting']:>7} {p['bpp']:7.3f} {p['psnr']:7.2f} {p['ms_ssim']:8.4f}")
+            print(f"{c:10} {p['setting']:>7} {p['bpp']:7.3f} {p['psnr']:7.2f} {p['ms_ssim']:8.4f}")
     print("\nBD-rate of ours against (negative = ours needs fewer bits at equal quality):")
     for c, v in bd.items():
         fmt = lambda x: "n/a" if x is None else f"{x:+.1f}%"  # noqa: E731
-        print(f"  {c:5}  PSNR {fmt(v['psnr'])}   MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
+        print(f"  {c:10}  PSNR {fmt(v['psnr'])}   MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
     print("\nmean seconds per image (in-process):")
     for c, v in timing.items():
-        print(f"  {c:5}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
+        print(f"  {c:10}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
     print(f"\nwhole process, 768x512: encode {proc['encode_s']:.2f} s + decode {proc['decode_s']:.2f} s"
           f" = {proc['total_s']:.2f} s")
 
