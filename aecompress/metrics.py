@@ -48,21 +48,23 @@ def _kernel() -> np.ndarray:
 
 
 def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Valid separable convolution over the first two axes of (H, W, C) with a symmetric kernel:
-    the two taps that share a weight are added first, so 6 multiplies instead of 11 per axis."""
-    n = len(k)
-    c = n // 2
-    h, w = x.shape[0] - n + 1, x.shape[1] - n + 1
-    rows = x[c:c + h] * k[c]
-    tmp = np.empty_like(rows)
-    for i in range(c):
-        np.add(x[i:i + h], x[n - 1 - i:n - 1 - i + h], out=tmp)
-        tmp *= k[i]
-        rows += tmp
-    out = rows[:, c:c + w] * k[c]
+    """Valid separable convolution over the first two axes of (H, W, C)."""
+    return _filter_axis(_filter_axis(x, k, 0), k, 1)
+
+
+def _filter_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
+    """Valid convolution along one axis with a symmetric kernel: the two taps that share a weight
+    are added first, so 6 multiplies instead of 11."""
+    n, c = len(k), len(k) // 2
+    m = x.shape[axis] - n + 1
+
+    def part(i: int) -> np.ndarray:
+        return x[(slice(None),) * axis + (slice(i, i + m),)]
+
+    out = part(c) * k[c]
     tmp = np.empty_like(out)
     for i in range(c):
-        np.add(rows[:, i:i + w], rows[:, n - 1 - i:n - 1 - i + w], out=tmp)
+        np.add(part(i), part(n - 1 - i), out=tmp)
         tmp *= k[i]
         out += tmp
     return out
