@@ -35,6 +35,7 @@ from .tiling import run_tiled
 QUALITY_MIN, QUALITY_MAX = 1.0, 100.0
 ANALYSIS_TILE = 1024          # pixels; peak memory per tile is about 100 MB for a 64-channel model
 SYNTHESIS_TILE = 64           # latent cells (1024 pixels)
+RDOQ_BLOCK = 1 << 20          # latent values per block of the encoder's rounding decisions
 
 
 @dataclass
@@ -183,11 +184,16 @@ class Codec:
         lam = self.rdoq_lambda
         if lam <= 0:
             return np.round(r).astype(np.int64)
-        q0 = np.floor(r).astype(np.int64)
-        q1 = q0 + 1
-        c0 = lam * (r - q0) ** 2 + tables.bits(q0, idx)
-        c1 = lam * (r - q1) ** 2 + tables.bits(q1, idx)
-        return np.where(c1 < c0, q1, q0)
+        q = np.empty(r.shape, dtype=np.int64)
+        step = max(1, RDOQ_BLOCK // max(1, r[0].size))
+        for c in range(0, r.shape[0], step):          # blocks of channels: bounded temporaries on 24 MP
+            rc, ic = r[c:c + step], idx[c:c + step]
+            q0 = np.floor(rc).astype(np.int64)
+            q1 = q0 + 1
+            c0 = lam * (rc - q0) ** 2 + tables.bits(q0, ic)
+            c1 = lam * (rc - q1) ** 2 + tables.bits(q1, ic)
+            q[c:c + step] = np.where(c1 < c0, q1, q0)
+        return q
 
     def _entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean, log_scale = self.hyper(z_hat)

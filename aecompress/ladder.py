@@ -85,13 +85,18 @@ class Ladder:
         return last.scale, min(last.lo + u, last.hi)
 
     def position(self, scale: int, level: float) -> float:
-        """(scale, level) -> position (the first rung of that scale containing the level)."""
-        u = 0.0
+        """(scale, level) -> position: on the first rung of that scale containing the level, else
+        the nearest end of the nearest rung of that scale (a file coded outside today's ladder)."""
+        u, best = 0.0, None
         for r in self.rungs:
-            if r.scale == scale and r.lo - 1e-9 <= level <= r.hi + 1e-9:
-                return u + min(max(level, r.lo), r.hi) - r.lo
+            if r.scale == scale:
+                miss = max(r.lo - level, level - r.hi, 0.0)
+                if best is None or miss < best[0] - 1e-9:
+                    best = (miss, u + min(max(level, r.lo), r.hi) - r.lo)
             u += r.length
-        return u if scale == 1 else 0.0
+        if best is None:
+            return u if scale == 1 else 0.0
+        return best[1]
 
     def quality_to_position(self, quality: float, qmin: float = 1.0, qmax: float = 100.0) -> float:
         q = min(max(float(quality), qmin), qmax)

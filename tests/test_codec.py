@@ -136,7 +136,11 @@ def test_tiled_transforms_leave_no_seams(monkeypatch, photo_codec):
 
 
 def _codec_with_rdoq(lam: float) -> Codec:
+    """The photo codec at full resolution only (positions are levels), with this RDOQ lambda."""
+    from aecompress.ladder import Ladder
+
     c = Codec(load_package("photo", "cpu", 2))
+    c.ladder = Ladder.single(c.levels)
     c.__dict__["rdoq_lambda"] = lam                      # the cached property, as the manifest would set it
     return c
 
@@ -148,7 +152,8 @@ def test_rdoq_beats_plain_rounding_on_the_rate_distortion_curve(cat):
     n = cat.shape[0] * cat.shape[1]
 
     def point(codec, level):
-        data, st = codec.code(a, codec.ladder.position(1, level))
+        data, st = codec.code(a, level)
+        assert st["scale"] == 1
         return len(data) * 8 / n, psnr(cat, codec.reconstruct(st, *cat.shape[:2]))
 
     curve = np.array([point(plain, lv) for lv in np.arange(2.0, 8.01, 0.5)])   # bpp, PSNR

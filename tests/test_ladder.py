@@ -125,3 +125,10 @@ def test_a_ladder_on_a_fixed_size_model_is_refused(laddered):
     m = dict(laddered.pkg.manifest, codec="factorized")
     with pytest.raises(ModelError, match="resolution"):
         Codec(ModelPackage(laddered.pkg.path, m, "cpu", 1))
+
+
+def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
+    lad = Ladder([Rung(2, 0.0, 8.0), Rung(1, 2.0, 8.0)])
+    assert lad.position(1, 1.0) == pytest.approx(8.0)         # below the full rung: its start
+    assert lad.position(1, 5.0) == pytest.approx(11.0)
+    assert lad.position(2, 3.0) == pytest.approx(3.0)
