@@ -132,9 +132,7 @@ def main() -> None:
         full.ladder = Ladder.single(codec.levels)
         ours["ours-full"] = full
     if codec.rdoq_lambda > 0:
-        plain = Codec(codec.pkg)
-        plain.__dict__["rdoq_lambda"] = 0.0      # the same model and ladder, latents plainly rounded
-        ours["ours-round"] = plain
+        ours["ours-round"] = Codec(codec.pkg, rdoq_lambda=0.0)   # the same model and ladder, plainly rounded
     codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
     settings = {**{k: OUR_QUALITIES for k in ours}, **PIL_QUALITIES}
     # rows[codec][setting] -> list of per-image dicts

@@ -139,9 +139,8 @@ def _codec_with_rdoq(lam: float) -> Codec:
     """The photo codec at full resolution only (positions are levels), with this RDOQ lambda."""
     from aecompress.ladder import Ladder
 
-    c = Codec(load_package("photo", "cpu", 2))
+    c = Codec(load_package("photo", "cpu", 2), rdoq_lambda=lam)
     c.ladder = Ladder.single(c.levels)
-    c.__dict__["rdoq_lambda"] = lam                      # the cached property, as the manifest would set it
     return c
 
 
