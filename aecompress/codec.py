@@ -149,7 +149,7 @@ class Codec:
             y = g_a(x)
         return Analysis(y[0], pixels.shape[0], pixels.shape[1], pixels)
 
-    def analysis_at(self, a: Analysis, scale: int, check: Callable[[], None] | None = None) -> Analysis:
+    def analysis_at(self, a: Analysis, scale: float, check: Callable[[], None] | None = None) -> Analysis:
         """The analysis of the image downscaled by `scale` (cached in `a`)."""
         if scale == 1:
             return a
@@ -248,7 +248,7 @@ class Codec:
 
     def reconstruct(self, st: dict, height: int, width: int, check: Callable[[], None] | None = None) -> np.ndarray:
         """The decoded image at (height, width): synthesised at the coded scale, then upsampled."""
-        scale = int(st.get("scale", 1))
+        scale = st.get("scale", 1)
         sw, sh = scaled_size(width, height, scale)
         x = self.synthesize(self.latent_from_state(st), sh, sw, check)
         return upscale(x, width, height) if scale != 1 else x

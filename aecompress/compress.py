@@ -19,6 +19,7 @@ from .codec import Analysis, Codec
 from .errors import AecError, ModelError
 from .fsutil import write_bytes_atomic
 from .imageio import Picture, read_image, save_image, to_channels8
+from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
 from .package import DEFAULT_CODEC, ModelPackage, find_by_id, load_package
 
@@ -228,7 +229,7 @@ def file_info(path: Path) -> dict:
     except AecError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     info = {"file": str(path), "bytes": len(data), **header.as_dict(),
-            "bpp": len(data) * 8 / (header.width * header.height)}
+            "resolution": resolution_name(header.scale), "bpp": len(data) * 8 / (header.width * header.height)}
     try:
         codec = Codec(find_by_id(header.model_id))
         info["model"] = codec.pkg.name

@@ -16,15 +16,17 @@ from .errors import CorruptFileError
 from .imageio import MAX_PIXELS
 
 MAGIC = b"AEZ"
-VERSION = 2                    # 2 added the coded-resolution scale (flags bits 6-7); 1 is still read
-READABLE = (1, 2)
+VERSION = 3                    # 2 added the coded-resolution scale (flags bits 6-7), 3 the scale 4/3
+READABLE = (1, 2, 3)
 ID_BYTES = 8
 TRAILER_SIZE = 4
 MODES = ("L", "LA", "RGB", "RGBA")
 CODECS = ("hyperprior", "factorized")
 QUALITY_SCALE = 1024           # quality level is stored as round(level * 1024) in a u16
 MAX_SIDE = 1 << 18
-SCALES = (1, 2)                # coded resolution = 1/scale of the image's (flags bits 6-7: index)
+SCALE_RATIOS = ((1, 1), (2, 1), (4, 3))  # coded resolution = den/num of the image's (flags bits 6-7: index)
+SCALES = tuple(n / d if d != 1 else n for n, d in SCALE_RATIOS)
+_SCALE_CODES_BY_VERSION = {1: 1, 2: 2, 3: 3}     # how many of SCALES each version may use
 
 
 @dataclass
@@ -39,13 +41,14 @@ class Header:
     quality: float             # quality level in the model's level range (multiple of 1/1024)
     alpha_dropped: bool = False
     version: int = VERSION
-    scale: int = 1             # coded at 1/scale resolution and upsampled after decoding
+    scale: float = 1           # one of SCALES: coded at 1/scale resolution, upsampled after decoding
 
     def as_dict(self) -> dict:
         return {"version": self.version, "model_id": self.model_id[:ID_BYTES].hex(), "width": self.width,
                 "height": self.height, "channels": self.channels, "mode": self.mode, "bits": self.bits,
                 "codec": self.codec, "quality_level": round(self.quality, 4),
-                "alpha_dropped": self.alpha_dropped, "scale": self.scale}
+                "alpha_dropped": self.alpha_dropped,
+                "scale": self.scale if self.scale in (1, 2) else round(self.scale, 4)}
 
 
 def quantize_level(level: float) -> float:
@@ -79,8 +82,8 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 def pack(header: Header, payload: bytes) -> bytes:
     flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
              | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (SCALES.index(header.scale) << 6))
-    if header.scale != 1 and header.version < 2:
-        raise ValueError("a scaled image needs .aez version 2")
+    if SCALES.index(header.scale) >= _SCALE_CODES_BY_VERSION.get(header.version, 0):
+        raise ValueError(f"scale {header.scale:g} needs a newer .aez version than {header.version}")
     body = (MAGIC + bytes([header.version]) + header.model_id[:ID_BYTES] + bytes([flags])
             + _varint(header.width) + _varint(header.height)
             + struct.pack("<H", round(header.quality * QUALITY_SCALE)) + payload)
@@ -107,7 +110,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
     (q,) = struct.unpack_from("<H", data, pos)
     pos += 2
     scale_code = flags >> 6
-    if scale_code >= len(SCALES) or (version == 1 and scale_code):
+    if scale_code >= _SCALE_CODES_BY_VERSION[version]:
         raise CorruptFileError("damaged .aez file (invalid header flags)")
     if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise CorruptFileError(f"damaged .aez file (implausible size {width}x{height})")

@@ -6,14 +6,19 @@ for video). Measured with our photo codec on validation photos: at half resoluti
 25.2 dB at 0.24 bpp, where the full-resolution level 0 gives 25.1 dB at 0.41 bpp; half resolution
 also lowers the rate floor from about 0.4 to about 0.1 bpp.
 
+Between the two, 3/4 resolution beats both, mostly between 0.3 and 0.7 bpp where half resolution
+saturates and full resolution is still coarse (measurements in docs/codec.md).
+
 A ladder is a list of rungs, lowest rate first. A rung codes at 1/scale of the resolution with the
 model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs, and
-quality 1..100 maps linearly onto it. The exporter measures where the half-resolution curve stops
-beating the full-resolution one (``calibrate``) and stores the ladder in the manifest; a package
-without one has a single full-resolution rung, levels 0..L-1, so position equals level.
+quality 1..100 maps linearly onto it. The exporter measures the rate-distortion curve of every
+scale on calibration photos and keeps the cheapest at each PSNR (``calibrate``); the ladder is
+stored in the manifest. A package without one has a single full-resolution rung, levels 0..L-1, so
+position equals level.
 
-Resampling uses Pillow's Lanczos filter on 8-bit images, which is integer arithmetic: the upsampled
-pixels are identical on every machine.
+Scales are exact ratios (4/3 codes a ceil(W * 3/4) x ceil(H * 3/4) image). Resampling uses Pillow's
+Lanczos filter on 8-bit images, which is integer arithmetic: the upsampled pixels are identical on
+every machine.
 """
 
 from __future__ import annotations
@@ -24,12 +29,49 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-SCALES = (1, 2)           # the container can record these (docs/aez-format.md)
+from .container import SCALE_RATIOS, SCALES     # the scales the container can record (docs/aez-format.md)
+
+_RATIOS = dict(zip(SCALES, SCALE_RATIOS))       # scale -> (num, den), exact
+
+
+def scale_ratio(scale: float) -> tuple[int, int]:
+    """(num, den) with scale == num / den."""
+    return _RATIOS[scale]
+
+
+def scale_label(scale: float) -> str:
+    """How manifests and reports write a scale: "1", "2", "4/3"."""
+    num, den = _RATIOS[scale]
+    return str(num) if den == 1 else f"{num}/{den}"
+
+
+def resolution_name(scale: float) -> str:
+    """The coded resolution as a fraction of the image's: "full", "1/2", "3/4"."""
+    num, den = _RATIOS[scale]
+    return "full" if num == den else f"{den}/{num}"
+
+
+def parse_scale(value) -> float:
+    """A scale as a manifest writes it (1, 2, "4/3"), or a value of SCALES -> the canonical value."""
+    if not isinstance(value, str):
+        for s in _RATIOS:
+            if s == value:
+                return s
+    text = str(value).strip()
+    num, _, den = text.partition("/")
+    try:
+        n, d = int(num), int(den or 1)
+    except ValueError:
+        raise ValueError(f"invalid resolution scale {value!r}") from None
+    for s, (sn, sd) in _RATIOS.items():
+        if n * sd == sn * d:
+            return s
+    raise ValueError(f"unsupported resolution scale {value!r} (supported: {', '.join(map(scale_label, SCALES))})")
 
 
 @dataclass(frozen=True)
 class Rung:
-    scale: int
+    scale: float               # one of SCALES
     lo: float
     hi: float
 
@@ -54,13 +96,14 @@ class Ladder:
         if not spec:
             return cls.single(levels)
         top = float(max(levels - 1, 0))
-        rungs = [Rung(int(r["scale"]), float(r["lo"]), float(r["hi"])) for r in spec]
+        rungs = [Rung(parse_scale(r["scale"]), float(r["lo"]), float(r["hi"])) for r in spec]
         if any(r.lo < 0 or r.hi > top for r in rungs):
             raise ValueError("resolution ladder levels outside the model's range")
         return cls(rungs)
 
     def to_manifest(self) -> list[dict]:
-        return [{"scale": r.scale, "lo": round(r.lo, 4), "hi": round(r.hi, 4)} for r in self.rungs]
+        return [{"scale": int(r.scale) if scale_ratio(r.scale)[1] == 1 else scale_label(r.scale),
+                 "lo": round(r.lo, 4), "hi": round(r.hi, 4)} for r in self.rungs]
 
     @property
     def span(self) -> float:
@@ -74,7 +117,7 @@ class Ladder:
             u += r.length
         return out
 
-    def at(self, u: float) -> tuple[int, float]:
+    def at(self, u: float) -> tuple[float, float]:
         """Position -> (scale, level). A position on the border of two rungs belongs to the lower one."""
         u = min(max(float(u), 0.0), self.span)
         for r in self.rungs[:-1]:
@@ -84,7 +127,7 @@ class Ladder:
         last = self.rungs[-1]
         return last.scale, min(last.lo + u, last.hi)
 
-    def position(self, scale: int, level: float) -> float:
+    def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else
         the nearest end of the nearest rung of that scale (a file coded outside today's ladder)."""
         u, best = 0.0, None
@@ -106,15 +149,17 @@ class Ladder:
         return qmin + (u / self.span if self.span else 1.0) * (qmax - qmin)
 
 
-def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    return -(-width // scale), -(-height // scale)
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The coded size at 1/scale resolution: ceil(width / scale) x ceil(height / scale), exactly."""
+    num, den = _RATIOS[scale]
+    return -(-width * den // num), -(-height * den // num)
 
 
 def _mode(pixels: np.ndarray) -> str:
     return "L" if pixels.shape[2] == 1 else "RGB"
 
 
-def downscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+def downscale(pixels: np.ndarray, scale: float) -> np.ndarray:
     """(H, W, C) uint8 -> (ceil(H/scale), ceil(W/scale), C), Lanczos."""
     if scale == 1:
         return pixels
@@ -134,38 +179,55 @@ def upscale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(im.resize((width, height), Image.LANCZOS)).reshape(height, width, c)
 
 
-def calibrate(curve: Callable[[int, float], tuple[float, float]], levels: int, step: float = 1.0) -> Ladder:
+def calibrate(curve: Callable[[float, float], tuple[float, float]], levels: int, step: float = 1.0,
+              scales: Sequence[float] = SCALES) -> Ladder:
     """Choose the ladder from measured rate-distortion curves.
 
     curve(scale, level) -> (mean bpp, mean PSNR) over calibration images, at full-image pixel count.
-    Half resolution is kept while it is *useful*: below the full-resolution range (lower rate, lower
-    PSNR than level 0) or cheaper than full resolution at the same PSNR. The switch goes to the
-    full-resolution level of the same PSNR, so quality stays monotone across it.
+    Walking up in PSNR from the lowest PSNR any scale gives, each PSNR is coded at the scale that
+    needs the fewest bits for it, never going back to a coarser scale once a finer one has taken
+    over. A PSNR below a scale's range costs that scale its lowest rate (its level 0 does better for
+    that much), so a coarse scale is only used below the others' ranges where it also codes in
+    fewer bits than their floor. A rung hands over to the next at the next one's level of the same
+    PSNR, so quality stays monotone along the ladder. A scale whose PSNR does not rise with the
+    level is left out.
     """
     top = float(max(levels - 1, 0))
     grid = np.arange(0.0, top + 1e-9, step)
-    full = np.array([curve(1, float(lv)) for lv in grid])            # (n, 2): bpp, psnr
-    half = np.array([curve(2, float(lv)) for lv in grid])
     fine = np.linspace(0.0, top, int(round(top * 16)) + 1)
-    fb, fp = np.interp(fine, grid, full[:, 0]), np.interp(fine, grid, full[:, 1])
-    hb, hp = np.interp(fine, grid, half[:, 0]), np.interp(fine, grid, half[:, 1])
-    if not np.all(np.diff(fp) > 0):
+    curves = {}                                      # scale -> (bpp, PSNR) on the fine level grid
+    for scale in sorted(set(scales) | {1}, reverse=True):          # coarsest first
+        pts = np.array([curve(scale, float(lv)) for lv in grid])
+        b, p = np.interp(fine, grid, pts[:, 0]), np.interp(fine, grid, pts[:, 1])
+        if np.all(np.diff(p) > 0):
+            curves[scale] = (b, p)
+    if 1 not in curves:
         return Ladder.single(levels)                 # a non-monotone full curve: no basis to choose
-    switch_h, switch_f = None, 0.0
-    for lv, b, p in zip(fine, hb, hp):
-        if p < fp[0]:
-            useful, lf = b < fb[0], 0.0
-        else:
-            lf = float(np.interp(p, fp, fine))
-            useful = b < float(np.interp(lf, fine, fb))
-        if not useful:
-            break
-        switch_h, switch_f = float(lv), lf
-    if switch_h is None or switch_h <= 0.0:
-        return Ladder.single(levels)
-    if switch_f >= top:
-        return Ladder([Rung(2, 0.0, switch_h)])
-    return Ladder([Rung(2, 0.0, switch_h), Rung(1, switch_f, top)])
+    order = list(curves)                             # coarse -> fine
+    ps = np.linspace(min(p[0] for _, p in curves.values()), curves[1][1][-1], 1024)
+    path: list[tuple[float, float]] = []             # (scale, PSNR) where each run of a scale starts
+    allowed = 0                                      # index in `order` of the coarsest scale still allowed
+    for p in ps:
+        best = None                                  # (bits, index, covers p)
+        for k in range(len(order) - 1, allowed - 1, -1):            # finest first: it wins ties
+            b, pp = curves[order[k]]
+            if p > pp[-1]:
+                continue
+            bits = float(np.interp(max(p, pp[0]), pp, b))
+            if best is None or bits < best[0]:
+                best = (bits, k, p >= pp[0])
+        if best is None or not best[2]:
+            continue                                 # no allowed scale, or dominated by a finer scale's floor
+        allowed = best[1]
+        if not path or path[-1][0] != order[allowed]:
+            path.append((order[allowed], float(p)))
+    rungs = []
+    for i, (scale, p_start) in enumerate(path):
+        b, pp = curves[scale]
+        lo = float(np.interp(p_start, pp, fine))
+        hi = top if i == len(path) - 1 else float(np.interp(path[i + 1][1], pp, fine))
+        rungs.append(Rung(scale, lo, max(hi, lo)))
+    return Ladder(rungs)
 
 
 def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None = None
@@ -184,7 +246,7 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
     for scale in SCALES:
         at_scale[scale] = copy.copy(codec)
         at_scale[scale].ladder = Ladder([Rung(scale, 0.0, top)])        # position = level
-    sums: dict[tuple[int, float], list[float]] = {}
+    sums: dict[tuple[float, float], list[float]] = {}
     for im in images:
         h, w = im.shape[:2]
         a = codec.analyse(im)                                          # other scales are derived from it
@@ -207,4 +269,4 @@ def calibrate_codec(codec, images: Sequence[np.ndarray]) -> tuple[Ladder, dict]:
     if not all((s, float(lv)) in points for s in SCALES for lv in range(codec.levels)):
         return Ladder.single(codec.levels), {}          # images too small to code at every scale
     ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels)
-    return ladder, {f"{s}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}
+    return ladder, {f"{scale_label(s)}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}

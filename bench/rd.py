@@ -8,8 +8,10 @@ CompressAI reports), BD-rates (PSNR, cubic fit of log-rate) of ours against each
 and a JSON file and an RD plot (PNG) are written. It also times the whole `aecompress encode` +
 `aecompress decode` processes on a 768x512 crop. When the model has a resolution ladder, the same
 model restricted to full resolution ("ours-full") runs beside it, so the ladder's effect is measured
-in the same run; likewise "ours-round" is the same model with its latents plainly rounded instead
-of rate-distortion optimised rounding (the encoder's RDOQ, docs/codec.md).
+in the same run; when the ladder has an intermediate resolution (3/4), "ours-half" is the ladder
+the same calibration gives with half and full resolution only. "ours-round" is the same model with
+its latents plainly rounded instead of rate-distortion optimised rounding (the encoder's RDOQ,
+docs/codec.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from PIL import Image, features
 
 from aecompress.codec import Codec
 from aecompress.compress import decode_bytes, open_codec
-from aecompress.ladder import Ladder
+from aecompress.ladder import Ladder, calibrate, parse_scale
 from aecompress.imageio import read_image, to_rgb8
 from aecompress.metrics import ms_ssim, psnr
 
@@ -93,6 +95,21 @@ def whole_process_seconds(model: str, sample: Path) -> dict:
     return {"encode_s": enc, "decode_s": dec, "total_s": enc + dec, "size": [768, 512]}
 
 
+def half_full_ladder(codec: Codec) -> Ladder | None:
+    """The ladder the package's own calibration points give with half and full resolution only
+    (None when the ladder has no other scale or the manifest keeps no points)."""
+    if all(r.scale in (1, 2) for r in codec.ladder.rungs):
+        return None
+    raw = codec.pkg.manifest.get("training", {}).get("ladder_calibration", {}).get("points (scale:level -> bpp, PSNR)")
+    if not raw:
+        return None
+    points = {}
+    for key, (b, p) in raw.items():
+        sc, lv = key.split(":")
+        points[(parse_scale(sc), float(lv))] = (b, p)
+    return calibrate(lambda sc, lv: points[(sc, lv)], codec.levels, scales=(1, 2))
+
+
 def record(pkg_dir: Path, folder: str, files: list[Path], ours: list[dict], bd: dict, proc: dict) -> None:
     """Store what was measured in the package manifest (not part of the model id)."""
     from aecompress.fsutil import write_bytes_atomic
@@ -131,6 +148,10 @@ def main() -> None:
         full = Codec(codec.pkg)
         full.ladder = Ladder.single(codec.levels)
         ours["ours-full"] = full
+    half_full = half_full_ladder(codec)
+    if half_full is not None:
+        ours["ours-half"] = Codec(codec.pkg)
+        ours["ours-half"].ladder = half_full
     if codec.rdoq_lambda > 0:
         ours["ours-round"] = Codec(codec.pkg, rdoq_lambda=0.0)   # the same model and ladder, plainly rounded
     codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]

@@ -24,6 +24,7 @@ from aecompress.compress import encode_picture, output_for
 from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
 from aecompress.imageio import Picture, read_image, save_image, to_rgb8
+from aecompress.ladder import resolution_name
 from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
@@ -308,7 +309,7 @@ class CompressTab(QWidget):
                 data, recon, position, notes, scale = enc.data, enc.recon, enc.position, enc.notes, enc.scale
                 t_enc, t_dec = time.perf_counter() - t0, 0.0
             if scale != 1:
-                notes = notes + [f"coded at 1/{scale} resolution and upsampled (the model's low-rate setting)"]
+                notes = notes + [f"coded at {resolution_name(scale)} resolution and upsampled (the model's low-rate setting)"]
             token.check()
             res = Result(data, recon, position, codec.position_to_quality(position), psnr(p.reference, recon), None,
                          t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),

@@ -118,7 +118,7 @@ class DecompressTab(QWidget):
         self.grid.set("file", Path(d["file"]).name)
         self.grid.set("size", f"{human_bytes(d['bytes'])} ({d['bytes']:,} bytes)")
         self.grid.set("dims", f"{d['width']} \u00d7 {d['height']}"
-                      + (f", coded at 1/{d['scale']} resolution" if d.get("scale", 1) != 1 else ""))
+                      + (f", coded at {d['resolution']} resolution" if d.get("scale", 1) != 1 else ""))
         self.grid.set("bpp", f"{d['bpp']:.3f}")
         colour = f"{d['mode']}, {d['bits']}-bit source"
         if d.get("alpha_dropped"):

@@ -1,5 +1,8 @@
 """The .aez container: layout, validation of damaged and truncated files."""
 
+import struct
+import zlib
+
 import pytest
 
 from aecompress import container
@@ -67,19 +70,33 @@ def test_payload_split_restores_stripped_zero_bytes():
     assert s == stream and e == b"\x07"
 
 
-def test_scale_is_recorded_and_version_1_files_still_read():
-    got, _ = container.unpack(container.pack(_header(scale=2), b"x"))
-    assert got.scale == 2 and got.version == container.VERSION == 2
+def _with_version(data: bytes, version: int) -> bytes:
+    """The same file claiming another format version (checksum recomputed)."""
+    body = bytes([*data[:3], version, *data[4:-4]])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_scale_is_recorded_and_older_versions_still_read():
+    for scale in container.SCALES:
+        got, _ = container.unpack(container.pack(_header(scale=scale), b"x"))
+        assert got.scale == scale and got.version == container.VERSION == 3
     old = container.pack(_header(version=1), b"x")            # a version-1 file: no scale field
     got, payload = container.unpack(old)
     assert (got.version, got.scale, payload) == (1, 1, b"x")
+    got, _ = container.unpack(container.pack(_header(version=2, scale=2), b"x"))
+    assert (got.version, got.scale) == (2, 2)
     with pytest.raises(ValueError):
         container.pack(_header(version=1, scale=2), b"x")
-    # version 1 never set the scale bits: a version-1 file that has them is damaged
-    bad = bytearray(container.pack(_header(scale=2), b"x"))
-    bad[3] = 1
-    body = bytes(bad[:-4])
-    import struct
-    import zlib
+    with pytest.raises(ValueError):                          # 3/4 resolution came with version 3
+        container.pack(_header(version=2, scale=4 / 3), b"x")
+    # version 1 never set the scale bits, version 2 only the half-resolution code: more is damage
+    with pytest.raises(CorruptFileError, match="flags"):
+        container.unpack(_with_version(container.pack(_header(scale=2), b"x"), 1))
+    with pytest.raises(CorruptFileError, match="flags"):
+        container.unpack(_with_version(container.pack(_header(scale=4 / 3), b"x"), 2))
+    # scale code 3 is unassigned
+    data = bytearray(container.pack(_header(scale=4 / 3), b"x"))
+    data[12] |= 0xC0
+    body = bytes(data[:-4])
     with pytest.raises(CorruptFileError, match="flags"):
         container.unpack(body + struct.pack("<I", zlib.crc32(body)))

@@ -8,10 +8,11 @@ import pytest
 
 from aecompress import container
 from aecompress.codec import Codec
-from aecompress.compress import coding_input, decode_bytes, encode_picture
+from aecompress.compress import coding_input, decode_bytes, encode_picture, file_info
 from aecompress.errors import ModelError
 from aecompress.imageio import Picture
-from aecompress.ladder import Ladder, Rung, calibrate, downscale, upscale
+from aecompress.ladder import (Ladder, Rung, calibrate, downscale, parse_scale, resolution_name, scale_label, scaled_size,
+                             upscale)
 from aecompress.metrics import psnr
 from aecompress.package import ModelPackage, find_package_dir, read_manifest
 
@@ -34,6 +35,8 @@ def test_positions_run_along_the_rungs():
 def test_invalid_ladders_are_refused():
     with pytest.raises(ValueError):
         Ladder([Rung(3, 0, 1)])
+    with pytest.raises(ValueError, match="unsupported"):
+        Ladder.from_manifest({"resolution_ladder": [{"scale": "3/2", "lo": 0, "hi": 4}]}, 9)
     with pytest.raises(ValueError):
         Ladder.from_manifest({"resolution_ladder": [{"scale": 2, "lo": 0, "hi": 12}]}, 9)
     assert Ladder.from_manifest({}, 9).span == 8
@@ -46,7 +49,7 @@ def test_calibrate_switches_where_half_resolution_stops_paying():
             return 0.4 * 1.25 ** lv, 25.0 + lv
         return 0.1 * 1.25 ** lv, 22.0 + 4.5 * (1 - np.exp(-lv / 3))
 
-    lad = calibrate(curve, 9)
+    lad = calibrate(curve, 9, scales=(1, 2))
     assert [r.scale for r in lad.rungs] == [2, 1]
     half, full = lad.rungs
     # at the switch both resolutions give the same PSNR, and half resolution is no longer cheaper
@@ -57,6 +60,33 @@ def test_calibrate_switches_where_half_resolution_stops_paying():
     assert 0 < half.hi < 8 and 0 <= full.lo < 2
     # a half-resolution curve that is never cheaper: no half-resolution rung
     assert [r.scale for r in calibrate(lambda s, lv: (0.5 * 1.25 ** lv, 25 + lv - (s - 1) * 3), 9).rungs] == [1]
+
+
+def test_calibrate_puts_an_intermediate_resolution_where_it_is_cheapest():
+    # full: bpp 0.4 * 1.25^l, PSNR 25 + l; each coarser scale codes fewer pixels and saturates lower
+    def curve(scale, lv):
+        if scale == 1:
+            return 0.4 * 1.25 ** lv, 25.0 + lv
+        ceiling = 25.0 + 8 * (1 / scale) ** 2                  # 3/4: 29.5 dB, 1/2: 27 dB
+        return 0.4 / scale ** 2 * 1.25 ** lv, 21.0 + (ceiling - 21.0) * (1 - np.exp(-lv / 3))
+
+    lad = calibrate(curve, 9, scales=(1, 2, 4 / 3))
+    assert [r.scale for r in lad.rungs] == [2, 4 / 3, 1]
+    for lower, upper in zip(lad.rungs, lad.rungs[1:]):
+        # a switch keeps the PSNR (quality stays monotone) and lands where the finer scale became cheaper
+        assert curve(lower.scale, lower.hi)[1] == pytest.approx(curve(upper.scale, upper.lo)[1], abs=0.05)
+        assert curve(upper.scale, upper.lo)[0] == pytest.approx(curve(lower.scale, lower.hi)[0], rel=0.05)
+    # inside each rung nothing else is cheaper at the same PSNR
+    fine = np.linspace(0, 8, 161)
+    for r in lad.rungs:
+        for lv in np.linspace(r.lo, r.hi, 7)[1:-1]:
+            bits, p = curve(r.scale, lv)
+            for other in (1, 2, 4 / 3):
+                pts = np.array([curve(other, v) for v in fine])
+                if other != r.scale and pts[0, 1] <= p <= pts[-1, 1]:
+                    assert np.interp(p, pts[:, 1], pts[:, 0]) >= bits * 0.99
+    # without the intermediate scale, the ladder is the two-rung one
+    assert [r.scale for r in calibrate(curve, 9, scales=(1, 2)).rungs] == [2, 1]
 
 
 def test_resampling_is_size_exact_and_repeatable(cat):
@@ -132,3 +162,50 @@ def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
     assert lad.position(1, 1.0) == pytest.approx(8.0)         # below the full rung: its start
     assert lad.position(1, 5.0) == pytest.approx(11.0)
     assert lad.position(2, 3.0) == pytest.approx(3.0)
+
+
+def test_scales_are_exact_ratios():
+    assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3"]
+    assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4"]
+    for s in container.SCALES:
+        assert parse_scale(scale_label(s)) == s and parse_scale(s) == s
+    assert parse_scale("2/1") == 2 and parse_scale(" 4/3") == 4 / 3
+    for bad in ("3/2", "8/5", "x", "4/0", 3):
+        with pytest.raises(ValueError):
+            parse_scale(bad)
+    # ceil(size / scale) in integers: 451 * 3/4 = 338.25 -> 339, 301 * 3/4 = 225.75 -> 226
+    assert scaled_size(451, 301, 4 / 3) == (339, 226) and scaled_size(451, 301, 2) == (226, 151)
+    assert downscale(np.zeros((301, 451, 3), np.uint8), 4 / 3).shape == (226, 339, 3)
+    lad = Ladder([Rung(2, 0, 3), Rung(4 / 3, 2, 5), Rung(1, 3, 8)])
+    spec = json.loads(json.dumps(lad.to_manifest()))
+    assert [r["scale"] for r in spec] == [2, "4/3", 1]
+    assert Ladder.from_manifest({"resolution_ladder": spec}, 9).rungs == lad.rungs
+
+
+@pytest.fixture(scope="module")
+def three_rungs(tmp_path_factory):
+    return _variant(tmp_path_factory, "photo_three", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "4/3", "lo": 2, "hi": 5},
+                                                      {"scale": 1, "lo": 3, "hi": 8}])
+
+
+def test_intermediate_resolutions_round_trip(three_rungs, cat, tmp_path):
+    pic = Picture(cat, "RGB")
+    a = three_rungs.analyse(cat)
+    seen = []
+    for lo, hi in three_rungs.ladder.intervals():
+        data, st = three_rungs.code(a, (lo + hi) / 2)
+        rec = three_rungs.reconstruct(st, 300, 451)
+        header = container.read_header(data)
+        assert header.scale == st["scale"] and header.version == 3
+        pixels, header, _ = decode_bytes(data, three_rungs.pkg)
+        assert pixels.shape == cat.shape and np.array_equal(pixels, rec)   # what the encoder reported
+        seen.append((st["scale"], len(data), psnr(cat, rec)))
+        path = tmp_path / f"{resolution_name(st['scale']).replace('/', '_')}.aez"
+        path.write_bytes(data)
+        info = file_info(path)
+        assert info["resolution"] == resolution_name(st["scale"])
+    assert [s for s, _, _ in seen] == [2, 4 / 3, 1]
+    assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(seen, seen[1:]))   # rate and quality rise
+    # rate targets search every rung and still keep to the target
+    enc = encode_picture(pic, three_rungs, target_size=seen[1][1])
+    assert len(enc.data) <= seen[1][1]

@@ -13,11 +13,13 @@ from .common import device_option, progress, run_many, threads_option
 
 
 def _fmt_encode(r: dict) -> str:
+    from ..ladder import resolution_name
+
     e = r["_extra"]
     line = (f"{r['input']} -> {r['output']}: {e['bytes']} bytes, {r['bpp']:.3f} bpp, "
             f"{r['ratio_raw']:.1f}:1 vs raw ({r['ratio_file']:.2f}:1 vs input), "
             f"PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}, q {e['quality']:g}"
-            + (f" (1/{e['scale']} resolution)" if e.get("scale", 1) != 1 else "") + ", "
+            + (f" ({resolution_name(e['scale'])} resolution)" if e.get("scale", 1) != 1 else "") + ", "
             f"{r['seconds']:.2f} s, {r['provider']}")
     for n in e["notes"]:
         line += f"\n  note: {n}"
