@@ -212,3 +212,57 @@ def test_exact_pixel_shuffle_is_bit_identical_to_pixel_shuffle():
     x = torch.randn(2, 4 * 5, 6, 7) * 1e3
     with torch.no_grad():
         assert torch.equal(ExactPixelShuffle(5)(x), torch.nn.PixelShuffle(2)(x))
+
+
+def test_bf16_mixed_precision_until_the_final_phase(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from aecompress.train import fit_conv
+    from aecompress.train.conv import HyperpriorCodec, rd_loss
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    flags = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        flags.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(fit_conv.torch, "autocast", spy)
+    cfg = fit_conv.ConvConfig(data=str(tmp_path / "imgs"), out=str(tmp_path / "run"), n=16, m=24, crop=64, batch=2,
+                              steps=10, val_every=1000, checkpoint_every=1000, bf16=True)
+    ck = fit_conv.train_conv(cfg, log=lambda m: None)
+    # steps 0-8 (progress <= 0.85) in bfloat16, the last one in full precision
+    assert [f[2] for f in flags] == [True] * 9 + [False]
+    assert all(f[:2] == ("cpu", torch.bfloat16) for f in flags)
+    state = torch.load(ck, weights_only=False)
+    assert state["train_config"]["bf16"] is True and state["step"] == 10
+    # the mixed-precision loss is the full-precision one up to bfloat16 rounding
+    model = HyperpriorCodec(3, 16, 24, 64, 32)
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))
+    level = torch.tensor([0, 8])
+    with torch.no_grad():
+        full = rd_loss(model, x, level)
+        with real("cpu", dtype=torch.bfloat16):
+            mixed = rd_loss(model, x, level)
+    assert torch.isfinite(mixed["loss"])
+    assert float(mixed["mse"]) == pytest.approx(float(full["mse"]), rel=0.05)
+    assert float(mixed["bpp"]) == pytest.approx(float(full["bpp"]), rel=0.05)
+
+
+def test_denoiser_bf16_training_records_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from aecompress.train.denoiser import train
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    ck = train(tmp_path / "run", minutes=5, batch=2, crop=32, lr=1e-3, max_steps=3, data=tmp_path / "imgs", bf16=True)
+    state = torch.load(ck, weights_only=False)
+    assert state["bf16"] is True and state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

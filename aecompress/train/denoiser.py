@@ -38,6 +38,7 @@ from .data import load_folder, random_crops
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SIGMA_MAX = 50.0
+BF16_UNTIL = 0.85        # share of the time budget trained in mixed precision when bf16 is on
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -176,8 +177,11 @@ def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float
 def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float = 1e-3, threads: int = 1,
           seed: int = 0, max_steps: int | None = None, data: Path | None = None, widths=(48, 64, 96),
           log_every: int = 200, resume: bool = True, init: Path | None = None, p_clean: float = 0.04,
-          p_low: float = 0.0, p_jpeg: float = 0.15) -> Path:
-    """Train for a wall-clock budget (cosine learning rate over the budget); returns the checkpoint path."""
+          p_low: float = 0.0, p_jpeg: float = 0.15, bf16: bool = False) -> Path:
+    """Train for a wall-clock budget (cosine learning rate over the budget); returns the checkpoint path.
+
+    bf16: bfloat16 autocast (mixed precision; about 2x faster on CPUs with AVX512-BF16) until
+    BF16_UNTIL of the budget, full precision for the final low-learning-rate part."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -212,7 +216,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
                       "threads": threads, "data": str(root), "images": len(images), "init": str(init) if init else None,
-                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr}, ckpt)
+                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16}, ckpt)
 
     model.train()
     while True:
@@ -226,8 +230,9 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
             g["lr"] = cur
         clean = torch.from_numpy(random_crops(images, batch, crop, rng))
         noisy, target = degrade(clean, rng, p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
-        y = model(noisy)
-        loss = F.mse_loss(y, target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
+            y = model(noisy)
+        loss = F.mse_loss(y.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -379,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
     t.add_argument("--p-jpeg", type=float, default=0.15)
     t.add_argument("--seed", type=int, default=0, help="crop and noise seed (use a new one per fine-tuning stage)")
+    t.add_argument("--bf16", action="store_true",
+                   help="bfloat16 mixed precision for the first 85%% of the budget (fast on CPUs with AVX512-BF16)")
     e = sub.add_parser("export")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
@@ -388,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "train":
         train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
-              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed)
+              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed,
+              bf16=a.bf16)
         return
     model, state = load_checkpoint(a.checkpoint)
     training = {
@@ -415,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         training["stages"] = [
             {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
              "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
-             "p_jpeg": s.get("p_jpeg", 0.15), **({"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
+             "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
+             **({"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
             for p, s in chain]
         training["steps"] = sum(s["step"] for _, s in chain)
         training["minutes"] = round(sum(s["seconds"] for _, s in chain) / 60, 1)

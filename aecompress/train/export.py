@@ -317,7 +317,7 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
         c = cur.get("train_config", {})
         stages.append({"run": str(path.parent), "steps": cur["step"], "seconds": round(cur["elapsed"]),
                        "lr": c.get("lr"), "crop": c.get("crop"), "batch": c.get("batch"),
-                       **({"init": c["init"]} if c.get("init") else {})})
+                       **({"bf16": True} if c.get("bf16") else {}), **({"init": c["init"]} if c.get("init") else {})})
         if not c.get("init") or not Path(c["init"]).is_file():
             break
         path = Path(c["init"])

@@ -37,6 +37,10 @@ class ConvConfig:
     threads: int | None = None
     jpeg_downscale: bool = True
     init: str | None = None              # start from this checkpoint's weights with a fresh optimizer and schedule
+    bf16: bool = False                   # bfloat16 autocast until the final low-LR phase (BF16_UNTIL), fp32 after
+
+
+BF16_UNTIL = 0.85      # mixed precision for the high-LR part of the schedule; the final 15% runs in fp32
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -130,7 +134,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             g["lr"] = lr
         x = torch.from_numpy(random_crops(train_images, cfg.batch, cfg.crop, rng))
         level = torch.from_numpy(rng.integers(0, model.levels, cfg.batch))
-        r = rd_loss(model, x, level)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
+            r = rd_loss(model, x, level)
         if not torch.isfinite(r["loss"]):
             raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
