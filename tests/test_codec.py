@@ -41,7 +41,7 @@ def test_quality_orders_rate_and_distortion(photo_codec, cat):
     bpp = [s * 8 / (cat.shape[0] * cat.shape[1]) for s in sizes]
     # the shipped model spans about 0.1 to 2 bpp: its resolution ladder codes the lowest qualities at
     # half resolution, the highest at full resolution
-    assert bpp[0] < 0.15 and bpp[2] > 1.4
+    assert bpp[0] < 0.15 and bpp[2] > 1.2
     assert scales[0] == 2 and scales[2] == 1
 
 
@@ -155,10 +155,10 @@ def test_rdoq_beats_plain_rounding_on_the_rate_distortion_curve(cat):
         assert st["scale"] == 1
         return len(data) * 8 / n, psnr(cat, codec.reconstruct(st, *cat.shape[:2]))
 
-    curve = np.array([point(plain, lv) for lv in np.arange(2.0, 8.01, 0.5)])   # bpp, PSNR
+    curve = np.array([point(plain, lv) for lv in np.arange(0.0, 8.01, 0.5)])   # bpp, PSNR
     for level in (3.0, 5.0, 7.0):
         bpp, db = point(rdoq, level)
-        assert bpp < point(plain, level)[0]                                   # fewer bits ...
+        assert curve[0, 0] < bpp < point(plain, level)[0]                     # fewer bits ...
         assert db > np.interp(bpp, curve[:, 0], curve[:, 1])                  # ... for less than they cost
 
 

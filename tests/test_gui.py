@@ -26,7 +26,9 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication  # noqa: 
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
+from aecompress import container  # noqa: E402
 from aecompress.imageio import read_image  # noqa: E402
+from aecompress.ladder import resolution_name  # noqa: E402
 from gui.app import create_app  # noqa: E402
 from gui.batch_queue import CANCELLED, DONE, FAILED, SKIPPED  # noqa: E402
 from gui.compare import CompareView, from_qimage, to_qimage  # noqa: E402
@@ -205,7 +207,8 @@ def test_drop_aez_shows_image_and_header(qtbot, window, cat_png, tmp_path, shots
     tab = window.decompress
     assert window.tabs.currentWidget() is tab
     qtbot.waitUntil(lambda: tab.decoded is not None, timeout=WAIT)
-    assert tab.grid.text("dims") == "451 \u00d7 300"
+    scale = container.read_header(aez.read_bytes()).scale
+    assert tab.grid.text("dims") == "451 \u00d7 300" + (f", coded at {resolution_name(scale)} resolution" if scale != 1 else "")
     assert tab.grid.text("model") == "photo"
     assert tab.grid.text("quality") == "60"
     assert tab.grid.text("bpp") == f"{rep['bpp']:.3f}"
