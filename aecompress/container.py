@@ -47,8 +47,7 @@ class Header:
         return {"version": self.version, "model_id": self.model_id[:ID_BYTES].hex(), "width": self.width,
                 "height": self.height, "channels": self.channels, "mode": self.mode, "bits": self.bits,
                 "codec": self.codec, "quality_level": round(self.quality, 4),
-                "alpha_dropped": self.alpha_dropped,
-                "scale": self.scale if self.scale in (1, 2) else round(self.scale, 4)}
+                "alpha_dropped": self.alpha_dropped, "scale": round(self.scale, 4)}
 
 
 def quantize_level(level: float) -> float:

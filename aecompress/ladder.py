@@ -34,11 +34,6 @@ from .container import SCALE_RATIOS, SCALES     # the scales the container can r
 _RATIOS = dict(zip(SCALES, SCALE_RATIOS))       # scale -> (num, den), exact
 
 
-def scale_ratio(scale: float) -> tuple[int, int]:
-    """(num, den) with scale == num / den."""
-    return _RATIOS[scale]
-
-
 def scale_label(scale: float) -> str:
     """How manifests and reports write a scale: "1", "2", "4/3"."""
     num, den = _RATIOS[scale]
@@ -102,7 +97,7 @@ class Ladder:
         return cls(rungs)
 
     def to_manifest(self) -> list[dict]:
-        return [{"scale": int(r.scale) if scale_ratio(r.scale)[1] == 1 else scale_label(r.scale),
+        return [{"scale": int(r.scale) if _RATIOS[r.scale][1] == 1 else scale_label(r.scale),
                  "lo": round(r.lo, 4), "hi": round(r.hi, 4)} for r in self.rungs]
 
     @property
@@ -270,3 +265,12 @@ def calibrate_codec(codec, images: Sequence[np.ndarray]) -> tuple[Ladder, dict]:
         return Ladder.single(codec.levels), {}          # images too small to code at every scale
     ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels)
     return ladder, {f"{scale_label(s)}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}
+
+
+def parse_points(raw: dict) -> dict[tuple[float, float], tuple[float, float]]:
+    """The measured points as calibrate_codec writes them ("4/3:2" -> [bpp, PSNR]), read back."""
+    points = {}
+    for key, (b, p) in raw.items():
+        scale, level = key.split(":")
+        points[(parse_scale(scale), float(level))] = (b, p)
+    return points

@@ -31,7 +31,7 @@ from PIL import Image, features
 
 from aecompress.codec import Codec
 from aecompress.compress import decode_bytes, open_codec
-from aecompress.ladder import Ladder, calibrate, parse_scale
+from aecompress.ladder import Ladder, calibrate, parse_points
 from aecompress.imageio import read_image, to_rgb8
 from aecompress.metrics import ms_ssim, psnr
 
@@ -103,10 +103,7 @@ def half_full_ladder(codec: Codec) -> Ladder | None:
     raw = codec.pkg.manifest.get("training", {}).get("ladder_calibration", {}).get("points (scale:level -> bpp, PSNR)")
     if not raw:
         return None
-    points = {}
-    for key, (b, p) in raw.items():
-        sc, lv = key.split(":")
-        points[(parse_scale(sc), float(lv))] = (b, p)
+    points = parse_points(raw)
     return calibrate(lambda sc, lv: points[(sc, lv)], codec.levels, scales=(1, 2))
 
 

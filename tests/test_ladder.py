@@ -11,8 +11,8 @@ from aecompress.codec import Codec
 from aecompress.compress import coding_input, decode_bytes, encode_picture, file_info
 from aecompress.errors import ModelError
 from aecompress.imageio import Picture
-from aecompress.ladder import (Ladder, Rung, calibrate, downscale, parse_scale, resolution_name, scale_label, scaled_size,
-                             upscale)
+from aecompress.ladder import (Ladder, Rung, calibrate, downscale, parse_points, parse_scale, resolution_name,
+                             scale_label, scaled_size, upscale)
 from aecompress.metrics import psnr
 from aecompress.package import ModelPackage, find_package_dir, read_manifest
 
@@ -180,6 +180,9 @@ def test_scales_are_exact_ratios():
     spec = json.loads(json.dumps(lad.to_manifest()))
     assert [r["scale"] for r in spec] == [2, "4/3", 1]
     assert Ladder.from_manifest({"resolution_ladder": spec}, 9).rungs == lad.rungs
+    # calibration points as the manifest keeps them read back exactly
+    assert parse_points({"4/3:2": [0.5, 30.0], "1:0": [0.3, 25.0], "2:8": [0.4, 26.5]}) == {
+        (4 / 3, 2.0): (0.5, 30.0), (1, 0.0): (0.3, 25.0), (2, 8.0): (0.4, 26.5)}
 
 
 @pytest.fixture(scope="module")
