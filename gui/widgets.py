@@ -77,6 +77,7 @@ class ResultGrid(QWidget):
             v = QLabel("\u2013", self)
             v.setObjectName("resultValue")
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            v.setWordWrap(True)             # a long value wraps inside the side panel instead of widening it
             g.addWidget(t, r, 0, Qt.AlignmentFlag.AlignTop)
             g.addWidget(v, r, 1)
             self.values[key] = v

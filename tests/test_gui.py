@@ -209,6 +209,8 @@ def test_drop_aez_shows_image_and_header(qtbot, window, cat_png, tmp_path, shots
     qtbot.waitUntil(lambda: tab.decoded is not None, timeout=WAIT)
     scale = container.read_header(aez.read_bytes()).scale
     assert tab.grid.text("dims") == "451 \u00d7 300" + (f", coded at {resolution_name(scale)} resolution" if scale != 1 else "")
+    grid_right = tab.grid.mapTo(window, tab.grid.rect().topRight()).x()
+    assert grid_right < window.width()                     # long values wrap: the side panel is not clipped
     assert tab.grid.text("model") == "photo"
     assert tab.grid.text("quality") == "60"
     assert tab.grid.text("bpp") == f"{rep['bpp']:.3f}"
