@@ -182,6 +182,8 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
         raise AecError(f"{dst}: refusing to overwrite the input")
     check_writable(dst, force)
     pic = read_image(src)
+    if pic.frames > 1:               # writing back one frame would silently drop the rest
+        raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
                               cancel=cancel)
     if cancel is not None and cancel():

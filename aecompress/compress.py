@@ -44,6 +44,8 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
         notes.append("alpha channel dropped (the codec stores colour only)")
     if pic.bits == 16:
         notes.append("16-bit samples reduced to 8 bits")
+    if pic.frames > 1:
+        notes.append(f"animated image: only the first of its {pic.frames} frames is coded")
     if codec.channels == 1 and pic.mode not in ("L", "LA"):
         notes.append("colour converted to greyscale (the model is greyscale)")
     return to_channels8(pic, codec.channels), notes

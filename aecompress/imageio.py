@@ -28,6 +28,7 @@ class Picture:
     exif: bytes | None = None
     icc: bytes | None = None
     info: dict = field(default_factory=dict)
+    frames: int = 1                 # frames in the source; only the first is read
 
     @property
     def height(self) -> int:
@@ -82,6 +83,7 @@ def read_image(path: str | Path) -> Picture:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 fmt = im.format
+                frames = int(getattr(im, "n_frames", 1) or 1)
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 im.load()
@@ -106,7 +108,7 @@ def read_image(path: str | Path) -> Picture:
         raise AecError(f"{path}: cannot read image ({reason})") from None
     if arr.size == 0:
         raise AecError(f"{path}: image is empty")
-    return Picture(arr, mode, bits, fmt, exif_bytes, icc)
+    return Picture(arr, mode, bits, fmt, exif_bytes, icc, frames=frames)
 
 
 def to_rgb8(pic: Picture) -> np.ndarray:

@@ -50,6 +50,18 @@ def test_encode_json_report_matches_the_files(photo):
     assert rep["ms_ssim"] == pytest.approx(ms_ssim(src, dec), abs=1e-9)
 
 
+def test_tiny_and_animated_inputs_are_reported_honestly(tmp_path):
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "one.png")
+    frames = [Image.fromarray(smooth_image(64, 64, seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    r = run("encode", tmp_path / "one.png", tmp_path / "anim.gif")
+    assert r.returncode == 0, r.stderr
+    one, anim = r.stdout.split("anim.gif ->")
+    size = (tmp_path / "one.aez").stat().st_size
+    assert f"{3 / size:.3f}:1 vs raw" in one                     # a tiny image grows: not "0.0:1"
+    assert "only the first of its 3 frames is coded" in anim
+
+
 def test_info_reads_the_header(photo):
     assert run("encode", photo, "--quiet").returncode == 0
     r = run("info", photo.with_suffix(".aez"), "--json")

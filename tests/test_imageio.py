@@ -25,3 +25,12 @@ def test_no_orientation_keeps_the_pixels(tmp_path):
     img = smooth_image(30, 50)
     Image.fromarray(img).save(tmp_path / "p.png")
     assert np.array_equal(read_image(tmp_path / "p.png").pixels, img)
+
+
+def test_animated_images_report_their_frame_count(tmp_path):
+    frames = [Image.fromarray(smooth_image(24, 32, seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    anim = read_image(tmp_path / "anim.gif")
+    assert anim.frames == 3 and anim.pixels.shape == (24, 32, 3)
+    assert read_image(tmp_path / "still.gif").frames == 1

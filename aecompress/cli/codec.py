@@ -12,12 +12,17 @@ from . import app
 from .common import device_option, progress, run_many, threads_option
 
 
+def _ratio(x: float, digits: int) -> str:
+    """A compression ratio with enough digits to stay informative below 1 (tiny images grow)."""
+    return f"{x:.{digits if x >= 1 else 3}f}"
+
+
 def _fmt_encode(r: dict) -> str:
     from ..ladder import resolution_name
 
     e = r["_extra"]
     line = (f"{r['input']} -> {r['output']}: {e['bytes']} bytes, {r['bpp']:.3f} bpp, "
-            f"{r['ratio_raw']:.1f}:1 vs raw ({r['ratio_file']:.2f}:1 vs input), "
+            f"{_ratio(r['ratio_raw'], 1)}:1 vs raw ({_ratio(r['ratio_file'], 2)}:1 vs input), "
             f"PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}, q {e['quality']:g}"
             + (f" ({resolution_name(e['scale'])} resolution)" if e.get("scale", 1) != 1 else "") + ", "
             f"{r['seconds']:.2f} s, {r['provider']}")
