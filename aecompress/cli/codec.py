@@ -111,7 +111,7 @@ def info(
         print(json.dumps(d))
         return
     for k, v in d.items():
-        print(f"{k:>14}: {v}")
+        print(f"{k:>14}: {round(v, 4) if isinstance(v, float) else v}")   # --json keeps full precision
 
 
 @app.command()
