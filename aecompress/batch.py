@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError
+from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
-                  ".pbm", ".tga"}
 SUFFIX = ".denoised"
 ENGINES = ("local", "ray")
 
@@ -92,10 +91,6 @@ class BatchSummary:
 
 # ---------------------------------------------------------------- planning
 
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-
-
 def _scan(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
     found = []
     if recursive:
@@ -103,9 +98,9 @@ def _scan(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
             d = Path(dirpath)
             dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
                                  and (exclude is None or (d / n).resolve() != exclude))
-            found += [d / f for f in sorted(filenames) if _is_image(d / f)]
+            found += [d / f for f in sorted(filenames) if is_image_name(d / f)]
     else:
-        found = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
+        found = sorted(p for p in root.iterdir() if p.is_file() and is_image_name(p))
     return found
 
 
@@ -114,7 +109,7 @@ def _find_reference(reference: Path, rel: Path) -> Path | None:
     if cand.is_file():
         return cand
     for p in sorted(cand.parent.glob(cand.stem + ".*")) if cand.parent.is_dir() else []:
-        if _is_image(p):
+        if is_image_name(p):
             return p
     return None
 

@@ -8,9 +8,11 @@ a PSNR target).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -168,6 +170,35 @@ def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
     return output
 
 
+def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
+                 accept: Callable[[Path], bool], what: str) -> list[tuple[Path, Path | None, str | None]]:
+    """(input, output, error) for each file to process. A folder stands for the files directly in it
+    that `accept` takes (`what` names them in the error for a folder without any). An input whose
+    output an earlier input of the same run already takes gets an error instead of an output, so
+    one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder)."""
+    files: list[tuple[Path, str | None]] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and accept(q))
+            files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
+        else:
+            files.append((p, None))
+    many = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
+    plan, taken = [], {}
+    for inp, error in files:
+        out = None if error else output_for(inp, output, many, suffix)
+        if out is not None:
+            key = os.path.normcase(os.path.abspath(out))
+            if key in taken:
+                same = os.path.abspath(taken[key][0]) == os.path.abspath(inp)
+                out, error = None, (f"{inp}: given twice" if same else
+                                    f"{inp}: its output {taken[key][1]} is also the output of {taken[key][0]}")
+            else:
+                taken[key] = (inp, out)
+        plan.append((inp, out, error))
+    return plan
+
+
 def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality: float | None = None,
                 target_bpp: float | None = None, target_size: int | None = None,
                 target_psnr: float | None = None) -> dict:
@@ -242,4 +273,4 @@ def file_info(path: Path) -> dict:
 
 
 __all__ = ["Encoded", "coding_input", "encode_picture", "decode_bytes", "encode_file", "decode_file", "open_codec",
-           "file_info", "output_for", "Analysis", "asdict"]
+           "file_info", "output_for", "plan_outputs", "Analysis", "asdict"]

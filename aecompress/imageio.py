@@ -16,6 +16,13 @@ from .errors import AecError
 from .fsutil import atomic_output
 
 MAX_PIXELS = 400_000_000       # refuse anything larger (about 20000 x 20000)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
+                  ".pbm", ".tga"}
+
+
+def is_image_name(p: Path) -> bool:
+    """Whether a file's name says it is an image a folder scan should pick up (hidden files are not)."""
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 

@@ -17,8 +17,8 @@ from typing import Callable
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from aecompress.compress import decode_file, encode_file, open_codec, output_for
 from aecompress.errors import AecError
@@ -251,6 +251,15 @@ class BatchTab(QWidget):
     def running(self) -> bool:
         return self._job is not None
 
+    def confirm_overwrite(self, existing: list[Path]) -> bool:
+        """Ask before a run replaces files that exist (the user can also tick "skip")."""
+        n = len(existing)
+        names = ", ".join(p.name for p in existing[:3]) + (f" and {n - 3} more" if n > 3 else "")
+        text = (f"{n} of the output files already exist: {names}.\n\nReplace them? To keep them, tick "
+                "\u201cSkip files whose output exists\u201d.")
+        answer = QMessageBox.question(self, "Overwrite files?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
     def output_folder(self) -> Path | None:
         t = self.out_edit.text().strip()
         return Path(t).expanduser() if t else None
@@ -274,11 +283,25 @@ class BatchTab(QWidget):
         runtime = self.runtime
         device, threads = runtime.device, runtime.threads
         plan = [(i, self.items[i].path, self._action(self.items[i])) for i in todo]
-        for i, _, action in plan:
-            self.items[i].status, self.items[i].message = WAITING, ""
-            self.items[i].output = destination(self.items[i].path, action, folder)
+        outputs = {i: destination(src, action, folder) for i, src, action in plan}
+        # one run never writes two files to one name (a/cat.png and b/cat.jpg into one folder) ...
+        first: dict[Path, int] = {}
+        clash = {}
+        for i, _, _ in plan:
+            key = outputs[i].resolve()
+            if key in first:
+                clash[i] = f"its output {outputs[i].name} is also the output of {self.items[first[key]].path.name}"
+            else:
+                first[key] = i
+        # ... and overwrites what the user already has only when told to (the CLI's --force)
+        existing = [outputs[i] for i, _, _ in plan if i not in clash and outputs[i].exists()]
+        if existing and not skip and not self.confirm_overwrite(existing):
+            return
+        for i, _, _ in plan:
+            self.items[i].output = outputs[i]
+            self.items[i].status, self.items[i].message = (FAILED, clash[i]) if i in clash else (WAITING, "")
             self._show(i)
-        outputs = {i: self.items[i].output for i, _, _ in plan}
+        plan = [p for p in plan if p[0] not in clash]
         self.overall.setMaximum(len(self.items))
         self.overall.setValue(sum(it.status in FINISHED for it in self.items))
 

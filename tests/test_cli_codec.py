@@ -62,6 +62,31 @@ def test_tiny_and_animated_inputs_are_reported_honestly(tmp_path):
     assert "only the first of its 3 frames is coded" in anim
 
 
+def test_folders_and_clashing_output_names(tmp_path):
+    for k, rel in enumerate(("photos/a.png", "photos/b.jpg", "other/a.png")):
+        p = tmp_path / rel
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(smooth_image(64, 80, seed=k)).save(p)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    # a folder stands for the images in it; other/a.png would land on photos/a.png's output: refused,
+    # even with --force, so one run never overwrites its own results
+    r = run("encode", tmp_path / "photos", tmp_path / "other" / "a.png", tmp_path / "empty", "-o", tmp_path / "out",
+            "--force", "--json")
+    assert r.returncode == 1
+    assert sorted(json.loads(line)["input"] for line in r.stdout.splitlines()) == [
+        str(tmp_path / "photos" / "a.png"), str(tmp_path / "photos" / "b.jpg")]
+    assert "other/a.png: its output" in r.stderr and "is also the output of" in r.stderr
+    assert "empty: no images in this folder" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.aez", "b.aez"]
+    first = Image.open(tmp_path / "photos" / "a.png").size
+    # decode takes folders of .aez files, next to them by default
+    r = run("decode", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.aez", "a.png", "b.aez", "b.png"]
+    assert Image.open(tmp_path / "out" / "a.png").size == first
+
+
 def test_info_reads_the_header(photo):
     assert run("encode", photo, "--quiet").returncode == 0
     r = run("info", photo.with_suffix(".aez"), "--json")

@@ -75,6 +75,14 @@ def make_window(qtbot, settings, size=(1100, 700)) -> MainWindow:
     return win
 
 
+@pytest.fixture(autouse=True)
+def no_unexpected_dialogs(monkeypatch):
+    """A modal question box would wait forever offscreen: fail instead (tests that expect one patch it)."""
+    def question(*args, **kwargs):
+        raise AssertionError(f"unexpected dialog: {args[1:3]}")
+    monkeypatch.setattr("gui.batch_queue.QMessageBox.question", question)
+
+
 @pytest.fixture
 def window(qtbot, settings):
     win = make_window(qtbot, settings)
@@ -342,6 +350,35 @@ def test_batch_completes_with_errors_listed_per_file(qtbot, window, crops, tmp_p
     tab.start()
     qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
     assert [it.status for it in tab.items] == [FAILED, SKIPPED]
+
+
+def test_batch_asks_before_overwriting_and_never_writes_one_name_twice(qtbot, window, crops, tmp_path, monkeypatch):
+    tab = window.batch
+    srcs = []
+    for k, sub in enumerate(("a", "b")):                     # a/pic.png and b/pic.png: one output name
+        p = tmp_path / sub / "pic.png"
+        p.parent.mkdir()
+        Image.fromarray(smooth_image(64, 80, seed=k)).save(p)
+        srcs.append(p)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pic.aez").write_bytes(b"the user's file")
+    asked = []
+    monkeypatch.setattr(tab, "confirm_overwrite", lambda existing: asked.append(existing) or False)
+    tab.add_paths(srcs)
+    tab.out_edit.setText(str(out))
+    tab.skip.setChecked(False)                               # (on by default: existing outputs are kept)
+    tab.start()                                              # the user says no: nothing runs
+    assert asked == [[out / "pic.aez"]] and not tab.running
+    assert (out / "pic.aez").read_bytes() == b"the user's file"
+    assert [it.status for it in tab.items] == ["Waiting", "Waiting"]
+    monkeypatch.setattr(tab, "confirm_overwrite", lambda existing: asked.append(existing) or True)
+    tab.start()                                              # yes: replaced, and b/pic.png does not overwrite it
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [DONE, FAILED]
+    assert "also the output of pic.png" in tab.items[1].message
+    assert container.read_header((out / "pic.aez").read_bytes()).width == 80
+    assert "1 done" in tab.summary.text() and "1 failed" in tab.summary.text()
 
 
 def test_batch_can_be_cancelled(qtbot, window, crops, tmp_path):

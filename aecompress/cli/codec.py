@@ -33,7 +33,7 @@ def _fmt_encode(r: dict) -> str:
 
 @app.command()
 def encode(
-    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads)."),
+    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads), or folders of them."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several)."),
     quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
@@ -47,16 +47,18 @@ def encode(
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
-    from ..compress import encode_file, open_codec, output_for
+    from ..compress import encode_file, open_codec, plan_outputs
+    from ..errors import AecError
+    from ..imageio import is_image_name
 
     if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
-        from ..errors import AecError
         raise AecError("use only one of -q, --bpp, --psnr and --size")
+    plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads)
-    many = len(images) > 1
-
-    def one(path: Path) -> dict:
-        out = output_for(path, output, many, ".aez")
+    def one(job: tuple[Path, Path | None, str | None]) -> dict:
+        path, out, error = job
+        if error:
+            raise AecError(error)
         r = encode_file(path, out, codec, force, quality, bpp, size, psnr)
         if as_json:
             print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True)
@@ -64,12 +66,12 @@ def encode(
             progress.print_line(_fmt_encode(r))
         return r
 
-    run_many(images, one, "encoding")
+    run_many(plan, one, "encoding")
 
 
 @app.command()
 def decode(
-    files: List[Path] = typer.Argument(..., help=".aez files to decompress."),
+    files: List[Path] = typer.Argument(..., help=".aez files to decompress, or folders of them."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several); the extension picks the format (PNG by default)."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package (default: found by the file's model id)."),
     device: str = device_option(),
@@ -79,14 +81,16 @@ def decode(
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Decompress .aez files into images."""
-    from ..compress import decode_file, output_for
+    from ..compress import decode_file, plan_outputs
+    from ..errors import AecError
     from ..package import load_package
 
+    plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
     pkg = load_package(model, device, threads) if model else None
-    many = len(files) > 1
-
-    def one(path: Path) -> dict:
-        out = output_for(path, output, many, ".png")
+    def one(job: tuple[Path, Path | None, str | None]) -> dict:
+        path, out, error = job
+        if error:
+            raise AecError(error)
         r = decode_file(path, out, pkg, force, device, threads)
         if as_json:
             print(json.dumps(r), flush=True)
@@ -95,7 +99,7 @@ def decode(
                                 f"{r['seconds']:.2f} s, {r['provider']}")
         return r
 
-    run_many(files, one, "decoding")
+    run_many(plan, one, "decoding")
 
 
 @app.command()

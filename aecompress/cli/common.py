@@ -45,12 +45,12 @@ def error_line(msg: str) -> None:
     print(f"aecompress: error: {msg}", file=sys.stderr, flush=True)
 
 
-def run_many(items: Iterable[Path], fn: Callable[[Path], dict], verb: str) -> list[dict]:
+def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
     """Run fn on every item; one bad item is reported and skipped; exit 1 at the end if any failed."""
     items = list(items)
     results, failed = [], 0
     if len(items) == 1:                      # the common case: no progress machinery at all
-        return [fn(Path(items[0]))]
+        return [fn(items[0])]
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -65,7 +65,7 @@ def run_many(items: Iterable[Path], fn: Callable[[Path], dict], verb: str) -> li
         try:
             for i, item in enumerate(items):
                 try:
-                    results.append(fn(Path(item)))
+                    results.append(fn(item))
                 except AecError as exc:
                     failed += 1
                     if progress.bar is not None:
