@@ -148,3 +148,16 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = Non
         return float(np.mean([channel(c) for c in range(a.shape[2])]))
     with ThreadPoolExecutor(workers) as pool:
         return float(np.mean(list(pool.map(channel, range(a.shape[2])))))
+
+
+def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray) -> float | None:
+    """Bjontegaard delta rate of curve 2 against curve 1, in percent (negative: 2 needs fewer bits)."""
+    lr1, lr2 = np.log(r1), np.log(r2)
+    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
+    if hi <= lo or len(r1) < 4 or len(r2) < 4:
+        return None
+    f1 = np.polyfit(p1, lr1, 3)
+    f2 = np.polyfit(p2, lr2, 3)
+    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
+    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
+    return float((np.exp((i2 - i1) / (hi - lo)) - 1) * 100)

@@ -33,7 +33,7 @@ from aecompress.codec import Codec
 from aecompress.compress import decode_bytes, open_codec
 from aecompress.ladder import Ladder, calibrate, parse_points
 from aecompress.imageio import read_image, to_rgb8
-from aecompress.metrics import ms_ssim, psnr
+from aecompress.metrics import bd_rate, ms_ssim, psnr
 
 OUR_QUALITIES = [1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 PIL_QUALITIES = {"JPEG": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
@@ -57,19 +57,6 @@ def pil_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray, f
     dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     td = time.perf_counter() - t0
     return len(buf.getvalue()), dec, te, td
-
-
-def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray) -> float | None:
-    """Bjontegaard delta rate of curve 2 against curve 1, in percent (negative: 2 needs fewer bits)."""
-    lr1, lr2 = np.log(r1), np.log(r2)
-    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
-    if hi <= lo or len(r1) < 4 or len(r2) < 4:
-        return None
-    f1 = np.polyfit(p1, lr1, 3)
-    f2 = np.polyfit(p2, lr2, 3)
-    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
-    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
-    return float((np.exp((i2 - i1) / (hi - lo)) - 1) * 100)
 
 
 def whole_process_seconds(model: str, sample: Path) -> dict:

@@ -180,9 +180,33 @@ def test_train_conv_init_fine_tunes_from_a_checkpoint(tmp_path):
     assert b["step"] == 1                         # a fresh schedule, not a resume
     # lr 0: the weights are exactly the initial checkpoint's
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if k.startswith("g_s"))
+    # the stage is judged on whole validation photos against its starting weights: unchanged weights,
+    # the same curves (up to the entropy model's own bookkeeping), a BD-rate near zero; the manifest's
+    # stage list carries it
+    whole = b["whole_photos"]
+    assert whole["photos"] == 1 and len(whole["start"]) == len(whole["end"]) == 9
+    for s0, s1 in zip(whole["start"], whole["end"]):
+        assert s1["psnr"] == pytest.approx(s0["psnr"], abs=1e-6) and s1["bpp"] == pytest.approx(s0["bpp"], rel=0.01)
+    stages = json.loads((second / "manifest.json").read_text())["training"]["stages"]
+    assert stages[-1]["whole_photo_bd_rate_vs_start"] == pytest.approx(whole["bd_rate_vs_start"], abs=0.01)
+    assert "whole_photo_bd_rate_vs_start" not in stages[0]               # a first run has no start to compare
     bad = CliRunner().invoke(app, ["train", "conv", "--out", str(tmp_path / "c"), "--steps", "1",
                                    "--init", str(tmp_path / "missing.pt")] + args)
     assert bad.exit_code != 0 and "no such checkpoint" in bad.output + str(bad.exception)
+
+
+def test_whole_photo_comparison_is_a_bd_rate():
+    pytest.importorskip("torch")
+    from aecompress.train.fit_conv import _whole_photos, compare_whole
+
+    start = [{"level": k, "bpp": 0.2 * 1.3 ** k, "psnr": 25.0 + 1.1 * k} for k in range(9)]
+    cheaper = [dict(r, bpp=r["bpp"] * 0.9) for r in start]
+    assert compare_whole(start, start) == pytest.approx(0.0, abs=1e-9)
+    assert compare_whole(start, cheaper) == pytest.approx(-10.0, abs=1e-6)
+    assert compare_whole(cheaper, start) == pytest.approx(100 / 0.9 - 100, abs=1e-6)
+    # central crops in multiples of 64, at most 768, evenly spaced photos; too small ones are left out
+    ims = [np.zeros((500, 1000, 3), np.uint8), np.zeros((40, 900, 3), np.uint8), np.zeros((130, 70, 3), np.uint8)]
+    assert [p.shape for p in _whole_photos(ims, count=4)] == [(448, 768, 3), (128, 64, 3)]
 
 
 def test_subpixel_synthesis_matches_transposed_convolutions():

@@ -317,7 +317,9 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
         c = cur.get("train_config", {})
         stages.append({"run": str(path.parent), "steps": cur["step"], "seconds": round(cur["elapsed"]),
                        "lr": c.get("lr"), "crop": c.get("crop"), "batch": c.get("batch"),
-                       **({"bf16": True} if c.get("bf16") else {}), **({"init": c["init"]} if c.get("init") else {})})
+                       **({"bf16": True} if c.get("bf16") else {}), **({"init": c["init"]} if c.get("init") else {}),
+                       **({"whole_photo_bd_rate_vs_start": round(cur["whole_photos"]["bd_rate_vs_start"], 2)}
+                          if (cur.get("whole_photos") or {}).get("bd_rate_vs_start") is not None else {})})
         if not c.get("init") or not Path(c["init"]).is_file():
             break
         path = Path(c["init"])
