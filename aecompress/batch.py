@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError
+from .fsutil import first_writers
 from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -251,7 +252,6 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     is_cancelled = _as_cancel(cancel)
     summary = BatchSummary(total=len(job_list))
     t0 = time.perf_counter()
-    seen: dict[Path, Path] = {}
     todo: list[Job] = []
 
     def report(r: JobResult) -> None:
@@ -262,13 +262,11 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 
     if on_start is not None:
         on_start(summary)
-    for job in job_list:
-        key = job.dst.resolve()
-        if key in seen:
-            report(_result(job, error=f"{job.dst}: also the output of {seen[key]}"))
+    for i, (job, first) in enumerate(zip(job_list, first_writers(j.dst for j in job_list))):
+        if first != i:
+            report(_result(job, error=f"{job.dst}: also the output of {job_list[first].src}"))
             continue
-        seen[key] = job.src
-        if job.src.resolve() == key:
+        if job.src.resolve() == job.dst.resolve():
             report(_result(job, error=f"{job.dst}: refusing to overwrite the input"))
         elif skip_existing and job.dst.exists():
             report(_result(job, status="skipped"))

@@ -8,7 +8,6 @@ a PSNR target).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from . import container
 from .codec import Analysis, Codec
 from .errors import AecError, ModelError
-from .fsutil import write_bytes_atomic
+from .fsutil import first_writers, write_bytes_atomic
 from .imageio import Picture, read_image, save_image, to_channels8
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
@@ -177,24 +176,23 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
     output an earlier input of the same run already takes gets an error instead of an output, so
     one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder)."""
     files: list[tuple[Path, str | None]] = []
+    folders = False
     for p in map(Path, inputs):
         if p.is_dir():
+            folders = True
             found = sorted(q for q in p.iterdir() if q.is_file() and accept(q))
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
-    many = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
-    plan, taken = [], {}
-    for inp, error in files:
-        out = None if error else output_for(inp, output, many, suffix)
-        if out is not None:
-            key = os.path.normcase(os.path.abspath(out))
-            if key in taken:
-                same = os.path.abspath(taken[key][0]) == os.path.abspath(inp)
-                out, error = None, (f"{inp}: given twice" if same else
-                                    f"{inp}: its output {taken[key][1]} is also the output of {taken[key][0]}")
-            else:
-                taken[key] = (inp, out)
+    many = len(files) > 1 or folders
+    outs = [None if error else output_for(inp, output, many, suffix) for inp, error in files]
+    plan = []
+    for i, ((inp, error), out, first) in enumerate(zip(files, outs, first_writers(outs))):
+        if first is not None and first != i:
+            earlier = files[first][0]
+            error = (f"{inp}: given twice" if earlier.resolve() == inp.resolve() else
+                     f"{inp}: its output {out} is also the output of {earlier}")
+            out = None
         plan.append((inp, out, error))
     return plan
 

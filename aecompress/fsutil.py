@@ -7,9 +7,17 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import AecError
+
+
+def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
+    """For the outputs of one run, in order: the index of the first entry that writes the same file
+    (an entry's own index when it is the first; None for None). A later entry whose first writer is
+    another must not be written, even with --force: one run never overwrites its own results."""
+    first: dict[Path, int] = {}
+    return [None if out is None else first.setdefault(Path(out).resolve(), i) for i, out in enumerate(outputs)]
 
 
 def check_writable(path: Path, force: bool) -> None:

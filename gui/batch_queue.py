@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
 
 from aecompress.compress import decode_file, encode_file, open_codec, output_for
 from aecompress.errors import AecError
+from aecompress.fsutil import first_writers
 
 from .compress_tab import IMAGE_FILTER
 from .runtime import Runtime
@@ -285,14 +286,9 @@ class BatchTab(QWidget):
         plan = [(i, self.items[i].path, self._action(self.items[i])) for i in todo]
         outputs = {i: destination(src, action, folder) for i, src, action in plan}
         # one run never writes two files to one name (a/cat.png and b/cat.jpg into one folder) ...
-        first: dict[Path, int] = {}
-        clash = {}
-        for i, _, _ in plan:
-            key = outputs[i].resolve()
-            if key in first:
-                clash[i] = f"its output {outputs[i].name} is also the output of {self.items[first[key]].path.name}"
-            else:
-                first[key] = i
+        rows = [i for i, _, _ in plan]
+        clash = {i: f"its output {outputs[i].name} is also the output of {self.items[rows[k]].path.name}"
+                 for n, (i, k) in enumerate(zip(rows, first_writers(outputs[i] for i in rows))) if k != n}
         # ... and overwrites what the user already has only when told to (the CLI's --force)
         existing = [outputs[i] for i, _, _ in plan if i not in clash and outputs[i].exists()]
         if existing and not skip and not self.confirm_overwrite(existing):

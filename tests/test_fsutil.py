@@ -5,7 +5,7 @@ import os
 import pytest
 
 from aecompress.errors import AecError
-from aecompress.fsutil import atomic_output, write_bytes_atomic
+from aecompress.fsutil import atomic_output, first_writers, write_bytes_atomic
 
 
 def test_output_gets_umask_permissions(tmp_path):
@@ -28,3 +28,10 @@ def test_refuses_to_overwrite_and_cleans_up_on_failure(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_first_writers_of_one_run(tmp_path):
+    (tmp_path / "out").mkdir()
+    outs = [tmp_path / "out" / "a.aez", tmp_path / "out" / "b.aez", tmp_path / "out" / ".." / "out" / "a.aez", None,
+            tmp_path / "out" / "b.aez"]
+    assert first_writers(outs) == [0, 1, 0, None, 1]

@@ -137,7 +137,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed_before, history = 0, 0.0, []
     rng = np.random.default_rng(cfg.seed)
-    if resume and ckpt_path.exists():
+    resuming = resume and ckpt_path.exists()
+    if resuming:
         ck = torch.load(ckpt_path, weights_only=False)
         if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
             raise ValueError("checkpoint is from another architecture or configuration")
@@ -152,7 +153,6 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             raise ValueError(f"{cfg.init} is from another architecture or configuration")
         model.load_state_dict(ck["model"])
         log(f"initialised from {cfg.init} (step {ck.get('step')})")
-    resuming = resume and ckpt_path.exists()
     whole_start = None                                   # the starting weights on whole photos (fine-tuning)
     if resuming:
         whole_start = ck.get("whole_photos", {}).get("start")
