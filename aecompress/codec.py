@@ -76,7 +76,8 @@ class Codec:
 
     # -- the quality scale --------------------------------------------------------------------
     # A *position* runs along the resolution ladder (aecompress.ladder); without a ladder it is the
-    # quality level itself. Quality 1-100 maps linearly onto positions.
+    # quality level itself. Quality 1-100 maps onto positions through the ladder's anchor (q75 at a
+    # fixed calibration PSNR), linearly on each side of it.
     @property
     def span(self) -> float:
         return self.ladder.span

@@ -10,11 +10,14 @@ Between the two, 3/4 resolution beats both, mostly between 0.3 and 0.7 bpp where
 saturates and full resolution is still coarse (measurements in docs/codec.md).
 
 A ladder is a list of rungs, lowest rate first. A rung codes at 1/scale of the resolution with the
-model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs, and
-quality 1..100 maps linearly onto it. The exporter measures the rate-distortion curve of every
-scale on calibration photos and keeps the cheapest at each PSNR (``calibrate``); the ladder is
-stored in the manifest. A package without one has a single full-resolution rung, levels 0..L-1, so
-position equals level.
+model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs. The
+exporter measures the rate-distortion curve of every scale on calibration photos and keeps the
+cheapest at each PSNR (``calibrate``); the ladder is stored in the manifest. A package without one
+has a single full-resolution rung, levels 0..L-1, so position equals level.
+
+Quality 1..100 maps onto positions piecewise linearly through an *anchor*: quality 75 (the default)
+sits where the calibration photos average ANCHOR_PSNR, so the default keeps its meaning when a
+retrained model's ladder changes length. A manifest without an anchor maps quality linearly.
 
 Scales are exact ratios (4/3 codes a ceil(W * 3/4) x ceil(H * 3/4) image). Resampling uses Pillow's
 Lanczos filter on 8-bit images, which is integer arithmetic: the upsampled pixels are identical on
@@ -32,6 +35,10 @@ from PIL import Image
 from .container import SCALE_RATIOS, SCALES     # the scales the container can record (docs/aez-format.md)
 
 _RATIOS = dict(zip(SCALES, SCALE_RATIOS))       # scale -> (num, den), exact
+
+# quality 75 codes where the calibration photos average this PSNR (the shipped photo model's q75
+# when the anchor was introduced: 30.2 dB at about 0.92 bpp on its 13 calibration photos)
+ANCHOR_QUALITY, ANCHOR_PSNR = 75.0, 30.2
 
 
 def scale_label(scale: float) -> str:
@@ -76,10 +83,16 @@ class Rung:
 
 
 class Ladder:
-    def __init__(self, rungs: Sequence[Rung]):
+    def __init__(self, rungs: Sequence[Rung], anchor: tuple[float, float] | None = None):
+        """anchor: (quality, position) that quality maps through; None: quality maps linearly."""
         if not rungs or any(r.scale not in SCALES or r.hi < r.lo for r in rungs):
             raise ValueError(f"invalid resolution ladder {rungs}")
         self.rungs = list(rungs)
+        if anchor is not None:
+            q, u = map(float, anchor)
+            if not (1.0 < q < 100.0 and 0.0 < u < self.span):
+                raise ValueError(f"quality anchor {anchor} outside the ladder")
+        self.anchor = anchor and (float(anchor[0]), float(anchor[1]))
 
     @classmethod
     def single(cls, levels: int) -> "Ladder":
@@ -94,11 +107,32 @@ class Ladder:
         rungs = [Rung(parse_scale(r["scale"]), float(r["lo"]), float(r["hi"])) for r in spec]
         if any(r.lo < 0 or r.hi > top for r in rungs):
             raise ValueError("resolution ladder levels outside the model's range")
-        return cls(rungs)
+        a = manifest.get("quality_anchor")
+        return cls(rungs, (a["quality"], a["position"]) if a else None)
 
     def to_manifest(self) -> list[dict]:
+        """The manifest's "resolution_ladder" (the anchor goes in "quality_anchor": anchor_manifest)."""
         return [{"scale": int(r.scale) if _RATIOS[r.scale][1] == 1 else scale_label(r.scale),
                  "lo": round(r.lo, 4), "hi": round(r.hi, 4)} for r in self.rungs]
+
+    def anchored(self, points: dict[tuple[float, float], tuple[float, float]], psnr: float = ANCHOR_PSNR,
+                 quality: float = ANCHOR_QUALITY) -> "Ladder":
+        """This ladder with `quality` placed where the measured points (calibrate_codec's, per
+        (scale, integer level) -> (bpp, PSNR)) reach `psnr`; unanchored if they never do."""
+        u = 0.0
+        for r in self.rungs:
+            lv = np.array(sorted(l for s, l in points if s == r.scale))
+            ps = np.array([points[(r.scale, l)][1] for l in lv])
+            fine = np.linspace(r.lo, r.hi, 257)
+            along = np.interp(fine, lv, ps)                  # rising along a calibrated rung
+            if along[0] <= psnr <= along[-1] and r.length > 0:
+                pos = round(u + float(np.interp(psnr, along, fine)) - r.lo, 4)
+                return Ladder(self.rungs, (quality, pos)) if 0 < pos < self.span else Ladder(self.rungs)
+            u += r.length
+        return Ladder(self.rungs)
+
+    def anchor_manifest(self, psnr: float = ANCHOR_PSNR) -> dict | None:
+        return self.anchor and {"quality": self.anchor[0], "position": self.anchor[1], "calibration_psnr": psnr}
 
     @property
     def span(self) -> float:
@@ -136,12 +170,19 @@ class Ladder:
             return u if scale == 1 else 0.0
         return best[1]
 
+    def _knots(self, qmin: float, qmax: float) -> tuple[list[float], list[float]]:
+        qa, ua = self.anchor if self.anchor and qmin < self.anchor[0] < qmax else (qmin, 0.0)
+        return [qmin, qa, qmax], [0.0, ua, self.span]
+
     def quality_to_position(self, quality: float, qmin: float = 1.0, qmax: float = 100.0) -> float:
-        q = min(max(float(quality), qmin), qmax)
-        return (q - qmin) / (qmax - qmin) * self.span
+        qs, us = self._knots(qmin, qmax)
+        return float(np.interp(min(max(float(quality), qmin), qmax), qs, us))
 
     def position_to_quality(self, u: float, qmin: float = 1.0, qmax: float = 100.0) -> float:
-        return qmin + (u / self.span if self.span else 1.0) * (qmax - qmin)
+        if not self.span:
+            return qmax
+        qs, us = self._knots(qmin, qmax)
+        return float(np.interp(u, us, qs))
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -263,7 +304,7 @@ def calibrate_codec(codec, images: Sequence[np.ndarray]) -> tuple[Ladder, dict]:
     points = measure(codec, images)
     if not all((s, float(lv)) in points for s in SCALES for lv in range(codec.levels)):
         return Ladder.single(codec.levels), {}          # images too small to code at every scale
-    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels)
+    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels).anchored(points)
     return ladder, {f"{scale_label(s)}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}
 
 

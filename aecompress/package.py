@@ -24,7 +24,7 @@ MANIFEST = "manifest.json"
 FORMAT = "aecompress-model/1"
 # Manifest keys that describe provenance, measurements or encoder-only choices: they do not change
 # what a decoder computes from a file.
-NON_CODING_KEYS = {"description", "training", "measured", "notes", "license", "encoder"}
+NON_CODING_KEYS = {"description", "training", "measured", "notes", "license", "encoder", "quality_anchor"}
 DEFAULT_CODEC = "photo"
 DEFAULT_DENOISER = "denoise"
 

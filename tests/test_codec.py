@@ -177,5 +177,9 @@ def test_encoder_settings_do_not_change_the_model_id(tmp_path):
     shutil.copytree(pkg.path, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["encoder"] = {"rdoq_lambda": 3.0}
+    m["quality_anchor"] = {"quality": 75, "position": 5.0, "calibration_psnr": 28.0}
     (copy / "manifest.json").write_text(json.dumps(m))
     assert load_package(copy).model_id == pkg.model_id
+    m["levels"] = 8                                  # a coding field does change it
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert load_package(copy).model_id != pkg.model_id

@@ -32,6 +32,52 @@ def test_positions_run_along_the_rungs():
     assert single.span == 8 and single.at(3.25) == (1, 3.25)
 
 
+def test_quality_maps_through_the_anchor():
+    lad = Ladder([Rung(2, 0.0, 4.0), Rung(1, 1.0, 8.0)], anchor=(75, 6.0))
+    assert lad.quality_to_position(1) == 0 and lad.quality_to_position(100) == 11.0
+    assert lad.quality_to_position(75) == pytest.approx(6.0)
+    assert lad.quality_to_position(38) == pytest.approx(3.0)               # halfway to the anchor
+    assert lad.quality_to_position(87.5) == pytest.approx(8.5)             # halfway above it
+    qs = np.linspace(1, 100, 199)
+    us = [lad.quality_to_position(q) for q in qs]
+    assert np.all(np.diff(us) > 0)
+    for q in (1, 20, 75, 90, 100):
+        assert lad.position_to_quality(lad.quality_to_position(q)) == pytest.approx(q)
+    assert lad.quality_to_position(500) == 11.0 and lad.quality_to_position(-3) == 0
+    spec = {"resolution_ladder": lad.to_manifest(), "quality_anchor": lad.anchor_manifest()}
+    back = Ladder.from_manifest(json.loads(json.dumps(spec)), 9)
+    assert back.anchor == (75, 6.0) and back.quality_to_position(75) == pytest.approx(6.0)
+    for bad in ((75, 0.0), (75, 11.0), (100, 5.0), (1, 5.0)):
+        with pytest.raises(ValueError, match="anchor"):
+            Ladder(lad.rungs, anchor=bad)
+
+
+def test_anchor_sits_at_the_calibration_psnr():
+    # full resolution: PSNR 25 + l; half resolution: PSNR 22 + l / 2 (bits as in calibrate's tests)
+    points = {}
+    for lv in range(9):
+        points[(1, float(lv))] = (0.4 * 1.25 ** lv, 25.0 + lv)
+        points[(2, float(lv))] = (0.1 * 1.25 ** lv, 22.0 + lv / 2)
+    lad = Ladder([Rung(2, 0.0, 6.0), Rung(1, 0.0, 8.0)])
+    on_full = lad.anchored(points, psnr=30.2)
+    assert on_full.anchor == (75.0, pytest.approx(6.0 + 5.2))
+    scale, level = on_full.at(on_full.quality_to_position(75))
+    assert scale == 1 and 25.0 + level == pytest.approx(30.2)
+    on_half = lad.anchored(points, psnr=23.0, quality=40)
+    assert on_half.at(on_half.quality_to_position(40)) == (2, pytest.approx(2.0))
+    # a PSNR the ladder never reaches leaves quality linear
+    assert lad.anchored(points, psnr=40.0).anchor is None
+    assert lad.anchored(points, psnr=40.0).quality_to_position(75) == pytest.approx(74 / 99 * 14)
+
+
+def test_shipped_default_quality_codes_at_the_anchor_psnr(photo_codec):
+    m = photo_codec.pkg.manifest
+    pts = parse_points(m["training"]["ladder_calibration"]["points (scale:level -> bpp, PSNR)"])
+    scale, level = photo_codec.ladder.at(photo_codec.quality_to_position(75))
+    lv = np.arange(photo_codec.levels, dtype=float)
+    assert np.interp(level, lv, [pts[(scale, v)][1] for v in lv]) == pytest.approx(m["quality_anchor"]["calibration_psnr"], abs=0.01)
+
+
 def test_invalid_ladders_are_refused():
     with pytest.raises(ValueError):
         Ladder([Rung(3, 0, 1)])
@@ -105,6 +151,7 @@ def _variant(tmp_path_factory, name, ladder):
     shutil.copytree(find_package_dir("photo"), dst)
     m = json.loads((dst / "manifest.json").read_text())
     m.pop("resolution_ladder", None)
+    m.pop("quality_anchor", None)                 # placed on the shipped ladder: quality maps linearly here
     if ladder:
         m["resolution_ladder"] = ladder
     (dst / "manifest.json").write_text(json.dumps(m))

@@ -292,6 +292,8 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
             ladder, points = calibrate_codec(Codec(ModelPackage(tmp, read_manifest(tmp), "cpu", None)),
                                              ladder_images)
             manifest["resolution_ladder"] = ladder.to_manifest()
+            if ladder.anchor:
+                manifest["quality_anchor"] = ladder.anchor_manifest()
             manifest["training"] = {**training, "ladder_calibration": {
                 "images": len(ladder_images), "points (scale:level -> bpp, PSNR)": points}}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
