@@ -214,7 +214,8 @@ class DenoiseTab(QWidget):
             self.source.picture = pic
             if self.panel.view.before is None:
                 self.panel.view.set_images(img, None, None, ("Input", "Denoised"))
-            self.grid.set("dims", f"{pic.width} \u00d7 {pic.height}, {pic.mode}")
+            frames = f", frame 1 of {pic.frames}" if pic.frames > 1 else ""   # saving writes this frame only
+            self.grid.set("dims", f"{pic.width} \u00d7 {pic.height}, {pic.mode}{frames}")
 
     def _done(self, r: Denoised) -> None:
         self.result = r

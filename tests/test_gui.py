@@ -463,6 +463,14 @@ def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots):
     out = tab.save_image(tmp_path / "den.png")
     qtbot.waitUntil(lambda: out.exists(), timeout=WAIT)
     np.testing.assert_array_equal(np.asarray(Image.open(out)), tab.result.shown)
+    assert "frame" not in tab.grid.text("dims")
+    # an animated image: the tab works on its first frame and says so
+    gif = tmp_path / "anim.gif"
+    frames = [Image.fromarray(noisy).convert("P"), Image.fromarray(255 - noisy).convert("P")]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    drop(window, [gif])
+    qtbot.waitUntil(lambda: tab.result is not None and tab.source.name == "anim.gif", timeout=WAIT)
+    assert tab.grid.text("dims").endswith("frame 1 of 2")
     # a batch of images to denoise goes through aecompress.batch.run_batch
     window.batch.action.setCurrentIndex(1)
     window.batch.add_paths([src])
