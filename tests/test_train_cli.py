@@ -209,6 +209,34 @@ def test_whole_photo_comparison_is_a_bd_rate():
     assert [p.shape for p in _whole_photos(ims, count=4)] == [(448, 768, 3), (128, 64, 3)]
 
 
+def test_fine_tuning_keeps_the_weights_best_on_whole_photos(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from aecompress.train import fit_conv
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    base = dict(data=str(tmp_path / "imgs"), val=str(tmp_path / "imgs"), crop=64, n=16, m=24, batch=2, threads=1)
+    first = fit_conv.train_conv(fit_conv.ConvConfig(out=str(tmp_path / "a"), steps=1, **base), log=lambda m: None)
+    assert first.name == "checkpoint.pt"                  # a first stage has no start to compare against
+    # whole-photo curves as measured: the start, better at step 2, worse again at the end (step 4)
+    start = [{"level": k, "bpp": 0.2 * 1.3 ** k, "psnr": 25.0 + 1.1 * k} for k in range(9)]
+    curves = [start, [dict(r, bpp=r["bpp"] * 0.9) for r in start], [dict(r, bpp=r["bpp"] * 1.2) for r in start]]
+    monkeypatch.setattr(fit_conv, "evaluate_whole", lambda model, photos: curves.pop(0))
+    logs = []
+    cfg = fit_conv.ConvConfig(out=str(tmp_path / "b"), steps=4, init=str(first), whole_every=2, **base)
+    best = fit_conv.train_conv(cfg, log=logs.append)
+    assert not curves                                     # measured at the start, step 2 and the end
+    assert best.name == "best.pt"
+    b, last = torch.load(best, weights_only=False), torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert b["step"] == 2 and b["whole_photos"]["bd_rate_vs_start"] == pytest.approx(-10.0, abs=1e-6)
+    assert last["step"] == 4 and last["whole_photos"]["bd_rate_vs_start"] == pytest.approx(20.0, abs=1e-6)
+    assert [c["step"] for c in last["whole_photos"]["checks"]] == [2, 4]
+    assert not all(torch.equal(b["model"][k], last["model"][k]) for k in b["model"])
+    assert any("step 2: whole photos -10.00%" in m for m in logs) and "best on whole photos: step 2" in logs[-1]
+
+
 def test_subpixel_synthesis_matches_transposed_convolutions():
     torch = pytest.importorskip("torch")
     from aecompress.train.conv import Synthesis

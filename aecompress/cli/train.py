@@ -96,6 +96,8 @@ def train_cmd(
     m: int = typer.Option(128, help="conv: latent channels"),
     bf16: bool = typer.Option(False, "--bf16", help="conv: bfloat16 mixed precision until the final 15% of the "
                                                     "schedule (about 1.8x faster on CPUs with AVX512-BF16)"),
+    whole_every: int = typer.Option(5000, help="conv --init: steps between whole-photo checks against the starting "
+                                               "weights (0: at the end only); the best weights are exported"),
     latent: int = typer.Option(32, help="dense: code units (undercomplete autoencoder)"),
     hidden: str = typer.Option("512,256", help="dense: hidden layer widths, mirrored in the decoder, or none"),
     activation: str = typer.Option("elu", help="dense: elu or relu (He initialisation)"),
@@ -145,7 +147,7 @@ def train_cmd(
         if bad:
             raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
         _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
-                    threads, minutes, crop, n, m, quiet, report, log, init, bf16)
+                    threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every)
         return
     if init is not None:
         raise AecError("--init applies to conv models only")
@@ -190,7 +192,7 @@ def export_and_report_dense(result, out: Path, name: str, description: str = "",
 
 
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
-                minutes, crop, n, m, quiet, report, log, init=None, bf16=False) -> None:
+                minutes, crop, n, m, quiet, report, log, init=None, bf16=False, whole_every=5000) -> None:
     from ..train.data import load_folder
     from ..train.export import export_checkpoint
     from ..train.fit_conv import ConvConfig, train_conv
@@ -216,7 +218,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
     cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 8,
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
-                     bf16=bf16)
+                     bf16=bf16, whole_every=whole_every)
     if init is not None and not Path(init).is_file():
         raise AecError(f"--init {init}: no such checkpoint")
     cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
