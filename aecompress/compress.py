@@ -18,8 +18,8 @@ import numpy as np
 from . import container
 from .codec import Analysis, Codec
 from .errors import AecError, ModelError
-from .fsutil import first_writers, write_bytes_atomic
-from .imageio import Picture, read_image, save_image, to_channels8
+from .fsutil import first_writers, is_stdio, read_stdin, write_bytes_atomic, write_stdout
+from .imageio import Picture, image_bytes, read_image, save_image, to_channels8
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
 from .package import DEFAULT_CODEC, ModelPackage, find_by_id, load_package
@@ -161,7 +161,12 @@ def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "au
 
 # -- files ------------------------------------------------------------------------------------
 
+STDIN_NAME, STDOUT_NAME = "<stdin>", "<stdout>"       # how reports name the standard streams
+
+
 def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
+    if output is None and is_stdio(inp):
+        raise AecError("reading standard input needs -o: a file, or - for standard output")
     if output is None:
         return inp.with_suffix(suffix) if inp.suffix.lower() != suffix else inp.with_name(inp.name + suffix)
     if many or output.is_dir():
@@ -174,17 +179,24 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
     """(input, output, error) for each file to process. A folder stands for the files directly in it
     that `accept` takes (`what` names them in the error for a folder without any). An input whose
     output an earlier input of the same run already takes gets an error instead of an output, so
-    one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder)."""
+    one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder).
+    "-" as an input is standard input, and -o - standard output; each takes a single file."""
     files: list[tuple[Path, str | None]] = []
     folders = False
     for p in map(Path, inputs):
-        if p.is_dir():
+        if is_stdio(p) and len(inputs) > 1:
+            raise AecError("'-' (standard input) must be the only input")
+        if is_stdio(p):
+            files.append((p, None))
+        elif p.is_dir():
             folders = True
             found = sorted(q for q in p.iterdir() if q.is_file() and accept(q))
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
     many = len(files) > 1 or folders
+    if many and is_stdio(output):
+        raise AecError("-o - (standard output) takes a single input")
     outs = [None if error else output_for(inp, output, many, suffix) for inp, error in files]
     plan = []
     for i, ((inp, error), out, first) in enumerate(zip(files, outs, first_writers(outs))):
@@ -201,19 +213,27 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
                 target_bpp: float | None = None, target_size: int | None = None,
                 target_psnr: float | None = None) -> dict:
     t0 = time.perf_counter()
-    if out.exists() and not force:
+    if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
-    pic = read_image(inp)
+    if is_stdio(inp):
+        source = read_stdin()
+        pic, in_size, in_name = read_image(STDIN_NAME, source), len(source), STDIN_NAME
+    else:
+        pic, in_size, in_name = read_image(inp), None, str(inp)
     enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr)
-    write_bytes_atomic(out, enc.data, force)
+    if is_stdio(out):
+        write_stdout(enc.data)
+        size, out_name = len(enc.data), STDOUT_NAME
+    else:
+        write_bytes_atomic(out, enc.data, force)
+        size, out_name = out.stat().st_size, str(out)
     seconds = time.perf_counter() - t0
-    size = out.stat().st_size
     pixels = pic.width * pic.height
     report = {
-        "input": str(inp), "output": str(out),
+        "input": in_name, "output": out_name,
         "bpp": size * 8 / pixels,
         "ratio_raw": pixels * 3 / size,
-        "ratio_file": inp.stat().st_size / size,
+        "ratio_file": (inp.stat().st_size if in_size is None else in_size) / size,
         "psnr": psnr(enc.reference, enc.recon),
         "ms_ssim": ms_ssim(enc.reference, enc.recon),
         "seconds": seconds,
@@ -228,10 +248,11 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
 def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bool = False,
                 device: str = "auto", threads: int | None = None) -> dict:
     t0 = time.perf_counter()
-    if out.exists() and not force:
+    if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
+    name = STDIN_NAME if is_stdio(inp) else inp
     try:
-        data = inp.read_bytes()
+        data = read_stdin() if is_stdio(inp) else inp.read_bytes()
     except FileNotFoundError:
         raise AecError(f"{inp}: no such file") from None
     except OSError as exc:
@@ -239,9 +260,12 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     try:
         pixels, header, codec = decode_bytes(data, pkg, device, threads)
     except AecError as exc:
-        raise type(exc)(f"{inp}: {exc}") from None
-    save_image(out, pixels, force=force)
-    return {"input": str(inp), "output": str(out), "width": header.width, "height": header.height,
+        raise type(exc)(f"{name}: {exc}") from None
+    if is_stdio(out):
+        write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
+    else:
+        save_image(out, pixels, force=force)
+    return {"input": str(name), "output": STDOUT_NAME if is_stdio(out) else str(out), "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
             "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +13,39 @@ from typing import Iterable, Iterator
 from .errors import AecError
 
 
+STDIO = "-"             # as an input: standard input; as an output: standard output (as in cwebp)
+
+
+def is_stdio(path: Path | str | None) -> bool:
+    return path is not None and str(path) == STDIO
+
+
+def read_stdin() -> bytes:
+    """All of standard input; refused when it is a terminal (nobody is piping anything in)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise AecError("'-' reads standard input, but it is a terminal: pipe a file in")
+    return sys.stdin.buffer.read()
+
+
+def write_stdout(data: bytes) -> None:
+    """Binary data to standard output in one write, after all the work has succeeded (so a failure
+    leaves nothing behind); refused when standard output is a terminal."""
+    if sys.stdout.isatty():
+        raise AecError("refusing to write binary data to a terminal: redirect standard output or name a file")
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise AecError("standard output was closed before everything was written") from None
+
+
 def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
     """For the outputs of one run, in order: the index of the first entry that writes the same file
     (an entry's own index when it is the first; None for None). A later entry whose first writer is
     another must not be written, even with --force: one run never overwrites its own results."""
-    first: dict[Path, int] = {}
-    return [None if out is None else first.setdefault(Path(out).resolve(), i) for i, out in enumerate(outputs)]
+    first: dict[Path | str, int] = {}
+    return [None if out is None else first.setdefault(STDIO if is_stdio(out) else Path(out).resolve(), i)
+            for i, out in enumerate(outputs)]
 
 
 def check_writable(path: Path, force: bool) -> None:

@@ -50,6 +50,46 @@ def test_encode_json_report_matches_the_files(photo):
     assert rep["ms_ssim"] == pytest.approx(ms_ssim(src, dec), abs=1e-9)
 
 
+def run_bytes(*args, stdin: bytes = b"", cwd=None):
+    return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], input=stdin, capture_output=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_standard_input_and_output(photo, tmp_path):
+    # encode - -o -: a pipe in and out, as with cwebp; the report goes to stderr
+    r = run_bytes("encode", "-", "-o", "-", "--json", stdin=photo.read_bytes(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stderr)
+    assert rep["input"] == "<stdin>" and rep["output"] == "<stdout>"
+    assert r.stdout[:3] == b"AEZ" and rep["bpp"] == pytest.approx(len(r.stdout) * 8 / (451 * 300), rel=1e-12)
+    assert rep["ratio_file"] == pytest.approx(photo.stat().st_size / len(r.stdout))
+    on_disk = run("encode", photo, "-o", tmp_path / "file.aez")
+    assert on_disk.returncode == 0 and (tmp_path / "file.aez").read_bytes() == r.stdout
+    # decode - -o -: PNG on standard output, the same pixels as decoding the file
+    d = run_bytes("decode", "-", "-o", "-", stdin=r.stdout, cwd=tmp_path)
+    assert d.returncode == 0, d.stderr
+    assert b"<stdin> -> <stdout>: 451x300" in d.stderr
+    assert run("decode", tmp_path / "file.aez", "-o", tmp_path / "file.png").returncode == 0
+    import io
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(d.stdout))), np.asarray(Image.open(tmp_path / "file.png")))
+    # a file from stdin, into a named file
+    f = run_bytes("decode", "-", "-o", tmp_path / "piped.png", stdin=r.stdout)
+    assert f.returncode == 0 and (tmp_path / "piped.png").read_bytes() == (tmp_path / "file.png").read_bytes()
+    assert not list(tmp_path.glob("-*"))                   # no file named "-" anywhere
+    # misuse: one line each, nothing on standard output
+    for args, stdin, msg in [
+        (("encode", "-"), photo.read_bytes(), b"needs -o"),
+        (("encode", "-", photo, "-o", tmp_path / "x"), b"", b"the only input"),
+        (("encode", photo, photo.with_name("missing.png"), "-o", "-"), b"", b"single input"),
+        (("decode", "-", "-o", "-"), photo.read_bytes(), b"not an .aez file"),
+        (("encode", "-", "-o", "-"), b"", b"cannot read image"),
+        (("encode", "-", "-o", "-"), b"garbage", b"<stdin>: cannot read image (not a format Pillow reads)"),
+    ]:
+        bad = run_bytes(*args, stdin=stdin, cwd=tmp_path)
+        assert bad.returncode != 0 and msg in bad.stderr and bad.stdout == b"", (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and b"Traceback" not in bad.stderr
+
+
 def test_tiny_and_animated_inputs_are_reported_honestly(tmp_path):
     Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "one.png")
     frames = [Image.fromarray(smooth_image(64, 64, seed=i)) for i in range(3)]

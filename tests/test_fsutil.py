@@ -1,11 +1,12 @@
 """Atomic output: permissions like a plain open(), no clobbering, nothing left on failure."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 from aecompress.errors import AecError
-from aecompress.fsutil import atomic_output, first_writers, write_bytes_atomic
+from aecompress.fsutil import atomic_output, first_writers, read_stdin, write_bytes_atomic, write_stdout
 
 
 def test_output_gets_umask_permissions(tmp_path):
@@ -35,3 +36,18 @@ def test_first_writers_of_one_run(tmp_path):
     outs = [tmp_path / "out" / "a.aez", tmp_path / "out" / "b.aez", tmp_path / "out" / ".." / "out" / "a.aez", None,
             tmp_path / "out" / "b.aez"]
     assert first_writers(outs) == [0, 1, 0, None, 1]
+    assert first_writers([Path("-"), tmp_path / "-", "-"]) == [0, 1, 0]       # standard output is not ./-
+
+
+class _Tty:
+    def isatty(self):
+        return True
+
+
+def test_standard_streams_refuse_a_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stdout", _Tty())
+    monkeypatch.setattr("sys.stdin", _Tty())
+    with pytest.raises(AecError, match="terminal"):
+        write_stdout(b"AEZ...")
+    with pytest.raises(AecError, match="terminal"):
+        read_stdin()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,10 +32,26 @@ def _fmt_encode(r: dict) -> str:
     return line
 
 
+def _report(out: Path | None):
+    """Where a file's report goes: standard error when standard output carries the file itself."""
+    from ..fsutil import is_stdio
+
+    return sys.stderr if is_stdio(out) else sys.stdout
+
+
+def _print(line: str, out: Path | None) -> None:
+    if _report(out) is sys.stderr:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        progress.print_line(line)
+
+
 @app.command()
 def encode(
-    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads), or folders of them."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several)."),
+    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads), folders of them, "
+                                                  "or - for standard input."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several); "
+                                                                      "- for standard output (the report goes to stderr)."),
     quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
     psnr: Optional[float] = typer.Option(None, "--psnr", help="Target PSNR in dB (smallest file reaching it)."),
@@ -61,9 +78,9 @@ def encode(
             raise AecError(error)
         r = encode_file(path, out, codec, force, quality, bpp, size, psnr)
         if as_json:
-            print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True, file=_report(out))
         elif not quiet:
-            progress.print_line(_fmt_encode(r))
+            _print(_fmt_encode(r), out)
         return r
 
     run_many(plan, one, "encoding")
@@ -71,8 +88,9 @@ def encode(
 
 @app.command()
 def decode(
-    files: List[Path] = typer.Argument(..., help=".aez files to decompress, or folders of them."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several); the extension picks the format (PNG by default)."),
+    files: List[Path] = typer.Argument(..., help=".aez files to decompress, folders of them, or - for standard input."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several); "
+                                          "the extension picks the format (PNG by default); - for PNG on standard output."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package (default: found by the file's model id)."),
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
@@ -93,10 +111,10 @@ def decode(
             raise AecError(error)
         r = decode_file(path, out, pkg, force, device, threads)
         if as_json:
-            print(json.dumps(r), flush=True)
+            print(json.dumps(r), flush=True, file=_report(out))
         elif not quiet:
-            progress.print_line(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, "
-                                f"{r['seconds']:.2f} s, {r['provider']}")
+            _print(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, {r['seconds']:.2f} s, {r['provider']}",
+                   out)
         return r
 
     run_many(plan, one, "decoding")
