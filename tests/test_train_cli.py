@@ -17,6 +17,14 @@ from tests.test_train_dense import read_mnist, write_digits
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def random_images(folder: Path, seed: int, count: int = 2) -> None:
+    """A folder of small noise images: enough for a conv training step and its whole-photo check."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aecompress", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
@@ -162,10 +170,7 @@ def test_train_conv_init_fine_tunes_from_a_checkpoint(tmp_path):
     from aecompress.cli import app
     from aecompress.train.fit_dense import work_dir
 
-    rng = np.random.default_rng(1)
-    (tmp_path / "imgs").mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    random_images(tmp_path / "imgs", seed=1)
     args = ["--data", str(tmp_path / "imgs"), "--crop", "64", "--n", "16", "--m", "24", "--batch", "2", "--quiet",
             "--no-report"]
     first = tmp_path / "a"
@@ -213,10 +218,7 @@ def test_fine_tuning_keeps_the_weights_best_on_whole_photos(tmp_path, monkeypatc
     torch = pytest.importorskip("torch")
     from aecompress.train import fit_conv
 
-    rng = np.random.default_rng(2)
-    (tmp_path / "imgs").mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    random_images(tmp_path / "imgs", seed=2)
     base = dict(data=str(tmp_path / "imgs"), val=str(tmp_path / "imgs"), crop=64, n=16, m=24, batch=2, threads=1)
     first = fit_conv.train_conv(fit_conv.ConvConfig(out=str(tmp_path / "a"), steps=1, **base), log=lambda m: None)
     assert first.name == "checkpoint.pt"                  # a first stage has no start to compare against
@@ -271,10 +273,7 @@ def test_bf16_mixed_precision_until_the_final_phase(tmp_path, monkeypatch):
     from aecompress.train import fit_conv
     from aecompress.train.conv import HyperpriorCodec, rd_loss
 
-    rng = np.random.default_rng(2)
-    (tmp_path / "imgs").mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    random_images(tmp_path / "imgs", seed=2)
     flags = []
     real = torch.autocast
 
@@ -295,7 +294,7 @@ def test_bf16_mixed_precision_until_the_final_phase(tmp_path, monkeypatch):
     model = HyperpriorCodec(3, 16, 24, 64, 32)
     model.load_state_dict(state["model"])
     model.eval()
-    x = torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))
+    x = torch.from_numpy(np.random.default_rng(2).random((2, 3, 64, 64), dtype=np.float32))
     level = torch.tensor([0, 8])
     with torch.no_grad():
         full = rd_loss(model, x, level)
