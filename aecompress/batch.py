@@ -167,7 +167,7 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
 # ---------------------------------------------------------------- one file
 
 def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | None = None, sigma=None,
-                 ref: Path | None = None, cancel: Callable[[], bool] | None = None) -> dict:
+                 ref: Path | None = None, cancel: Callable[[], bool] | None = None, ensemble: int = 1) -> dict:
     """Read, denoise and atomically write one image, keeping format, size, mode, EXIF and ICC profile."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_writable
@@ -181,7 +181,7 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     if pic.frames > 1:               # writing back one frame would silently drop the rest
         raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
-                              cancel=cancel)
+                              cancel=cancel, ensemble=ensemble)
     if cancel is not None and cancel():
         raise KeyboardInterrupt
     save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format)
@@ -232,7 +232,7 @@ def _as_cancel(cancel) -> Callable[[], bool]:
 
 def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | None = None, recursive: bool = False,
               skip_existing: bool = False, force: bool = False, jobs: int = 1, tile: int | None = None, sigma=None,
-              reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER, device: str = "auto",
+              ensemble: int = 1, reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER, device: str = "auto",
               threads: int | None = None, engine: str = "local", address: str | None = None,
               progress: Callable[[JobResult, BatchSummary], None] | None = None,
               cancel: Callable[[], bool] | threading.Event | None = None,
@@ -281,7 +281,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     runner = _run_ray if engine == "ray" else _run_local
     try:
         runner(todo, report, is_cancelled, model=model, device=device, threads=threads, jobs=jobs, tile=tile,
-               sigma=sigma, force=force, skip_existing=skip_existing, address=address)
+               sigma=sigma, ensemble=ensemble, force=force, skip_existing=skip_existing, address=address)
     except KeyboardInterrupt:
         summary.cancelled = True
         summary.seconds = time.perf_counter() - t0
@@ -291,7 +291,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     return summary
 
 
-def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, force,
+def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
                skip_existing, address=None) -> None:
     stop = threading.Event()
 
@@ -311,7 +311,7 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             if skip_existing:
                 _remove_stale_parts(job.dst)
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
-                                cancel=cancelled)
+                                cancel=cancelled, ensemble=ensemble)
             return _result(job, info, seconds=time.perf_counter() - t)
         except AecError as exc:
             return _result(job, error=str(exc), seconds=time.perf_counter() - t)
@@ -386,7 +386,8 @@ class _RayWorker:
         self.pkg = load_package(pkg_dir, device=device, threads=threads)
         self.pkg.session("denoise")
 
-    def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma) -> dict:
+    def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma,
+                ensemble: int = 1) -> dict:
         t = time.perf_counter()
         work = Path(tempfile.mkdtemp(dir=self.dir))
         try:
@@ -398,7 +399,8 @@ class _RayWorker:
                 ref_path = work / ("ref" + Path(ref_name).suffix)
                 ref_path.write_bytes(ref)
             try:
-                info = denoise_file(src, dst, self.pkg, force=True, tile=tile, sigma=sigma, ref=ref_path)
+                info = denoise_file(src, dst, self.pkg, force=True, tile=tile, sigma=sigma, ref=ref_path,
+                                    ensemble=ensemble)
             except AecError as exc:
                 return {"error": str(exc).replace(str(src), name), "seconds": time.perf_counter() - t}
             except Exception as exc:  # noqa: BLE001
@@ -411,7 +413,7 @@ class _RayWorker:
             work.rmdir()
 
 
-def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, force,
+def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
              skip_existing, address=None) -> None:
     try:
         import ray
@@ -455,7 +457,8 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     free.append(a)
                     report(_result(job, error=f"{job.src}: cannot read ({exc.strerror or exc})"))
                     continue
-                fut = a.process.remote(str(job.src), data, job.ref.name if job.ref else None, ref, tile, sigma)
+                fut = a.process.remote(str(job.src), data, job.ref.name if job.ref else None, ref, tile, sigma,
+                                       ensemble)
                 running[fut] = (job, a)
 
         submit()

@@ -3,7 +3,8 @@
 Clean images (default ../shared/data/val/photos) get seeded Gaussian noise at sigma 15, 25 and 50
 (0-255 scale, clipped and rounded to 8 bits). Every method sees the same noisy image; PSNR is against
 the clean image; seconds are per image, in this process, single run. The peers are told the true sigma
-(non-blind, their best case); our model is blind. Also measures the whole-process time of
+(non-blind, their best case); our model is blind. ours_x2 and ours_x8 are the same model with
+`--ensemble 2` and `8` (averaged over flipped and rotated runs). Also measures the whole-process time of
 `python -m aecompress denoise` on a 512x512 colour image (median of 5 runs).
 
 CBM3D (`pip install bm3d`) is a benchmark peer only, never a dependency: its licence is non-commercial.
@@ -41,9 +42,9 @@ def add_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
-def method_ours(pkg):
+def method_ours(pkg, ensemble: int = 1):
     def run(noisy, sigma):
-        return denoise_array(noisy, pkg)[0]
+        return denoise_array(noisy, pkg, ensemble=ensemble)[0]
     return run
 
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crop", type=int, default=None, help="centre-crop each image to at most N x N")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
     ap.add_argument("--model", default=DEFAULT_DENOISER)
-    ap.add_argument("--methods", default="ours,opencv_nlm,skimage_nlm,cbm3d")
+    ap.add_argument("--methods", default="ours,ours_x2,ours_x8,opencv_nlm,skimage_nlm,cbm3d",
+                    help="ours_xN: our model with `aecompress denoise --ensemble N`")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "denoise")
     a = ap.parse_args(argv)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         files = [files[i] for i in np.linspace(0, len(files) - 1, a.limit).round().astype(int)]
     images = [centre_crop(to_rgb8(read_image(p)), a.crop) for p in files]
     pkg = load_package(a.model, device="cpu", threads=a.threads)
-    makers = {"ours": lambda: method_ours(pkg), "opencv_nlm": method_opencv_nlm,
+    makers = {"ours": lambda: method_ours(pkg), "ours_x2": lambda: method_ours(pkg, 2),
+              "ours_x8": lambda: method_ours(pkg, 8), "opencv_nlm": method_opencv_nlm,
               "skimage_nlm": method_skimage_nlm, "cbm3d": method_cbm3d}
     methods = {}
     for name in a.methods.split(","):
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table_text(res: dict) -> str:
-    names = list(next(iter(res["results"].values())).keys())
+    names = [n for n in next(iter(res["results"].values())) if n != "noisy"] + ["noisy"]
     head = "| sigma | " + " | ".join(f"{n} PSNR dB (s/img)" for n in names) + " |"
     lines = [head, "|" + "---|" * (len(names) + 1)]
     for s, row in res["results"].items():

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
+from aecompress.errors import AecError
 from aecompress.package import load_package
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,41 @@ def test_tiled_equals_untiled(pkg):
     u8_whole, _ = denoise_array(a, pkg, tile=0)
     u8_tiled, _ = denoise_array(a, pkg, tile=48)
     assert np.abs(u8_whole.astype(int) - u8_tiled).max() <= 1
+
+
+def test_self_ensemble_averages_the_flipped_and_rotated_runs(pkg):
+    from aecompress.denoise import denoise_array
+
+    a = noisy(smooth_image(40, 56), 25)
+    sess = pkg.session("denoise")
+    x = a.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    # the eight symmetries of the square, each undone after the run (np.rot90/np.flip, independently
+    # of the module's own views); x2 pairs the image with its mirror image
+    views = [(lambda t, k=k, f=f: np.rot90(np.flip(t, 3) if f else t, k, axes=(2, 3)),
+              lambda t, k=k, f=f: (lambda u: np.flip(u, 3) if f else u)(np.rot90(t, -k, axes=(2, 3))))
+             for k in range(4) for f in (False, True)]
+    for n, chosen in ((2, [views[0], views[1]]), (8, views)):
+        want = np.mean([undo(sess(np.ascontiguousarray(do(x)))) for do, undo in chosen], axis=0)
+        want = np.clip(want, 0, 1)[0].transpose(1, 2, 0) * 255
+        got, info = denoise_array(a, pkg, tile=0, float_output=True, guard=False, ensemble=n)
+        assert info["ensemble"] == n
+        np.testing.assert_allclose(got, want, atol=2e-3)
+    # tiles (their transposes change shape) join without seams, as a single run's do
+    tiled, _ = denoise_array(a, pkg, tile=16, float_output=True, guard=False, ensemble=8)
+    assert np.abs(tiled - got).max() < 0.02
+    with pytest.raises(AecError, match="ensemble"):
+        denoise_array(a, pkg, ensemble=3)
+
+
+def test_self_ensemble_denoises_better(pkg):
+    from aecompress.denoise import denoise_array
+    from aecompress.metrics import psnr
+
+    clean = smooth_image(96, 128, seed=3)
+    a = noisy(clean, 25, seed=4)
+    one, _ = denoise_array(a, pkg)
+    eight, _ = denoise_array(a, pkg, ensemble=8)
+    assert psnr(clean, eight) > psnr(clean, one) + 0.05
 
 
 @pytest.mark.parametrize("sigma", [5, 15, 25, 40])
@@ -200,6 +236,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, env):
         ["denoise", tmp_path / "missing.png"],
         ["denoise", tmp_path, "--sigma", "loud"],
         ["denoise", tmp_path, "-m", "no-such-model"],
+        ["denoise", tmp_path, "--ensemble", "3"],
     ]
     (tmp_path / "bad.png").write_bytes(b"not a png")
     cases.append(["denoise", tmp_path / "bad.png"])
@@ -271,3 +308,15 @@ def test_cli_sigma_auto_json(tmp_path, env):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.splitlines()[0])
     assert 14 < res["sigma_estimate"] < 26
+
+
+def test_cli_ensemble_reaches_the_model(tmp_path, env, pkg):
+    from aecompress.denoise import denoise_array
+
+    a = noisy(smooth_image(64, 64), 20)
+    Image.fromarray(a).save(tmp_path / "n.png")
+    for n in (1, 8):
+        r = run_cli(["denoise", tmp_path / "n.png", "-o", tmp_path / f"x{n}.png", "--ensemble", str(n)], env)
+        assert r.exit_code == 0, r.output
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"x{n}.png")), denoise_array(a, pkg, ensemble=n)[0])
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(Image.open(tmp_path / "x8.png")))

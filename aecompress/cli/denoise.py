@@ -47,6 +47,8 @@ def denoise(
     jobs: int = typer.Option(1, "-j", "--jobs", min=1, help="Images processed in parallel (local threads or Ray workers)."),
     tile: int = typer.Option(512, "--tile", min=0, help="Tile size in pixels for bounded memory (0: whole image at once)."),
     sigma: Optional[str] = typer.Option(None, "--sigma", help="'auto' to estimate and report the noise level, or a known level (0-255 scale). The default model is blind and needs neither."),
+    ensemble: int = typer.Option(1, "--ensemble", help="Average the model over 1, 2, 4 or 8 flipped/rotated copies: "
+                                                       "N times slower, a cleaner result (x8: about +0.2-0.3 dB)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean images with the same relative paths: report PSNR and SSIM."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Denoiser model package name or folder (default: denoise)."),
     engine: str = typer.Option("local", "--engine", help="local or ray."),
@@ -64,7 +66,11 @@ def denoise(
     from ..errors import AecError
     from ..package import DEFAULT_DENOISER, load_package
 
+    from ..denoise import ENSEMBLES
+
     sig = _parse_sigma(sigma)
+    if ensemble not in ENSEMBLES:
+        raise AecError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
     model = model or DEFAULT_DENOISER
     pkg = load_package(model)
     if pkg.kind != "denoiser":
@@ -122,7 +128,7 @@ def denoise(
             bar.start()
         try:
             summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
-                                model=model, device=device, threads=threads, engine=engine, address=address,
+                                ensemble=ensemble, model=model, device=device, threads=threads, engine=engine, address=address,
                                 progress=on_result, cancel=cancel)
         finally:
             if bar is not None:
