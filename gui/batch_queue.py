@@ -210,7 +210,9 @@ class BatchTab(QWidget):
             self.table.item(r, 1).setText(self._action(item).capitalize())
         o = self.options()
         self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d at quality {o['quality']}; "
-                                   f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d (set in those tabs).")
+                                   f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d"
+                                   + (f" averaged over {o['ensemble']} runs" if o.get("ensemble", 1) > 1 else "")
+                                   + " (set in those tabs).")
 
     def remove_selected(self) -> None:
         if self.running:
@@ -308,7 +310,8 @@ class BatchTab(QWidget):
                 if token.cancelled:
                     break
                 if is_denoise:
-                    _denoise_group(group, outputs, o["denoiser"], device, threads, skip, token, emit)
+                    _denoise_group(group, outputs, o["denoiser"], device, threads, skip, token, emit,
+                                   o.get("ensemble", 1))
                     continue
                 for i, src, action in group:
                     if token.cancelled:
@@ -395,7 +398,7 @@ class BatchTab(QWidget):
             w.setEnabled(not run)
 
 
-def _denoise_group(group, outputs, model, device, threads, skip, token, emit) -> None:
+def _denoise_group(group, outputs, model, device, threads, skip, token, emit, ensemble: int = 1) -> None:
     """A run of images to denoise, through aecompress.batch.run_batch (one model load for all)."""
     from aecompress.batch import Job, run_batch
 
@@ -418,7 +421,8 @@ def _denoise_group(group, outputs, model, device, threads, skip, token, emit) ->
             emit((order[k], WORKING, ""))          # one job at a time: the next one starts now
 
     try:
-        run_batch(jobs, skip_existing=skip, force=True, jobs=1, sigma="auto", model=model or "denoise",
+        run_batch(jobs, skip_existing=skip, force=True, jobs=1, sigma="auto", ensemble=ensemble,
+                  model=model or "denoise",
                   device=device, threads=threads, progress=progress, cancel=lambda: token.cancelled)
     except AecError as exc:                        # the model itself is missing or broken: every file fails
         for i in order:

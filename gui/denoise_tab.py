@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
                                QWidget)
 
 from aecompress.imageio import Picture, save_image, to_rgb8
@@ -73,7 +73,15 @@ class DenoiseTab(QWidget):
         self.model = ModelPicker(runtime, "denoiser", self)
         self.model.modelChanged.connect(lambda _k: self.run())
         self.model.addFolderRequested.connect(self.addFolderRequested)
-        side.add(group("Model", self.model))
+        self.ensemble = QComboBox(self)
+        for n, label in ((1, "1 run (fastest)"), (2, "2 runs, averaged"), (4, "4 runs, averaged"),
+                         (8, "8 runs, averaged (cleanest)")):
+            self.ensemble.addItem(label, n)
+        self.ensemble.setToolTip("Average the model over flipped and rotated copies of the image: "
+                                 "N times slower, slightly cleaner (aecompress denoise --ensemble N)")
+        self.ensemble.setCurrentIndex(max(0, self.ensemble.findData(settings.denoise_ensemble)))
+        self.ensemble.currentIndexChanged.connect(self._ensemble_changed)
+        side.add(group("Model", self.model, self.ensemble))
 
         self.auto = QCheckBox("Automatic noise level", self)
         self.auto.setChecked(settings.denoise_auto)
@@ -158,6 +166,10 @@ class DenoiseTab(QWidget):
         if self.source is not None:
             self.run()
 
+    def _ensemble_changed(self, *_):
+        self.settings.denoise_ensemble = self.ensemble.currentData()
+        self.run()
+
     def sigma_arg(self):
         return "auto" if self.auto.isChecked() else float(self.sigma.value())
 
@@ -188,6 +200,7 @@ class DenoiseTab(QWidget):
                                     "(File \u203a Add model folder\u2026)")
             return
         src, runtime, sigma, strength = self.source, self.runtime, self.sigma_arg(), self.strength.value() / 100
+        ensemble = self.ensemble.currentData()
 
         def job(token, emit):
             from aecompress.denoise import denoise_array, estimate_sigma
@@ -196,7 +209,7 @@ class DenoiseTab(QWidget):
             emit(("picture", pic, img))
             token.check()
             pkg = runtime.denoiser(key)
-            out, info = denoise_array(pic.pixels, pkg, sigma=sigma, cancel=lambda: token.cancelled)
+            out, info = denoise_array(pic.pixels, pkg, sigma=sigma, cancel=lambda: token.cancelled, ensemble=ensemble)
             token.check()
             shown = blend(pic.pixels, out, strength)
             a, b = _display(pic, pic.pixels), _display(pic, shown)

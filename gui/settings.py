@@ -108,6 +108,16 @@ class Settings:
     def denoise_sigma(self, v: int) -> None:
         self._set("denoise/sigma", int(v))
 
+    @property
+    def denoise_ensemble(self) -> int:
+        """Runs of the model per image, averaged over flips and rotations (aecompress denoise --ensemble)."""
+        v = self._get("denoise/ensemble", 1, int)
+        return v if v in (1, 2, 4, 8) else 1
+
+    @denoise_ensemble.setter
+    def denoise_ensemble(self, v: int) -> None:
+        self._set("denoise/ensemble", int(v))
+
     # batch
     @property
     def skip_existing(self) -> bool:

@@ -438,7 +438,7 @@ def blur_denoiser(tmp_path):
     return d
 
 
-def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots):
+def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots, monkeypatch):
     clean = smooth_image(96, 128, seed=5, channels=3)
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
     src = tmp_path / "noisy.png"
@@ -471,13 +471,24 @@ def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots):
     drop(window, [gif])
     qtbot.waitUntil(lambda: tab.result is not None and tab.source.name == "anim.gif", timeout=WAIT)
     assert tab.grid.text("dims").endswith("frame 1 of 2")
+    # averaging over flipped/rotated runs (--ensemble): chosen in the tab, kept in the settings, used by the batch
+    drop(window, [src])
+    qtbot.waitUntil(lambda: tab.result is not None and tab.source.name == "noisy.png", timeout=WAIT)
+    assert tab.result.info["ensemble"] == 1
+    tab.ensemble.setCurrentIndex(tab.ensemble.findData(8))
+    qtbot.waitUntil(lambda: tab.result is not None and tab.result.info["ensemble"] == 8, timeout=WAIT)
+    assert window.settings.denoise_ensemble == 8 and window._batch_options()["ensemble"] == 8
+    import aecompress.denoise as den
+    seen, real = [], den.denoise_array
+    monkeypatch.setattr(den, "denoise_array", lambda *a, **k: (seen.append(k.get("ensemble")), real(*a, **k))[1])
     # a batch of images to denoise goes through aecompress.batch.run_batch
     window.batch.action.setCurrentIndex(1)
+    assert "averaged over 8 runs" in window.batch.settings_note.text()
     window.batch.add_paths([src])
     window.batch.start()
     qtbot.waitUntil(lambda: not window.batch.running, timeout=WAIT)
     assert window.batch.items[0].status == DONE, window.batch.items[0].message
-    assert (tmp_path / "noisy.denoised.png").exists()
+    assert (tmp_path / "noisy.denoised.png").exists() and seen == [8]
 
 
 # -- settings, threads, closing --------------------------------------------------------------------
