@@ -232,7 +232,8 @@ def _as_cancel(cancel) -> Callable[[], bool]:
 
 def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | None = None, recursive: bool = False,
               skip_existing: bool = False, force: bool = False, jobs: int = 1, tile: int | None = None, sigma=None,
-              ensemble: int = 1, reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER, device: str = "auto",
+              ensemble: int = 1, reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER,
+              device: str = "auto",
               threads: int | None = None, engine: str = "local", address: str | None = None,
               progress: Callable[[JobResult, BatchSummary], None] | None = None,
               cancel: Callable[[], bool] | threading.Event | None = None,

@@ -265,7 +265,8 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
         save_image(out, pixels, force=force)
-    return {"input": str(name), "output": STDOUT_NAME if is_stdio(out) else str(out), "width": header.width, "height": header.height,
+    return {"input": str(name), "output": STDOUT_NAME if is_stdio(out) else str(out),
+            "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
             "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
 

@@ -83,8 +83,10 @@ class Rung:
 
 
 class Ladder:
-    def __init__(self, rungs: Sequence[Rung], anchor: tuple[float, float] | None = None):
-        """anchor: (quality, position) that quality maps through; None: quality maps linearly."""
+    def __init__(self, rungs: Sequence[Rung], anchor: tuple[float, float] | None = None,
+                 anchor_psnr: float | None = None):
+        """anchor: (quality, position) that quality maps through; None: quality maps linearly.
+        anchor_psnr: the calibration PSNR the anchor was placed at (recorded in the manifest)."""
         if not rungs or any(r.scale not in SCALES or r.hi < r.lo for r in rungs):
             raise ValueError(f"invalid resolution ladder {rungs}")
         self.rungs = list(rungs)
@@ -93,6 +95,7 @@ class Ladder:
             if not (1.0 < q < 100.0 and 0.0 < u < self.span):
                 raise ValueError(f"quality anchor {anchor} outside the ladder")
         self.anchor = anchor and (float(anchor[0]), float(anchor[1]))
+        self.anchor_psnr = anchor_psnr if anchor else None
 
     @classmethod
     def single(cls, levels: int) -> "Ladder":
@@ -108,7 +111,7 @@ class Ladder:
         if any(r.lo < 0 or r.hi > top for r in rungs):
             raise ValueError("resolution ladder levels outside the model's range")
         a = manifest.get("quality_anchor")
-        return cls(rungs, (a["quality"], a["position"]) if a else None)
+        return cls(rungs, (a["quality"], a["position"]), a.get("calibration_psnr")) if a else cls(rungs)
 
     def to_manifest(self) -> list[dict]:
         """The manifest's "resolution_ladder" (the anchor goes in "quality_anchor": anchor_manifest)."""
@@ -127,12 +130,14 @@ class Ladder:
             along = np.interp(fine, lv, ps)                  # rising along a calibrated rung
             if along[0] <= psnr <= along[-1] and r.length > 0:
                 pos = round(u + float(np.interp(psnr, along, fine)) - r.lo, 4)
-                return Ladder(self.rungs, (quality, pos)) if 0 < pos < self.span else Ladder(self.rungs)
+                return Ladder(self.rungs, (quality, pos), psnr) if 0 < pos < self.span else Ladder(self.rungs)
             u += r.length
         return Ladder(self.rungs)
 
-    def anchor_manifest(self, psnr: float = ANCHOR_PSNR) -> dict | None:
-        return self.anchor and {"quality": self.anchor[0], "position": self.anchor[1], "calibration_psnr": psnr}
+    def anchor_manifest(self) -> dict | None:
+        """The manifest's "quality_anchor" (None without an anchor)."""
+        return self.anchor and {"quality": self.anchor[0], "position": self.anchor[1],
+                                "calibration_psnr": self.anchor_psnr}
 
     @property
     def span(self) -> float:

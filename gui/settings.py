@@ -111,8 +111,10 @@ class Settings:
     @property
     def denoise_ensemble(self) -> int:
         """Runs of the model per image, averaged over flips and rotations (aecompress denoise --ensemble)."""
+        from aecompress.denoise import ENSEMBLES
+
         v = self._get("denoise/ensemble", 1, int)
-        return v if v in (1, 2, 4, 8) else 1
+        return v if v in ENSEMBLES else 1
 
     @denoise_ensemble.setter
     def denoise_ensemble(self, v: int) -> None:

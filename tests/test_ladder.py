@@ -47,6 +47,7 @@ def test_quality_maps_through_the_anchor():
     spec = {"resolution_ladder": lad.to_manifest(), "quality_anchor": lad.anchor_manifest()}
     back = Ladder.from_manifest(json.loads(json.dumps(spec)), 9)
     assert back.anchor == (75, 6.0) and back.quality_to_position(75) == pytest.approx(6.0)
+    assert back.anchor_manifest() == spec["quality_anchor"]
     for bad in ((75, 0.0), (75, 11.0), (100, 5.0), (1, 5.0)):
         with pytest.raises(ValueError, match="anchor"):
             Ladder(lad.rungs, anchor=bad)
@@ -60,7 +61,7 @@ def test_anchor_sits_at_the_calibration_psnr():
         points[(2, float(lv))] = (0.1 * 1.25 ** lv, 22.0 + lv / 2)
     lad = Ladder([Rung(2, 0.0, 6.0), Rung(1, 0.0, 8.0)])
     on_full = lad.anchored(points, psnr=30.2)
-    assert on_full.anchor == (75.0, pytest.approx(6.0 + 5.2))
+    assert on_full.anchor == (75.0, pytest.approx(6.0 + 5.2)) and on_full.anchor_manifest()["calibration_psnr"] == 30.2
     scale, level = on_full.at(on_full.quality_to_position(75))
     assert scale == 1 and 25.0 + level == pytest.approx(30.2)
     on_half = lad.anchored(points, psnr=23.0, quality=40)

@@ -63,10 +63,9 @@ def denoise(
     from dataclasses import asdict
 
     from ..batch import plan_jobs, run_batch
+    from ..denoise import ENSEMBLES
     from ..errors import AecError
     from ..package import DEFAULT_DENOISER, load_package
-
-    from ..denoise import ENSEMBLES
 
     sig = _parse_sigma(sigma)
     if ensemble not in ENSEMBLES:
@@ -128,8 +127,8 @@ def denoise(
             bar.start()
         try:
             summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
-                                ensemble=ensemble, model=model, device=device, threads=threads, engine=engine, address=address,
-                                progress=on_result, cancel=cancel)
+                                ensemble=ensemble, model=model, device=device, threads=threads, engine=engine,
+                                address=address, progress=on_result, cancel=cancel)
         finally:
             if bar is not None:
                 bar.stop()
