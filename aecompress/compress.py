@@ -276,15 +276,18 @@ def open_codec(model: str | None, device: str = "auto", threads: int | None = No
 
 
 def file_info(path: Path) -> dict:
+    name = STDIN_NAME if is_stdio(path) else str(path)
     try:
-        data = path.read_bytes()
+        data = read_stdin() if is_stdio(path) else path.read_bytes()
     except FileNotFoundError:
         raise AecError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AecError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         header = container.read_header(data)
     except AecError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
-    info = {"file": str(path), "bytes": len(data), **header.as_dict(),
+        raise type(exc)(f"{name}: {exc}") from None
+    info = {"file": name, "bytes": len(data), **header.as_dict(),
             "resolution": resolution_name(header.scale), "bpp": len(data) * 8 / (header.width * header.height)}
     try:
         codec = Codec(find_by_id(header.model_id))

@@ -75,6 +75,8 @@ def test_standard_input_and_output(photo, tmp_path):
     # a file from stdin, into a named file
     f = run_bytes("decode", "-", "-o", tmp_path / "piped.png", stdin=r.stdout)
     assert f.returncode == 0 and (tmp_path / "piped.png").read_bytes() == (tmp_path / "file.png").read_bytes()
+    i = run_bytes("info", "-", "--json", stdin=r.stdout)
+    assert i.returncode == 0 and json.loads(i.stdout)["bytes"] == len(r.stdout), i.stderr
     assert not list(tmp_path.glob("-*"))                   # no file named "-" anywhere
     # misuse: one line each, nothing on standard output
     for args, stdin, msg in [

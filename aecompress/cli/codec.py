@@ -122,7 +122,7 @@ def decode(
 
 @app.command()
 def info(
-    file: Path = typer.Argument(..., help="An .aez file."),
+    file: Path = typer.Argument(..., help="An .aez file, or - for standard input."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show an .aez file's header without decoding it."""
