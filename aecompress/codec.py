@@ -179,8 +179,8 @@ class Codec:
         Rate-distortion optimised quantization: each value goes to whichever of its two nearest
         integers costs less in lambda * (r - q)^2 + bits(q), with the bits read off the very tables
         the entropy coder uses. Rounding towards the likelier integer saves more bits than the error
-        costs; with the photo codec, lambda 16 saves 12.7% BD-rate against plain rounding on the 28
-        validation photos (bench/rd.py, "ours-round"). The decoder is unaffected: it reads integers."""
+        costs (bench/rd.py compares it with plain rounding as "ours-round"; the gain depends on the
+        model: docs/codec.md). The decoder is unaffected: it reads integers."""
         lam = self.rdoq_lambda
         if lam <= 0:
             return np.round(r).astype(np.int64)

@@ -39,9 +39,9 @@ def test_quality_orders_rate_and_distortion(photo_codec, cat):
     assert sizes[0] < sizes[1] < sizes[2]
     assert psnrs[0] < psnrs[1] < psnrs[2]
     bpp = [s * 8 / (cat.shape[0] * cat.shape[1]) for s in sizes]
-    # the shipped model spans about 0.1 to 2 bpp: its resolution ladder codes the lowest qualities at
-    # half resolution, the highest at full resolution
-    assert bpp[0] < 0.15 and bpp[2] > 1.2
+    # the shipped model spans about 0.05 to 1.3 bpp on photos (its top level saturates near 33.4 dB):
+    # its resolution ladder codes the lowest qualities at half resolution, the highest at full resolution
+    assert bpp[0] < 0.15 and bpp[2] > 1.0
     assert scales[0] == 2 and scales[2] == 1
 
 
@@ -145,8 +145,9 @@ def _codec_with_rdoq(lam: float) -> Codec:
 
 
 def test_rdoq_beats_plain_rounding_on_the_rate_distortion_curve(cat):
-    rdoq, plain = _codec_with_rdoq(16.0), _codec_with_rdoq(0.0)
-    assert load_package("photo").manifest["encoder"]["rdoq_lambda"] > 0      # the shipped model uses it
+    lam = load_package("photo").manifest["encoder"]["rdoq_lambda"]
+    assert lam > 0                                                           # the shipped model uses it
+    rdoq, plain = _codec_with_rdoq(lam), _codec_with_rdoq(0.0)
     a = plain.analyse(cat)
     n = cat.shape[0] * cat.shape[1]
 
