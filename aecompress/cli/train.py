@@ -79,7 +79,7 @@ def train_cmd(
     mode: str = typer.Option("auto", help="auto, L (greyscale) or RGB"),
     steps: Optional[int] = typer.Option(None, help="training steps (conv default 20000; dense: see --epochs)"),
     epochs: Optional[int] = typer.Option(None, help="dense: passes over the training images (default 30)"),
-    batch: Optional[int] = typer.Option(None, help="batch size (conv 8, dense 128)"),
+    batch: Optional[int] = typer.Option(None, help="batch size (conv 4, dense 128)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
@@ -91,7 +91,7 @@ def train_cmd(
     patience: int = typer.Option(10, help="dense: stop after this many validations without improvement (0: never)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (dense default 1)"),
     minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget"),
-    crop: int = typer.Option(128, help="conv: training crop size"),
+    crop: int = typer.Option(192, help="conv: training crop size (192 or more: see docs/training.md)"),
     n: int = typer.Option(64, help="conv: channels of the transforms"),
     m: int = typer.Option(128, help="conv: latent channels"),
     bf16: bool = typer.Option(False, "--bf16", help="conv: bfloat16 mixed precision until the final 15% of the "
@@ -215,7 +215,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
         if ck.get("arch") != "conv":
             raise AecError(f"checkpoint {ckpt} is from a {ck.get('arch') or 'unknown'} model, not conv: "
                            "train into another --out or delete the checkpoint")
-    cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 8,
+    cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 4,
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
                      bf16=bf16, whole_every=whole_every)

@@ -25,8 +25,8 @@ class ConvConfig:
     m: int = 128
     nh: int = 64
     nz: int = 32
-    crop: int = 128
-    batch: int = 8
+    crop: int = 192                      # 128 leaves the hyper-latent 2x2, all border: docs/training.md
+    batch: int = 4
     steps: int = 20000
     minutes: float | None = None        # wall-clock budget; the LR schedule follows whichever ends first
     lr: float = 2e-4
