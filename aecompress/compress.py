@@ -164,6 +164,18 @@ def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "au
 STDIN_NAME, STDOUT_NAME = "<stdin>", "<stdout>"       # how reports name the standard streams
 
 
+def read_input(path: Path) -> tuple[bytes, str]:
+    """A file's bytes (all of standard input for "-") and the name reports give it."""
+    if is_stdio(path):
+        return read_stdin(), STDIN_NAME
+    try:
+        return path.read_bytes(), str(path)
+    except FileNotFoundError:
+        raise AecError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AecError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
     if output is None and is_stdio(inp):
         raise AecError("reading standard input needs -o: a file, or - for standard output")
@@ -216,10 +228,10 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
     if is_stdio(inp):
-        source = read_stdin()
-        pic, in_size, in_name = read_image(STDIN_NAME, source), len(source), STDIN_NAME
+        source, in_name = read_input(inp)
+        pic, in_size = read_image(in_name, source), len(source)
     else:
-        pic, in_size, in_name = read_image(inp), None, str(inp)
+        pic, in_size, in_name = read_image(inp), inp.stat().st_size, str(inp)
     enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr)
     if is_stdio(out):
         write_stdout(enc.data)
@@ -233,7 +245,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         "input": in_name, "output": out_name,
         "bpp": size * 8 / pixels,
         "ratio_raw": pixels * 3 / size,
-        "ratio_file": (inp.stat().st_size if in_size is None else in_size) / size,
+        "ratio_file": in_size / size,
         "psnr": psnr(enc.reference, enc.recon),
         "ms_ssim": ms_ssim(enc.reference, enc.recon),
         "seconds": seconds,
@@ -250,13 +262,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
-    name = STDIN_NAME if is_stdio(inp) else inp
-    try:
-        data = read_stdin() if is_stdio(inp) else inp.read_bytes()
-    except FileNotFoundError:
-        raise AecError(f"{inp}: no such file") from None
-    except OSError as exc:
-        raise AecError(f"{inp}: cannot read ({exc.strerror})") from None
+    data, name = read_input(inp)
     try:
         pixels, header, codec = decode_bytes(data, pkg, device, threads)
     except AecError as exc:
@@ -265,7 +271,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
         save_image(out, pixels, force=force)
-    return {"input": str(name), "output": STDOUT_NAME if is_stdio(out) else str(out),
+    return {"input": name, "output": STDOUT_NAME if is_stdio(out) else str(out),
             "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
             "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
@@ -276,13 +282,7 @@ def open_codec(model: str | None, device: str = "auto", threads: int | None = No
 
 
 def file_info(path: Path) -> dict:
-    name = STDIN_NAME if is_stdio(path) else str(path)
-    try:
-        data = read_stdin() if is_stdio(path) else path.read_bytes()
-    except FileNotFoundError:
-        raise AecError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise AecError(f"{path}: cannot read ({exc.strerror})") from None
+    data, name = read_input(path)
     try:
         header = container.read_header(data)
     except AecError as exc:
