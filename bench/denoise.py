@@ -193,10 +193,12 @@ def plot(res: dict, path: Path) -> None:
                  label=n)
     ax1.set_xlabel("sigma (0-255)")
     ax1.set_ylabel("PSNR dB")
-    ax1.legend(loc="lower left")         # the noisy line runs down the middle
+    ax1.set_ylim(bottom=ax1.get_ylim()[0] - 3)             # room for the legend below the noisy line
+    ax1.legend(loc="lower left", fontsize=8, ncol=2)
     ax1.grid(alpha=0.3)
     secs = [np.mean([res["results"][s][n]["seconds"] for s in res["results"]]) for n in names]
     ax2.bar(names, secs)
+    ax2.tick_params(axis="x", labelrotation=30)
     ax2.set_yscale("log")
     ax2.set_ylabel("seconds per image")
     fig.suptitle(f"{len(res['images'])} images from {Path(res['data']).name}" + (f", crop {res['crop']}" if res["crop"] else ""))
