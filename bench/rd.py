@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                    help="also run another model package (e.g. the previous one: prev=runs/photo_prev), side by side")
     ap.add_argument("--record", action="store_true",
                     help="write the measured curve and BD-rates into the model package's manifest")
     args = ap.parse_args()
@@ -138,6 +140,9 @@ def main() -> None:
         ours["ours-half"].ladder = half_full
     if codec.rdoq_lambda > 0:
         ours["ours-round"] = Codec(codec.pkg, rdoq_lambda=0.0)   # the same model and ladder, plainly rounded
+    for spec in args.compare:                                     # other packages, each with its own analysis
+        name, _, model = spec.partition("=")
+        ours[name] = open_codec(model or name, "cpu", args.threads)
     codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
     settings = {**{k: OUR_QUALITIES for k in ours}, **PIL_QUALITIES}
     # rows[codec][setting] -> list of per-image dicts
@@ -151,10 +156,15 @@ def main() -> None:
         analysis = codec.analyse(img)
         t_an = time.perf_counter() - t0
         for name, cod in ours.items():
+            own, t_own = analysis, t_an
+            if cod.pkg is not codec.pkg:
+                t0 = time.perf_counter()
+                own = cod.analyse(img)
+                t_own = time.perf_counter() - t0
             for q in OUR_QUALITIES:
                 t0 = time.perf_counter()
-                data, _ = cod.code(analysis, cod.quality_to_position(q))      # analyses are cached per scale
-                te = t_an + time.perf_counter() - t0
+                data, _ = cod.code(own, cod.quality_to_position(q))           # analyses are cached per scale
+                te = t_own + time.perf_counter() - t0
                 t0 = time.perf_counter()
                 dec, _, _ = decode_bytes(data, cod.pkg)
                 td = time.perf_counter() - t0

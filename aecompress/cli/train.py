@@ -83,8 +83,9 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
-    init: Optional[Path] = typer.Option(None, "--init", help="conv: fine-tune from this checkpoint's weights "
-                                                             "(fresh optimizer and learning-rate schedule)"),
+    init: Optional[Path] = typer.Option(None, "--init", help="conv: fine-tune from this checkpoint's or model "
+                                                             "package's weights (fresh optimizer and schedule)"),
+    device: str = typer.Option("auto", "--device", help="conv: auto (CUDA when torch sees a GPU), cpu or cuda"),
     checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
     val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
     val_split: float = typer.Option(0.1, help="dense: share of the images held out for validation"),
@@ -147,8 +148,10 @@ def train_cmd(
         if bad:
             raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
         _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
-                    threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every)
+                    threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device)
         return
+    if device != "auto":
+        raise AecError("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
     if init is not None:
         raise AecError("--init applies to conv models only")
     if bf16:
@@ -192,7 +195,8 @@ def export_and_report_dense(result, out: Path, name: str, description: str = "",
 
 
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
-                minutes, crop, n, m, quiet, report, log, init=None, bf16=False, whole_every=5000) -> None:
+                minutes, crop, n, m, quiet, report, log, init=None, bf16=False, whole_every=5000,
+                device="auto") -> None:
     from ..train.data import load_folder
     from ..train.export import export_checkpoint
     from ..train.fit_conv import ConvConfig, train_conv
@@ -218,9 +222,11 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
     cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 4,
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
-                     bf16=bf16, whole_every=whole_every)
-    if init is not None and not Path(init).is_file():
-        raise AecError(f"--init {init}: no such checkpoint")
+                     bf16=bf16, whole_every=whole_every, device=device)
+    if device not in ("auto", "cpu", "cuda"):
+        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if init is not None and not Path(init).is_file() and not (Path(init) / "manifest.json").is_file():
+        raise AecError(f"--init {init}: no such checkpoint or model package")
     cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
     try:
         path = train_conv(cfg, resume=resume, log=log)

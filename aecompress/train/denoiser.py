@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
+from .from_package import denoiser_from_package, is_package
 
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -160,14 +161,37 @@ def _val_set(n: int = 8, size: int = 256) -> list[np.ndarray]:
     return out
 
 
+class _Pairs(torch.utils.data.IterableDataset):
+    """Endless (noisy, clean) training batches, made in DataLoader worker processes (one seed each):
+    cropping and the noise synthesis (JPEG included) run on the CPU while the GPU trains."""
+
+    def __init__(self, images: list[np.ndarray], batch: int, crop: int, seed: int, **noise):
+        self.images, self.batch, self.crop, self.seed, self.noise = images, batch, crop, seed, noise
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        torch.set_num_threads(1)
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            clean = torch.from_numpy(random_crops(self.images, self.batch, self.crop, rng))
+            yield degrade(clean, rng, **self.noise)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    from .fit_conv import resolve_device as resolve
+
+    return resolve(name)
+
+
 @torch.no_grad()
 def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float:
     model.eval()
+    dev = next(model.parameters()).device
     vals = []
     for k, c in enumerate(crops):
         noisy = gaussian_noisy(c, sigma, seed=1000 + k)
-        x = torch.from_numpy(noisy).permute(2, 0, 1)[None].float() / 255
-        y = model(x).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
+        x = torch.from_numpy(noisy).permute(2, 0, 1)[None].float().to(dev) / 255
+        y = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255
         mse = float(np.mean((np.round(y) - c.astype(np.float32)) ** 2))
         vals.append(10 * math.log10(255 ** 2 / max(mse, 1e-10)))
     model.train()
@@ -177,11 +201,15 @@ def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float
 def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float = 1e-3, threads: int = 1,
           seed: int = 0, max_steps: int | None = None, data: Path | None = None, widths=(48, 64, 96),
           log_every: int = 200, resume: bool = True, init: Path | None = None, p_clean: float = 0.04,
-          p_low: float = 0.0, p_jpeg: float = 0.15, bf16: bool = False) -> Path:
+          p_low: float = 0.0, p_jpeg: float = 0.15, bf16: bool = False, device: str = "auto",
+          workers: int = 0, jpeg_downscale: bool = True) -> Path:
     """Train for a wall-clock budget (cosine learning rate over the budget); returns the checkpoint path.
 
     bf16: bfloat16 autocast (mixed precision; about 2x faster on CPUs with AVX512-BF16) until
-    BF16_UNTIL of the budget, full precision for the final low-learning-rate part."""
+    BF16_UNTIL of the budget, full precision for the final low-learning-rate part. init: a checkpoint
+    or a denoiser model package. workers: processes that make the training batches (0: this one;
+    use several on a GPU, where the noise synthesis would otherwise keep it waiting)."""
+    dev = resolve_device(device)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -190,20 +218,32 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     ckpt = out / "checkpoint.pt"
     root = Path(data) if data else DATA / "train" / "photos"
     t_load = time.time()
-    ds = load_folder(root, jpeg_downscale=True)
+    ds = load_folder(root, jpeg_downscale=jpeg_downscale)
     images = ds.images
     print(f"loaded {len(images)} training images in {time.time() - t_load:.0f} s", flush=True)
     val = _val_set() if (DATA / "val" / "photos").is_dir() and data is None else []
     model = DenoiseNet(widths)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, spent = 0, 0.0
-    if init is not None:                                  # fine-tune from another run's weights
+    init_package = None
+    if init is not None and is_package(Path(init)):      # fine-tune a shipped model
+        source, man = denoiser_from_package(Path(init))
+        if source.widths != model.widths:
+            raise ValueError(f"{init} has widths {source.widths}, not {model.widths}")
+        model.load_state_dict(source.state_dict())
+        init_package = {"path": str(init), "training": man.get("training", {})}
+        print(f"initialised from the model package {init}", flush=True)
+    elif init is not None:                                # fine-tune from another run's weights
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=False)["model"])
         print(f"initialised from {init}", flush=True)
+    model.to(dev)
+    torch.backends.cudnn.benchmark = dev.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
+    print(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""), flush=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        init_package = state.get("init_package")
         step, spent = state["step"], state["seconds"]
         rng = np.random.default_rng(seed + step)
         print(f"resumed at step {step} ({spent / 60:.1f} min)", flush=True)
@@ -213,11 +253,19 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     log = open(out / "log.jsonl", "a")
 
     def save() -> None:
-        _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+        _save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
+                      "step": step, "device": "CPU" if dev.type == "cpu" else f"CUDA GPU ({torch.cuda.get_device_name(dev)})",
+                      "init_package": init_package,
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
-                      "threads": threads, "data": str(root), "images": len(images), "init": str(init) if init else None,
+                      "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,
                       "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16}, ckpt)
 
+    noise = dict(p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
+    batches = None
+    if workers:
+        batches = iter(torch.utils.data.DataLoader(_Pairs(images, batch, crop, seed + step, **noise), batch_size=None,
+                                                   num_workers=workers, pin_memory=dev.type == "cuda",
+                                                   prefetch_factor=4, persistent_workers=True))
     model.train()
     while True:
         elapsed = time.time() - t0
@@ -228,9 +276,12 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
         cur = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) if step > warm else lr * (step + 1) / warm
         for g in opt.param_groups:
             g["lr"] = cur
-        clean = torch.from_numpy(random_crops(images, batch, crop, rng))
-        noisy, target = degrade(clean, rng, p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
+        if batches is not None:
+            noisy, target = next(batches)
+        else:
+            noisy, target = degrade(torch.from_numpy(random_crops(images, batch, crop, rng)), rng, **noise)
+        noisy, target = noisy.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
             y = model(noisy)
         loss = F.mse_loss(y.float(), target)
         opt.zero_grad(set_to_none=True)
@@ -384,6 +435,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
     t.add_argument("--p-jpeg", type=float, default=0.15)
     t.add_argument("--seed", type=int, default=0, help="crop and noise seed (use a new one per fine-tuning stage)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu or cuda")
+    t.add_argument("--workers", type=int, default=0, help="processes making training batches (GPU: several)")
+    t.add_argument("--no-jpeg-downscale", action="store_true",
+                   help="use JPEG sources at full size (they are halved by default to hide their artefacts)")
     t.add_argument("--bf16", action="store_true",
                    help="bfloat16 mixed precision for the first 85%% of the budget (fast on CPUs with AVX512-BF16)")
     e = sub.add_parser("export")
@@ -396,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "train":
         train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
               resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed,
-              bf16=a.bf16)
+              bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale)
         return
     model, state = load_checkpoint(a.checkpoint)
     training = {
@@ -404,30 +459,38 @@ def main(argv: list[str] | None = None) -> None:
         "images": state.get("images"),
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
-        "hardware": f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), "
-                    "cores shared with another training job, no GPU",
+        "hardware": (f"{state['device']}, batches made by {state.get('workers')} CPU worker processes"
+                     if str(state.get("device", "")).startswith("CUDA") else
+                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), "
+                     "cores shared with another training job, no GPU"),
         "noise": "blind: Gaussian sigma U(0,50)/255 (4% clean), 20% Poisson-Gaussian, 15% JPEG q40-95 after noise, "
                  "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
         "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",
     }
     # fine-tuning stages: follow the chain of --init checkpoints back to the first run
-    chain, st, path = [], state, a.checkpoint
+    chain, st, path, earlier = [], state, a.checkpoint, []
     while True:
         chain.append((path, st))
+        if st.get("init_package"):                       # started from a model package: its recorded stages
+            earlier = (st["init_package"].get("training") or {}).get("stages") or []
+            break
         if not st.get("init"):
             break
         path = Path(st["init"])
         st = torch.load(path, map_location="cpu", weights_only=False)
     chain.reverse()
-    if len(chain) > 1:
-        training["stages"] = [
+    if len(chain) > 1 or earlier:
+        training["stages"] = earlier + [
             {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
              "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
              "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
-             **({"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
+             "batch": s.get("batch"), "crop": s.get("crop"), **({"device": s["device"]} if s.get("device") else {}),
+             **({"init": str(s["init_package"]["path"])} if s.get("init_package")
+                else {"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
             for p, s in chain]
-        training["steps"] = sum(s["step"] for _, s in chain)
-        training["minutes"] = round(sum(s["seconds"] for _, s in chain) / 60, 1)
+        training["steps"] = sum(e.get("steps") or 0 for e in earlier) + sum(s["step"] for _, s in chain)
+        training["minutes"] = round(sum(e.get("minutes") or 0 for e in earlier)
+                                    + sum(s["seconds"] for _, s in chain) / 60, 1)
         training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
                               "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
     export_package(model, a.out, a.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)

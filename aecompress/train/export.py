@@ -322,15 +322,21 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
         stages.append({"run": str(path.parent), "steps": cur["step"], "seconds": round(cur["elapsed"]),
                        "lr": c.get("lr"), "crop": c.get("crop"), "batch": c.get("batch"),
                        **({"bf16": True} if c.get("bf16") else {}), **({"init": c["init"]} if c.get("init") else {}),
+                       **({"device": cur["device"]} if cur.get("device") else {}),
                        **({"whole_photo_bd_rate_vs_start": round(cur["whole_photos"]["bd_rate_vs_start"], 2)}
                           if (cur.get("whole_photos") or {}).get("bd_rate_vs_start") is not None else {})})
+        if cur.get("init_package"):                  # started from a model package: its recorded stages
+            earlier = cur["init_package"].get("training") or {}
+            for st in reversed(earlier.get("stages") or [{k: earlier.get(k) for k in ("steps", "seconds")}]):
+                stages.append(st)
+            break
         if not c.get("init") or not Path(c["init"]).is_file():
             break
         path = Path(c["init"])
         cur = torch.load(path, weights_only=False, map_location="cpu")
     if len(stages) > 1:
         stages.reverse()
-        training.update(stages=stages, steps=sum(s["steps"] for s in stages),
-                        seconds=sum(s["seconds"] for s in stages))
+        training.update(stages=stages, steps=sum(s.get("steps") or 0 for s in stages),
+                        seconds=sum(s.get("seconds") or 0 for s in stages))
     return export_conv_codec(codec, out, name, calib, training, description,
                              ladder_calib=calib if ladder_calib is None else ladder_calib)

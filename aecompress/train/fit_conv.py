@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from .conv import HyperpriorCodec, rd_loss
 from .data import ImageSet, load_folder, random_crops
+from .from_package import codec_from_package, is_package
 
 
 @dataclass
@@ -36,9 +38,19 @@ class ConvConfig:
     checkpoint_every: int = 250
     threads: int | None = None
     jpeg_downscale: bool = True
-    init: str | None = None              # start from this checkpoint's weights with a fresh optimizer and schedule
+    init: str | None = None              # start from this checkpoint's (or model package's) weights, fresh optimizer
     bf16: bool = False                   # bfloat16 autocast until the final low-LR phase (BF16_UNTIL), fp32 after
     whole_every: int = 5000              # fine-tuning: steps between whole-photo checks (0: at the end only)
+    device: str = "auto"                 # auto: CUDA when torch sees a GPU, else the CPU
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto -> cuda when torch sees a GPU, else cpu; an explicit cuda without one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU")
+    return torch.device(name)
 
 
 BF16_UNTIL = 0.85      # mixed precision for the high-LR part of the schedule; the final 15% runs in fp32
@@ -49,6 +61,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"CUDA GPU ({torch.cuda.get_device_name(device)})"
+    return "CPU"
 
 
 def _val_crops(images: list[np.ndarray], size: int, count: int = 16) -> np.ndarray:
@@ -77,11 +95,12 @@ def evaluate_whole(model: HyperpriorCodec, photos: list[np.ndarray]) -> list[dic
     weights, every `whole_every` steps and on the result, reports the BD-rate against the start, and
     keeps the weights that measured best in best.pt."""
     model.eval()
+    dev = model.lambdas.device
     sums = np.zeros((model.levels, 2))
     for im in photos:
-        x = torch.from_numpy(im.transpose(2, 0, 1)[None].astype(np.float32) / 255)
+        x = torch.from_numpy(im.transpose(2, 0, 1)[None].astype(np.float32) / 255).to(dev)
         for k in range(model.levels):
-            r = rd_loss(model, x, torch.full((1,), k, dtype=torch.long))
+            r = rd_loss(model, x, torch.full((1,), k, dtype=torch.long, device=dev))
             mse = torch.mean((torch.round(r["x_hat"].clamp(0, 1) * 255) - torch.round(x * 255)) ** 2).item()
             sums[k] += (float(r["bpp"]), 10 * math.log10(255**2 / max(mse, 1e-10)))
     model.train()
@@ -100,10 +119,11 @@ def compare_whole(start: list[dict], end: list[dict]) -> float | None:
 def evaluate(model: HyperpriorCodec, crops: np.ndarray) -> list[dict]:
     """Per quality level: real-rounding PSNR and estimated bpp on fixed validation crops."""
     model.eval()
-    x = torch.from_numpy(crops)
+    dev = model.lambdas.device
+    x = torch.from_numpy(crops).to(dev)
     rows = []
     for k in range(model.levels):
-        level = torch.full((x.shape[0],), k, dtype=torch.long)
+        level = torch.full((x.shape[0],), k, dtype=torch.long, device=dev)
         r = rd_loss(model, x, level)
         xh = r["x_hat"].clamp(0, 1)
         mse = torch.mean((torch.round(xh * 255) - torch.round(x * 255)) ** 2).item()
@@ -113,6 +133,7 @@ def evaluate(model: HyperpriorCodec, crops: np.ndarray) -> list[dict]:
 
 
 def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
+    device = resolve_device(cfg.device)                 # before anything is written
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -135,26 +156,43 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     photos = _whole_photos(val.images)
 
     channels = 1 if cfg.mode == "L" else 3
+    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
+    init_package = None                                  # --init PACKAGE: where the weights came from
     model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed_before, history = 0, 0.0, []
     rng = np.random.default_rng(cfg.seed)
     resuming = resume and ckpt_path.exists()
     if resuming:
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
             raise ValueError("checkpoint is from another architecture or configuration")
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
         step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
+        init_package = ck.get("init_package")
         rng = np.random.default_rng(cfg.seed + step)
         log(f"resumed at step {step}")
+    elif cfg.init and is_package(Path(cfg.init)):
+        ck = {"step": None}
+        source, rebuilt = codec_from_package(Path(cfg.init))
+        if source.config != model.config:
+            differ = ", ".join(f"{k}={v}" for k, v in source.config.items() if model.config[k] != v)
+            raise ValueError(f"{cfg.init} is a model of another configuration ({differ})")
+        model.load_state_dict(source.state_dict())
+        init_package = {"path": str(cfg.init), "training": rebuilt["training"],
+                        "z_prior_kl_bits": rebuilt["z_prior_kl_bits"]}
+        log(f"initialised from the model package {cfg.init} "
+            f"(z prior refitted to its tables: {rebuilt['z_prior_kl_bits']:.2g} bits KL)")
     elif cfg.init:
-        ck = torch.load(cfg.init, weights_only=False)
+        ck = torch.load(cfg.init, weights_only=False, map_location="cpu")
         if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
             raise ValueError(f"{cfg.init} is from another architecture or configuration")
         model.load_state_dict(ck["model"])
         log(f"initialised from {cfg.init} (step {ck.get('step')})")
+    model.to(device)
+    if resuming:
+        opt.load_state_dict(ck["opt"])                   # after the move: the state follows the parameters
     whole_start = None                                   # the starting weights on whole photos (fine-tuning)
     if resuming:
         whole_start = ck.get("whole_photos", {}).get("start")
@@ -174,7 +212,9 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
 
     def save(path: Path = ckpt_path, whole_photos: dict | None = None) -> None:
         _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": asdict(cfg),
-                            "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                            "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                            "opt": opt.state_dict(), "step": step, "device": _device_name(device),
+                            "init_package": init_package,
                             "elapsed": time.time() - t0, "history": history,
                             "whole_photos": whole_photos or whole}, path)
 
@@ -196,14 +236,25 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             save(best_path, {**whole, "end": curve, "bd_rate_vs_start": bd})
         return curve, bd
 
+    def make_batch() -> tuple[np.ndarray, np.ndarray]:
+        return random_crops(train_images, cfg.batch, cfg.crop, rng), rng.integers(0, model.levels, cfg.batch)
+
+    # on a GPU the next batch is cut in a thread while this one trains (same random sequence)
+    prefetch = ThreadPoolExecutor(1) if device.type == "cuda" else None
+    pending = prefetch.submit(make_batch) if prefetch else None
     while progress() < 1.0:
         p = progress()
         lr = cfg.lr * (0.1 if p > 0.85 else 1.0) * min(1.0, (step + 1) / 200)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = torch.from_numpy(random_crops(train_images, cfg.batch, cfg.crop, rng))
-        level = torch.from_numpy(rng.integers(0, model.levels, cfg.batch))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
+        if prefetch:
+            crops, levels = pending.result()
+            pending = prefetch.submit(make_batch)
+        else:
+            crops, levels = make_batch()
+        x = torch.from_numpy(crops).to(device, non_blocking=True)
+        level = torch.from_numpy(levels).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
             r = rd_loss(model, x, level)
         if not torch.isfinite(r["loss"]):
             raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
@@ -226,6 +277,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
                 + " BD-rate against the starting weights")
         if step % cfg.checkpoint_every == 0:
             save()
+    if prefetch:
+        prefetch.shutdown(wait=True)
     history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": evaluate(model, val_crops)})
     seconds = time.time() - t0
     if whole_start is not None:
