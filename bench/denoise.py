@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default="ours,ours_x2,ours_x8,opencv_nlm,skimage_nlm,cbm3d",
                     help="ours_xN: our model with `aecompress denoise --ensemble N`")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                    help="also run another denoiser package (e.g. the previous one: prev=runs/denoise_prev)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "denoise")
     a = ap.parse_args(argv)
 
@@ -125,8 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     makers = {"ours": lambda: method_ours(pkg), "ours_x2": lambda: method_ours(pkg, 2),
               "ours_x8": lambda: method_ours(pkg, 8), "opencv_nlm": method_opencv_nlm,
               "skimage_nlm": method_skimage_nlm, "cbm3d": method_cbm3d}
+    for spec in a.compare:                     # other packages, side by side in the same run
+        name, _, model = spec.partition("=")
+        makers[name] = (lambda m: lambda: method_ours(load_package(m, device="cpu", threads=a.threads)))(model)
     methods = {}
-    for name in a.methods.split(","):
+    for name in a.methods.split(",") + [spec.partition("=")[0] for spec in a.compare]:
         try:
             methods[name] = makers[name]()
         except ImportError as exc:
