@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
+from .fit_conv import device_name, resolve_device
 from .from_package import denoiser_from_package, is_package
 
 ALIGN = 8                # input sizes must be multiples of this
@@ -177,12 +178,6 @@ class _Pairs(torch.utils.data.IterableDataset):
             yield degrade(clean, rng, **self.noise)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    from .fit_conv import resolve_device as resolve
-
-    return resolve(name)
-
-
 @torch.no_grad()
 def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float:
     model.eval()
@@ -237,7 +232,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
         print(f"initialised from {init}", flush=True)
     model.to(dev)
     torch.backends.cudnn.benchmark = dev.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
-    print(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""), flush=True)
+    print(f"training on {device_name(dev)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -254,7 +249,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
 
     def save() -> None:
         _save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
-                      "step": step, "device": "CPU" if dev.type == "cpu" else f"CUDA GPU ({torch.cuda.get_device_name(dev)})",
+                      "step": step, "device": device_name(dev),
                       "init_package": init_package,
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
                       "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,

@@ -148,6 +148,18 @@ class ExactPixelShuffle(nn.Module):
         return self.up(x)
 
 
+def subpixel_taps(k: int = 5):
+    """(r, s, dy, dx, ky, kx) for a stride-2 transposed convolution of kernel size k: output phase
+    (r, s) sees the input at offset (dy, dx) through kernel tap (ky, kx) (SubpixelDeconv)."""
+    for r in range(2):
+        for s in range(2):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ky, kx = r + 2 - 2 * dy, s + 2 - 2 * dx
+                    if ky < k and kx < k:
+                        yield r, s, dy, dx, ky, kx
+
+
 class SubpixelDeconv(nn.Module):
     """ConvTranspose2d(k=5, stride 2, padding 2, output_padding 1) rewritten as a 3x3 convolution
     to 4x the channels followed by a 2x pixel shuffle: the same function (up to float rounding).
@@ -166,14 +178,8 @@ class SubpixelDeconv(nn.Module):
         if (k, dc.stride, dc.padding, dc.output_padding) != (5, (2, 2), (2, 2), (1, 1)):
             raise ValueError("SubpixelDeconv handles k=5, stride 2, padding 2, output_padding 1 only")
         kern = torch.zeros(cout, 2, 2, cin, 3, 3, dtype=w.dtype)
-        for r in range(2):
-            for s in range(2):
-                for dy in (-1, 0, 1):
-                    ky = r + 2 - 2 * dy
-                    for dx in (-1, 0, 1):
-                        kx = s + 2 - 2 * dx
-                        if ky < k and kx < k:
-                            kern[:, r, s, :, dy + 1, dx + 1] = w[:, :, ky, kx].T
+        for r, s, dy, dx, ky, kx in subpixel_taps(k):
+            kern[:, r, s, :, dy + 1, dx + 1] = w[:, :, ky, kx].T
         self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
         self.conv.weight.data = kern.reshape(4 * cout, cin, 3, 3)
         bias = dc.bias.detach() if dc.bias is not None else torch.zeros(cout)

@@ -63,7 +63,8 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """What a checkpoint records as its hardware: 'CPU' or 'CUDA GPU (name)'."""
     if device.type == "cuda":
         return f"CUDA GPU ({torch.cuda.get_device_name(device)})"
     return "CPU"
@@ -156,7 +157,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     photos = _whole_photos(val.images)
 
     channels = 1 if cfg.mode == "L" else 3
-    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    log(f"training on {device_name(device)}")
     torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
     init_package = None                                  # --init PACKAGE: where the weights came from
     model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
@@ -213,7 +214,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     def save(path: Path = ckpt_path, whole_photos: dict | None = None) -> None:
         _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": asdict(cfg),
                             "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                            "opt": opt.state_dict(), "step": step, "device": _device_name(device),
+                            "opt": opt.state_dict(), "step": step, "device": device_name(device),
                             "init_package": init_package,
                             "elapsed": time.time() - t0, "history": history,
                             "whole_photos": whole_photos or whole}, path)

@@ -27,6 +27,7 @@ from torch import nn
 from ..entropy import TableSet
 from ..package import MANIFEST
 from .conv import HyperpriorCodec
+from .export import subpixel_taps
 from .layers import EntropyBottleneck
 
 
@@ -48,14 +49,8 @@ def deconv_from_subpixel(kernel: torch.Tensor, bias: torch.Tensor) -> tuple[torc
     cout, cin = kernel.shape[0] // 4, kernel.shape[1]
     kern = kernel.reshape(cout, 2, 2, cin, 3, 3)
     w = torch.zeros(cin, cout, 5, 5, dtype=kernel.dtype)
-    for r in range(2):
-        for s in range(2):
-            for dy in (-1, 0, 1):
-                ky = r + 2 - 2 * dy
-                for dx in (-1, 0, 1):
-                    kx = s + 2 - 2 * dx
-                    if ky < 5 and kx < 5:
-                        w[:, :, ky, kx] = kern[:, r, s, :, dy + 1, dx + 1].T
+    for r, s, dy, dx, ky, kx in subpixel_taps(5):
+        w[:, :, ky, kx] = kern[:, r, s, :, dy + 1, dx + 1].T
     return w, bias[::4].clone()
 
 
