@@ -112,6 +112,38 @@ def record(pkg_dir: Path, folder: str, files: list[Path], ours: list[dict], bd: 
     write_bytes_atomic(mf, (json.dumps(m, indent=2) + "\n").encode(), force=True)
 
 
+def plot(result: dict, path: Path) -> None:
+    """The RD plot (PSNR and MS-SSIM in dB against bpp) of a result; ours drawn last and thickest."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    curves = result["curves"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    order = [c for c in curves if c != "ours"] + ["ours"]
+    for c in order:
+        bpp = np.array([p["bpp"] for p in curves[c]])
+        psnr_db = np.array([p["psnr"] for p in curves[c]])
+        ssim_db = -10 * np.log10(1 - np.array([p["ms_ssim"] for p in curves[c]]))
+        style = dict(lw=2.6, ms=4, zorder=10, color="black") if c == "ours" else dict(lw=1.2, ms=3)
+        label = f"aecompress ({result['model']})" if c == "ours" else c
+        axes[0].plot(bpp, psnr_db, "o-", label=label, **style)
+        axes[1].plot(bpp, ssim_db, "o-", label=label, **style)
+    axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)",
+                title=f"{len(result['images'])} images: {result['folder']}")
+    axes[1].set(xlabel="bits per pixel (file bytes)", ylabel="MS-SSIM (dB)")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.set_xlim(0, 2.2)
+    axes[0].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?", default="../shared/data/val/photos")
@@ -123,7 +155,11 @@ def main() -> None:
                     help="also run another model package (e.g. the previous one: prev=runs/photo_prev), side by side")
     ap.add_argument("--record", action="store_true",
                     help="write the measured curve and BD-rates into the model package's manifest")
+    ap.add_argument("--replot", action="store_true", help="only redraw OUT/rd.png from OUT/rd.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((args.out / "rd.json").read_text()), args.out / "rd.png")
+        return
 
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
     if args.limit:
@@ -221,27 +257,8 @@ def main() -> None:
               "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
               "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
     (args.out / "rd.json").write_text(json.dumps(result, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-        for c in codecs:
-            axes[0].plot(arr(c, "bpp"), arr(c, "psnr"), "o-", ms=3, label=c if c != "ours" else f"aecompress ({args.model})")
-            axes[1].plot(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")), "o-", ms=3, label=c)
-        axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)", title=f"{len(files)} images: {args.folder}")
-        axes[1].set(xlabel="bits per pixel (file bytes)", ylabel="MS-SSIM (dB)")
-        for a in axes:
-            a.grid(alpha=0.3)
-            a.set_xlim(0, 2.2)
-        axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(args.out / "rd.png", dpi=110)
-        print(f"wrote {args.out / 'rd.json'} and {args.out / 'rd.png'}")
-    except ImportError:
-        print(f"wrote {args.out / 'rd.json'} (install matplotlib for the plot)")
+    plot(result, args.out / "rd.png")
+    print(f"wrote {args.out / 'rd.json'} and, with matplotlib, {args.out / 'rd.png'}")
 
 
 if __name__ == "__main__":
