@@ -128,6 +128,35 @@ def test_train_conv_init_from_a_package_continues_its_stage_list(codec_pkg, tmp_
     assert training["steps"] == 3 + 2 + 1
 
 
+def test_the_shipped_photo_codec_fine_tunes_by_name(tmp_path):
+    """`--init photo`: the installed package by name; lr 0 keeps its weights, the stage list goes on."""
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+    from aecompress.package import find_package_dir
+
+    shipped = find_package_dir("photo")
+    _photos(tmp_path / "imgs", seed=6, size=(128, 128))
+    out = tmp_path / "mine"
+    r = CliRunner().invoke(app, ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(out), "--init", "photo",
+                                 "--steps", "1", "--lr", "0", "--crop", "64", "--batch", "2", "--quiet", "--no-report"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    import onnx
+    from onnx import numpy_helper
+
+    def weights(pkg):
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(pkg / "synthesis.onnx")).graph.initializer}
+
+    a, b = weights(shipped), weights(out)
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    shipped_stages = json.loads((shipped / "manifest.json").read_text())["training"]["stages"]
+    stages = json.loads((out / "manifest.json").read_text())["training"]["stages"]
+    assert stages[:-1] == shipped_stages and stages[-1]["steps"] == 1 and stages[-1]["init"] == "photo"
+    bad = CliRunner().invoke(app, ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "x"),
+                                   "--init", "no-such-model", "--steps", "1", "--quiet"])
+    assert bad.exit_code != 0 and "no such checkpoint or model package" in bad.output + str(bad.exception)
+
+
 def test_cuda_asked_for_without_a_gpu_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

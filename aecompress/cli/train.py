@@ -84,7 +84,8 @@ def train_cmd(
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
     init: Optional[Path] = typer.Option(None, "--init", help="conv: fine-tune from this checkpoint's or model "
-                                                             "package's weights (fresh optimizer and schedule)"),
+                                                             "package's weights (a folder or an installed name, "
+                                                             "e.g. photo; fresh optimizer and schedule)"),
     device: str = typer.Option("auto", "--device", help="conv: auto (CUDA when torch sees a GPU), cpu or cuda"),
     checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
     val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
@@ -225,8 +226,11 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
                      bf16=bf16, whole_every=whole_every, device=device)
     if device not in ("auto", "cpu", "cuda"):
         raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
-    if init is not None and not Path(init).is_file() and not (Path(init) / "manifest.json").is_file():
-        raise AecError(f"--init {init}: no such checkpoint or model package")
+    if init is not None and not Path(init).is_file():
+        from ..train.from_package import package_for_init
+
+        if package_for_init(init) is None:
+            raise AecError(f"--init {init}: no such checkpoint or model package")
     cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
     try:
         path = train_conv(cfg, resume=resume, log=log)

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
 from .fit_conv import device_name, resolve_device
-from .from_package import denoiser_from_package, is_package
+from .from_package import denoiser_from_package, package_for_init
 
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -220,8 +220,8 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     model = DenoiseNet(widths)
     step, spent = 0, 0.0
     init_package = None
-    if init is not None and is_package(Path(init)):      # fine-tune a shipped model
-        source, man = denoiser_from_package(Path(init))
+    if init is not None and package_for_init(init):     # fine-tune a shipped model (folder or name)
+        source, man = denoiser_from_package(package_for_init(init))
         if source.widths != model.widths:
             raise ValueError(f"{init} has widths {source.widths}, not {model.widths}")
         model.load_state_dict(source.state_dict())

@@ -15,7 +15,7 @@ import torch
 
 from .conv import HyperpriorCodec, rd_loss
 from .data import ImageSet, load_folder, random_crops
-from .from_package import codec_from_package, is_package
+from .from_package import codec_from_package, package_for_init
 
 
 @dataclass
@@ -174,9 +174,9 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         init_package = ck.get("init_package")
         rng = np.random.default_rng(cfg.seed + step)
         log(f"resumed at step {step}")
-    elif cfg.init and is_package(Path(cfg.init)):
+    elif cfg.init and package_for_init(cfg.init):
         ck = {"step": None}
-        source, rebuilt = codec_from_package(Path(cfg.init))
+        source, rebuilt = codec_from_package(package_for_init(cfg.init))
         if source.config != model.config:
             differ = ", ".join(f"{k}={v}" for k, v in source.config.items() if model.config[k] != v)
             raise ValueError(f"{cfg.init} is a model of another configuration ({differ})")

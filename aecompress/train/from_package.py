@@ -31,8 +31,18 @@ from .export import subpixel_taps
 from .layers import EntropyBottleneck
 
 
-def is_package(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+def package_for_init(init: str | Path) -> Path | None:
+    """The package folder an --init value names (a folder, or an installed name such as 'photo');
+    None when it names no package (a checkpoint file, or nothing)."""
+    if Path(init).is_file():
+        return None
+    from ..errors import ModelError
+    from ..package import find_package_dir
+
+    try:
+        return find_package_dir(init)
+    except ModelError:
+        return None
 
 
 def _initializers(path: Path) -> dict[str, torch.Tensor]:
