@@ -192,3 +192,17 @@ def test_denoiser_fine_tunes_from_a_package_with_batch_workers(tmp_path):
     training = json.loads((tmp_path / "out" / "manifest.json").read_text())["training"]
     assert [s["run"] for s in training["stages"]] == ["runs/d1", str(tmp_path / "run")]
     assert training["steps"] == 11 and training["stages"][-1]["init"] == str(pkg)
+
+
+def test_prefetched_batches_train_exactly_as_inline_ones(tmp_path):
+    """The GPU path cuts the next batch in a thread; the random sequence, hence training, is the same."""
+    from aecompress.train.fit_conv import ConvConfig, train_conv
+
+    _photos(tmp_path / "imgs", seed=7, size=(96, 96))
+    states = []
+    for prefetch in (False, True):
+        cfg = ConvConfig(data=str(tmp_path / "imgs"), out=str(tmp_path / f"run{prefetch}"), n=16, m=24, crop=64,
+                         batch=2, steps=4, val_every=1000, checkpoint_every=1000, device="cpu", prefetch=prefetch,
+                         threads=1)
+        states.append(torch.load(train_conv(cfg, log=lambda m: None), weights_only=False)["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

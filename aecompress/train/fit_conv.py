@@ -42,6 +42,7 @@ class ConvConfig:
     bf16: bool = False                   # bfloat16 autocast until the final low-LR phase (BF16_UNTIL), fp32 after
     whole_every: int = 5000              # fine-tuning: steps between whole-photo checks (0: at the end only)
     device: str = "auto"                 # auto: CUDA when torch sees a GPU, else the CPU
+    prefetch: bool | None = None         # cut the next batch in a thread (None: on a GPU only)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -241,7 +242,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         return random_crops(train_images, cfg.batch, cfg.crop, rng), rng.integers(0, model.levels, cfg.batch)
 
     # on a GPU the next batch is cut in a thread while this one trains (same random sequence)
-    prefetch = ThreadPoolExecutor(1) if device.type == "cuda" else None
+    use_thread = device.type == "cuda" if cfg.prefetch is None else cfg.prefetch
+    prefetch = ThreadPoolExecutor(1) if use_thread else None
     pending = prefetch.submit(make_batch) if prefetch else None
     while progress() < 1.0:
         p = progress()
