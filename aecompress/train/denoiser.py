@@ -220,8 +220,9 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     model = DenoiseNet(widths)
     step, spent = 0, 0.0
     init_package = None
-    if init is not None and package_for_init(init):     # fine-tune a shipped model (folder or name)
-        source, man = denoiser_from_package(package_for_init(init))
+    init_dir = package_for_init(init) if init is not None else None
+    if init_dir is not None:                              # fine-tune a shipped model (folder or name)
+        source, man = denoiser_from_package(init_dir)
         if source.widths != model.widths:
             raise ValueError(f"{init} has widths {source.widths}, not {model.widths}")
         model.load_state_dict(source.state_dict())

@@ -161,6 +161,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     log(f"training on {device_name(device)}")
     torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
     init_package = None                                  # --init PACKAGE: where the weights came from
+    init_dir = package_for_init(cfg.init) if cfg.init else None
     model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed_before, history = 0, 0.0, []
@@ -175,9 +176,9 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         init_package = ck.get("init_package")
         rng = np.random.default_rng(cfg.seed + step)
         log(f"resumed at step {step}")
-    elif cfg.init and package_for_init(cfg.init):
+    elif init_dir is not None:
         ck = {"step": None}
-        source, rebuilt = codec_from_package(package_for_init(cfg.init))
+        source, rebuilt = codec_from_package(init_dir)
         if source.config != model.config:
             differ = ", ".join(f"{k}={v}" for k, v in source.config.items() if model.config[k] != v)
             raise ValueError(f"{cfg.init} is a model of another configuration ({differ})")

@@ -96,13 +96,10 @@ def fit_entropy_bottleneck(eb: EntropyBottleneck, tables: TableSet, steps: int =
         target[c, lo: lo + len(freq)] = torch.from_numpy(freq / freq.sum())
     target = target.float()
     opt = torch.optim.Adam(eb.parameters(), lr=lr)
-    v = torch.arange(-radius, radius + 1, dtype=torch.float32).view(1, 1, -1).repeat(eb.channels, 1, 1)
+    v = eb.integer_values(radius)
 
     def kl() -> torch.Tensor:
-        lower, upper = eb.logits_cumulative(v - 0.5), eb.logits_cumulative(v + 0.5)
-        sign = -torch.sign(lower + upper).detach()
-        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).view(eb.channels, -1)
-        p = p.clamp_min(1e-9)
+        p = eb.bin_probabilities(v).view(eb.channels, -1).clamp_min(1e-9)
         return (target * (torch.log2(target.clamp_min(1e-12)) - torch.log2(p))).sum(1).mean()
 
     for step in range(steps):

@@ -81,24 +81,26 @@ class EntropyBottleneck(nn.Module):
                 logits = logits + torch.tanh(self.factors[i]) * torch.tanh(logits)
         return logits
 
-    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, C, H, W) (noisy or rounded) -> bin probabilities, same shape."""
-        b, c, h, w = z.shape
-        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+    def bin_probabilities(self, v: torch.Tensor) -> torch.Tensor:
+        """v: (channels, 1, n) values -> the mass of the unit-width bin around each, same shape."""
         lower = self.logits_cumulative(v - 0.5)
         upper = self.logits_cumulative(v + 0.5)
         sign = -torch.sign(lower + upper).detach()
-        lik = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, C, H, W) (noisy or rounded) -> bin probabilities, same shape."""
+        b, c, h, w = z.shape
+        lik = self.bin_probabilities(z.permute(1, 0, 2, 3).reshape(c, 1, -1))
         lik = lik.reshape(c, b, h, w).permute(1, 0, 2, 3)
         return torch.clamp(lik, min=LIKELIHOOD_MIN)
+
+    def integer_values(self, radius: int) -> torch.Tensor:
+        """(channels, 1, 2*radius+1): the integers -radius..radius for every channel."""
+        v = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        return v.view(1, 1, -1).repeat(self.channels, 1, 1)
 
     @torch.no_grad()
     def pmf_table(self, radius: int) -> torch.Tensor:
         """(channels, 2*radius+1) probabilities of the integers -radius..radius."""
-        v = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        v = v.view(1, 1, -1).repeat(self.channels, 1, 1)
-        lower = self.logits_cumulative(v - 0.5)
-        upper = self.logits_cumulative(v + 0.5)
-        sign = -torch.sign(lower + upper)
-        pmf = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
-        return pmf.view(self.channels, -1)
+        return self.bin_probabilities(self.integer_values(radius)).view(self.channels, -1)
