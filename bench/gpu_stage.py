@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--denoise-batch", type=int, default=32)
     ap.add_argument("--denoise-crop", type=int, default=128)
     ap.add_argument("--denoise-lr", type=float, default=3e-4)
-    ap.add_argument("--workers", type=int, default=10)
+    ap.add_argument("--denoise-arms", default="mse", help="losses trained side by side (mse, psnr)")
+    ap.add_argument("--workers", type=int, default=10, help="batch-making processes, shared by the denoiser arms")
     ap.add_argument("--skip-xdev", action="store_true")
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
@@ -166,21 +167,28 @@ cfg = ConvConfig(data='{GPU / "data"}', out='{runs / ("photo_" + arm)}', crop={c
                  device='{a.device}', jpeg_downscale=False, bf16=True, threads=2)
 train_conv(cfg)
 """], stdout=open(out / f"codec_{arm}.log", "w"), stderr=subprocess.STDOUT, env=env)
-    den = subprocess.Popen([sys.executable, "-m", "aecompress.train.denoiser", "train", "--out", str(runs / "denoise"),
-                            "--minutes", str(a.minutes), "--batch", str(a.denoise_batch), "--crop",
-                            str(a.denoise_crop), "--lr", str(a.denoise_lr), "--threads", "2", "--data",
-                            str(GPU / "data"), "--init", str(ROOT / "models" / "denoise"), "--seed", "9",
-                            "--p-clean", "0.06", "--p-low", "0.1", "--p-jpeg", "0.12", "--bf16", "--device", a.device,
-                            "--workers", str(a.workers), "--no-jpeg-downscale", "--fresh"],
-                           stdout=open(out / "denoise.log", "w"), stderr=subprocess.STDOUT, env=env)
+    dens = {}                                   # denoiser arms side by side, one per loss
+    losses = a.denoise_arms.split(",")
+    for loss in losses:
+        low = loss == "psnr"                    # that loss weighs low noise up already: fewer clean/low crops
+        dens[loss] = subprocess.Popen(
+            [sys.executable, "-m", "aecompress.train.denoiser", "train", "--out", str(runs / f"denoise_{loss}"),
+             "--minutes", str(a.minutes), "--batch", str(a.denoise_batch), "--crop", str(a.denoise_crop),
+             "--lr", str(a.denoise_lr), "--threads", "2", "--data", str(GPU / "data"),
+             "--init", str(ROOT / "models" / "denoise"), "--seed", "9",
+             "--p-clean", "0.03" if low else "0.06", "--p-low", "0.05" if low else "0.1", "--p-jpeg", "0.12",
+             "--loss", loss, "--bf16", "--device", a.device, "--workers", str(max(2, a.workers // len(losses))),
+             "--no-jpeg-downscale", "--fresh"],
+            stdout=open(out / f"denoise_{loss}.log", "w"), stderr=subprocess.STDOUT, env=env)
     t0 = time.time()
-    codes = [p.wait() for p in arms.values()] + [den.wait()]
+    codes = [p.wait() for p in arms.values()] + [p.wait() for p in dens.values()]
     print(f"training done in {time.time() - t0:.0f} s, exit codes {codes}", flush=True)
     pairs = [(runs / f"photo_{arm}" / "best.pt", f"codec_{arm}.pt") for arm in arms]
-    for src, dst in pairs + [(runs / "denoise" / "checkpoint.pt", "denoise.pt")]:
+    pairs += [(runs / f"denoise_{loss}" / "checkpoint.pt", f"denoise_{loss}.pt") for loss in dens]
+    for src, dst in pairs:
         if src.exists():
             slim(src, out / dst)
-    for log in [f"codec_{arm}.log" for arm in arms] + ["denoise.log"]:
+    for log in [f"codec_{arm}.log" for arm in arms] + [f"denoise_{loss}.log" for loss in dens]:
         print(f"--- {log}\n" + "".join((out / log).read_text().splitlines(True)[-8:]), flush=True)
 
 

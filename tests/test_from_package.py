@@ -206,3 +206,27 @@ def test_prefetched_batches_train_exactly_as_inline_ones(tmp_path):
                          threads=1)
         states.append(torch.load(train_conv(cfg, log=lambda m: None), weights_only=False)["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_psnr_loss_weighs_the_cleaner_crop_up_and_is_recorded(tmp_path):
+    from aecompress.train import denoiser
+
+    target = torch.zeros(2, 3, 8, 8)
+    grads = {}
+    for loss in denoiser.LOSSES:
+        y = torch.stack([torch.full((3, 8, 8), 0.01), torch.full((3, 8, 8), 0.1)]).requires_grad_()
+        objective, mse = denoiser.training_objective(y, target, loss)
+        objective.backward()
+        assert mse.item() == pytest.approx((0.01 ** 2 + 0.1 ** 2) / 2)
+        grads[loss] = y.grad.abs().flatten(1).mean(1)
+    # pooled MSE: the gradient follows the error (10x for the noisier crop); psnr: 1 / (MSE + eps) reverses it
+    assert grads["mse"][1] / grads["mse"][0] == pytest.approx(10, rel=1e-4)
+    assert grads["psnr"][0] > 4 * grads["psnr"][1]
+    with pytest.raises(ValueError, match="--loss"):
+        denoiser.train(tmp_path / "bad", minutes=1, loss="l1")
+    _photos(tmp_path / "imgs", seed=6, size=(64, 64))
+    ck = denoiser.train(tmp_path / "run", minutes=5, batch=2, crop=32, max_steps=2, data=tmp_path / "imgs",
+                        widths=(8, 8, 8), device="cpu", loss="psnr")
+    assert torch.load(ck, weights_only=False)["loss"] == "psnr"
+    denoiser.main(["export", str(ck), str(tmp_path / "out"), "--no-measure"])
+    assert "psnr" in json.loads((tmp_path / "out" / "manifest.json").read_text())["training"]["loss"]

@@ -40,6 +40,8 @@ from .from_package import denoiser_from_package, package_for_init
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SIGMA_MAX = 50.0
+LOSSES = ("mse", "psnr")
+PSNR_EPS = 1e-4          # the "psnr" loss: log(MSE + eps), so near-perfect (clean) crops cannot take over
 BF16_UNTIL = 0.85        # share of the time budget trained in mixed precision when bf16 is on
 
 
@@ -193,17 +195,34 @@ def _val_psnr(model: DenoiseNet, crops: list[np.ndarray], sigma: float) -> float
     return float(np.mean(vals))
 
 
+def training_objective(y: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """(what to minimise, the batch's MSE). "mse" pools the squared error over the batch, so the
+    noisiest crops dominate the gradient; "psnr" averages each crop's log(MSE + PSNR_EPS), the mean
+    PSNR up to sign and scale, which weighs each crop's gradient by 1 / (its MSE + eps)."""
+    per_crop = (y - target).pow(2).mean(dim=tuple(range(1, y.dim())))
+    if loss == "mse":
+        return per_crop.mean(), per_crop.mean().detach()
+    if loss == "psnr":
+        return torch.log(per_crop + PSNR_EPS).mean(), per_crop.mean().detach()
+    raise ValueError(f"unknown loss {loss!r}")
+
+
 def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float = 1e-3, threads: int = 1,
           seed: int = 0, max_steps: int | None = None, data: Path | None = None, widths=(48, 64, 96),
           log_every: int = 200, resume: bool = True, init: Path | None = None, p_clean: float = 0.04,
           p_low: float = 0.0, p_jpeg: float = 0.15, bf16: bool = False, device: str = "auto",
-          workers: int = 0, jpeg_downscale: bool = True) -> Path:
+          workers: int = 0, jpeg_downscale: bool = True, loss: str = "mse") -> Path:
     """Train for a wall-clock budget (cosine learning rate over the budget); returns the checkpoint path.
 
     bf16: bfloat16 autocast (mixed precision; about 2x faster on CPUs with AVX512-BF16) until
     BF16_UNTIL of the budget, full precision for the final low-learning-rate part. init: a checkpoint
     or a denoiser model package. workers: processes that make the training batches (0: this one;
-    use several on a GPU, where the noise synthesis would otherwise keep it waiting)."""
+    use several on a GPU, where the noise synthesis would otherwise keep it waiting). loss: "mse" (pooled
+    over the batch, so the noisiest crops dominate) or "psnr" (the mean of each crop's log MSE, i.e. the
+    mean PSNR the benchmark reports; it weighs each crop by 1 / its error and so shifts effort towards
+    low noise)."""
+    if loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     dev = resolve_device(device)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -254,7 +273,8 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
                       "init_package": init_package,
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
                       "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,
-                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16}, ckpt)
+                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16,
+                      "loss": loss}, ckpt)
 
     noise = dict(p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
     batches = None
@@ -279,11 +299,11 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
         noisy, target = noisy.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
             y = model(noisy)
-        loss = F.mse_loss(y.float(), target)
+        objective, mse = training_objective(y.float(), target, loss)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(mse.item())
         step += 1
         if step % log_every == 0:
             rec = {"step": step, "sec": round(time.time() - t0), "lr": round(cur, 6),
@@ -430,6 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--p-clean", type=float, default=0.04, help="share of noise-free inputs")
     t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
     t.add_argument("--p-jpeg", type=float, default=0.15)
+    t.add_argument("--loss", default="mse", choices=LOSSES,
+                   help="mse (pooled) or psnr (mean per-crop log MSE: weighs low noise up)")
     t.add_argument("--seed", type=int, default=0, help="crop and noise seed (use a new one per fine-tuning stage)")
     t.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU), cpu or cuda")
     t.add_argument("--workers", type=int, default=0, help="processes making training batches (GPU: several)")
@@ -447,7 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "train":
         train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
               resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed,
-              bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale)
+              bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale,
+              loss=a.loss)
         return
     model, state = load_checkpoint(a.checkpoint)
     training = {
@@ -463,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
                  "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
         "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",
     }
+    if state.get("loss", "mse") == "psnr":
+        training["loss"] = (f"--loss psnr: mean over crops of log(MSE + {PSNR_EPS:g}) (the mean PSNR, weighing low "
+                            "noise up), Adam, cosine lr over the time budget; a stage that names no loss used MSE")
     # fine-tuning stages: follow the chain of --init checkpoints back to the first run
     chain, st, path, earlier = [], state, a.checkpoint, []
     while True:
@@ -480,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
              "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
              "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
+             **({"loss": s["loss"]} if s.get("loss", "mse") != "mse" else {}),
              "batch": s.get("batch"), "crop": s.get("crop"), **({"device": s["device"]} if s.get("device") else {}),
              **({"init": str(s["init_package"]["path"])} if s.get("init_package")
                 else {"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
