@@ -1,6 +1,7 @@
 """Model packages: a folder of ONNX graphs, a tables file and a JSON manifest, found by name or path.
 
-Search order for a name: $AECOMPRESS_MODELS (a path list), the project's models/ folder, then
+Search order for a name: $AECOMPRESS_MODELS (a path list), the shipped models (this checkout's
+models/ folder, which an installed wheel carries as aecompress/_models), then
 ~/.local/share/aecompress/models. The model id is a content hash of everything that decides the
 bitstream (graphs, tables and the manifest's coding fields), so a file names exactly the model that
 made it, and editing the manifest's notes or measurements does not change it.
@@ -34,7 +35,9 @@ def search_path() -> list[Path]:
     env = os.environ.get("AECOMPRESS_MODELS")
     if env:
         paths += [Path(p) for p in env.split(os.pathsep) if p]
-    paths.append(Path(__file__).resolve().parent.parent / "models")
+    here = Path(__file__).resolve().parent
+    bundled = here / "_models"              # a wheel carries models/ as aecompress/_models (pyproject.toml)
+    paths.append(bundled if bundled.is_dir() else here.parent / "models")
     paths.append(Path.home() / ".local" / "share" / "aecompress" / "models")
     return paths
 
