@@ -31,7 +31,7 @@ SEARCH_STEPS = 12
 @dataclass
 class Encoded:
     data: bytes
-    recon: np.ndarray            # (H, W, C) uint8 as the decoder will produce it
+    recon: np.ndarray | None     # (H, W, C) uint8 as the decoder will produce it (None: not asked for)
     reference: np.ndarray        # (H, W, C) uint8 that was coded (after mode conversion)
     position: float              # on the codec's quality scale (Codec.position_to_quality gives 1-100)
     scale: int = 1               # coded at 1/scale resolution
@@ -68,9 +68,11 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
 
 def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
                    target_size: int | None = None, target_psnr: float | None = None,
-                   analysis: Analysis | None = None) -> Encoded:
+                   analysis: Analysis | None = None, reconstruct: bool = True) -> Encoded:
     """Code a picture at a quality or for a target. analysis: this picture's analysis from an
-    earlier call (the GUI keeps it while the user moves the target), else computed here."""
+    earlier call (the GUI keeps it while the user moves the target), else computed here.
+    reconstruct=False leaves Encoded.recon None unless the search made it anyway (the synthesis is
+    about 40% of an encode; only reports and previews need it)."""
     pixels, notes = coding_input(pic, codec)
     if analysis is None:
         analysis = codec.analyse(pixels)
@@ -134,7 +136,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
             notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
     else:
         data, st = run(codec.quality_to_position(DEFAULT_QUALITY if quality is None else quality))
-    if recon is None:
+    if recon is None and reconstruct:
         recon = codec.reconstruct(st, pic.height, pic.width)
     return Encoded(data, recon, pixels, st["position"], st["scale"], notes)
 
@@ -223,7 +225,9 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
 
 def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality: float | None = None,
                 target_bpp: float | None = None, target_size: int | None = None,
-                target_psnr: float | None = None) -> dict:
+                target_psnr: float | None = None, metrics: bool = True) -> dict:
+    """Encode one image file; the report's psnr and ms_ssim are None with metrics=False (then the
+    reconstruction is not made at all: `aecompress encode --quiet`, like cwebp without -print_psnr)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
@@ -232,7 +236,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         pic, in_size = read_image(in_name, source), len(source)
     else:
         pic, in_size, in_name = read_image(inp), inp.stat().st_size, str(inp)
-    enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr)
+    enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr, reconstruct=metrics)
     if is_stdio(out):
         write_stdout(enc.data)
         size, out_name = len(enc.data), STDOUT_NAME
@@ -246,8 +250,8 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         "bpp": size * 8 / pixels,
         "ratio_raw": pixels * 3 / size,
         "ratio_file": in_size / size,
-        "psnr": psnr(enc.reference, enc.recon),
-        "ms_ssim": ms_ssim(enc.reference, enc.recon),
+        "psnr": psnr(enc.reference, enc.recon) if metrics else None,
+        "ms_ssim": ms_ssim(enc.reference, enc.recon) if metrics else None,
         "seconds": seconds,
         "provider": codec.pkg.provider,
     }

@@ -218,6 +218,27 @@ def test_full_disk_leaves_nothing_behind(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_quiet_encode_skips_the_reconstruction_and_writes_the_same_file(tmp_path, monkeypatch):
+    """--quiet prints no report, so nothing is reconstructed for PSNR/MS-SSIM; the .aez is the same."""
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+    from aecompress.codec import Codec
+
+    src = tmp_path / "a.png"
+    Image.fromarray(smooth_image(96, 128)).save(src)
+    assert CliRunner().invoke(app, ["encode", str(src), "-o", str(tmp_path / "full.aez"), "-q", "60"]).exit_code == 0
+    calls = []
+    real = Codec.reconstruct
+    monkeypatch.setattr(Codec, "reconstruct", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    res = CliRunner().invoke(app, ["encode", str(src), "-o", str(tmp_path / "quiet.aez"), "-q", "60", "--quiet"])
+    assert res.exit_code == 0 and res.output == "" and calls == []
+    assert (tmp_path / "quiet.aez").read_bytes() == (tmp_path / "full.aez").read_bytes()
+    # --json with --quiet still reports, so it still reconstructs
+    res = CliRunner().invoke(app, ["encode", str(src), "-o", str(tmp_path / "j.aez"), "-q", "60", "--quiet", "--json"])
+    assert res.exit_code == 0 and calls == [1] and json.loads(res.output)["psnr"] > 20
+
+
 def test_models_lists_the_photo_codec():
     r = run("models", "--json")
     names = [m["name"] for m in json.loads(r.stdout)]

@@ -61,7 +61,8 @@ def encode(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
-    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (and skip the reconstruction "
+                                                      "that PSNR and MS-SSIM need)."),
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
     from ..compress import encode_file, open_codec, plan_outputs
@@ -76,7 +77,8 @@ def encode(
         path, out, error = job
         if error:
             raise AecError(error)
-        r = encode_file(path, out, codec, force, quality, bpp, size, psnr)
+        # --quiet prints no report, so the reconstruction and its metrics are skipped
+        r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
         if as_json:
             print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True, file=_report(out))
         elif not quiet:

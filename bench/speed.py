@@ -1,0 +1,129 @@
+"""Whole-process speed: `aecompress encode` and `aecompress decode` as new processes, side by side.
+
+    python bench/speed.py [IMAGE] [-m photo] [--compare NAME=MODEL ...] [--runs 7] [--out bench/results]
+
+The issue's target is encode + decode of a 768x512 photo in at most 1 s on a 2-core CPU, whole
+process (Python start-up, imports, model loading, image I/O and the report included). IMAGE
+(default: the first validation photo) is centre-cropped to 768x512. Every run times, for each model
+in turn (interleaved, so a busy moment of a shared machine hits all of them alike):
+
+* `encode` as a user runs it: it reconstructs the image to report PSNR and MS-SSIM;
+* `encode --quiet`: no report, so no reconstruction (as cwebp without -print_psnr);
+* `decode`.
+
+It prints medians and minima, and writes speed.json and speed.png to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("encode", "encode_quiet", "decode")
+
+
+def crop_768x512(path: Path, dst: Path) -> None:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width < 768 or im.height < 512:
+            im = im.resize((768, 512), Image.LANCZOS)
+        left, top = (im.width - 768) // 2, (im.height - 512) // 2
+        im.crop((left, top, left + 768, top + 512)).save(dst)
+
+
+def measure(models: dict[str, str], image: Path, runs: int = 7) -> dict:
+    """{name: {step: [seconds per run]}} for the three commands, models interleaved within each run."""
+    exe = [sys.executable, "-m", "aecompress"]
+    times = {name: {s: [] for s in STEPS} for name in models}
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "photo.png"
+        crop_768x512(image, src)
+        for _ in range(runs):
+            for name, model in models.items():
+                aez, png = Path(d) / f"{name}.aez", Path(d) / f"{name}.png"
+                cmds = {"encode": ["encode", str(src), "-o", str(aez), "-m", model, "--force"],
+                        "encode_quiet": ["encode", str(src), "-o", str(aez), "-m", model, "--force", "--quiet"],
+                        "decode": ["decode", str(aez), "-o", str(png), "-m", model, "--force", "--quiet"]}
+                for step in STEPS:
+                    t0 = time.perf_counter()
+                    subprocess.run(exe + cmds[step], check=True, capture_output=True, cwd=d)  # not this checkout
+                    times[name][step].append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(times: dict) -> dict:
+    out = {}
+    for name, t in times.items():
+        both = [e + d for e, d in zip(t["encode"], t["decode"])]
+        quiet = [e + d for e, d in zip(t["encode_quiet"], t["decode"])]
+        out[name] = {**{f"{s}_median_s": statistics.median(v) for s, v in t.items()},
+                     "encode_decode_median_s": statistics.median(both), "encode_decode_min_s": min(both),
+                     "quiet_encode_decode_median_s": statistics.median(quiet), "quiet_encode_decode_min_s": min(quiet)}
+    return out
+
+
+def plot(summary: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(names))
+    for i, (key, label) in enumerate((("encode_decode", "encode + decode"),
+                                      ("quiet_encode_decode", "encode --quiet + decode"))):
+        med = [summary[n][f"{key}_median_s"] for n in names]
+        lo = [summary[n][f"{key}_median_s"] - summary[n][f"{key}_min_s"] for n in names]
+        ax.bar(x + (i - 0.5) * 0.38, med, 0.38, yerr=[lo, [0] * len(names)], label=label, capsize=3)
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="target (1 s)")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("seconds, whole process (median; whisker: min)")
+    ax.set_title("768x512 photo, new processes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("image", nargs="?", type=Path, default=None)
+    ap.add_argument("-m", "--model", default="photo")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = ap.parse_args()
+    image = a.image or sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))[0]
+    models = {"ours": a.model, **dict(spec.split("=", 1) for spec in a.compare)}
+    summary = summarise(measure(models, image, a.runs))
+    print(f"whole process, 768x512 crop of {image.name}, {a.runs} runs, medians in seconds (min in brackets)\n")
+    print(f"| model | encode | encode --quiet | decode | encode + decode | encode --quiet + decode |")
+    print("|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['encode_median_s']:.2f} | {s['encode_quiet_median_s']:.2f} | {s['decode_median_s']:.2f} "
+              f"| {s['encode_decode_median_s']:.2f} ({s['encode_decode_min_s']:.2f}) "
+              f"| {s['quiet_encode_decode_median_s']:.2f} ({s['quiet_encode_decode_min_s']:.2f}) |")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "speed.json").write_text(json.dumps(
+        {"image": image.name, "size": [768, 512], "runs": a.runs, "models": models, "summary": summary,
+         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    plot(summary, a.out / "speed.png")
+    print(f"\nwrote {a.out / 'speed.json'} and {a.out / 'speed.png'}")
+
+
+if __name__ == "__main__":
+    main()
