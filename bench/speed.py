@@ -93,7 +93,8 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xticks(x, names)
     ax.set_ylabel("seconds, whole process (median; whisker: min)")
     ax.set_title("768x512 photo, new processes")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.4 * max(max(v["encode_decode_median_s"] for v in summary.values()), 1.0))
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -109,6 +110,8 @@ def main() -> None:
     a = ap.parse_args()
     image = a.image or sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))[0]
     models = {"ours": a.model, **dict(spec.split("=", 1) for spec in a.compare)}
+    # the commands run in a temporary folder: a package given as a relative path must stay findable
+    models = {name: str(Path(m).resolve()) if Path(m).exists() else m for name, m in models.items()}
     summary = summarise(measure(models, image, a.runs))
     print(f"whole process, 768x512 crop of {image.name}, {a.runs} runs, medians in seconds (min in brackets)\n")
     print(f"| model | encode | encode --quiet | decode | encode + decode | encode --quiet + decode |")
