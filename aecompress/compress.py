@@ -71,8 +71,9 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                    analysis: Analysis | None = None, reconstruct: bool = True) -> Encoded:
     """Code a picture at a quality or for a target. analysis: this picture's analysis from an
     earlier call (the GUI keeps it while the user moves the target), else computed here.
-    reconstruct=False leaves Encoded.recon None unless the search made it anyway (the synthesis is
-    about 40% of an encode; only reports and previews need it)."""
+    reconstruct=False leaves Encoded.recon None unless the search made it anyway (the synthesis and
+    the metrics after it are about a third of a whole `encode` process; only reports and previews
+    need them)."""
     pixels, notes = coding_input(pic, codec)
     if analysis is None:
         analysis = codec.analyse(pixels)
