@@ -111,10 +111,10 @@ def main() -> None:
     image = a.image or sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))[0]
     models = {"ours": a.model, **dict(spec.split("=", 1) for spec in a.compare)}
     # the commands run in a temporary folder: a package given as a relative path must stay findable
-    models = {name: str(Path(m).resolve()) if Path(m).exists() else m for name, m in models.items()}
-    summary = summarise(measure(models, image, a.runs))
+    summary = summarise(measure({name: str(Path(m).resolve()) if Path(m).exists() else m
+                                 for name, m in models.items()}, image, a.runs))
     print(f"whole process, 768x512 crop of {image.name}, {a.runs} runs, medians in seconds (min in brackets)\n")
-    print(f"| model | encode | encode --quiet | decode | encode + decode | encode --quiet + decode |")
+    print("| model | encode | encode --quiet | decode | encode + decode | encode --quiet + decode |")
     print("|---|---|---|---|---|---|")
     for name, s in summary.items():
         print(f"| {name} | {s['encode_median_s']:.2f} | {s['encode_quiet_median_s']:.2f} | {s['decode_median_s']:.2f} "
