@@ -50,6 +50,7 @@ class JobResult:
     ssim: float | None = None
     psnr_input: float | None = None
     provider: str | None = None
+    reference_error: str | None = None     # the output was written, but --reference could not score it
 
 
 @dataclass
@@ -184,9 +185,12 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
                               cancel=cancel, ensemble=ensemble)
     if cancel is not None and cancel():
         raise KeyboardInterrupt
-    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format)
+    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format, source=pic.info)
     if ref is not None:
-        info.update(reference_metrics(out, pic.pixels, ref))
+        try:
+            info.update(reference_metrics(out, pic.pixels, ref))
+        except AecError as exc:          # the denoised file is written and good: not a failure
+            info["reference_error"] = str(exc)
     return info
 
 
@@ -195,8 +199,13 @@ def reference_metrics(out, noisy, ref: Path) -> dict:
     from .metrics import psnr, ssim
 
     clean = read_image(ref).pixels
-    if clean.shape != out.shape:
-        raise AecError(f"reference {ref} is {clean.shape[1]}x{clean.shape[0]}, output is {out.shape[1]}x{out.shape[0]}")
+
+    def describe(a) -> str:
+        kind = {1: "greyscale", 2: "greyscale+alpha", 3: "colour", 4: "colour+alpha"}.get(a.shape[2], f"{a.shape[2]}-channel")
+        return f"{a.shape[1]}x{a.shape[0]} {kind}" + (" 16-bit" if a.dtype.itemsize == 2 else "")
+
+    if clean.shape != out.shape or clean.dtype != out.dtype:
+        raise AecError(f"reference {ref} is {describe(clean)}, the output is {describe(out)}: not scored")
     return {"psnr": round(psnr(out, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4),
             "ssim": round(ssim(out, clean), 5),
             "psnr_input": round(psnr(noisy, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4)}
@@ -207,7 +216,7 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
     info = info or {}
     return JobResult(str(job.src), str(job.dst), status or ("failed" if error else "done"), error,
                      round(seconds, 4), info.get("sigma_estimate"), info.get("psnr"), info.get("ssim"),
-                     info.get("psnr_input"), info.get("provider"))
+                     info.get("psnr_input"), info.get("provider"), info.get("reference_error"))
 
 
 def _remove_stale_parts(dst: Path) -> None:
@@ -407,6 +416,8 @@ class _RayWorker:
             except Exception as exc:  # noqa: BLE001
                 return {"error": f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                         "seconds": time.perf_counter() - t}
+            if info.get("reference_error") and ref_path is not None:
+                info["reference_error"] = info["reference_error"].replace(str(ref_path), ref_name)
             return {"data": dst.read_bytes(), "info": info, "seconds": time.perf_counter() - t}
         finally:
             for p in work.iterdir():
@@ -458,7 +469,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     free.append(a)
                     report(_result(job, error=f"{job.src}: cannot read ({exc.strerror or exc})"))
                     continue
-                fut = a.process.remote(str(job.src), data, job.ref.name if job.ref else None, ref, tile, sigma,
+                fut = a.process.remote(str(job.src), data, str(job.ref) if job.ref else None, ref, tile, sigma,
                                        ensemble)
                 running[fut] = (job, a)
 

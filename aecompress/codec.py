@@ -63,14 +63,23 @@ class Codec:
         self.kind = pkg.manifest.get("codec", "hyperprior")
         if self.kind not in container.CODECS:
             raise ModelError(f"model '{pkg.name}' uses unknown codec '{self.kind}'")
-        self.channels = pkg.channels
-        self.levels = int(pkg.manifest.get("levels", 1))
-        self.rdoq_lambda = float(pkg.manifest.get("encoder", {}).get("rdoq_lambda", 0.0)
-                                 if rdoq_lambda is None else rdoq_lambda)
         try:
+            self.channels = int(pkg.channels)
+            self.levels = int(pkg.manifest.get("levels", 1))
+            self.rdoq_lambda = float(pkg.manifest.get("encoder", {}).get("rdoq_lambda", 0.0)
+                                     if rdoq_lambda is None else rdoq_lambda)
             self.ladder = Ladder.from_manifest(pkg.manifest, self.levels)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"model '{pkg.name}': {exc}") from None
+            m = pkg.manifest
+            self.pad_multiple = int(m.get("pad_multiple", 1))
+            self._tile_align = int(m.get("pad_multiple", 64))
+            self._overlap = {k: int(m.get("overlap", {}).get(k, d)) for k, d in (("analysis", 64), ("synthesis", 4))}
+            s = m.get("input_size")
+            self._fixed_size = (int(s[0]), int(s[1])) if s else None
+            self._latent_shape = tuple(int(v) for v in m.get("latent_shape") or ()) or None
+            if self.pad_multiple < 1 or self._tile_align < 1:
+                raise ValueError("pad_multiple must be positive")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"model '{pkg.name}': malformed manifest ({exc})") from None
         if self.kind != "hyperprior" and any(r.scale != 1 for r in self.ladder.rungs):
             raise ModelError(f"model '{pkg.name}': only hyperprior codecs can change resolution")
 
@@ -117,8 +126,7 @@ class Codec:
 
     # -- geometry -----------------------------------------------------------------------------
     def _input_size(self) -> tuple[int, int] | None:
-        s = self.pkg.manifest.get("input_size")
-        return (int(s[0]), int(s[1])) if s else None
+        return self._fixed_size
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim != 3 or pixels.shape[2] != self.channels:
@@ -127,7 +135,7 @@ class Codec:
         fixed = self._input_size()
         if fixed and (h, w) != fixed:
             raise AecError(f"model '{self.pkg.name}' takes {fixed[1]}x{fixed[0]} images, not {w}x{h}")
-        m = int(self.pkg.manifest.get("pad_multiple", 1))
+        m = self.pad_multiple
         ph, pw = -h % m, -w % m
         if ph or pw:
             pixels = np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="edge")
@@ -143,8 +151,8 @@ class Codec:
             return session(tile.astype(np.float32) * np.float32(1 / 255))
 
         if self.kind == "hyperprior":
-            ov = int(self.pkg.manifest.get("overlap", {}).get("analysis", 64))
-            y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=int(self.pkg.manifest.get("pad_multiple", 64)),
+            ov = self._overlap["analysis"]
+            y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=self._tile_align,
                           check=check)
         else:
             y = g_a(x)
@@ -241,7 +249,7 @@ class Codec:
             return np.clip(np.round(session(tile) * 255.0), 0, 255).astype(np.uint8)
 
         if self.kind == "hyperprior":
-            ov = int(self.pkg.manifest.get("overlap", {}).get("synthesis", 4))
+            ov = self._overlap["synthesis"]
             x = run_tiled(g_s, y_hat[None], SYNTHESIS_TILE, ov, scale=16, align=4, check=check)
         else:
             x = g_s(y_hat[None])
@@ -265,7 +273,7 @@ class Codec:
         dec = Decoder(stream, escapes)
         if header.scale != 1 and self.kind != "hyperprior":
             raise CorruptFileError("header does not match the model (scaled image)")
-        m = int(self.pkg.manifest.get("pad_multiple", 1))
+        m = self.pad_multiple
         cw, ch = scaled_size(header.width, header.height, header.scale)
         hp, wp = ch + (-ch % m), cw + (-cw % m)
         st: dict = {"level": header.quality, "scale": header.scale}
@@ -276,6 +284,8 @@ class Codec:
             st["mean"], idx = self._entropy_params(st["z"])
             st["q"] = dec.decode(idx, self.y_tables)
         else:
-            shape = tuple(self.pkg.manifest["latent_shape"])
+            shape = self._latent_shape
+            if shape is None:
+                raise ModelError(f"model '{self.pkg.name}': its manifest has no latent_shape")
             st["q"] = dec.decode(self._channel_index(shape), self.z_tables)
         return self.reconstruct(st, header.height, header.width), header

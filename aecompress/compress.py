@@ -8,6 +8,7 @@ a PSNR target).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class Encoded:
 
 def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
     """The pixels a codec will code for a picture (mode converted), and notes on what was lost."""
+    container.check_size(pic.width, pic.height)
     notes = []
     if pic.has_alpha:
         notes.append("alpha channel dropped (the codec stores colour only)")
@@ -110,7 +112,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                 scored = []
                 for data, st in candidates:
                     rec = codec.reconstruct(st, pic.height, pic.width)
-                    scored.append((psnr(pixels, rec), data, st, rec))
+                    scored.append((psnr(in_mode(pixels, mode), in_mode(rec, mode)), data, st, rec))
                 _, data, st, recon = max(scored, key=lambda t: t[0])
                 best = data, st
         data, st = best
@@ -118,7 +120,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         def attempt(u: float):
             data, st = run(u)
             rec = codec.reconstruct(st, pic.height, pic.width)
-            return data, st, rec, psnr(pixels, rec) >= target_psnr
+            return data, st, rec, psnr(in_mode(pixels, mode), in_mode(rec, mode)) >= target_psnr
 
         def reaches(u: float):
             data, st, rec, ok = attempt(u)
@@ -142,11 +144,24 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     return Encoded(data, recon, pixels, st["position"], st["scale"], notes)
 
 
-def decoded_to_mode(pixels: np.ndarray, header: container.Header) -> np.ndarray:
-    """Decoded pixels in the source's channel layout (greyscale sources come back greyscale)."""
-    if header.mode in ("L", "LA") and pixels.shape[2] == 3:
+def in_mode(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Pixels in the channel layout of a source of this mode: what the decoder writes (a greyscale
+    source coded by a colour model comes back as the mean of the three decoded channels)."""
+    if mode in ("L", "LA") and pixels.shape[2] == 3:
         return np.round(pixels.astype(np.float32).mean(axis=2, keepdims=True)).astype(np.uint8)
     return pixels
+
+
+def decoded_to_mode(pixels: np.ndarray, header: container.Header) -> np.ndarray:
+    """Decoded pixels in the source's channel layout (greyscale sources come back greyscale)."""
+    return in_mode(pixels, header.mode)
+
+
+def quality_report(enc: "Encoded", mode: str, check: Callable[[], None] | None = None) -> tuple[float, float]:
+    """(PSNR, MS-SSIM) of the reconstruction against what was coded, both in the source's channel
+    layout: the figures a user gets by comparing the decoded file with the input."""
+    ref, rec = in_mode(enc.reference, mode), in_mode(enc.recon, mode)
+    return psnr(ref, rec), ms_ssim(ref, rec, check)
 
 
 def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "auto",
@@ -189,13 +204,17 @@ def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
     return output
 
 
-def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
+def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
                  accept: Callable[[Path], bool], what: str) -> list[tuple[Path, Path | None, str | None]]:
     """(input, output, error) for each file to process. A folder stands for the files directly in it
     that `accept` takes (`what` names them in the error for a folder without any). An input whose
     output an earlier input of the same run already takes gets an error instead of an output, so
-    one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder).
-    "-" as an input is standard input, and -o - standard output; each takes a single file."""
+    one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder), and an
+    input that would be its own output gets an error (even --force never replaces an input).
+    "-" as an input is standard input, and -o - standard output; each takes a single file. An
+    output named with a trailing slash is a folder, whatever the number of inputs."""
+    as_folder = output is not None and str(output).endswith(("/", os.sep))
+    output = Path(output) if output is not None else None
     files: list[tuple[Path, str | None]] = []
     folders = False
     for p in map(Path, inputs):
@@ -209,9 +228,11 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
-    many = len(files) > 1 or folders
+    many = len(files) > 1 or folders or as_folder
     if many and is_stdio(output):
         raise AecError("-o - (standard output) takes a single input")
+    if many and output is not None and output.exists() and not output.is_dir():
+        raise AecError(f"-o {output}: several inputs need a folder, and {output} is a file")
     outs = [None if error else output_for(inp, output, many, suffix) for inp, error in files]
     plan = []
     for i, ((inp, error), out, first) in enumerate(zip(files, outs, first_writers(outs))):
@@ -220,6 +241,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, suffix: str,
             error = (f"{inp}: given twice" if earlier.resolve() == inp.resolve() else
                      f"{inp}: its output {out} is also the output of {earlier}")
             out = None
+        elif out is not None and not is_stdio(out) and not is_stdio(inp) and out.resolve() == inp.resolve():
+            error, out = f"{inp}: refusing to write the output over its own input", None
         plan.append((inp, out, error))
     return plan
 
@@ -244,6 +267,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     else:
         write_bytes_atomic(out, enc.data, force)
         size, out_name = out.stat().st_size, str(out)
+    quality = quality_report(enc, pic.mode) if metrics else (None, None)
     seconds = time.perf_counter() - t0
     pixels = pic.width * pic.height
     report = {
@@ -251,8 +275,8 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         "bpp": size * 8 / pixels,
         "ratio_raw": pixels * 3 / size,
         "ratio_file": in_size / size,
-        "psnr": psnr(enc.reference, enc.recon) if metrics else None,
-        "ms_ssim": ms_ssim(enc.reference, enc.recon) if metrics else None,
+        "psnr": quality[0],
+        "ms_ssim": quality[1],
         "seconds": seconds,
         "provider": codec.pkg.provider,
     }
@@ -303,5 +327,5 @@ def file_info(path: Path) -> dict:
     return info
 
 
-__all__ = ["Encoded", "coding_input", "encode_picture", "decode_bytes", "encode_file", "decode_file", "open_codec",
+__all__ = ["Encoded", "coding_input", "encode_picture", "in_mode", "quality_report", "decode_bytes", "encode_file", "decode_file", "open_codec",
            "file_info", "output_for", "plan_outputs", "Analysis", "asdict"]

@@ -12,7 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import CorruptFileError
+from .errors import AecError, CorruptFileError
 from .imageio import MAX_PIXELS
 
 MAGIC = b"AEZ"
@@ -50,6 +50,14 @@ class Header:
                 "alpha_dropped": self.alpha_dropped, "scale": round(self.scale, 4)}
 
 
+def check_size(width: int, height: int) -> None:
+    """Refuse an image the format cannot record (checked before any work, so encoding never writes
+    a file that decoding would reject)."""
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        raise AecError(f"{width}x{height} is too large for an .aez file (at most {MAX_SIDE} pixels a side "
+                       f"and {MAX_PIXELS // 1_000_000} million pixels)")
+
+
 def quantize_level(level: float) -> float:
     """The level as it will be stored (encoder and decoder must use the same value)."""
     return min(max(round(level * QUALITY_SCALE), 0), 0xFFFF) / QUALITY_SCALE
@@ -79,6 +87,7 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 
 def pack(header: Header, payload: bytes) -> bytes:
+    check_size(header.width, header.height)
     flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
              | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (SCALES.index(header.scale) << 6))
     if SCALES.index(header.scale) >= _SCALE_CODES_BY_VERSION.get(header.version, 0):

@@ -143,15 +143,17 @@ def installed_packages() -> list[ModelPackage]:
     seen: set[Path] = set()
     out = []
     for root in search_path():
-        if not root.is_dir():
+        try:
+            entries = sorted(root.iterdir()) if root.is_dir() else []
+        except OSError:                     # an unreadable folder on the search path hides nothing else
             continue
-        for d in sorted(root.iterdir()):
-            if (d / MANIFEST).exists() and d.resolve() not in seen:
-                seen.add(d.resolve())
-                try:
+        for d in entries:
+            try:
+                if (d / MANIFEST).exists() and d.resolve() not in seen:
+                    seen.add(d.resolve())
                     out.append(ModelPackage(d, read_manifest(d)))
-                except ModelError:
-                    continue
+            except (ModelError, OSError):
+                continue
     return out
 
 

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayo
                                QSlider, QSpinBox, QStackedWidget, QWidget)
 
 from aecompress.codec import Analysis, Codec
-from aecompress.compress import encode_picture, output_for
+from aecompress.compress import encode_picture, in_mode, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
 from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
@@ -311,12 +311,14 @@ class CompressTab(QWidget):
             if scale != 1:
                 notes = notes + [f"coded at {resolution_name(scale)} resolution and upsampled (the model's low-rate setting)"]
             token.check()
-            res = Result(data, recon, position, codec.position_to_quality(position), psnr(p.reference, recon), None,
+            # metrics in the source's channel layout, as the decoded file will be (greyscale: one channel)
+            ref_m, rec_m = in_mode(p.reference, pic.mode), in_mode(recon, pic.mode)
+            res = Result(data, recon, position, codec.position_to_quality(position), psnr(ref_m, rec_m), None,
                          t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),
                          pyramid(difference_image(p.reference, recon)), notes)
             emit(("result", res))
             token.check()
-            return replace(res, ms_ssim=ms_ssim(p.reference, recon, token.check))
+            return replace(res, ms_ssim=ms_ssim(ref_m, rec_m, token.check))
 
         self._set_busy("Compressing\u2026" if mode == "quality" else "Searching for the target\u2026")
         self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,
@@ -413,7 +415,8 @@ class CompressTab(QWidget):
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
-        recon = self.result.recon
+        mode = self.prepared.picture.mode if self.prepared is not None else "RGB"
+        recon = in_mode(self.result.recon, mode)                # as `aecompress decode` writes it
         self.work.submit(lambda token, emit: save_image(path, recon, force=True), name="save",
                          done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
         return path

@@ -247,3 +247,103 @@ def test_models_lists_the_photo_codec():
     assert "photo" in table and "denoise" in table
     assert "sigma" in table                           # the denoiser's measured PSNRs, not "-"
     assert "models/photo" in table.replace("\\", "/")  # where each package lives
+
+
+def test_an_image_too_wide_for_the_format_is_refused_before_encoding(tmp_path):
+    """The .aez header records at most 262144 pixels a side: encode must not write a file that
+    decode would then call damaged."""
+    src = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((1, 270_000, 3), np.uint8)).save(src)
+    r = run("encode", src, "-o", tmp_path / "wide.aez")
+    assert r.returncode == 1 and "too large for an .aez file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "wide.aez").exists()
+
+
+def test_greyscale_report_is_the_psnr_of_the_decoded_file(tmp_path, photo):
+    """A greyscale source decodes to one channel (the mean of the model's three): the report must
+    measure those pixels, not the three-channel reconstruction."""
+    grey = tmp_path / "grey.png"
+    Image.open(photo).convert("L").save(grey)
+    r = run("encode", grey, "--json", "-q", "60")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert run("decode", grey.with_suffix(".aez"), "-o", tmp_path / "dec.png").returncode == 0
+    dec = np.asarray(Image.open(tmp_path / "dec.png"))
+    assert dec.ndim == 2
+    src = np.asarray(Image.open(grey))
+    assert rep["psnr"] == pytest.approx(psnr(src, dec), abs=1e-9)
+    assert rep["ms_ssim"] == pytest.approx(ms_ssim(src, dec), abs=1e-9)
+
+
+@pytest.mark.parametrize("flag,value", [("-q", "nan"), ("--bpp", "nan"), ("--psnr", "inf"), ("--bpp", "inf")])
+def test_non_finite_targets_are_one_line_errors(photo, flag, value):
+    r = run("encode", photo, flag, value, "-o", photo.with_name("x.aez"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not photo.with_name("x.aez").exists()
+
+
+def test_output_paths_a_folder_by_slash_never_the_input(tmp_path, photo):
+    # a trailing slash names a folder even for one input (the README's `-o out/` with one match)
+    r = run("encode", photo, "-o", f"{tmp_path / 'enc'}/", "-q", "50")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "enc" / "cat.aez").is_file()
+    r = run("decode", tmp_path / "enc" / "cat.aez", "-o", f"{tmp_path / 'dec'}/")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "dec" / "cat.png").size == Image.open(photo).size
+    # an output that is the input itself is refused even with --force
+    before = photo.read_bytes()
+    r = run("encode", photo, "-o", photo, "--force")
+    assert r.returncode == 1 and "its own input" in r.stderr
+    assert photo.read_bytes() == before
+    # several inputs and -o naming an existing file: a clear error, nothing written
+    other = tmp_path / "other.png"
+    other.write_bytes(before)
+    r = run("encode", photo, other, "-o", other)
+    assert r.returncode == 1 and "need a folder" in r.stderr
+    assert other.read_bytes() == before
+
+
+def test_json_keeps_its_fields_and_notes_go_to_stderr(photo):
+    """--json prints exactly the documented fields; a missed target is still said, on stderr."""
+    r = run("encode", photo, "--size", "30", "--json", "-o", photo.with_name("s.aez"))
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == {"bpp", "ratio_raw", "ratio_file", "psnr", "ms_ssim", "seconds", "provider",
+                                         "input", "output"}
+    assert "target not reachable" in r.stderr
+
+
+def test_sigterm_leaves_no_partial_file(tmp_path, photo):
+    """`kill` during a decode: exit 143, a one-line message, no temporary or partial output."""
+    import os
+    import signal
+    import time
+
+    big = tmp_path / "big.png"
+    Image.open(photo).resize((2400, 1600)).save(big)
+    assert run("encode", big, "-o", tmp_path / "big.aez", "--quiet").returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "aecompress", "decode", str(tmp_path / "big.aez"), "-o",
+                             str(out / "big.webp")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(out.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)                      # the temporary file appears once decoding is done
+    assert proc.poll() is None, "decode finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []
+
+
+def test_malformed_manifest_is_a_model_error(tmp_path, photo):
+    import shutil
+
+    from .conftest import ROOT
+
+    pkg = tmp_path / "pk"
+    shutil.copytree(ROOT / "models" / "photo", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["levels"] = None
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    r = run("encode", photo, "-m", pkg, "-o", tmp_path / "x.aez")
+    assert r.returncode == 4 and "malformed manifest" in r.stderr and "Traceback" not in r.stderr

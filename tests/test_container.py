@@ -7,7 +7,7 @@ import pytest
 
 from aecompress import container
 from aecompress.container import Header
-from aecompress.errors import CorruptFileError
+from aecompress.errors import AecError, CorruptFileError
 
 
 def _header(**kw):
@@ -59,9 +59,17 @@ def test_rejects_other_files_and_versions():
 
 
 def test_absurd_dimensions_rejected_before_decoding():
-    data = container.pack(_header(width=200000, height=200000), b"")
+    # the writer refuses what the reader would reject ...
+    with pytest.raises(AecError, match="too large for an .aez file"):
+        container.pack(_header(width=200000, height=200000), b"")
+    with pytest.raises(AecError, match="too large for an .aez file"):
+        container.pack(_header(width=container.MAX_SIDE + 1, height=1), b"")
+    # ... and the reader rejects a file that claims such a size (written by hand here)
+    small = container.pack(_header(width=1, height=1), b"")
+    head = 4 + container.ID_BYTES + 1                     # magic, version, model id, flags; then the varints
+    body = small[:head] + container._varint(200000) + container._varint(200000) + small[head + 2:-4]
     with pytest.raises(CorruptFileError, match="implausible size"):
-        container.read_header(data)
+        container.read_header(body + struct.pack("<I", zlib.crc32(body)))
 
 
 def test_payload_split_restores_stripped_zero_bytes():

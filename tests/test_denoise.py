@@ -254,9 +254,10 @@ def test_cli_keeps_format_size_mode_exif_icc(tmp_path, env):
     exif[0x010F] = "TestCam"                                # Make
     exif[0x0132] = "2024:01:02 03:04:05"                    # DateTime
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    grey_icc = icc[:16] + b"GRAY" + icc[20:]            # a greyscale image's profile names GRAY (PNG spec)
     rgb = noisy(smooth_image(48, 64), 15)
     Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=92, exif=exif, icc_profile=icc)
-    Image.fromarray(noisy(smooth_image(40, 36, 1), 15)[:, :, 0], "L").save(tmp_path / "b.png", icc_profile=icc)
+    Image.fromarray(noisy(smooth_image(40, 36, 1), 15)[:, :, 0], "L").save(tmp_path / "b.png", icc_profile=grey_icc)
     rgba = np.concatenate([rgb, np.full((48, 64, 1), 200, np.uint8)], axis=2)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "c.webp", lossless=True, exif=exif)
     Image.fromarray(rgb).save(tmp_path / "d.tiff")
@@ -272,7 +273,7 @@ def test_cli_keeps_format_size_mode_exif_icc(tmp_path, env):
             if has_exif:
                 assert im.getexif().get(0x010F) == "TestCam", name
             if has_icc:
-                assert im.info.get("icc_profile") == icc, name
+                assert im.info.get("icc_profile") == (grey_icc if mode == "L" else icc), name
             if mode == "RGBA":
                 assert np.all(np.asarray(im)[:, :, 3] == 200)
 
@@ -300,6 +301,73 @@ def test_cli_reference_reports_psnr_ssim(tmp_path, env):
         assert res["ssim"] == pytest.approx(ssim(out, clean), abs=1e-4)
         assert res["psnr_input"] == pytest.approx(psnr(np.asarray(Image.open(res["src"])), clean), abs=1e-3)
     assert summary["mean_psnr"] == pytest.approx(np.mean([x["psnr"] for x in results]), abs=1e-3)
+
+
+def test_cli_keeps_cmyk_palette_tiff_compression_and_dpi(tmp_path, env):
+    """Sources whose mode the denoiser does not work in come back in their own mode; a TIFF's
+    layout tags (CMYK, float samples) never land on an output they contradict."""
+    rgb = noisy(smooth_image(48, 64), 15)
+    im = Image.fromarray(rgb)
+    im.convert("CMYK").save(tmp_path / "cmyk.tif", compression="tiff_lzw", dpi=(300, 300))
+    im.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=92)
+    im.convert("F").save(tmp_path / "float.tif")
+    im.quantize(32).save(tmp_path / "pal.png")
+    im.save(tmp_path / "dpi.jpg", dpi=(200, 200))
+    out = tmp_path / "out"
+    r = run_cli(["denoise", tmp_path, "-o", out], env)
+    assert r.exit_code == 0, r.output
+    for name, mode in [("cmyk.tif", "CMYK"), ("cmyk.jpg", "CMYK"), ("float.tif", "L"), ("pal.png", "P"),
+                       ("dpi.jpg", "RGB")]:
+        with Image.open(out / name) as o, Image.open(tmp_path / name) as src:
+            o.load()                                        # a contradictory tag would fail here
+            assert (o.mode, o.size, o.format) == (mode, src.size, src.format), name
+            if name == "pal.png":
+                assert o.getpalette() == src.getpalette()
+    with Image.open(out / "cmyk.tif") as o:
+        assert o.info["compression"] == "tiff_lzw" and tuple(map(round, o.info["dpi"])) == (300, 300)
+    with Image.open(out / "dpi.jpg") as o:
+        assert tuple(map(round, o.info["dpi"])) == (200, 200)
+
+
+def test_icc_profile_of_another_colour_space_is_not_written(tmp_path):
+    """An RGB output never carries a CMYK (or greyscale) profile."""
+    from aecompress.imageio import save_image
+
+    cmyk_like = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    cmyk_like[16:20] = b"CMYK"
+    save_image(tmp_path / "a.png", smooth_image(16, 16), icc=bytes(cmyk_like))
+    assert "icc_profile" not in Image.open(tmp_path / "a.png").info
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    save_image(tmp_path / "b.png", smooth_image(16, 16), icc=srgb)
+    assert Image.open(tmp_path / "b.png").info["icc_profile"] == srgb
+
+
+def test_cli_reference_problems_are_warnings_not_failures(tmp_path, env):
+    """The outputs are written and good: a missing, unreadable or mismatched reference only means
+    they are not scored (no failure counted, exit 0), and every case is said."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref").mkdir()
+    for i, name in enumerate(["ok.png", "small.png", "junk.png", "grey.png", "none.png"]):
+        clean = smooth_image(40, 48, seed=i)
+        Image.fromarray(noisy(clean, 20, seed=i)).save(tmp_path / "in" / name)
+        if name == "ok.png":
+            Image.fromarray(clean).save(tmp_path / "ref" / name)
+        elif name == "small.png":
+            Image.fromarray(clean[:20, :20]).save(tmp_path / "ref" / name)
+        elif name == "junk.png":
+            (tmp_path / "ref" / name).write_bytes(b"junk")
+        elif name == "grey.png":
+            Image.fromarray(clean[:, :, 0]).save(tmp_path / "ref" / name)
+    p = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "in"), "-o",
+                        str(tmp_path / "out"), "--reference", str(tmp_path / "ref")], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "5 denoised, 0 skipped, 0 failed" in p.stdout and "1 of 5 scored against a reference" in p.stdout
+    assert len(list((tmp_path / "out").iterdir())) == 5
+    warnings = [x for x in p.stderr.splitlines() if x.startswith("aecompress: warning:")]
+    assert len(warnings) == 4 and "Traceback" not in p.stderr
+    assert any("none.png" in w and "no reference" in w for w in warnings)
+    assert any("greyscale" in w and "grey.png" in w for w in warnings)
 
 
 def test_cli_sigma_auto_json(tmp_path, env):

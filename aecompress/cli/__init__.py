@@ -19,14 +19,29 @@ app = typer.Typer(
 from . import codec, denoise, gui, train  # noqa: E402,F401
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`), raised in the main thread so that every atomic write removes its temporary
+    file on the way out (a BaseException, like KeyboardInterrupt, so no `except Exception` eats it)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main() -> None:
+    import signal
+
     from ..errors import AecError
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except AecError as exc:
         print(f"aecompress: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Terminated:
+        print("aecompress: terminated; no partial output was left", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("aecompress: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -50,8 +51,8 @@ def _print(line: str, out: Path | None) -> None:
 def encode(
     images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads), folders of them, "
                                                   "or - for standard input."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several); "
-                                                                      "- for standard output (the report goes to stderr)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several, "
+                                         "or a name ending in /); - for standard output (the report goes to stderr)."),
     quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
     psnr: Optional[float] = typer.Option(None, "--psnr", help="Target PSNR in dB (smallest file reaching it)."),
@@ -71,6 +72,9 @@ def encode(
 
     if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
         raise AecError("use only one of -q, --bpp, --psnr and --size")
+    for flag, value in (("-q", quality), ("--bpp", bpp), ("--psnr", psnr)):
+        if value is not None and not math.isfinite(value):
+            raise AecError(f"{flag} must be a finite number, not {value}")
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads)
     def one(job: tuple[Path, Path | None, str | None]) -> dict:
@@ -81,6 +85,8 @@ def encode(
         r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
         if as_json:
             print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True, file=_report(out))
+            for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
+                print(f"aecompress: note: {r['input']}: {n}", file=sys.stderr, flush=True)
         elif not quiet:
             _print(_fmt_encode(r), out)
         return r
@@ -91,7 +97,8 @@ def encode(
 @app.command()
 def decode(
     files: List[Path] = typer.Argument(..., help=".aez files to decompress, folders of them, or - for standard input."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several); "
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several, "
+                                         "or a name ending in /); "
                                           "the extension picks the format (PNG by default); - for PNG on standard output."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package (default: found by the file's model id)."),
     device: str = device_option(),

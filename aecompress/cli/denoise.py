@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, error_line, threads_option
+from .common import device_option, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -80,10 +80,11 @@ def denoise(
     job_list = plan_jobs(inputs, output, recursive, reference)
     if not job_list:
         raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))
-    if reference is not None:
-        missing = [j for j in job_list if j.ref is None]
-        for j in missing[:5]:
-            error_line(f"no reference for {j.rel} in {reference}")
+    missing = [j for j in job_list if j.ref is None] if reference is not None else []
+    for j in missing[:5]:
+        print(f"aecompress: warning: no reference for {j.rel} in {reference}", file=sys.stderr)
+    if len(missing) > 5:
+        print(f"aecompress: warning: ... and {len(missing) - 5} more images without a reference", file=sys.stderr)
     single = len(job_list) == 1
     bar = task = None
     if not single and not quiet and sys.stderr.isatty():     # single files skip the progress machinery
@@ -105,6 +106,8 @@ def denoise(
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
             print(json.dumps(asdict(r)), flush=True)
+        if r.reference_error:
+            say(f"aecompress: warning: {r.reference_error}", err=True)
         if r.status == "failed":
             say(f"aecompress: error: {r.error}", err=True)
         elif as_json:
@@ -146,6 +149,9 @@ def denoise(
         print(json.dumps({"summary": d}), flush=True)
     elif (not single or reference is not None) and not quiet:
         line = f"{summary.done} denoised, {summary.skipped} skipped, {summary.failed} failed in {summary.seconds:.1f} s"
+        if reference is not None:
+            scored = sum(r.psnr is not None for r in summary.results)
+            line += f"; {scored} of {summary.done} scored against a reference"
         if summary.mean("psnr") is not None:
             line += (f"; mean PSNR {summary.mean('psnr'):.2f} dB (input {summary.mean('psnr_input'):.2f} dB), "
                      f"mean SSIM {summary.mean('ssim'):.4f}")

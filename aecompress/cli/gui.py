@@ -20,6 +20,9 @@ def gui(files: Optional[List[Path]] = typer.Argument(
         import PySide6  # noqa: F401
     except ImportError:
         raise AecError("the desktop app needs PySide6: pip install 'aecompress[gui]'") from None
+    import signal
+
     from gui.app import main
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)       # the app's own temporary files are written atomically
     raise typer.Exit(main([str(f) for f in files or []]))
