@@ -47,6 +47,8 @@ def measure(models: dict[str, str], image: Path, runs: int = 7) -> dict:
     """{name: {step: [seconds per run]}} for the three commands, models interleaved within each run."""
     exe = [sys.executable, "-m", "aecompress"]
     times = {name: {s: [] for s in STEPS} for name in models}
+    # the commands run in a temporary folder: a package given as a relative folder must still be found
+    models = {name: str(Path(m).resolve()) if Path(m).is_dir() else m for name, m in models.items()}
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "photo.png"
         crop_768x512(image, src)
