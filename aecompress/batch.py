@@ -13,10 +13,12 @@ session), and reports every finished job to a progress callback. Semantics share
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -231,6 +233,20 @@ def _remove_stale_parts(dst: Path) -> None:
 
 # ---------------------------------------------------------------- engines
 
+@contextmanager
+def _interrupts_held():
+    """SIGINT and SIGTERM ignored for the duration (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _as_cancel(cancel) -> Callable[[], bool]:
     if cancel is None:
         return lambda: False
@@ -369,7 +385,10 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
         stop.set()
         for f in pending:
             f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # the workers stop at their next tile; a second Ctrl-C must not end the process while they
+        # are inside onnxruntime (it aborts: "terminate called without an active exception")
+        with _interrupts_held():
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     if stop.is_set() and not is_cancelled():
