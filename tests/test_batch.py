@@ -222,7 +222,9 @@ def test_second_ctrl_c_while_workers_stop_does_not_abort(tmp_path, env):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "in"), "-o", str(out),
                           "-j", "2", "--tile", "0"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         # a background job's children start with SIGINT ignored; a terminal's do not
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not (out.is_dir() and len(list(out.glob("*.png"))) >= 2):
         time.sleep(0.02)
