@@ -53,10 +53,19 @@ class Picture:
 
 def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im).astype(np.int64)
-        a = np.clip(a, 0, 65535).astype(np.uint16)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(im).astype(np.uint16)
         return a[:, :, None], "L", 16
+    if mode == "I":
+        # 32-bit integers say nothing about their range: 8-bit data stored wide stays 8-bit (it read
+        # as nearly black when taken for 16-bit), 16-bit stays 16-bit, wider is scaled to 16 bits
+        a = np.clip(np.asarray(im).astype(np.int64), 0, None)
+        top = int(a.max(initial=0))
+        if top <= 255:
+            return a.astype(np.uint8)[:, :, None], "L", 8
+        if top > 65535:
+            a = (a * 65535 + top // 2) // top
+        return a.astype(np.uint16)[:, :, None], "L", 16
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
         top = 1.0 if a.max(initial=0) <= 1.0 else 255.0

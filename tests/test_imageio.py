@@ -34,3 +34,23 @@ def test_animated_images_report_their_frame_count(tmp_path):
     anim = read_image(tmp_path / "anim.gif")
     assert anim.frames == 3 and anim.pixels.shape == (24, 32, 3)
     assert read_image(tmp_path / "still.gif").frames == 1
+
+
+def test_integer_images_keep_their_range(tmp_path):
+    """16-bit greyscale stays 16-bit; 32-bit integer images are read by the range they use."""
+    from aecompress.imageio import read_image
+
+    ramp = np.arange(64 * 80, dtype=np.int64).reshape(64, 80)
+    Image.fromarray((ramp * 12).astype(np.uint16)).save(tmp_path / "g16.png")
+    pic = read_image(tmp_path / "g16.png")
+    assert (pic.bits, pic.mode) == (16, "L") and np.array_equal(pic.pixels[:, :, 0], ramp * 12)
+
+    small = (ramp % 200).astype(np.int32)                  # 8-bit data stored as 32-bit integers
+    Image.fromarray(small, "I").save(tmp_path / "i8.tif")
+    pic = read_image(tmp_path / "i8.tif")
+    assert (pic.bits, pic.pixels.dtype) == (8, np.uint8) and np.array_equal(pic.pixels[:, :, 0], small)
+
+    wide = (ramp * 40).astype(np.int32)                    # beyond 16 bits: scaled to them
+    Image.fromarray(wide, "I").save(tmp_path / "i32.tif")
+    pic = read_image(tmp_path / "i32.tif")
+    assert pic.bits == 16 and int(pic.pixels.max()) == 65535 and pic.pixels[0, 0, 0] == 0
