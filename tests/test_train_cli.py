@@ -135,7 +135,8 @@ def test_cli_bad_input(trained, tmp_path):
     fails("--sparse 'l2:1'", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l2:1")
     fails("--hidden", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--hidden", "3x")
     # --resume of a conv model from a dense checkpoint
-    fails("dense model, not conv", "train", "conv", "--data", str(data), "--out", str(out), "--resume", "--steps", "2")
+    fails("dense model, not conv", "train", "conv", "--data", str(data), "--out", str(out), "--resume", "--steps", "2",
+          "--force")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.txt").write_text("precious")
     fails("not a model package", "train", "dense", "--data", str(data), "--out", str(tmp_path / "docs"))
@@ -143,6 +144,41 @@ def test_cli_bad_input(trained, tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(big)
     fails("28x28", "score", str(out), str(big))
+    # an existing package is replaced only with --force (files made with it need it)
+    before = (out / "manifest.json").read_bytes()
+    fails("use --force", "train", "dense", "--data", str(data), "--out", str(out), "--steps", "2")
+    assert (out / "manifest.json").read_bytes() == before
+    # an interrupted run's checkpoint is not thrown away by a fresh run
+    (tmp_path / "run.work").mkdir()
+    (tmp_path / "run.work" / "checkpoint.pt").write_bytes(b"state")
+    fails("holds an interrupted run", "train", "dense", "--data", str(data), "--out", str(tmp_path / "run"))
+    assert (tmp_path / "run.work" / "checkpoint.pt").read_bytes() == b"state"
+    fails("--val", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--val", str(tmp_path / "empty"))
+    fails("multiple of 64", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--crop", "96")
+    fails("--minutes must be positive", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"),
+          "--minutes", "-1")
+    fails("WEIGHT >= 0", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l1:-5")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    fails("cannot write", "train", "dense", "--data", str(data), "--out", str(afile / "pkg"), "--steps", "2")
+    # out-of-range numbers are usage errors before anything runs, never a run (a negative --steps
+    # made `train conv` loop for ever)
+    for opt, value in (("--steps", "-5"), ("--batch", "0"), ("--threads", "0"), ("--rate", "-1"),
+                       ("--checkpoint-every", "0"), ("--epochs", "-1")):
+        res = invoke("train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), opt, value)
+        assert res.exit_code == 2 and "Invalid value" in res.output, (opt, res.output)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
+
+
+def test_report_with_a_single_validation_image(tmp_path):
+    """The code map's PCA needs two directions; one image has one (it raised IndexError after the
+    package was already in place)."""
+    from aecompress.train.report import pca_2d
+
+    xy, var = pca_2d(np.array([[1.0, 2.0, 3.0]]))
+    assert xy.shape == (1, 2) and var.shape == (2,)
+    xy, var = pca_2d(np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 3.0]]))
+    assert xy.shape == (2, 2) and var[0] == pytest.approx(1.0)
 
 
 def test_train_conv_tiny(tmp_path):
@@ -161,6 +197,10 @@ def test_train_conv_tiny(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["codec"] == "hyperprior" and m["architecture"]["m"] == 24
     assert (out / "report" / "report.html").exists() and (out / "report" / "recon.png").exists()
+    # the manifest says what it ran on and what the runtime measured when it coded and decoded at export
+    assert "torch" in m["training"]["hardware"] and "cores" in m["training"]["hardware"]
+    pts = m["measured"]["points"]
+    assert [p["quality"] for p in pts] == [10, 50, 75, 100] and all(p["bpp"] > 0 for p in pts)
 
 
 def test_train_conv_init_fine_tunes_from_a_checkpoint(tmp_path):

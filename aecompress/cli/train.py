@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -77,9 +79,9 @@ def train_cmd(
     name: Optional[str] = typer.Option(None, help="model name in the manifest (default: the folder name)"),
     description: str = typer.Option("", help="one-line description for the manifest"),
     mode: str = typer.Option("auto", help="auto, L (greyscale) or RGB"),
-    steps: Optional[int] = typer.Option(None, help="training steps (conv default 20000; dense: see --epochs)"),
-    epochs: Optional[int] = typer.Option(None, help="dense: passes over the training images (default 30)"),
-    batch: Optional[int] = typer.Option(None, help="batch size (conv 4, dense 128)"),
+    steps: Optional[int] = typer.Option(None, min=1, help="training steps (conv default 20000; dense: see --epochs)"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="dense: passes over the training images (default 30)"),
+    batch: Optional[int] = typer.Option(None, min=1, help="batch size (conv 4, dense 128)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
@@ -87,20 +89,21 @@ def train_cmd(
                                                              "package's weights (a folder or an installed name, "
                                                              "e.g. photo; fresh optimizer and schedule)"),
     device: str = typer.Option("auto", "--device", help="conv: auto (CUDA when torch sees a GPU), cpu or cuda"),
-    checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints (conv 250, dense 500)"),
+    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="steps between checkpoints (conv 250, dense 500)"),
     val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
-    val_split: float = typer.Option(0.1, help="dense: share of the images held out for validation"),
-    patience: int = typer.Option(10, help="dense: stop after this many validations without improvement (0: never)"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (dense default 1)"),
+    val_split: float = typer.Option(0.1, min=0.0, max=0.9, help="dense: share of the images held out for validation"),
+    patience: int = typer.Option(10, min=0, help="dense: stop after this many validations without improvement (0: never)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (dense default 1)"),
     minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget"),
-    crop: int = typer.Option(192, help="conv: training crop size (192 or more: see docs/training.md)"),
-    n: int = typer.Option(64, help="conv: channels of the transforms"),
-    m: int = typer.Option(128, help="conv: latent channels"),
+    crop: int = typer.Option(192, min=64, help="conv: training crop size, a multiple of 64 (192 or more: see "
+                                               "docs/training.md)"),
+    n: int = typer.Option(64, min=1, help="conv: channels of the transforms"),
+    m: int = typer.Option(128, min=1, help="conv: latent channels"),
     bf16: bool = typer.Option(False, "--bf16", help="conv: bfloat16 mixed precision until the final 15% of the "
                                                     "schedule (about 1.8x faster on CPUs with AVX512-BF16)"),
-    whole_every: int = typer.Option(5000, help="conv --init: steps between whole-photo checks against the starting "
+    whole_every: int = typer.Option(5000, min=0, help="conv --init: steps between whole-photo checks against the starting "
                                                "weights (0: at the end only); the best weights are exported"),
-    latent: int = typer.Option(32, help="dense: code units (undercomplete autoencoder)"),
+    latent: int = typer.Option(32, min=1, help="dense: code units (undercomplete autoencoder)"),
     hidden: str = typer.Option("512,256", help="dense: hidden layer widths, mirrored in the decoder, or none"),
     activation: str = typer.Option("elu", help="dense: elu or relu (He initialisation)"),
     linear: bool = typer.Option(False, "--linear", help="dense: no activations at all (learns the PCA subspace)"),
@@ -108,24 +111,26 @@ def train_cmd(
     greedy: bool = typer.Option(False, "--greedy", help="dense: greedy layer-wise pretraining, then fine-tuning"),
     sparse: str = typer.Option("", help="dense: l1:WEIGHT or kl:TARGET:WEIGHT (sigmoid code)"),
     noise: str = typer.Option("", help="dense: denoising: gaussian:STD or mask:RATE (the target stays clean)"),
-    contractive: float = typer.Option(0.0, help="dense: weight of the encoder Jacobian's squared Frobenius norm"),
+    contractive: float = typer.Option(0.0, min=0.0, help="dense: weight of the encoder Jacobian's squared Frobenius norm"),
     variational: bool = typer.Option(False, "--variational", help="dense: variational autoencoder (codes the mean)"),
-    beta: float = typer.Option(1.0, help="dense: weight of the VAE's KL term"),
+    beta: float = typer.Option(1.0, min=0.0, help="dense: weight of the VAE's KL term"),
     batchnorm: bool = typer.Option(False, "--batchnorm", help="dense: batch normalisation after hidden layers"),
     output: Optional[str] = typer.Option(None, help="dense: output units, sigmoid (default) or linear"),
     loss: str = typer.Option("mse", help="dense: mse, bce or ms-ssim"),
-    weight_decay: float = typer.Option(0.0, help="dense: L2 weight decay of the layer weights"),
-    rate: Optional[float] = typer.Option(None, help="dense: lambda of the rate term, loss = distortion + lambda * "
+    weight_decay: float = typer.Option(0.0, min=0.0, help="dense: L2 weight decay of the layer weights"),
+    rate: Optional[float] = typer.Option(None, min=0.0, help="dense: lambda of the rate term, loss = distortion + lambda * "
                                                    "bits/pixel (default 0.02; 0: classic autoencoder, quantization "
                                                    "calibrated after training)"),
     size: Optional[str] = typer.Option(None, help="dense: resize every image to WIDTHxHEIGHT"),
-    greedy_steps: Optional[int] = typer.Option(None, help="dense: pretraining steps per layer (default: steps / 4)"),
+    greedy_steps: Optional[int] = typer.Option(None, min=1, help="dense: pretraining steps per layer (default: steps / 4)"),
     quant_step: float = typer.Option(0.1, help="dense, rate 0: quantization step in standard deviations of each "
                                                "code unit"),
-    quant_bits: int = typer.Option(4, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
-    val_every: Optional[int] = typer.Option(None, help="dense: steps between validations (default: one epoch)"),
+    quant_bits: int = typer.Option(4, min=1, max=16, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
+    val_every: Optional[int] = typer.Option(None, min=1, help="dense: steps between validations (default: one epoch)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the training report"),
+    force: bool = typer.Option(False, "--force", "-f", help="replace an existing package at OUT, or start over "
+                                                            "where OUT.work/ holds an interrupted run"),
 ) -> None:
     """Train a codec on a folder of images and export it as a model package."""
     if arch not in ("conv", "dense"):
@@ -136,6 +141,52 @@ def train_cmd(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
         raise AecError(f"--out {out} exists and is not a model package (it would be replaced): choose another folder")
+    if (out / "manifest.json").exists() and not force:
+        raise AecError(f"--out {out} is a model package already (files made with it need it): "
+                       "use --force to replace it, or choose another folder")
+    if minutes is not None and minutes <= 0:
+        raise AecError("--minutes must be positive")
+    if lr is not None and not lr >= 0:
+        raise AecError("--lr must not be negative")
+    if crop % 64:
+        raise AecError(f"--crop must be a multiple of 64 (the hyper-latent is at 1/64 resolution), not {crop}")
+    from ..train.fit_dense import work_dir
+
+    wdir = work_dir(out)
+    if wdir.exists() and not wdir.is_dir():
+        raise AecError(f"{wdir} is a file: the training run keeps its checkpoint in that folder")
+    if not resume and (wdir / "checkpoint.pt").exists() and not force:
+        raise AecError(f"{wdir / 'checkpoint.pt'} holds an interrupted run: --resume to continue it, "
+                       "or --force to start over")
+    if val is not None and (not Path(val).is_dir() or not _has_images(Path(val))):
+        raise AecError(f"--val {val}: no images there")
+    try:
+        _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, seed, resume, init, device,
+               checkpoint_every, val, val_split, patience, threads, minutes, crop, n, m, bf16, whole_every,
+               latent, hidden, activation, linear, tied, greedy, sparse, noise, contractive, variational, beta,
+               batchnorm, output, loss, weight_decay, rate, size, greedy_steps, quant_step, quant_bits, val_every,
+               quiet, report)
+    except OSError as exc:
+        where = exc.filename or out
+        raise AecError(f"cannot write {where}: {exc.strerror or exc}") from None
+    finally:
+        try:
+            wdir.rmdir()                      # only when empty: a failed run leaves no empty OUT.work/
+        except OSError:
+            pass
+
+
+def _has_images(folder: Path) -> bool:
+    from ..train.data import find_images
+
+    return bool(find_images(folder))
+
+
+def _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, seed, resume, init, device,
+           checkpoint_every, val, val_split, patience, threads, minutes, crop, n, m, bf16, whole_every,
+           latent, hidden, activation, linear, tied, greedy, sparse, noise, contractive, variational, beta,
+           batchnorm, output, loss, weight_decay, rate, size, greedy_steps, quant_step, quant_bits, val_every,
+           quiet, report) -> None:
     name = name or out.name
     log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     if arch == "conv":
@@ -190,9 +241,21 @@ def export_and_report_dense(result, out: Path, name: str, description: str = "",
     if report:
         from ..train.report import report_dense
 
-        html = report_dense(out, result)
+        with _whole_report(out):
+            html = report_dense(out, result)
         log(f"report: {html}")
     return out
+
+
+@contextmanager
+def _whole_report(out: Path):
+    """The report goes into the finished package last: if writing it fails or is interrupted, the
+    half-written report/ is removed, so the package is either reported or plainly without a report."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(out / "report", ignore_errors=True)
+        raise
 
 
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
@@ -243,7 +306,9 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
         from ..train.report import report_conv
 
         ck = read_checkpoint(path)
-        log(f"report: {report_conv(out, ck.get('history', []), imgs)}")
+        with _whole_report(out):
+            html = report_conv(out, ck.get("history", []), imgs)
+        log(f"report: {html}")
 
 
 # -- embed and score (torch-free) -----------------------------------------------------------------

@@ -462,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
-    e.add_argument("--name", default="denoise")
+    e.add_argument("--name", default=None, help="model name in the manifest (default: the folder name)")
+    e.add_argument("--force", action="store_true", help="replace an existing package at OUT")
     e.add_argument("--no-measure", action="store_true")
     e.add_argument("--measure-limit", type=int, default=None)
     a = ap.parse_args(argv)
@@ -472,23 +473,31 @@ def main(argv: list[str] | None = None) -> None:
               bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale,
               loss=a.loss)
         return
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise SystemExit(f"{out} exists: use --force to replace it" + (
+            " (it is a model package: files and outputs made with it need it)" if (out / "manifest.json").exists()
+            else ""))
     model, state = load_checkpoint(a.checkpoint)
+    p_clean, p_low, p_jpeg = state.get("p_clean", 0.04), state.get("p_low", 0.0), state.get("p_jpeg", 0.15)
     training = {
-        "data": "../shared/data/train/photos (BSDS432, wiki_001-039, deb_*, sunhays_* downscaled 2x, pkg_*)",
+        "data": f"{state.get('data') or '../shared/data/train/photos'}: {state.get('images', '?')} photos",
         "images": state.get("images"),
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
         "hardware": (f"{state['device']}, batches made by {state.get('workers')} CPU worker processes"
                      if str(state.get("device", "")).startswith("CUDA") else
-                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), "
-                     "cores shared with another training job, no GPU"),
-        "noise": "blind: Gaussian sigma U(0,50)/255 (4% clean), 20% Poisson-Gaussian, 15% JPEG q40-95 after noise, "
-                 "12% greyscale with identical noise per channel; 8-bit rounded and clipped",
-        "loss": "MSE, Adam, cosine lr 1e-3 over the time budget",
+                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), no GPU"),
+        "noise": (f"blind: Gaussian sigma U(0,50)/255 ({p_clean:.0%} clean"
+                  + (f", {p_low:.0%} sigma U(0,8)" if p_low else "")
+                  + f"), 20% Poisson-Gaussian, {p_jpeg:.0%} JPEG q40-95 after noise, 12% greyscale with identical "
+                  "noise per channel; 8-bit rounded and clipped"),
+        "loss": f"MSE, Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget",
     }
     if state.get("loss", "mse") == "psnr":
         training["loss"] = (f"--loss psnr: mean over crops of log(MSE + {PSNR_EPS:g}) (the mean PSNR, weighing low "
-                            "noise up), Adam, cosine lr over the time budget; a stage that names no loss used MSE")
+                            f"noise up), Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget; a stage "
+                            "that names no loss used MSE")
     # fine-tuning stages: follow the chain of --init checkpoints back to the first run
     chain, st, path, earlier = [], state, a.checkpoint, []
     while True:
@@ -516,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
                                     + sum(s["seconds"] for _, s in chain) / 60, 1)
         training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
                               "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
-    export_package(model, a.out, a.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)
+    export_package(model, out, a.name or out.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)
     print(f"wrote {a.out}")
 
 

@@ -110,16 +110,16 @@ def parse_sparse(spec: str) -> tuple:
         return ()
     parts = spec.split(":")
     try:
-        if parts[0] == "l1" and len(parts) == 2:
+        if parts[0] == "l1" and len(parts) == 2 and float(parts[1]) >= 0:
             return ("l1", float(parts[1]))
         if parts[0] == "kl" and len(parts) == 3:
             target = float(parts[1])
-            if not 0 < target < 1:
+            if not 0 < target < 1 or float(parts[2]) < 0:
                 raise ValueError
             return ("kl", target, float(parts[2]))
     except ValueError:
         pass
-    raise AecError(f"--sparse '{spec}': use l1:WEIGHT or kl:TARGET:WEIGHT (0 < TARGET < 1)")
+    raise AecError(f"--sparse '{spec}': use l1:WEIGHT or kl:TARGET:WEIGHT (0 < TARGET < 1, WEIGHT >= 0)")
 
 
 def parse_noise(spec: str) -> tuple:

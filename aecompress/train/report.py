@@ -66,7 +66,11 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate([c, np.zeros_like(c)], 1), np.array([1.0, 0.0])
     u, s, vt = np.linalg.svd(c, full_matrices=False)
     var = s**2 / max((s**2).sum(), 1e-12)
-    return c @ vt[:2].T, var[:2]
+    xy, var = c @ vt[:2].T, var[:2]
+    if xy.shape[1] < 2:                     # a single image (or identical ones) has one direction at most
+        xy = np.concatenate([xy, np.zeros((len(xy), 2 - xy.shape[1]))], 1)
+        var = np.concatenate([var, np.zeros(2 - len(var))])
+    return xy, var
 
 
 def _curves(history: list[dict], path: Path, greedy: list[dict] | None = None, sparse_target: float | None = None,
