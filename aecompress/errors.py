@@ -17,3 +17,9 @@ class ModelError(AecError):
     """A model package that is missing, unreadable or does not match a file."""
 
     exit_code = 4
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`), raised in the main thread by the command line's handler so that atomic writes
+    remove their temporary files and training saves its checkpoint on the way out (a BaseException,
+    like KeyboardInterrupt, so no `except Exception` eats it)."""

@@ -357,3 +357,27 @@ def test_denoiser_bf16_training_records_it(tmp_path):
     state = torch.load(ck, weights_only=False)
     assert state["bf16"] is True and state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
+    """SIGTERM while `train conv` runs: exit 143, no package, a checkpoint that --resume continues
+    and that a fresh run does not silently throw away."""
+    import signal
+    import time
+
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", 0)
+    out = tmp_path / "conv"
+    args = ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "100000", "--crop", "64",
+            "--n", "8", "--m", "8", "--batch", "1", "--threads", "1", "--quiet", "--no-report"]
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "conv.work").is_dir():
+        time.sleep(0.1)
+    time.sleep(5)                                          # a few training steps
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "Traceback" not in err, err
+    assert (tmp_path / "conv.work" / "checkpoint.pt").exists() and not out.exists()
+    r = run(*args)
+    assert r.returncode == 1 and "--resume" in r.stderr

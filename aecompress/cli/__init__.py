@@ -19,19 +19,16 @@ app = typer.Typer(
 from . import codec, denoise, gui, train  # noqa: E402,F401
 
 
-class Terminated(BaseException):
-    """SIGTERM (`kill`), raised in the main thread so that every atomic write removes its temporary
-    file on the way out (a BaseException, like KeyboardInterrupt, so no `except Exception` eats it)."""
-
-
 def _on_sigterm(signum, frame):
+    from ..errors import Terminated
+
     raise Terminated
 
 
 def main() -> None:
     import signal
 
-    from ..errors import AecError
+    from ..errors import AecError, Terminated
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import Terminated
 from .conv import HyperpriorCodec, rd_loss
 from .data import ImageSet, load_folder, random_crops
 from .from_package import codec_from_package, package_for_init
@@ -246,41 +247,46 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     use_thread = device.type == "cuda" if cfg.prefetch is None else cfg.prefetch
     prefetch = ThreadPoolExecutor(1) if use_thread else None
     pending = prefetch.submit(make_batch) if prefetch else None
-    while progress() < 1.0:
-        p = progress()
-        lr = cfg.lr * (0.1 if p > 0.85 else 1.0) * min(1.0, (step + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if prefetch:
-            crops, levels = pending.result()
-            pending = prefetch.submit(make_batch)
-        else:
-            crops, levels = make_batch()
-        x = torch.from_numpy(crops).to(device, non_blocking=True)
-        level = torch.from_numpy(levels).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
-            r = rd_loss(model, x, level)
-        if not torch.isfinite(r["loss"]):
-            raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        r["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        for k in last:
-            v = float(r[k].detach())
-            last[k] = 0.98 * last[k] + 0.02 * v if step > 1 else v
-        if step % cfg.val_every == 0:
-            rows = evaluate(model, val_crops)
-            history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})
-            log(json.dumps({"step": step, "sec": round(time.time() - t0), "lr": lr, **{k: round(v, 5) for k, v in last.items()},
-                            "val": [(round(v["bpp"], 3), round(v["psnr"], 2)) for v in rows]}))
-        if whole_start is not None and cfg.whole_every and step % cfg.whole_every == 0 and progress() < 1.0:
-            _, bd = check_whole()
-            log(f"step {step}: whole photos " + ("not comparable" if bd is None else f"{bd:+.2f}%")
-                + " BD-rate against the starting weights")
-        if step % cfg.checkpoint_every == 0:
+    try:
+        while progress() < 1.0:
+            p = progress()
+            lr = cfg.lr * (0.1 if p > 0.85 else 1.0) * min(1.0, (step + 1) / 200)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if prefetch:
+                crops, levels = pending.result()
+                pending = prefetch.submit(make_batch)
+            else:
+                crops, levels = make_batch()
+            x = torch.from_numpy(crops).to(device, non_blocking=True)
+            level = torch.from_numpy(levels).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
+                r = rd_loss(model, x, level)
+            if not torch.isfinite(r["loss"]):
+                raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            r["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            for k in last:
+                v = float(r[k].detach())
+                last[k] = 0.98 * last[k] + 0.02 * v if step > 1 else v
+            if step % cfg.val_every == 0:
+                rows = evaluate(model, val_crops)
+                history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})
+                log(json.dumps({"step": step, "sec": round(time.time() - t0), "lr": lr, **{k: round(v, 5) for k, v in last.items()},
+                                "val": [(round(v["bpp"], 3), round(v["psnr"], 2)) for v in rows]}))
+            if whole_start is not None and cfg.whole_every and step % cfg.whole_every == 0 and progress() < 1.0:
+                _, bd = check_whole()
+                log(f"step {step}: whole photos " + ("not comparable" if bd is None else f"{bd:+.2f}%")
+                    + " BD-rate against the starting weights")
+            if step % cfg.checkpoint_every == 0:
+                save()
+    except (KeyboardInterrupt, Terminated):          # Ctrl-C or kill: resumable with --resume
+        if step:
             save()
+        raise
     if prefetch:
         prefetch.shutdown(wait=True)
     history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": evaluate(model, val_crops)})

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import AecError
+from ..errors import AecError, Terminated
 from .data import find_images, load_folder
 from .dense import (VAE_MSE_SIGMA, DenseAE, DenseConfig, Objective, calibrate_gain, distortion, entropy_fit_loss,
                     jacobian_frobenius, objective)
@@ -489,7 +489,7 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
                             break
                 if step % cfg.checkpoint_every == 0:
                     save()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):          # Ctrl-C or kill: resumable with --resume
         save()
         raise
     if stop_at is not None and step < total and not stopped_early:
