@@ -381,3 +381,21 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
     assert (tmp_path / "conv.work" / "checkpoint.pt").exists() and not out.exists()
     r = run(*args)
     assert r.returncode == 1 and "--resume" in r.stderr
+
+
+def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", 1, count=3)
+    out = tmp_path / "dn"
+    r = run("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "4", "--minutes", "1",
+            "--batch", "2", "--crop", "64", "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kind"] == "denoiser" and m["name"] == "dn" and m["training"]["steps"] == 4
+    assert str(tmp_path / "imgs") in m["training"]["data"] and "torch thread" in m["training"]["hardware"]
+    assert m["measured"]["images"] == 3 and "psnr_sigma25" in m["measured"]
+    r = run("denoise", str(tmp_path / "imgs" / "0.png"), "-m", str(out), "-o", str(tmp_path / "clean.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "clean.png").size == (72, 72)
+    r = run("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "x"), "--crop", "60")
+    assert r.returncode == 1 and "multiple of 8" in r.stderr

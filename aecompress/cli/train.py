@@ -70,8 +70,9 @@ def _parse_hidden(s: str) -> tuple[int, ...]:
 
 @app.command("train")
 def train_cmd(
-    arch: str = typer.Argument(..., help="conv (any image size, rate-distortion hyperprior codec) or dense "
-                                         "(fixed-size images, stack of dense layers)"),
+    arch: str = typer.Argument(..., help="conv (any image size, rate-distortion hyperprior codec), dense "
+                                         "(fixed-size images, stack of dense layers) or denoise (a blind "
+                                         "denoiser for `aecompress denoise`)"),
     data: Path = typer.Option(..., "--data", help="folder of training images (searched recursively; "
                                                   "sub-folder names are labels)"),
     out: Path = typer.Option(..., "--out", "-o", help="model package folder to write (report in OUT/report/, "
@@ -94,9 +95,11 @@ def train_cmd(
     val_split: float = typer.Option(0.1, min=0.0, max=0.9, help="dense: share of the images held out for validation"),
     patience: int = typer.Option(10, min=0, help="dense: stop after this many validations without improvement (0: never)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (dense default 1)"),
-    minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget"),
-    crop: int = typer.Option(192, min=64, help="conv: training crop size, a multiple of 64 (192 or more: see "
-                                               "docs/training.md)"),
+    minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget; denoise: the budget the learning "
+                                                         "rate's cosine schedule spans (default 10)"),
+    crop: Optional[int] = typer.Option(None, min=8, help="conv: training crop size, a multiple of 64 (default 192; "
+                                                          "192 or more: see docs/training.md); denoise: a multiple "
+                                                          "of 8 (default 80)"),
     n: int = typer.Option(64, min=1, help="conv: channels of the transforms"),
     m: int = typer.Option(128, min=1, help="conv: latent channels"),
     bf16: bool = typer.Option(False, "--bf16", help="conv: bfloat16 mixed precision until the final 15% of the "
@@ -133,8 +136,8 @@ def train_cmd(
                                                             "where OUT.work/ holds an interrupted run"),
 ) -> None:
     """Train a codec on a folder of images and export it as a model package."""
-    if arch not in ("conv", "dense"):
-        raise AecError(f"unknown architecture '{arch}' (choose conv or dense)")
+    if arch not in ("conv", "dense", "denoise"):
+        raise AecError(f"unknown architecture '{arch}' (choose conv, dense or denoise)")
     _need_torch()
     if mode not in ("auto", "L", "RGB"):
         raise AecError(f"--mode must be auto, L or RGB, not '{mode}'")
@@ -148,8 +151,10 @@ def train_cmd(
         raise AecError("--minutes must be positive")
     if lr is not None and not lr >= 0:
         raise AecError("--lr must not be negative")
-    if crop % 64:
+    if arch == "conv" and crop is not None and crop % 64:
         raise AecError(f"--crop must be a multiple of 64 (the hyper-latent is at 1/64 resolution), not {crop}")
+    if arch == "denoise" and crop is not None and crop % 8:
+        raise AecError(f"--crop must be a multiple of 8 for a denoiser (its UNet halves the size three times), not {crop}")
     from ..train.fit_dense import work_dir
 
     wdir = work_dir(out)
@@ -189,7 +194,7 @@ def _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, s
            quiet, report) -> None:
     name = name or out.name
     log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
-    if arch == "conv":
+    if arch in ("conv", "denoise"):
         given = {"latent": latent, "hidden": hidden, "activation": activation, "linear": linear, "tied": tied,
                  "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
                  "variational": variational, "beta": beta, "batchnorm": batchnorm, "output": output, "loss": loss,
@@ -199,6 +204,16 @@ def _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, s
         bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
         if bad:
             raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
+    if arch == "denoise":
+        conv_only = {"--n": n != 64, "--m": m != 128, "--whole-every": whole_every != 5000,
+                     "--checkpoint-every": checkpoint_every is not None, "--mode": mode != "auto"}
+        bad = [k for k, v in conv_only.items() if v]
+        if bad:
+            raise AecError(f"{bad[0]} does not apply to denoisers")
+        _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
+                        val, quiet, log)
+        return
+    if arch == "conv":
         _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
                     threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device)
         return
@@ -258,6 +273,42 @@ def _whole_report(out: Path):
         raise
 
 
+def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
+                    val, quiet, log) -> None:
+    """`python -m aecompress.train.denoiser train` and `export` in one: checkpoint in OUT.work/, the
+    package at OUT, measured on --val (else on four of the training images, and the manifest says so)."""
+    import contextlib
+    import io
+    import os
+
+    from ..train import denoiser
+    from ..train.fit_dense import work_dir
+
+    if not _has_images(Path(data)):
+        raise AecError(f"no images found in {data}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if init is not None and not Path(init).is_file():
+        from ..train.from_package import package_for_init
+
+        if package_for_init(init) is None:
+            raise AecError(f"--init {init}: no such checkpoint or model package")
+    wdir = work_dir(out)
+    # the module prints its progress; --quiet keeps it off the terminal
+    sink = io.StringIO() if quiet else sys.stderr
+    with contextlib.redirect_stdout(sink):
+        try:
+            ckpt = denoiser.train(wdir, 10.0 if minutes is None else minutes, batch or 16, crop or 80,
+                                  1e-3 if lr is None else lr, threads or os.cpu_count() or 1, seed=seed,
+                                  max_steps=steps, data=Path(data), resume=resume, init=init, bf16=bf16,
+                                  device=device)
+        except (ValueError, FloatingPointError) as exc:
+            raise AecError(str(exc).splitlines()[0]) from None
+        denoiser.export_checkpoint(ckpt, out, name, measure_limit=None if val else 4, force=True,
+                                   val_dir=Path(val) if val else Path(data))
+    log(f"wrote {out}")
+
+
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
                 minutes, crop, n, m, quiet, report, log, init=None, bf16=False, whole_every=5000,
                 device="auto") -> None:
@@ -283,7 +334,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
         if ck.get("arch") != "conv":
             raise AecError(f"checkpoint {ckpt} is from a {ck.get('arch') or 'unknown'} model, not conv: "
                            "train into another --out or delete the checkpoint")
-    cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop, batch=batch or 4,
+    cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop or 192, batch=batch or 4,
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
                      bf16=bf16, whole_every=whole_every, device=device)

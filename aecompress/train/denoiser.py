@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import AecError
 from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
 from .fit_conv import device_name, resolve_device
@@ -433,6 +434,67 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, measure: bool = True,
+                      measure_limit: int | None = None, force: bool = False, val_dir: Path | None = None) -> Path:
+    """A denoiser checkpoint as a model package at `out` (name: default the folder's), its manifest
+    recording what the checkpoint (and the stages it was fine-tuned from) ran: data, steps, time,
+    hardware, noise shares, loss and learning rate."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise AecError(f"{out} exists: use --force to replace it" + (
+            " (it is a model package: files and outputs made with it need it)" if (out / "manifest.json").exists()
+            else ""))
+    model, state = load_checkpoint(checkpoint)
+    p_clean, p_low, p_jpeg = state.get("p_clean", 0.04), state.get("p_low", 0.0), state.get("p_jpeg", 0.15)
+    training = {
+        "data": f"{state.get('data') or '../shared/data/train/photos'}: {state.get('images', '?')} photos",
+        "images": state.get("images"),
+        "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
+        "minutes": round(state["seconds"] / 60, 1),
+        "hardware": (f"{state['device']}, batches made by {state.get('workers')} CPU worker processes"
+                     if str(state.get("device", "")).startswith("CUDA") else
+                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), no GPU"),
+        "noise": (f"blind: Gaussian sigma U(0,50)/255 ({p_clean:.0%} clean"
+                  + (f", {p_low:.0%} sigma U(0,8)" if p_low else "")
+                  + f"), 20% Poisson-Gaussian, {p_jpeg:.0%} JPEG q40-95 after noise, 12% greyscale with identical "
+                  "noise per channel; 8-bit rounded and clipped"),
+        "loss": f"MSE, Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget",
+    }
+    if state.get("loss", "mse") == "psnr":
+        training["loss"] = (f"--loss psnr: mean over crops of log(MSE + {PSNR_EPS:g}) (the mean PSNR, weighing low "
+                            f"noise up), Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget; a stage "
+                            "that names no loss used MSE")
+    # fine-tuning stages: follow the chain of --init checkpoints back to the first run
+    chain, st, path, earlier = [], state, Path(checkpoint), []
+    while True:
+        chain.append((path, st))
+        if st.get("init_package"):                       # started from a model package: its recorded stages
+            earlier = (st["init_package"].get("training") or {}).get("stages") or []
+            break
+        if not st.get("init"):
+            break
+        path = Path(st["init"])
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    chain.reverse()
+    if len(chain) > 1 or earlier:
+        training["stages"] = earlier + [
+            {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
+             "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
+             "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
+             **({"loss": s["loss"]} if s.get("loss", "mse") != "mse" else {}),
+             "batch": s.get("batch"), "crop": s.get("crop"), **({"device": s["device"]} if s.get("device") else {}),
+             **({"init": str(s["init_package"]["path"])} if s.get("init_package")
+                else {"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
+            for p, s in chain]
+        training["steps"] = sum(e.get("steps") or 0 for e in earlier) + sum(s["step"] for _, s in chain)
+        training["minutes"] = round(sum(e.get("minutes") or 0 for e in earlier)
+                                    + sum(s["seconds"] for _, s in chain) / 60, 1)
+        training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
+                              "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
+    return export_package(model, out, name or out.name, training, measure=measure, measure_limit=measure_limit,
+                          val_dir=val_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m aecompress.train.denoiser")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -473,59 +535,11 @@ def main(argv: list[str] | None = None) -> None:
               bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale,
               loss=a.loss)
         return
-    out = Path(a.out)
-    if out.exists() and not a.force:
-        raise SystemExit(f"{out} exists: use --force to replace it" + (
-            " (it is a model package: files and outputs made with it need it)" if (out / "manifest.json").exists()
-            else ""))
-    model, state = load_checkpoint(a.checkpoint)
-    p_clean, p_low, p_jpeg = state.get("p_clean", 0.04), state.get("p_low", 0.0), state.get("p_jpeg", 0.15)
-    training = {
-        "data": f"{state.get('data') or '../shared/data/train/photos'}: {state.get('images', '?')} photos",
-        "images": state.get("images"),
-        "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
-        "minutes": round(state["seconds"] / 60, 1),
-        "hardware": (f"{state['device']}, batches made by {state.get('workers')} CPU worker processes"
-                     if str(state.get("device", "")).startswith("CUDA") else
-                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), no GPU"),
-        "noise": (f"blind: Gaussian sigma U(0,50)/255 ({p_clean:.0%} clean"
-                  + (f", {p_low:.0%} sigma U(0,8)" if p_low else "")
-                  + f"), 20% Poisson-Gaussian, {p_jpeg:.0%} JPEG q40-95 after noise, 12% greyscale with identical "
-                  "noise per channel; 8-bit rounded and clipped"),
-        "loss": f"MSE, Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget",
-    }
-    if state.get("loss", "mse") == "psnr":
-        training["loss"] = (f"--loss psnr: mean over crops of log(MSE + {PSNR_EPS:g}) (the mean PSNR, weighing low "
-                            f"noise up), Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget; a stage "
-                            "that names no loss used MSE")
-    # fine-tuning stages: follow the chain of --init checkpoints back to the first run
-    chain, st, path, earlier = [], state, a.checkpoint, []
-    while True:
-        chain.append((path, st))
-        if st.get("init_package"):                       # started from a model package: its recorded stages
-            earlier = (st["init_package"].get("training") or {}).get("stages") or []
-            break
-        if not st.get("init"):
-            break
-        path = Path(st["init"])
-        st = torch.load(path, map_location="cpu", weights_only=False)
-    chain.reverse()
-    if len(chain) > 1 or earlier:
-        training["stages"] = earlier + [
-            {"run": str(p.parent), "steps": s["step"], "minutes": round(s["seconds"] / 60, 1),
-             "lr": s.get("lr", 1e-3), "p_clean": s.get("p_clean", 0.04), "p_low": s.get("p_low", 0.0),
-             "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
-             **({"loss": s["loss"]} if s.get("loss", "mse") != "mse" else {}),
-             "batch": s.get("batch"), "crop": s.get("crop"), **({"device": s["device"]} if s.get("device") else {}),
-             **({"init": str(s["init_package"]["path"])} if s.get("init_package")
-                else {"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
-            for p, s in chain]
-        training["steps"] = sum(e.get("steps") or 0 for e in earlier) + sum(s["step"] for _, s in chain)
-        training["minutes"] = round(sum(e.get("minutes") or 0 for e in earlier)
-                                    + sum(s["seconds"] for _, s in chain) / 60, 1)
-        training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
-                              "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
-    export_package(model, out, a.name or out.name, training, measure=not a.no_measure, measure_limit=a.measure_limit)
+    try:
+        export_checkpoint(a.checkpoint, a.out, a.name, measure=not a.no_measure, measure_limit=a.measure_limit,
+                          force=a.force)
+    except AecError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"wrote {a.out}")
 
 
