@@ -42,3 +42,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("aecompress: interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as exc:
+        # Typer turns Ctrl-C into a silent exit 130 (its Exit raised *from* the KeyboardInterrupt);
+        # say what happened, as for `kill` (commands that report an interrupt themselves raise Exit
+        # without a cause)
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            print("aecompress: interrupted; no partial output was left", file=sys.stderr)
+        raise
