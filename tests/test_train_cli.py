@@ -49,7 +49,7 @@ def test_train_dense_writes_package_and_report(trained):
     data, out = trained
     m = json.loads((out / "manifest.json").read_text())
     assert m["codec"] == "factorized" and m["training"]["steps"] == 60
-    assert m["measured"]["mean_file_bytes"] > 0
+    assert m["measured"]["mean_file_bytes"] > 0 and m["measured"]["set"] == "held-out validation images"
     for f in ("report.html", "curves.png", "recon.png", "latent.png", "features.png"):
         assert (out / "report" / f).stat().st_size > 0
     html = (out / "report" / "report.html").read_text()

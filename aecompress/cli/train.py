@@ -244,15 +244,20 @@ def _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, s
 
 def export_and_report_dense(result, out: Path, name: str, description: str = "", report: bool = True,
                             log=print) -> Path:
+    from ..fsutil import write_bytes_atomic
     from ..train.dense import describe
     from ..train.export_dense import export_dense_codec, training_summary
 
-    sample = result.val_images if len(result.val_images) else result.train_images
+    held_out = len(result.val_images) > 0
+    sample = result.val_images if held_out else result.train_images
     export_dense_codec(result.model, out, name, sample[:8], training_summary(result),
                        description or describe(result.model_cfg, result.obj), measure=sample[:500])
-    meas = json.loads((out / "manifest.json").read_text())["measured"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    meas = manifest["measured"]
+    meas["set"] = "held-out validation images" if held_out else "training images (--val-split 0: none held out)"
+    write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
     log(f"wrote {out}: {meas['mean_psnr']:.2f} dB, {meas['mean_file_bytes']:.1f} bytes per file "
-        f"({meas['mean_payload_bytes']:.1f} payload) on {meas['images']} validation images")
+        f"({meas['mean_payload_bytes']:.1f} payload) on {meas['images']} {meas['set']}")
     if report:
         from ..train.report import report_dense
 
