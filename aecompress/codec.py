@@ -125,14 +125,11 @@ class Codec:
         return np.exp(lg)
 
     # -- geometry -----------------------------------------------------------------------------
-    def _input_size(self) -> tuple[int, int] | None:
-        return self._fixed_size
-
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim != 3 or pixels.shape[2] != self.channels:
             raise AecError(f"model '{self.pkg.name}' takes {self.channels}-channel images")
         h, w = pixels.shape[:2]
-        fixed = self._input_size()
+        fixed = self._fixed_size
         if fixed and (h, w) != fixed:
             raise AecError(f"model '{self.pkg.name}' takes {fixed[1]}x{fixed[0]} images, not {w}x{h}")
         m = self.pad_multiple

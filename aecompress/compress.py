@@ -81,6 +81,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         analysis = codec.analyse(pixels)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
     top = codec.span
+    ref_px = in_mode(pixels, mode)          # PSNR is measured in the layout the decoder writes
 
     def run(position: float):
         return codec.code(analysis, position, mode, bits, dropped)
@@ -112,7 +113,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                 scored = []
                 for data, st in candidates:
                     rec = codec.reconstruct(st, pic.height, pic.width)
-                    scored.append((psnr(in_mode(pixels, mode), in_mode(rec, mode)), data, st, rec))
+                    scored.append((psnr(ref_px, in_mode(rec, mode)), data, st, rec))
                 _, data, st, recon = max(scored, key=lambda t: t[0])
                 best = data, st
         data, st = best
@@ -120,7 +121,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         def attempt(u: float):
             data, st = run(u)
             rec = codec.reconstruct(st, pic.height, pic.width)
-            return data, st, rec, psnr(in_mode(pixels, mode), in_mode(rec, mode)) >= target_psnr
+            return data, st, rec, psnr(ref_px, in_mode(rec, mode)) >= target_psnr
 
         def reaches(u: float):
             data, st, rec, ok = attempt(u)

@@ -53,18 +53,23 @@ class TableSet:
             self._models[t] = m
         return m
 
+    def entries(self, values: np.ndarray, table_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in `pmf` of the entry that codes each value under its table, whether the value
+        is inside its table's range); values outside it map to their table's escape entry."""
+        t = np.asarray(table_index, dtype=np.int64)
+        k = np.asarray(values, dtype=np.int64) - self.minimum[t]
+        inside = (k >= 0) & (k < self.length[t] - 1)
+        return self.offset[t] + np.where(inside, k, self.length[t] - 1), inside
+
     def bits(self, values: np.ndarray, table_index: np.ndarray) -> np.ndarray:
         """Code length in bits of each value under its table (escapes: the escape symbol plus an
         estimate of the varint), for rate-distortion decisions at the encoder."""
         if self._logp is None:
             totals = np.add.reduceat(self.pmf, self.offset)
             self._logp = -np.log2(self.pmf / np.repeat(totals, self.length))
-        t = np.asarray(table_index, dtype=np.int64)
-        v = np.asarray(values, dtype=np.int64)
-        k = v - self.minimum[t]
-        inside = (k >= 0) & (k < self.length[t] - 1)
-        out = self._logp[self.offset[t] + np.where(inside, k, self.length[t] - 1)]
-        return np.where(inside, out, out + 8 + 2 * np.log2(np.abs(v) + 1))
+        entry, inside = self.entries(values, table_index)
+        out = self._logp[entry]
+        return np.where(inside, out, out + 8 + 2 * np.log2(np.abs(np.asarray(values, dtype=np.int64)) + 1))
 
 
 def quantize_pmf(prob: np.ndarray, total_bits: int = 16, escape_mass: float = 2.0**-14) -> np.ndarray:

@@ -35,7 +35,7 @@ class Picture:
     format: str | None = None       # Pillow's name of the source format ("PNG", "JPEG", ...)
     exif: bytes | None = None
     icc: bytes | None = None
-    info: dict = field(default_factory=dict)    # what a faithful rewrite needs: see SourceInfo keys below
+    info: dict = field(default_factory=dict)    # what a faithful rewrite needs (see _source_info)
     frames: int = 1                 # frames in the source; only the first is read
 
     @property
@@ -118,18 +118,19 @@ def _source_info(im: Image.Image, fmt: str | None) -> dict:
     return info
 
 
-def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    """CMYK to sRGB through the file's own ICC profile when it has one (Pillow's plain conversion
-    ignores profiles), else Pillow's conversion."""
+def _convert_cmyk(im: Image.Image, icc: bytes | None, to: str) -> Image.Image:
+    """CMYK to sRGB (to="RGB") or back (to="CMYK") through the file's own CMYK ICC profile when it
+    has one (Pillow's plain conversion ignores profiles), else Pillow's plain conversion."""
     if icc_colour_space(icc) == b"CMYK":
         try:
             from PIL import ImageCms
 
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            cmyk, srgb = ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB")
+            src, dst = (cmyk, srgb) if to == "RGB" else (srgb, cmyk)
+            return ImageCms.profileToProfile(im, src, dst, outputMode=to)
         except Exception:  # noqa: BLE001 - a damaged profile: fall back to the plain conversion
             pass
-    return im.convert("RGB")
+    return im.convert(to)
 
 
 def read_image(path: str | Path, data: bytes | None = None) -> Picture:
@@ -165,7 +166,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 exif_bytes = exif.tobytes() if exif else None
                 info = _source_info(im, fmt)
                 if im.mode == "CMYK":
-                    im = _cmyk_to_rgb(im, icc)
+                    im = _convert_cmyk(im, icc, "RGB")
                 arr, mode, bits = _to_array(im)
     except AecError:
         raise
@@ -225,15 +226,7 @@ def _restore_mode(im: Image.Image, fmt: str, source: dict, icc: bytes | None) ->
     it was read with) and palette images (mapped onto their own palette, without dithering)."""
     src = source.get("source_mode")
     if src == "CMYK" and im.mode == "RGB" and fmt in _CMYK_FORMATS:
-        if icc_colour_space(icc) == b"CMYK":
-            try:
-                from PIL import ImageCms
-
-                dst = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                return ImageCms.profileToProfile(im, ImageCms.createProfile("sRGB"), dst, outputMode="CMYK")
-            except Exception:  # noqa: BLE001 - the same fallback as on reading
-                pass
-        return im.convert("CMYK")
+        return _convert_cmyk(im, icc, "CMYK")
     if src == "P" and im.mode == "RGB" and source.get("palette") and fmt in ("PNG", "GIF", "BMP", "TIFF"):
         pal = Image.new("P", (1, 1))
         pal.putpalette(source["palette"])

@@ -165,18 +165,68 @@ def train_cmd(
                        "or --force to start over")
     if val is not None and (not Path(val).is_dir() or not _has_images(Path(val))):
         raise AecError(f"--val {val}: no images there")
+    with _training_output(out, wdir):
+        name = name or out.name
+        log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+        if arch in ("conv", "denoise"):
+            given = {"latent": latent, "hidden": hidden, "activation": activation, "linear": linear, "tied": tied,
+                     "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
+                     "variational": variational, "beta": beta, "batchnorm": batchnorm, "output": output, "loss": loss,
+                     "weight_decay": weight_decay, "rate": rate, "size": size, "epochs": epochs,
+                     "val_split": val_split, "patience": patience, "greedy_steps": greedy_steps,
+                     "quant_step": quant_step, "quant_bits": quant_bits, "val_every": val_every}
+            bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
+            if bad:
+                raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
+        if arch == "denoise":
+            conv_only = {"--n": n != 64, "--m": m != 128, "--whole-every": whole_every != 5000,
+                         "--checkpoint-every": checkpoint_every is not None, "--mode": mode != "auto"}
+            bad = [k for k, v in conv_only.items() if v]
+            if bad:
+                raise AecError(f"{bad[0]} does not apply to denoisers")
+            _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
+                            val, quiet, log)
+            return
+        if arch == "conv":
+            _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
+                        threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device)
+            return
+        if device != "auto":
+            raise AecError("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
+        if init is not None:
+            raise AecError("--init applies to conv models only")
+        if bf16:
+            raise AecError("--bf16 applies to conv models only")
+        if val is not None or minutes is not None:
+            raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
+                           "(dense models use --val-split and --steps/--epochs)")
+        from ..train.fit_dense import DenseTrainConfig, train_dense
+
+        cfg = DenseTrainConfig(
+            data=str(data), out=str(out), mode=mode, size=_parse_size(size), latent=latent, hidden=_parse_hidden(hidden),
+            activation=activation, linear=linear, tied=tied, batchnorm=batchnorm, output=output,
+            variational=variational, beta=beta, loss=loss, rate=rate, sparse=sparse, noise=noise,
+            contractive=contractive, weight_decay=weight_decay, greedy=greedy, steps=steps, epochs=epochs,
+            batch=batch or 128, lr=2e-3 if lr is None else lr, seed=seed, val_split=val_split, patience=patience,
+            checkpoint_every=checkpoint_every or 500, threads=threads, greedy_steps=greedy_steps,
+            quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
+        if latent < 1:
+            raise AecError("--latent must be at least 1")
+        result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
+        export_and_report_dense(result, out, name, description, report, log)
+
+
+@contextmanager
+def _training_output(out: Path, wdir: Path):
+    """A file-system failure while training or exporting is one line naming the path; a failed run
+    leaves no empty OUT.work/ behind."""
     try:
-        _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, seed, resume, init, device,
-               checkpoint_every, val, val_split, patience, threads, minutes, crop, n, m, bf16, whole_every,
-               latent, hidden, activation, linear, tied, greedy, sparse, noise, contractive, variational, beta,
-               batchnorm, output, loss, weight_decay, rate, size, greedy_steps, quant_step, quant_bits, val_every,
-               quiet, report)
+        yield
     except OSError as exc:
-        where = exc.filename or out
-        raise AecError(f"cannot write {where}: {exc.strerror or exc}") from None
+        raise AecError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     finally:
         try:
-            wdir.rmdir()                      # only when empty: a failed run leaves no empty OUT.work/
+            wdir.rmdir()                      # only when empty
         except OSError:
             pass
 
@@ -187,75 +237,18 @@ def _has_images(folder: Path) -> bool:
     return bool(find_images(folder))
 
 
-def _train(arch, data, out, name, description, mode, steps, epochs, batch, lr, seed, resume, init, device,
-           checkpoint_every, val, val_split, patience, threads, minutes, crop, n, m, bf16, whole_every,
-           latent, hidden, activation, linear, tied, greedy, sparse, noise, contractive, variational, beta,
-           batchnorm, output, loss, weight_decay, rate, size, greedy_steps, quant_step, quant_bits, val_every,
-           quiet, report) -> None:
-    name = name or out.name
-    log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
-    if arch in ("conv", "denoise"):
-        given = {"latent": latent, "hidden": hidden, "activation": activation, "linear": linear, "tied": tied,
-                 "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
-                 "variational": variational, "beta": beta, "batchnorm": batchnorm, "output": output, "loss": loss,
-                 "weight_decay": weight_decay, "rate": rate, "size": size, "epochs": epochs,
-                 "val_split": val_split, "patience": patience, "greedy_steps": greedy_steps,
-                 "quant_step": quant_step, "quant_bits": quant_bits, "val_every": val_every}
-        bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
-        if bad:
-            raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
-    if arch == "denoise":
-        conv_only = {"--n": n != 64, "--m": m != 128, "--whole-every": whole_every != 5000,
-                     "--checkpoint-every": checkpoint_every is not None, "--mode": mode != "auto"}
-        bad = [k for k, v in conv_only.items() if v]
-        if bad:
-            raise AecError(f"{bad[0]} does not apply to denoisers")
-        _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
-                        val, quiet, log)
-        return
-    if arch == "conv":
-        _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
-                    threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device)
-        return
-    if device != "auto":
-        raise AecError("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
-    if init is not None:
-        raise AecError("--init applies to conv models only")
-    if bf16:
-        raise AecError("--bf16 applies to conv models only")
-    if val is not None or minutes is not None:
-        raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
-                       "(dense models use --val-split and --steps/--epochs)")
-    from ..train.fit_dense import DenseTrainConfig, train_dense
-
-    cfg = DenseTrainConfig(
-        data=str(data), out=str(out), mode=mode, size=_parse_size(size), latent=latent, hidden=_parse_hidden(hidden),
-        activation=activation, linear=linear, tied=tied, batchnorm=batchnorm, output=output,
-        variational=variational, beta=beta, loss=loss, rate=rate, sparse=sparse, noise=noise,
-        contractive=contractive, weight_decay=weight_decay, greedy=greedy, steps=steps, epochs=epochs,
-        batch=batch or 128, lr=2e-3 if lr is None else lr, seed=seed, val_split=val_split, patience=patience,
-        checkpoint_every=checkpoint_every or 500, threads=threads, greedy_steps=greedy_steps,
-        quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
-    if latent < 1:
-        raise AecError("--latent must be at least 1")
-    result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
-    export_and_report_dense(result, out, name, description, report, log)
-
-
 def export_and_report_dense(result, out: Path, name: str, description: str = "", report: bool = True,
                             log=print) -> Path:
-    from ..fsutil import write_bytes_atomic
     from ..train.dense import describe
     from ..train.export_dense import export_dense_codec, training_summary
 
     held_out = len(result.val_images) > 0
     sample = result.val_images if held_out else result.train_images
     export_dense_codec(result.model, out, name, sample[:8], training_summary(result),
-                       description or describe(result.model_cfg, result.obj), measure=sample[:500])
-    manifest = json.loads((out / "manifest.json").read_text())
-    meas = manifest["measured"]
-    meas["set"] = "held-out validation images" if held_out else "training images (--val-split 0: none held out)"
-    write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
+                       description or describe(result.model_cfg, result.obj), measure=sample[:500],
+                       measure_set="held-out validation images" if held_out
+                       else "training images (--val-split 0: none held out)")
+    meas = json.loads((out / "manifest.json").read_text())["measured"]
     log(f"wrote {out}: {meas['mean_psnr']:.2f} dB, {meas['mean_file_bytes']:.1f} bytes per file "
         f"({meas['mean_payload_bytes']:.1f} payload) on {meas['images']} {meas['set']}")
     if report:
@@ -278,6 +271,16 @@ def _whole_report(out: Path):
         raise
 
 
+def _check_device_and_init(device: str, init) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if init is not None and not Path(init).is_file():
+        from ..train.from_package import package_for_init
+
+        if package_for_init(init) is None:
+            raise AecError(f"--init {init}: no such checkpoint or model package")
+
+
 def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
                     val, quiet, log) -> None:
     """`python -m aecompress.train.denoiser train` and `export` in one: checkpoint in OUT.work/, the
@@ -291,13 +294,7 @@ def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resu
 
     if not _has_images(Path(data)):
         raise AecError(f"no images found in {data}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
-    if init is not None and not Path(init).is_file():
-        from ..train.from_package import package_for_init
-
-        if package_for_init(init) is None:
-            raise AecError(f"--init {init}: no such checkpoint or model package")
+    _check_device_and_init(device, init)
     wdir = work_dir(out)
     # the module prints its progress; --quiet keeps it off the terminal
     sink = io.StringIO() if quiet else sys.stderr
@@ -343,13 +340,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
                      bf16=bf16, whole_every=whole_every, device=device)
-    if device not in ("auto", "cpu", "cuda"):
-        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
-    if init is not None and not Path(init).is_file():
-        from ..train.from_package import package_for_init
-
-        if package_for_init(init) is None:
-            raise AecError(f"--init {init}: no such checkpoint or model package")
+    _check_device_and_init(device, init)
     cfg.val_every = min(cfg.val_every, max(1, cfg.steps // 10))
     try:
         path = train_conv(cfg, resume=resume, log=log)

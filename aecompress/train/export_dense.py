@@ -76,9 +76,11 @@ def measure_package(folder: Path, images: np.ndarray, manifest: dict | None = No
 
 
 def export_dense_codec(model: DenseAE, out: Path, name: str, samples: np.ndarray, training: dict,
-                       description: str = "", measure: np.ndarray | None = None) -> Path:
+                       description: str = "", measure: np.ndarray | None = None,
+                       measure_set: str | None = None) -> Path:
     """Write the package; samples: a few (N, H, W, C) uint8 images to verify the graphs with;
-    measure: images to measure (file bytes, PSNR) with the runtime into manifest["measured"]."""
+    measure: images to measure (file bytes, PSNR) with the runtime into manifest["measured"],
+    which `measure_set` names (held-out or training images)."""
     model = model.eval().cpu()
     c = model.cfg
     gain = model.gain.detach().double().numpy()
@@ -106,7 +108,7 @@ def export_dense_codec(model: DenseAE, out: Path, name: str, samples: np.ndarray
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         measured = measure_package(tmp, measure if measure is not None else samples, manifest)
-        manifest["measured"] = measured
+        manifest["measured"] = {**measured, **({"set": measure_set} if measure_set else {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     return _write_package_atomically(Path(out), build)

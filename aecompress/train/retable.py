@@ -30,7 +30,6 @@ import numpy as np
 
 from ..codec import Codec
 from ..entropy import TableSet, quantize_pmf
-from ..fsutil import atomic_output
 from ..imageio import IMAGE_SUFFIXES, read_image, to_rgb8
 from ..package import MANIFEST, load_package
 
@@ -41,11 +40,8 @@ TOTAL_BITS = 20          # the precision of the shipped tables (aecompress.train
 
 def symbol_counts(values: np.ndarray, table_index: np.ndarray, tables: TableSet) -> np.ndarray:
     """Counts of every entry of `tables.pmf` (escape included) for values coded with these tables."""
-    t = np.asarray(table_index, dtype=np.int64).ravel()
-    v = np.asarray(values, dtype=np.int64).ravel()
-    k = v - tables.minimum[t]
-    inside = (k >= 0) & (k < tables.length[t] - 1)
-    return np.bincount(tables.offset[t] + np.where(inside, k, tables.length[t] - 1), minlength=len(tables.pmf))
+    entry, _ = tables.entries(np.ravel(values), np.ravel(table_index))
+    return np.bincount(entry, minlength=len(tables.pmf))
 
 
 def refit(tables: TableSet, counts: np.ndarray, kappa: float = KAPPA) -> TableSet:
@@ -95,11 +91,7 @@ def retable(package: Path, out: Path, images: list[np.ndarray], note: str, kappa
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(pkg.path, tmp)
     try:
-        tables_name = pkg.manifest.get("tables", "tables.npz")
-        (tmp / tables_name).unlink()
-        with atomic_output(tmp / tables_name) as t:
-            with open(t, "wb") as f:
-                np.savez_compressed(f, **arrays)
+        np.savez_compressed(tmp / pkg.manifest.get("tables", "tables.npz"), **arrays)   # the copy is private
         # the same images coded with the new tables (the encoder's rounding reads them too)
         new_codec = Codec(load_package(tmp, "cpu"))
         _, _, after = collect(new_codec, images)
