@@ -259,7 +259,8 @@ class Codec:
         x = self.synthesize(self.latent_from_state(st), sh, sw, check)
         return upscale(x, width, height) if scale != 1 else x
 
-    def decode(self, data: bytes) -> tuple[np.ndarray, Header]:
+    def decode(self, data: bytes, check: Callable[[], None] | None = None) -> tuple[np.ndarray, Header]:
+        """check is called between synthesis tiles and may raise to cancel."""
         header, payload = container.unpack(data)
         if header.model_id != self.pkg.model_id[:container.ID_BYTES]:
             raise ModelError(f"file was made with another model (id {header.model_id.hex()}, "
@@ -285,4 +286,4 @@ class Codec:
             if shape is None:
                 raise ModelError(f"model '{self.pkg.name}': its manifest has no latent_shape")
             st["q"] = dec.decode(self._channel_index(shape), self.z_tables)
-        return self.reconstruct(st, header.height, header.width), header
+        return self.reconstruct(st, header.height, header.width, check), header

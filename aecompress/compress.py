@@ -23,7 +23,7 @@ from .fsutil import first_writers, is_stdio, read_stdin, write_bytes_atomic, wri
 from .imageio import Picture, image_bytes, read_image, save_image, to_channels8
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
-from .package import DEFAULT_CODEC, ModelPackage, find_by_id, load_package
+from .package import DEFAULT_CODEC, MODEL_HINT, ModelPackage, find_by_id, load_package
 
 DEFAULT_QUALITY = 75
 SEARCH_STEPS = 12
@@ -70,21 +70,28 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
 
 def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
                    target_size: int | None = None, target_psnr: float | None = None,
-                   analysis: Analysis | None = None, reconstruct: bool = True) -> Encoded:
+                   analysis: Analysis | None = None, reconstruct: bool = True,
+                   check: Callable[[], None] | None = None) -> Encoded:
     """Code a picture at a quality or for a target. analysis: this picture's analysis from an
     earlier call (the GUI keeps it while the user moves the target), else computed here.
     reconstruct=False leaves Encoded.recon None unless the search made it anyway (the synthesis and
     the metrics after it are about a third of a whole `encode` process; only reports and previews
-    need them)."""
+    need them). check, when given, is called between steps (every coding of a search, every tile)
+    and may raise to cancel."""
     pixels, notes = coding_input(pic, codec)
     if analysis is None:
-        analysis = codec.analyse(pixels)
+        analysis = codec.analyse(pixels, check)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
     top = codec.span
     ref_px = in_mode(pixels, mode)          # PSNR is measured in the layout the decoder writes
 
     def run(position: float):
+        if check is not None:
+            check()
         return codec.code(analysis, position, mode, bits, dropped)
+
+    def rebuild(st: dict) -> np.ndarray:
+        return codec.reconstruct(st, pic.height, pic.width, check)
 
     recon = None
     # Each rung of the resolution ladder is searched on its own: where one resolution hands over to
@@ -112,7 +119,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
             else:
                 scored = []
                 for data, st in candidates:
-                    rec = codec.reconstruct(st, pic.height, pic.width)
+                    rec = rebuild(st)
                     scored.append((psnr(ref_px, in_mode(rec, mode)), data, st, rec))
                 _, data, st, recon = max(scored, key=lambda t: t[0])
                 best = data, st
@@ -120,7 +127,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     elif target_psnr is not None:
         def attempt(u: float):
             data, st = run(u)
-            rec = codec.reconstruct(st, pic.height, pic.width)
+            rec = rebuild(st)
             return data, st, rec, psnr(ref_px, in_mode(rec, mode)) >= target_psnr
 
         def reaches(u: float):
@@ -141,7 +148,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     else:
         data, st = run(codec.quality_to_position(DEFAULT_QUALITY if quality is None else quality))
     if recon is None and reconstruct:
-        recon = codec.reconstruct(st, pic.height, pic.width)
+        recon = rebuild(st)
     return Encoded(data, recon, pixels, st["position"], st["scale"], notes)
 
 
@@ -166,15 +173,19 @@ def quality_report(enc: "Encoded", mode: str, check: Callable[[], None] | None =
 
 
 def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "auto",
-                 threads: int | None = None, extra: list[ModelPackage] | None = None
+                 threads: int | None = None, extra: list[ModelPackage] | None = None,
+                 check: Callable[[], None] | None = None, hint: str = MODEL_HINT
                  ) -> tuple[np.ndarray, container.Header, Codec]:
+    """The decoded pixels, the header and the codec that decoded them. pkg: the model, else found
+    by the file's model id among `extra` and the installed packages (hint: what the error says to
+    do when none matches). check is called between tiles and may raise to cancel."""
     header = container.read_header(data)
     if pkg is None:
-        pkg = find_by_id(header.model_id, extra, device, threads)
+        pkg = find_by_id(header.model_id, extra, device, threads, hint)
     elif pkg.model_id[: container.ID_BYTES] != header.model_id:
         raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
     codec = Codec(pkg)
-    pixels, header = codec.decode(data)
+    pixels, header = codec.decode(data, check)
     return decoded_to_mode(pixels, header), header, codec
 
 
@@ -311,7 +322,9 @@ def open_codec(model: str | None, device: str = "auto", threads: int | None = No
     return Codec(load_package(model or DEFAULT_CODEC, device, threads))
 
 
-def file_info(path: Path) -> dict:
+def file_info(path: Path, extra: list[ModelPackage] | None = None) -> dict:
+    """The header of an .aez file (`aecompress info`), with the name of its model and the quality
+    when the model is installed (or among `extra`)."""
     data, name = read_input(path)
     try:
         header = container.read_header(data)
@@ -320,7 +333,7 @@ def file_info(path: Path) -> dict:
     info = {"file": name, "bytes": len(data), **header.as_dict(),
             "resolution": resolution_name(header.scale), "bpp": len(data) * 8 / (header.width * header.height)}
     try:
-        codec = Codec(find_by_id(header.model_id))
+        codec = Codec(find_by_id(header.model_id, extra))
         info["model"] = codec.pkg.name
         info["quality"] = round(codec.position_to_quality(codec.ladder.position(header.scale, header.quality)), 2)
     except AecError:

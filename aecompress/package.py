@@ -116,7 +116,44 @@ def read_manifest(folder: Path) -> dict:
         raise ModelError(f"{f}: unreadable manifest ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ModelError(f"{f}: not an {FORMAT} manifest")
+    problem = manifest_problem(m)
+    if problem:
+        raise ModelError(f"{f}: malformed manifest ({problem})")
     return m
+
+
+# the graphs each kind of package runs (a manifest may name more)
+REQUIRED_GRAPHS = {("codec", "hyperprior"): ("analysis", "hyper_analysis", "synthesis"),
+                   ("codec", "factorized"): ("analysis", "synthesis"),
+                   ("denoiser", None): ("denoise",)}
+
+
+def manifest_problem(m: dict) -> str | None:
+    """What is wrong with the shape of a manifest, or None: the fields every command reads must
+    have their types, so a bad package is refused when it is found rather than failing later."""
+    kind = m.get("kind", "codec")
+    if kind not in ("codec", "denoiser"):
+        return f"unknown kind {kind!r}"
+    if not isinstance(m.get("name", ""), str):
+        return "name is not a string"
+    graphs = m.get("graphs")
+    if not isinstance(graphs, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                               for k, v in graphs.items()):
+        return "graphs is not a table of graph names to file names"
+    if any(Path(v).is_absolute() or ".." in Path(v).parts for v in graphs.values()):
+        return "graph files must lie inside the package folder"
+    tables = m.get("tables")
+    if tables is not None and not (isinstance(tables, str) and tables and not Path(tables).is_absolute()
+                                   and ".." not in Path(tables).parts):
+        return "tables is not a file name inside the package folder"
+    channels = m.get("channels", 3)
+    if isinstance(channels, bool) or channels not in (1, 3):
+        return f"channels must be 1 or 3, not {channels!r}"
+    codec = m.get("codec", "hyperprior") if kind == "codec" else None
+    missing = [g for g in REQUIRED_GRAPHS.get((kind, codec), ()) if g not in graphs]
+    if missing:
+        return f"no {', '.join(missing)} graph"
+    return None
 
 
 def find_package_dir(name_or_path: str | Path) -> Path:
@@ -157,9 +194,13 @@ def installed_packages() -> list[ModelPackage]:
     return out
 
 
+MODEL_HINT = "pass it with -m"
+
+
 def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
-               threads: int | None = None) -> ModelPackage:
-    """The codec package whose content hash starts with model_id (only codecs make .aez files)."""
+               threads: int | None = None, hint: str = MODEL_HINT) -> ModelPackage:
+    """The codec package whose content hash starts with model_id (only codecs make .aez files);
+    hint ends the error when none does (what to do about it where the caller runs)."""
     for pkg in (extra or []) + installed_packages():
         if pkg.kind != "codec":
             continue
@@ -168,4 +209,4 @@ def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device:
                 return ModelPackage(pkg.path, pkg.manifest, device, threads)
         except ModelError:
             continue
-    raise ModelError(f"no installed model package matches this file (model id {model_id.hex()}); pass it with -m")
+    raise ModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")

@@ -93,6 +93,8 @@ class BatchTab(QWidget):
         self.clear_btn.clicked.connect(self.clear_finished)
         self.action = QComboBox(self)
         self.action.addItems(["Compress images", "Denoise images"])
+        self.action.setCurrentIndex(settings.batch_action)
+        self.action.currentIndexChanged.connect(lambda i: setattr(self.settings, "batch_action", i))
         self.action.setToolTip(".aez files are always decompressed")
         self.action.currentIndexChanged.connect(self._refresh_actions)
 
@@ -123,8 +125,9 @@ class BatchTab(QWidget):
 
         self.settings_note = QLabel("", self)
         self.settings_note.setObjectName("note")
+        self.settings_note.setWordWrap(True)
         self.overall = QProgressBar(self)
-        self.overall.setFormat("%v of %m files")
+        self.overall.setFormat("")
         self.overall.setValue(0)
         self.overall.setMaximum(1)
         self.start_btn = QPushButton("Start", self)
@@ -212,7 +215,8 @@ class BatchTab(QWidget):
         self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d at quality {o['quality']}; "
                                    f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d"
                                    + (f" averaged over {o['ensemble']} runs" if o.get("ensemble", 1) > 1 else "")
-                                   + " (set in those tabs).")
+                                   + " (set in those tabs), with the noise level found in each image and at "
+                                   "full strength.")
 
     def remove_selected(self) -> None:
         if self.running:
@@ -291,6 +295,11 @@ class BatchTab(QWidget):
         rows = [i for i, _, _ in plan]
         clash = {i: f"its output {outputs[i].name} is also the output of {self.items[rows[k]].path.name}"
                  for n, (i, k) in enumerate(zip(rows, first_writers(outputs[i] for i in rows))) if k != n}
+        # ... never writes over a file of the queue (cat.png -> cat.aez while cat.aez -> cat.png) ...
+        inputs = {it.path.resolve() for it in self.items}
+        for i in rows:
+            if i not in clash and outputs[i].resolve() in inputs:
+                clash[i] = f"its output {outputs[i].name} is a file of this queue: inputs are never overwritten"
         # ... and overwrites what the user already has only when told to (the CLI's --force)
         existing = [outputs[i] for i, _, _ in plan if i not in clash and outputs[i].exists()]
         if existing and not skip and not self.confirm_overwrite(existing):
@@ -391,6 +400,10 @@ class BatchTab(QWidget):
 
     def _update_controls(self) -> None:
         run = self.running
+        if not run:                                  # the bar counts the files of the queue as it is
+            self.overall.setMaximum(max(len(self.items), 1))
+            self.overall.setValue(sum(it.status in (DONE, SKIPPED, FAILED) for it in self.items))
+            self.overall.setFormat("%v of %m files" if self.items else "")
         pending = any(it.status not in FINISHED for it in self.items)
         self.start_btn.setEnabled(not run and pending)
         self.cancel_btn.setEnabled(run)

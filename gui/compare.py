@@ -214,7 +214,7 @@ class CompareView(QWidget):
         pane = self._panes()[0]
         w, h = self._before.width(), self._before.height()
         s = min((pane.width() - 16) / w, (pane.height() - 16) / h)
-        self._set_scale(max(s, MIN_SCALE))
+        self._set_scale(min(max(s, MIN_SCALE), MAX_SCALE))
         self._center = QPointF(w / 2, h / 2)
         self.update()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton,
-                               QSlider, QSpinBox, QStackedWidget, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
+                               QStackedWidget, QWidget)
 
 from aecompress.codec import Analysis, Codec
 from aecompress.compress import encode_picture, in_mode, output_for
@@ -30,7 +30,7 @@ from aecompress.metrics import ms_ssim, psnr
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .runtime import Runtime, provider_text
 from .settings import Settings
-from .widgets import ModelPicker, ResultGrid, SidePanel, group, note_label
+from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
 from .workers import WorkQueue
 
 DEBOUNCE_MS = 150
@@ -109,6 +109,7 @@ class CompressTab(QWidget):
         self.source: Source | None = None
         self.prepared: Prepared | None = None
         self.result: Result | None = None
+        self._stale = False           # the settings changed since `result` was made; a new one is on its way
         self._prep_job = None
         self._enc_job = None
         self._debounce = QTimer(self)
@@ -146,19 +147,21 @@ class CompressTab(QWidget):
         self.bpp.setRange(0.01, 24.0)
         self.bpp.setDecimals(2)
         self.bpp.setSingleStep(0.05)
-        self.bpp.setValue(0.5)
+        self.bpp.setValue(settings.target_bpp)
         self.bpp.setSuffix(" bpp")
         self.bpp.valueChanged.connect(self._rate_changed)
         self.size_kb = QDoubleSpinBox(self)
         self.size_kb.setRange(0.1, 1_000_000)
         self.size_kb.setDecimals(1)
-        self.size_kb.setValue(20.0)
+        self.size_kb.setValue(settings.target_kb)
         self.size_kb.setSuffix(" kB")
         self.size_kb.valueChanged.connect(self._rate_changed)
         self.rate_stack = QStackedWidget(self)
         for w in (qrow, self.bpp, self.size_kb):
             self.rate_stack.addWidget(w)
         self.rate_stack.setFixedHeight(qrow.sizeHint().height() + 4)
+        self.rate_mode.setCurrentIndex(settings.rate_mode)
+        self.rate_stack.setCurrentIndex(settings.rate_mode)
         self.rate_mode.currentIndexChanged.connect(self.rate_stack.setCurrentIndex)
         self.rate_mode.currentIndexChanged.connect(self._rate_changed)
         self.estimate = QLabel("", self)
@@ -203,7 +206,7 @@ class CompressTab(QWidget):
         self.open_source(Source(name, None, pic))
 
     def open_source(self, src: Source) -> None:
-        self.source, self.prepared, self.result = src, None, None
+        self.source, self.prepared, self.result, self._stale = src, None, None, False
         self.grid.clear()
         self.estimate.setText("")
         self.notes.hide()
@@ -257,9 +260,11 @@ class CompressTab(QWidget):
 
     # -- rate ------------------------------------------------------------------------------------
     def _rate_changed(self, *_):
-        if self.rate_mode.currentIndex() == 0:
-            self.settings.quality = self.quality.value()
+        s = self.settings
+        s.rate_mode, s.quality, s.target_bpp, s.target_kb = (self.rate_mode.currentIndex(), self.quality.value(),
+                                                             self.bpp.value(), self.size_kb.value())
         if self.prepared is not None:
+            self._set_stale()
             self._debounce.start()
 
     def rate(self) -> tuple[str, float]:
@@ -287,6 +292,7 @@ class CompressTab(QWidget):
             return
         if self._enc_job is not None:
             self._enc_job.cancel()
+        self._set_stale()
         mode, value = self.rate()
 
         def job(token, emit):
@@ -305,9 +311,10 @@ class CompressTab(QWidget):
                 scale = st["scale"]
             else:
                 enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
-                                     target_size=int(value) if mode == "size" else None, analysis=p.analysis)
+                                     target_size=int(value) if mode == "size" else None, analysis=p.analysis,
+                                     check=token.check)
                 data, recon, position, notes, scale = enc.data, enc.recon, enc.position, enc.notes, enc.scale
-                t_enc, t_dec = time.perf_counter() - t0, 0.0
+                t_enc, t_dec = p.seconds + time.perf_counter() - t0, 0.0
             if scale != 1:
                 notes = notes + [f"coded at {resolution_name(scale)} resolution and upsampled (the model's low-rate setting)"]
             token.check()
@@ -333,11 +340,11 @@ class CompressTab(QWidget):
             self.estimate.setText(f"\u2248 {human_bytes(n)} \u00b7 {n * 8 / (pic.width * pic.height):.3f} bpp")
 
     def _encoded(self, r: Result) -> None:
-        self.result = r
+        self.result, self._stale = r, False
         pic = self.prepared.picture
         n, px = len(r.data), pic.width * pic.height
         self.estimate.setText(f"{human_bytes(n)} \u00b7 {n * 8 / px:.3f} bpp")
-        self.grid.set("size", f"{human_bytes(n)} ({n:,} bytes)")
+        self.grid.set("size", human_bytes(n) + (f" ({n:,} bytes)" if n >= 1000 else ""))
         self.grid.set("bpp", f"{n * 8 / px:.3f}")
         ratio = f"{px * 3 / n:.1f} : 1 vs raw"
         fb = self.source.file_bytes
@@ -375,27 +382,38 @@ class CompressTab(QWidget):
         if text:
             self.statusMessage.emit(text)
 
+    def _set_stale(self) -> None:
+        if self.result is not None and not self._stale:
+            self._stale = True
+            self.estimate.setText("\u2026")
+            self._update_buttons()
+
     def _update_buttons(self) -> None:
-        ok = self.result is not None
+        ok = self.result is not None and not self._stale
         self.save_aez_btn.setEnabled(ok)
         self.save_img_btn.setEnabled(ok)
 
     # -- saving ----------------------------------------------------------------------------------
-    def _ask(self, title: str, suggested: str, filters: str) -> Path | None:
+    def _ask(self, title: str, suggested: str, filters: str, suffix: str, accept: tuple[str, ...] = ()) -> Path | None:
         start = str(Path(self.settings.folder("save")) / suggested)
-        name, _ = QFileDialog.getSaveFileName(self, title, start, filters)
-        if not name:
-            return None
-        self.settings.set_folder("save", name)
-        return Path(name)
+        path = ask_save_path(self, title, start, filters, suffix, accept)
+        if path is not None:
+            self.settings.set_folder("save", path)
+        return path
+
+    def _current(self) -> bool:
+        """Whether the result shown is the one for the current settings (not one being replaced)."""
+        if self.result is not None and self._stale:
+            self.statusMessage.emit("still compressing at the new setting: save when it is done")
+        return self.result is not None and not self._stale
 
     def save_aez(self, path: str | Path | None = None) -> Path | None:
         """Write the compressed file; asks where unless given a path. Returns the path written."""
-        if self.result is None:
+        if not self._current():
             return None
         if path is None:
             suggested = output_for(Path(self.source.name), None, False, ".aez").name
-            path = self._ask("Save compressed file", suggested, "aecompress files (*.aez)")
+            path = self._ask("Save compressed file", suggested, "aecompress files (*.aez)", ".aez", (".aez",))
             if path is None:
                 return None
         path = Path(path)
@@ -406,10 +424,10 @@ class CompressTab(QWidget):
         return path
 
     def save_image(self, path: str | Path | None = None) -> Path | None:
-        if self.result is None:
+        if not self._current():
             return None
         if path is None:
-            path = self._ask("Save reconstruction", f"{self.source.stem}-compressed.png", IMAGE_FILTER)
+            path = self._ask("Save reconstruction", f"{self.source.stem}-compressed.png", IMAGE_FILTER, ".png")
             if path is None:
                 return None
         path = Path(path)

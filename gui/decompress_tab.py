@@ -25,7 +25,7 @@ from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, human_bytes
 from .runtime import Runtime, provider_text
 from .settings import Settings
-from .widgets import ResultGrid, SidePanel, group, note_label
+from .widgets import ResultGrid, SidePanel, ask_save_path, group, note_label
 from .workers import WorkQueue
 
 
@@ -40,6 +40,9 @@ class Decoded:
     model: str
 
 
+MODEL_HINT = "add the folder of the model that made it (File \u203a Add model folder\u2026)"
+
+
 class DecompressTab(QWidget):
     errorOccurred = Signal(str)
     statusMessage = Signal(str)
@@ -49,7 +52,10 @@ class DecompressTab(QWidget):
         super().__init__(parent)
         self.runtime, self.settings, self.work = runtime, settings, work
         self.decoded: Decoded | None = None
+        self.path: Path | None = None             # the file opened last (decoded or not)
         self._job = None
+        self._compare_job = None
+        self._error = False
         self.panel = ComparePanel(self, ("Decoded", "Original"))
         self.panel.view.placeholder = ("Drop an .aez file here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
@@ -81,9 +87,10 @@ class DecompressTab(QWidget):
 
     def open_path(self, path: str | Path) -> None:
         path = Path(path)
-        if self._job is not None:
-            self._job.cancel()
-        self.decoded = None
+        for j in (self._job, self._compare_job):
+            if j is not None:
+                j.cancel()
+        self.decoded, self.path, self._error = None, path, False
         self.grid.clear()
         self.metrics.clear()
         self.notes.hide()
@@ -93,14 +100,15 @@ class DecompressTab(QWidget):
         runtime = self.runtime
 
         def job(token, emit):
-            info = file_info(path)
+            extra = runtime.extra_packages()
+            info = file_info(path, extra)
             emit(("info", info))
             token.check()
             data = path.read_bytes()
             t0 = time.perf_counter()
             try:
-                pixels, header, codec = decode_bytes(data, None, runtime.device, runtime.threads,
-                                                     extra=runtime.extra_packages())
+                pixels, header, codec = decode_bytes(data, None, runtime.device, runtime.threads, extra=extra,
+                                                     check=token.check, hint=MODEL_HINT)
             except AecError as exc:
                 raise type(exc)(f"{path.name}: {exc}") from None
             seconds = time.perf_counter() - t0
@@ -116,7 +124,7 @@ class DecompressTab(QWidget):
             return
         d = payload[1]
         self.grid.set("file", Path(d["file"]).name)
-        self.grid.set("size", f"{human_bytes(d['bytes'])} ({d['bytes']:,} bytes)")
+        self.grid.set("size", human_bytes(d["bytes"]) + (f" ({d['bytes']:,} bytes)" if d["bytes"] >= 1000 else ""))
         self.grid.set("dims", f"{d['width']} \u00d7 {d['height']}"
                       + (f", coded at {d['resolution']} resolution" if d.get("scale", 1) != 1 else ""))
         self.grid.set("bpp", f"{d['bpp']:.3f}")
@@ -145,8 +153,17 @@ class DecompressTab(QWidget):
 
     def _failed(self, message: str) -> None:
         self.panel.view.set_busy("")
+        self._error = True
         self.errorOccurred.emit(message)
         self._update_buttons()
+
+    def _compare_failed(self, message: str) -> None:
+        self.errorOccurred.emit(message)
+
+    def retry(self) -> None:
+        """Decode the file that failed again (after a model folder was added)."""
+        if self.decoded is None and self.path is not None and self._error:
+            self.open_path(self.path)
 
     def _update_buttons(self) -> None:
         self.save_btn.setEnabled(self.decoded is not None)
@@ -175,24 +192,28 @@ class DecompressTab(QWidget):
                     pyramid(difference_image(ref, dec.pixels)))
 
         def done(r) -> None:
+            if self.decoded is not dec:              # another file was opened meanwhile
+                return
             img, p, m, diff = r
             self.panel.view.set_images(img, dec.image, diff, ("Original", "Decoded"))
             self.panel.set_pair_controls(True)
             self.metrics.set("psnr", f"{p:.2f} dB")
             self.metrics.set("msssim", f"{m:.4f}")
 
-        self.work.submit(job, name="compare", done=done, error=self._failed)
+        if self._compare_job is not None:
+            self._compare_job.cancel()
+        self._compare_job = self.work.submit(job, name="compare", done=done, error=self._compare_failed,
+                                             cancelled=lambda: None)
 
     def save_image(self, path: str | Path | None = None) -> Path | None:
         if self.decoded is None:
             return None
         if path is None:
             start = str(Path(self.settings.folder("save")) / (self.decoded.path.stem + ".png"))
-            name, _ = QFileDialog.getSaveFileName(self, "Save decoded image", start, IMAGE_FILTER)
-            if not name:
+            path = ask_save_path(self, "Save decoded image", start, IMAGE_FILTER, ".png")
+            if path is None:
                 return None
-            self.settings.set_folder("save", name)
-            path = name
+            self.settings.set_folder("save", path)
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")

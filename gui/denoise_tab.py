@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
-                               QWidget)
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox, QWidget
 
 from aecompress.imageio import Picture, save_image, to_rgb8
 
@@ -22,7 +21,7 @@ from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, Source, load_source
 from .runtime import Runtime, provider_text
 from .settings import Settings
-from .widgets import ModelPicker, ResultGrid, SidePanel, group, note_label
+from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
 from .workers import WorkQueue
 
 
@@ -43,7 +42,8 @@ def _display(pic: Picture, pixels: np.ndarray) -> np.ndarray:
 class Denoised:
     picture: Picture
     output: np.ndarray            # the model's output, same shape and dtype as the input
-    shown: np.ndarray             # output mixed at the current strength
+    shown: np.ndarray             # output mixed at `strength`
+    strength: float
     info: dict
     sigma_after: float
     after: list[QImage]           # pyramids (compare.pyramid), built on the worker
@@ -69,6 +69,7 @@ class DenoiseTab(QWidget):
 
         self.panel = ComparePanel(self, ("Input", "Denoised"))
         self.panel.view.diff_label = "Removed noise (\u00d7 8)"
+        self.panel.view.placeholder = ("Drop a noisy photo here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
         self.model = ModelPicker(runtime, "denoiser", self)
         self.model.modelChanged.connect(lambda _k: self.run())
@@ -101,16 +102,21 @@ class DenoiseTab(QWidget):
         sl.addWidget(self.sigma_spin)
         self.sigma_note = note_label("", self)
         self.auto.toggled.connect(self._noise_changed)
+        self._noise_timer = QTimer(self)
+        self._noise_timer.setSingleShot(True)
+        self._noise_timer.setInterval(400)
+        self._noise_timer.timeout.connect(self._noise_changed)
         self.sigma.sliderReleased.connect(self._noise_changed)
-        self.sigma_spin.editingFinished.connect(self._noise_changed)
+        # keys, the wheel and the spin box's arrows: once the value rests (a drag waits for the release)
+        self.sigma.valueChanged.connect(lambda _v: None if self.sigma.isSliderDown() else self._noise_timer.start())
         side.add(group("Noise level", self.auto, srow, self.sigma_note))
 
         self.strength = QSlider(Qt.Orientation.Horizontal, self)
         self.strength.setRange(0, 100)
-        self.strength.setValue(100)
-        self.strength_label = QLabel("100%", self)
+        self.strength.setValue(settings.denoise_strength)
+        self.strength_label = QLabel(f"{settings.denoise_strength}%", self)
         self.strength_label.setMinimumWidth(40)
-        self.strength.valueChanged.connect(lambda v: (self.strength_label.setText(f"{v}%"), self._blend_timer.start()))
+        self.strength.valueChanged.connect(self._strength_changed)
         strow = QWidget(self)
         stl = QHBoxLayout(strow)
         stl.setContentsMargins(0, 0, 0, 0)
@@ -160,11 +166,17 @@ class DenoiseTab(QWidget):
                                     "Use Strength to denoise less.")
 
     def _noise_changed(self, *_):
+        self._noise_timer.stop()
         self.settings.denoise_auto = self.auto.isChecked()
         self.settings.denoise_sigma = self.sigma.value()
         self._noise_controls()
         if self.source is not None:
             self.run()
+
+    def _strength_changed(self, v: int) -> None:
+        self.strength_label.setText(f"{v}%")
+        self.settings.denoise_strength = v
+        self._blend_timer.start()
 
     def _ensemble_changed(self, *_):
         self.settings.denoise_ensemble = self.ensemble.currentData()
@@ -213,7 +225,7 @@ class DenoiseTab(QWidget):
             token.check()
             shown = blend(pic.pixels, out, strength)
             a, b = _display(pic, pic.pixels), _display(pic, shown)
-            return Denoised(pic, out, shown, info, estimate_sigma(out), pyramid(to_qimage(b)),
+            return Denoised(pic, out, shown, strength, info, estimate_sigma(out), pyramid(to_qimage(b)),
                             pyramid(difference_image(a, b)))
 
         self.panel.view.set_busy(f"Denoising {src.name}\u2026")
@@ -240,13 +252,17 @@ class DenoiseTab(QWidget):
         if est is not None:
             before = f"\u03c3 \u2248 {est:.1f}"
         else:
-            before = f"\u03c3 {info['sigma']:g} (set)" if info.get("sigma") is not None else "blind"
+            before = "blind"
+            if info.get("sigma") is not None:
+                before = f"\u03c3 {info['sigma']:g} (set" + ("" if self._takes_sigma() else ", not used by this blind model") + ")"
         self.grid.set("noise", f"{before} \u2192 {r.sigma_after:.1f} after")
         self.grid.set("time", f"{info.get('seconds', 0):.2f} s")
         self.grid.set("provider", provider_text(info.get("provider"), long=False))
         self.providerUsed.emit(info.get("provider") or "")
         self._update_buttons()
         self.statusMessage.emit(f"Denoised {self.source.name} in {info.get('seconds', 0):.2f} s")
+        if self.strength.value() / 100 != r.strength:     # Strength moved while the model ran
+            self._reblend()
 
     def _reblend(self) -> None:
         r = self.result
@@ -262,7 +278,9 @@ class DenoiseTab(QWidget):
         def done(res) -> None:
             if self.result is r:
                 r.shown, r.after, r.diff = res
+                r.strength = strength
                 self.panel.view.set_after(r.after, r.diff)
+                self._update_buttons()
 
         self.work.submit(job, name="blend", done=done, error=self._failed)
 
@@ -274,24 +292,36 @@ class DenoiseTab(QWidget):
     def _update_buttons(self) -> None:
         self.save_btn.setEnabled(self.result is not None)
 
-    def save_image(self, path: str | Path | None = None) -> Path | None:
-        """Save the denoised image, keeping the input's mode, bit depth, EXIF and colour profile."""
+    def _current(self) -> bool:
+        """Whether the result shown is mixed at the Strength the slider shows."""
         r = self.result
-        if r is None:
+        if r is not None and r.strength != self.strength.value() / 100:
+            self.statusMessage.emit("still mixing at the new strength: save when it is done")
+            return False
+        return r is not None
+
+    def save_image(self, path: str | Path | None = None) -> Path | None:
+        """Save the denoised image as `aecompress denoise` writes it: the input's mode (CMYK and palette
+        included, where the format holds them), bit depth, EXIF, colour profile, dpi and XMP. An
+        animated input's first frame (the one shown) is offered as PNG: one frame written back as an
+        animation would silently drop the others."""
+        r = self.result
+        if not self._current():
             return None
         if path is None:
             suffix = self.source.path.suffix if self.source.path is not None else ".png"
+            if r.picture.frames > 1:
+                suffix = ".png"
             start = str(Path(self.settings.folder("save")) / f"{self.source.stem}.denoised{suffix}")
-            name, _ = QFileDialog.getSaveFileName(self, "Save denoised image", start, IMAGE_FILTER)
-            if not name:
+            path = ask_save_path(self, "Save denoised image", start, IMAGE_FILTER, ".png")
+            if path is None:
                 return None
-            self.settings.set_folder("save", name)
-            path = name
+            self.settings.set_folder("save", path)
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
         pic, shown = r.picture, r.shown
         self.work.submit(lambda token, emit: save_image(path, shown, force=True, mode=pic.mode, exif=pic.exif,
-                                                        icc=pic.icc),
+                                                        icc=pic.icc, source=pic.info),
                          name="save", done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
         return path

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
+                               QMessageBox, QProgressBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
 from aecompress import __version__ as VERSION
 from aecompress.errors import AecError
-from aecompress.imageio import Picture
+from aecompress.imageio import Picture, is_image_name
 
 from .batch_queue import BatchTab
 from .compare import from_qimage
@@ -158,6 +158,8 @@ class MainWindow(QMainWindow):
         act(f, "Save compressed .&aez\u2026", lambda: self.compress.save_aez())
         f.addSeparator()
         act(f, "Add &model folder\u2026", lambda: self.add_model_folder())
+        self.remove_models_action = act(f, "&Remove added model folder\u2026", lambda: self.remove_model_folder())
+        self.remove_models_action.setEnabled(bool(self.runtime.extra_folders))
         f.addSeparator()
         act(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         v = self.menuBar().addMenu("&View")
@@ -223,8 +225,9 @@ class MainWindow(QMainWindow):
         """One image or .aez goes to its tab, several files to the batch queue."""
         paths = [Path(p) for p in paths]
         files = [p for p in paths if not p.is_dir()]
-        for d in (p for p in paths if p.is_dir()):
-            files += sorted(x for x in d.iterdir() if x.is_file() and not x.name.startswith("."))
+        for d in (p for p in paths if p.is_dir()):      # a folder stands for its images and .aez files
+            files += sorted(x for x in d.iterdir() if x.is_file() and is_image_name(x.with_suffix(".png")
+                                                                                    if x.suffix.lower() == ".aez" else x))
         if not files:
             self.show_error("nothing to open: drop image files or .aez files")
             return
@@ -317,14 +320,41 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return
         self.settings.set_folder("models", Path(folder).parent)
-        self.settings.extra_models = self.runtime.extra_folders
-        self.compress.model.refresh()
-        self.denoise.model.refresh()
+        self._models_changed()
         picker = {"codec": self.compress.model, "denoiser": self.denoise.model}.get(entry.kind)
         if picker is not None:
             picker.select(entry.key)
             picker.modelChanged.emit(entry.key)
         self.show_status(f"Added model {entry.label}")
+
+    def remove_model_folder(self, folder: str | None = None) -> None:
+        """Forget a folder added with Add model folder (asks which when there are several)."""
+        folders = list(self.runtime.extra_folders)
+        if not folders:
+            self.show_status("no model folders were added")
+            return
+        if folder is None:
+            if len(folders) == 1:
+                folder = folders[0]
+            else:
+                folder, ok = QInputDialog.getItem(self, "Remove a model folder", "Folder:", folders, 0, False)
+                if not ok:
+                    return
+        if folder not in folders:
+            return
+        self.runtime.remove_folder(folder)
+        self._models_changed()
+        self.show_status(f"Removed model folder {folder}")
+
+    def _models_changed(self) -> None:
+        self.settings.extra_models = self.runtime.extra_folders
+        self.remove_models_action.setEnabled(bool(self.runtime.extra_folders))
+        for picker in (self.compress.model, self.denoise.model):
+            before = picker.key()
+            picker.refresh()
+            if picker.key() != before:            # the chosen model went with its folder
+                picker.modelChanged.emit(picker.key())
+        self.decompress.retry()                   # a file that named a missing model may decode now
 
     # -- closing ---------------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -55,12 +55,25 @@ class Runtime:
 
     # -- the model lists (UI thread) -------------------------------------------------------------
     def add_folder(self, folder: str | Path) -> ModelEntry:
-        """Validate a package folder and remember it; AecError if it is not a model package."""
+        """Validate a package folder and remember it; AecError if it is not a model package (or one
+        that could not run: a malformed manifest, a missing graph or tables file)."""
         pkg = load_package(Path(folder))
+        pkg.model_id                      # reads every graph and the tables: ModelError if one is missing
+        if pkg.kind == "codec":
+            Codec(pkg)                    # checks the coding fields of the manifest
         key = str(pkg.path.resolve())
         if key not in self.extra_folders:
             self.extra_folders.append(key)
         return self._entry(pkg, key)
+
+    def remove_folder(self, key: str) -> None:
+        """Forget an added folder (its files stay where they are)."""
+        if key in self.extra_folders:
+            self.extra_folders.remove(key)
+        with self._lock:
+            for cache in (self._codecs, self._packages):
+                for k in [k for k in cache if k[0] == key]:
+                    del cache[k]
 
     @staticmethod
     def _entry(pkg: ModelPackage, key: str) -> ModelEntry:

@@ -74,6 +74,50 @@ class Settings:
         self._set("compress/quality", int(v))
 
     @property
+    def rate_mode(self) -> int:
+        """0: quality, 1: target bits per pixel, 2: target file size."""
+        v = self._get("compress/rate_mode", 0, int)
+        return v if v in (0, 1, 2) else 0
+
+    @rate_mode.setter
+    def rate_mode(self, v: int) -> None:
+        self._set("compress/rate_mode", int(v))
+
+    @property
+    def target_bpp(self) -> float:
+        return min(max(self._get("compress/target_bpp", 0.5, float), 0.01), 24.0)
+
+    @target_bpp.setter
+    def target_bpp(self, v: float) -> None:
+        self._set("compress/target_bpp", float(v))
+
+    @property
+    def target_kb(self) -> float:
+        return min(max(self._get("compress/target_kb", 20.0, float), 0.1), 1_000_000.0)
+
+    @target_kb.setter
+    def target_kb(self, v: float) -> None:
+        self._set("compress/target_kb", float(v))
+
+    @property
+    def denoise_strength(self) -> int:
+        return min(max(self._get("denoise/strength", 100, int), 0), 100)
+
+    @denoise_strength.setter
+    def denoise_strength(self, v: int) -> None:
+        self._set("denoise/strength", int(v))
+
+    @property
+    def batch_action(self) -> int:
+        """0: compress the images of the queue, 1: denoise them."""
+        v = self._get("batch/action", 0, int)
+        return v if v in (0, 1) else 0
+
+    @batch_action.setter
+    def batch_action(self, v: int) -> None:
+        self._set("batch/action", int(v))
+
+    @property
     def extra_models(self) -> list[str]:
         """Package folders the user added with "Add model folder..."."""
         return self._get("models/extra", [], list)

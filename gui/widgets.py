@@ -1,10 +1,13 @@
-"""Small widgets the tabs share: the model picker, the side panel, a grid of result numbers."""
+"""Small widgets the tabs share: the model picker, the side panel, a grid of result numbers, and
+where a save dialog's answer points."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QScrollArea, QSizePolicy,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QLabel, QMessageBox,
+                               QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
 
 from .runtime import Runtime
 
@@ -133,3 +136,23 @@ def note_label(text: str = "", parent: QWidget | None = None) -> QLabel:
     lab.setObjectName("note")
     lab.setWordWrap(True)
     return lab
+
+
+def ask_save_path(parent: QWidget, title: str, start: str, filters: str, suffix: str,
+                  accept: tuple[str, ...] = ()) -> Path | None:
+    """Ask where to save; None when the user cancels.
+
+    A name typed without an extension (or, with `accept`, with one not in it) gets `suffix`
+    appended. The dialog only asked about replacing the name as typed, so when the name changes
+    here and that file exists, this asks before anything is replaced."""
+    name, _ = QFileDialog.getSaveFileName(parent, title, start, filters)
+    if not name:
+        return None
+    path = Path(name)
+    if not path.suffix or (accept and path.suffix.lower() not in accept):
+        path = path.with_name(path.name + suffix)
+        if path.exists():
+            answer = QMessageBox.question(parent, "Replace file?", f"{path.name} already exists. Replace it?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return None
+    return path

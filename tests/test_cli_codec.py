@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import subprocess
 import sys
 
@@ -316,7 +317,6 @@ def test_json_keeps_its_fields_and_notes_go_to_stderr(photo):
 def test_a_signal_leaves_no_partial_file(tmp_path, photo, signame, code, word):
     """`kill` or Ctrl-C during a decode: exit 143 or 130, a one-line message, no temporary or
     partial output."""
-    import os
     import signal
     import time
 
@@ -352,3 +352,39 @@ def test_malformed_manifest_is_a_model_error(tmp_path, photo):
     (pkg / "manifest.json").write_text(json.dumps(m))
     r = run("encode", photo, "-m", pkg, "-o", tmp_path / "x.aez")
     assert r.returncode == 4 and "malformed manifest" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"graphs": ["a.onnx"]}, "graphs is not a table"),
+    ({"graphs": {"analysis": "analysis.onnx"}}, "no hyper_analysis, synthesis graph"),
+    ({"graphs": {"analysis": "../../etc/passwd", "hyper_analysis": "h", "synthesis": "s"}}, "inside the package"),
+    ({"channels": 4}, "channels must be 1 or 3"),
+    ({"kind": "upscaler"}, "unknown kind"),
+    ({"tables": 7}, "tables is not a file name"),
+])
+def test_a_malformed_package_on_the_search_path_is_skipped(tmp_path, photo, change, expect):
+    """A package whose manifest has the wrong shape is refused by name, and skipped when the model
+    of a file is looked up among the installed ones (it used to crash every decode)."""
+    import shutil
+
+    from aecompress.package import manifest_problem
+
+    from .conftest import ROOT
+
+    models = tmp_path / "models"
+    bad = models / "bad"
+    shutil.copytree(ROOT / "models" / "photo", bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m.update(change)
+    assert expect in manifest_problem(m)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    aez = tmp_path / "cat.aez"
+    assert run("encode", photo, "-o", aez).returncode == 0
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+    r = subprocess.run([sys.executable, "-m", "aecompress", "decode", str(aez), "-o", str(tmp_path / "back.png")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-m", "bad", "-o",
+                        str(tmp_path / "x.aez")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 4 and "malformed manifest" in r.stderr and expect in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.aez").exists()

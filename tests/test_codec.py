@@ -110,9 +110,9 @@ def test_float_drift_never_reaches_the_entropy_coder(cat, monkeypatch, quality):
     captured = {}
     orig_reconstruct = drifting.reconstruct
 
-    def reconstruct(state, h, w):
+    def reconstruct(state, h, w, check=None):
         captured.update(state)
-        return orig_reconstruct(state, h, w)
+        return orig_reconstruct(state, h, w, check)
 
     monkeypatch.setattr(drifting, "reconstruct", reconstruct)
     pixels, _ = drifting.decode(data)

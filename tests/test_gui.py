@@ -23,7 +23,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
 from aecompress import container  # noqa: E402
@@ -502,6 +502,11 @@ def test_settings_persist_between_runs(qtbot, settings, crops):
     win.batch.skip.setChecked(False)
     win.settings.set_folder("open", crops[0])
     win.side_action.trigger()
+    win.compress.size_kb.setValue(12.5)
+    win.compress.bpp.setValue(0.8)
+    win.compress.rate_mode.setCurrentIndex(2)
+    win.denoise.strength.setValue(70)
+    win.batch.action.setCurrentIndex(1)
     win.close()
     again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
     assert again.quality == 42 and again.device == "cpu" and again.skip_existing is False
@@ -511,6 +516,10 @@ def test_settings_persist_between_runs(qtbot, settings, crops):
     assert win2.compress.quality.value() == 42
     assert win2.device.currentData() == "cpu" and win2.compress.panel.view.mode == "side"
     assert not win2.batch.skip.isChecked()
+    assert win2.compress.rate_mode.currentIndex() == 2 and win2.compress.rate() == ("size", 12500.0)
+    assert win2.compress.bpp.value() == 0.8 and win2.compress.rate_stack.currentIndex() == 2
+    assert win2.denoise.strength.value() == 70 and win2.denoise.strength_label.text() == "70%"
+    assert win2.batch.action.currentIndex() == 1
     win2.close()
 
 
@@ -605,3 +614,189 @@ def test_cli_and_script_without_pyside(monkeypatch, capsys):
     assert "pip install 'aecompress[gui]'" in capsys.readouterr().err
     res = CliRunner().invoke(app, ["gui"])
     assert isinstance(res.exception, AecError) and "pip install 'aecompress[gui]'" in str(res.exception)
+
+
+# -- what a QA pass found: bad model folders, inputs in the queue, stale results, save names ---------
+
+def hold(queue: WorkQueue) -> threading.Event:
+    """Occupy a one-thread work queue until the returned event is set: jobs submitted meanwhile wait."""
+    gate = threading.Event()
+    queue.submit(lambda token, emit: gate.wait(WAIT / 1000), name="hold")
+    return gate
+
+
+def test_malformed_model_folder_is_refused_and_added_folders_can_be_removed(qtbot, window, blur_denoiser, tmp_path):
+    import json
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"format": "aecompress-model/1", "name": "lg", "kind": "codec",
+                                                    "graphs": ["a.onnx"]}))
+    window.add_model_folder(bad)
+    assert "malformed manifest" in window.banner.text and window.settings.extra_models == []
+    assert "lg" not in [window.compress.model.itemText(i) for i in range(window.compress.model.count())]
+    missing = tmp_path / "missing-graph"
+    missing.mkdir()
+    (missing / "manifest.json").write_text(json.dumps({"format": "aecompress-model/1", "name": "mg", "kind": "denoiser",
+                                                        "graphs": {"denoise": "denoise.onnx"}}))
+    window.add_model_folder(missing)
+    assert "denoise.onnx is missing" in window.banner.text and window.settings.extra_models == []
+    # a good folder is added, then removed again (File > Remove added model folder)
+    assert not window.remove_models_action.isEnabled()
+    window.add_model_folder(blur_denoiser)
+    assert window.denoise.model.key() == str(blur_denoiser.resolve()) and window.remove_models_action.isEnabled()
+    window.remove_model_folder()
+    assert window.settings.extra_models == [] and window.runtime.extra_folders == []
+    assert window.denoise.model.key() != str(blur_denoiser.resolve())
+    assert not window.remove_models_action.isEnabled()
+
+
+def test_batch_never_writes_over_a_file_of_the_queue(qtbot, window, crops, tmp_path):
+    d = tmp_path / "pair"
+    d.mkdir()
+    png = d / "cat.png"
+    png.write_bytes(crops[0].read_bytes())
+    aez = d / "cat.aez"
+    encode_file(crops[1], aez, open_codec("photo", "cpu", 2))
+    before = {p: p.read_bytes() for p in (png, aez)}
+    tab = window.batch
+    tab.skip.setChecked(False)
+    tab.add_paths([png, aez])                  # cat.png -> cat.aez and cat.aez -> cat.png: each the other's input
+    tab.start()                                # (no overwrite question: nothing that may be replaced exists)
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [FAILED, FAILED]
+    assert all("inputs are never overwritten" in it.message for it in tab.items)
+    assert {p: p.read_bytes() for p in (png, aez)} == before
+
+
+def test_results_being_replaced_are_not_saved(qtbot, window, crops, blur_denoiser, tmp_path):
+    # compress: moving the quality makes the result on screen stale until the new one arrives
+    tab = window.compress
+    tab.open_path(crops[0])
+    first = wait_result(qtbot, tab)
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    gate = hold(window.work)
+    tab.quality.setValue(10 if tab.quality.value() > 50 else 90)
+    assert not tab.save_aez_btn.isEnabled() and not tab.save_img_btn.isEnabled()
+    assert tab.save_aez(tmp_path / "stale.aez") is None and not (tmp_path / "stale.aez").exists()
+    gate.set()
+    second = wait_result(qtbot, tab, first)
+    assert tab.save_aez_btn.isEnabled() and len(second.data) != len(first.data)
+    # denoise: Strength moved while the model runs is applied to the result when it arrives
+    window.add_model_folder(blur_denoiser)
+    den = window.denoise
+    clean = smooth_image(64, 80, seed=3, channels=3)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    src = tmp_path / "noisy.png"
+    Image.fromarray(noisy).save(src)
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    gate = hold(window.work)
+    den.open_path(src)
+    den.strength.setValue(30)
+    qtbot.wait(300)                            # the blend timer fires while nothing is finished yet
+    gate.set()
+    qtbot.waitUntil(lambda: den.result is not None and den.result.strength == 0.3 and not window.work.busy,
+                    timeout=WAIT)
+    from gui.denoise_tab import blend
+    np.testing.assert_array_equal(den.result.shown, blend(noisy, den.result.output, 0.3))
+    out = den.save_image(tmp_path / "den.png")
+    qtbot.waitUntil(lambda: out.exists() and not window.work.busy, timeout=WAIT)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), den.result.shown)
+
+
+def test_denoise_tab_saves_like_the_cli(qtbot, window, blur_denoiser, tmp_path):
+    rgb = smooth_image(48, 64, seed=4, channels=3)
+    src = tmp_path / "pal.png"
+    Image.fromarray(rgb).quantize(32).save(src)
+    window.add_model_folder(blur_denoiser)
+    window.tabs.setCurrentWidget(window.denoise)
+    window.denoise.open_path(src)
+    qtbot.waitUntil(lambda: window.denoise.result is not None and not window.work.busy, timeout=WAIT)
+    out = window.denoise.save_image(tmp_path / "pal.denoised.png")
+    qtbot.waitUntil(lambda: out.exists() and not window.work.busy, timeout=WAIT)
+    from aecompress.batch import denoise_file
+    cli = denoise_file(src, tmp_path / "cli.png", window.runtime.denoiser(str(blur_denoiser.resolve())))
+    assert cli is not None
+    with Image.open(out) as a, Image.open(tmp_path / "cli.png") as b:
+        assert a.mode == b.mode == "P"
+        np.testing.assert_array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def test_compare_from_a_previous_file_is_dropped(qtbot, window, crops, tmp_path):
+    codec = open_codec("photo", "cpu", 2)
+    files = []
+    for k in (0, 1):
+        f = tmp_path / f"f{k}.aez"
+        encode_file(crops[k], f, codec)
+        files.append(f)
+    tab = window.decompress
+    tab.open_path(files[0])
+    qtbot.waitUntil(lambda: tab.decoded is not None and not window.work.busy, timeout=WAIT)
+    gate = hold(window.work)
+    tab.compare_with(crops[0])
+    tab.open_path(files[1])                    # before the comparison is done
+    gate.set()
+    qtbot.waitUntil(lambda: tab.decoded is not None and tab.decoded.path == files[1] and not window.work.busy,
+                    timeout=WAIT)
+    assert tab.metrics.text("psnr") in ("", "\u2013") and tab.panel.view.after is None
+
+
+def test_file_from_an_added_model_decodes_once_its_folder_is_added(qtbot, window, crops, tmp_path):
+    import json
+    import shutil
+    from aecompress.package import find_package_dir
+    pkg = tmp_path / "photo-copy"
+    shutil.copytree(find_package_dir("photo"), pkg)
+    man = json.loads((pkg / "manifest.json").read_text())
+    man["name"] = "photo-copy"                 # a coding field: another model id
+    (pkg / "manifest.json").write_text(json.dumps(man))
+    from aecompress.package import load_package
+    from aecompress.codec import Codec
+    f = tmp_path / "x.aez"
+    encode_file(crops[0], f, Codec(load_package(pkg, "cpu", 2)))
+    tab = window.decompress
+    tab.open_path(f)
+    qtbot.waitUntil(lambda: "no installed model package" in window.banner.text, timeout=WAIT)
+    assert "Add model folder" in window.banner.text and "-m" not in window.banner.text
+    window.add_model_folder(pkg)               # the failed file is decoded at once
+    qtbot.waitUntil(lambda: tab.decoded is not None and not window.work.busy, timeout=WAIT)
+    assert tab.decoded.model == "photo-copy" and tab.grid.text("model") == "photo-copy"
+    assert tab.grid.text("quality") != "" and not tab.grid.text("quality").startswith("level")
+
+
+def test_save_dialog_names_without_extension(qtbot, window, crops, tmp_path, monkeypatch):
+    tab = window.compress
+    tab.open_path(crops[0])
+    wait_result(qtbot, tab)
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"the user's picture")
+    answers = []
+    monkeypatch.setattr("gui.widgets.QFileDialog.getSaveFileName", lambda *a, **k: (str(tmp_path / "keep"), ""))
+    monkeypatch.setattr("gui.widgets.QMessageBox.question",
+                        lambda *a, **k: answers.append(a[2]) or QMessageBox.StandardButton.No)
+    assert tab.save_image() is None                       # asked about keep.png, and told no
+    assert answers and "keep.png" in answers[0] and keep.read_bytes() == b"the user's picture"
+    monkeypatch.setattr("gui.widgets.QFileDialog.getSaveFileName", lambda *a, **k: (str(tmp_path / "packed"), ""))
+    out = tab.save_aez()
+    assert out == tmp_path / "packed.aez"
+    qtbot.waitUntil(lambda: out.exists() and not window.work.busy, timeout=WAIT)
+    assert container.read_header(out.read_bytes()).width == 128
+
+
+def test_target_search_and_decode_can_be_cancelled(crops, tmp_path):
+    codec = open_codec("photo", "cpu", 2)
+    pic = read_image(crops[0])
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_picture(pic, codec, target_bpp=0.3, check=check)
+    assert len(calls) == 4
+    data = encode_picture(pic, codec).data
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        decode_bytes(data, device="cpu", check=lambda: (_ for _ in ()).throw(KeyboardInterrupt))
