@@ -800,3 +800,19 @@ def test_target_search_and_decode_can_be_cancelled(crops, tmp_path):
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
         decode_bytes(data, device="cpu", check=lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+
+
+def test_noise_level_typed_or_stepped_reruns_the_model(qtbot, window, blur_denoiser, tmp_path):
+    src = tmp_path / "n.png"
+    Image.fromarray(smooth_image(48, 64, seed=2, channels=3)).save(src)
+    window.add_model_folder(blur_denoiser)
+    tab = window.denoise
+    tab.auto.setChecked(False)
+    tab.open_path(src)
+    qtbot.waitUntil(lambda: tab.result is not None and not window.work.busy, timeout=WAIT)
+    first = tab.result
+    tab.sigma_spin.stepBy(3)                   # the spin box's arrow (or a key): no slider release, no Enter
+    qtbot.waitUntil(lambda: tab.result is not first and tab.result is not None and not window.work.busy,
+                    timeout=WAIT)
+    assert tab.result.info["sigma"] == first.info["sigma"] + 3
+    assert "not used by this blind model" in tab.grid.text("noise")
