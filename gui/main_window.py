@@ -7,12 +7,13 @@ Denoise when that tab is showing), several files to the Batch queue.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
-                               QMessageBox, QProgressBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+                               QMessageBox, QProgressBar, QSpinBox, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
 from aecompress import __version__ as VERSION
 from aecompress.errors import AecError
@@ -73,7 +74,8 @@ class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, runtime: Runtime | None = None):
         super().__init__()
         self.settings = settings or Settings()
-        self.runtime = runtime or Runtime(self.settings.device, self.settings.extra_models)
+        self.runtime = runtime or Runtime(self.settings.device, self.settings.extra_models,
+                                          self.settings.threads or None)
         self.work = WorkQueue(self, threads=1)           # interactive work, one step at a time
         self.batch_work = WorkQueue(self, threads=1)     # the batch queue, beside it
         self.setWindowTitle("aecompress")
@@ -133,12 +135,20 @@ class MainWindow(QMainWindow):
         self.device.setCurrentIndex(max(self.device.findData(self.runtime.device), 0))
         self.device.setToolTip("Where models run: Auto uses CUDA when it works, else the CPU")
         self.device.currentIndexChanged.connect(lambda _i: self.set_device(self.device.currentData()))
+        self.threads = QSpinBox(self)
+        self.threads.setRange(0, max(os.cpu_count() or 1, 1) * 2)
+        self.threads.setSpecialValueText("auto")
+        self.threads.setValue(self.runtime.threads or 0)
+        self.threads.setToolTip("CPU threads per model (aecompress --threads N); auto: onnxruntime's default")
+        self.threads.valueChanged.connect(self.set_threads)
         self.provider = QLabel("Provider: \u2013", self)
         self.provider.setObjectName("provider")
         self.provider.setToolTip("The ONNX Runtime execution provider that really ran the last model")
         sb.addPermanentWidget(self.busy_bar)
         sb.addPermanentWidget(QLabel("Device:", self))
         sb.addPermanentWidget(self.device)
+        sb.addPermanentWidget(QLabel("Threads:", self))
+        sb.addPermanentWidget(self.threads)
         sb.addPermanentWidget(self.provider)
 
     def _build_menus(self) -> None:
@@ -210,6 +220,16 @@ class MainWindow(QMainWindow):
         self.runtime.set_device(device)
         self.settings.device = device
         self.provider.setText("Provider: \u2013")
+        self.compress.reload()
+        if self.denoise.source is not None:
+            self.denoise.run()
+
+    def set_threads(self, n: int) -> None:
+        """CPU threads per model from now on (0: onnxruntime's default); the images on screen are redone."""
+        if (n or None) == self.runtime.threads:
+            return
+        self.runtime.set_threads(n or None)
+        self.settings.threads = n
         self.compress.reload()
         if self.denoise.source is not None:
             self.denoise.run()

@@ -105,6 +105,13 @@ class Runtime:
                 continue
         return out
 
+    def set_threads(self, threads: int | None) -> None:
+        """CPU threads per model from now on (None: onnxruntime's default); models are reopened."""
+        with self._lock:
+            self.threads = threads or None
+            self._codecs.clear()
+            self._packages.clear()
+
     def set_device(self, device: str) -> None:
         if device not in DEVICES:
             raise AecError(f"unknown device '{device}'")

@@ -135,6 +135,15 @@ class Settings:
     def device(self, v: str) -> None:
         self._set("runtime/device", v)
 
+    @property
+    def threads(self) -> int:
+        """CPU threads per model (aecompress --threads); 0: onnxruntime's default."""
+        return min(max(self._get("runtime/threads", 0, int), 0), 256)
+
+    @threads.setter
+    def threads(self, v: int) -> None:
+        self._set("runtime/threads", int(v))
+
     # denoising
     @property
     def denoise_auto(self) -> bool:

@@ -507,6 +507,8 @@ def test_settings_persist_between_runs(qtbot, settings, crops):
     win.compress.rate_mode.setCurrentIndex(2)
     win.denoise.strength.setValue(70)
     win.batch.action.setCurrentIndex(1)
+    win.threads.setValue(1)                                  # CPU threads per model (--threads)
+    assert win.runtime.threads == 1 and win.runtime.codec("photo").pkg.threads == 1
     win.close()
     again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
     assert again.quality == 42 and again.device == "cpu" and again.skip_existing is False
@@ -520,7 +522,14 @@ def test_settings_persist_between_runs(qtbot, settings, crops):
     assert win2.compress.bpp.value() == 0.8 and win2.compress.rate_stack.currentIndex() == 2
     assert win2.denoise.strength.value() == 70 and win2.denoise.strength_label.text() == "70%"
     assert win2.batch.action.currentIndex() == 1
+    assert again.threads == 1
     win2.close()
+    win3 = MainWindow(again)                                 # the runtime the app makes itself
+    qtbot.addWidget(win3)
+    assert win3.runtime.threads == 1 and win3.threads.value() == 1
+    win3.threads.setValue(0)
+    assert win3.runtime.threads is None and win3.threads.text() == "auto"
+    win3.close()
 
 
 def test_work_runs_off_the_ui_thread_and_can_be_cancelled(qtbot):
