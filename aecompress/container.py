@@ -1,7 +1,8 @@
 """The .aez container: a compact header, the coded payload, a CRC-32 trailer.
 
-See docs/aez-format.md for the byte layout. The header is small (17 bytes for a photo) because a
-28x28 digit codes into a couple of dozen bytes and the file size is what bpp is measured on.
+See docs/aez-format.md for the byte layout. The header is small (19 bytes for a photo, 17 for a
+28x28 digit, before the stream length and the 4-byte CRC) because a digit codes into a couple of
+dozen bytes and the file size is what bpp is measured on.
 Reading validates everything before any decoding starts, so a damaged or truncated file fails with
 one clear message.
 """

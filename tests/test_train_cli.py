@@ -394,8 +394,20 @@ def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     assert m["kind"] == "denoiser" and m["name"] == "dn" and m["training"]["steps"] == 4
     assert str(tmp_path / "imgs") in m["training"]["data"] and "torch thread" in m["training"]["hardware"]
     assert m["measured"]["images"] == 3 and "psnr_sigma25" in m["measured"]
+    assert m["measured"]["set"].startswith("3 training photos of ") and "no --val" in m["measured"]["set"]
+    assert "cores" in m["training"]["hardware"] and "torch 2." in m["training"]["hardware"]
     r = run("denoise", str(tmp_path / "imgs" / "0.png"), "-m", str(out), "-o", str(tmp_path / "clean.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "clean.png").size == (72, 72)
     r = run("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "x"), "--crop", "60")
     assert r.returncode == 1 and "multiple of 8" in r.stderr
+
+
+def test_a_diverging_conv_run_is_one_line(tmp_path):
+    imgs = tmp_path / "imgs"
+    random_images(imgs, seed=3)
+    r = run("train", "conv", "--data", str(imgs), "--out", str(tmp_path / "pk"), "--steps", "3", "--batch", "1",
+            "--crop", "64", "--n", "8", "--m", "8", "--lr", "1e12", "--threads", "1", "--quiet")
+    assert r.returncode == 1 and "loss became nan" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "pk").exists()

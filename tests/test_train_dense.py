@@ -262,6 +262,8 @@ def test_export_package_codes_digits(digits500, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["codec"] == "factorized" and m["input_size"] == [28, 28] and m["latent_shape"] == [8]
     assert m["measured"]["mean_file_bytes"] < 60
+    hw = m["training"]["hardware"]                  # one wording for every kind (aecompress.train.hardware)
+    assert hw.startswith("CPU; ") and "cores" in hw and "torch thread(s)" in hw and "; torch 2." in hw
     codec = Codec(load_package(out))
     im = r.val_images[0]
     data, st = codec.code(codec.analyse(im), 0, "L")

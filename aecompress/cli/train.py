@@ -86,12 +86,14 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in OUT.work/"),
-    init: Optional[Path] = typer.Option(None, "--init", help="conv: fine-tune from this checkpoint's or model "
+    init: Optional[Path] = typer.Option(None, "--init", help="conv, denoise: fine-tune from this checkpoint's or model "
                                                              "package's weights (a folder or an installed name, "
                                                              "e.g. photo; fresh optimizer and schedule)"),
-    device: str = typer.Option("auto", "--device", help="conv: auto (CUDA when torch sees a GPU), cpu or cuda"),
+    device: str = typer.Option("auto", "--device", help="conv, denoise: auto (CUDA when torch sees a GPU), cpu or cuda"),
     checkpoint_every: Optional[int] = typer.Option(None, min=1, help="steps between checkpoints (conv 250, dense 500)"),
-    val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data)"),
+    val: Optional[Path] = typer.Option(None, help="conv: folder of validation images (default: 5% of --data); "
+                                                  "denoise: photos to measure the package on (default: 4 training "
+                                                  "photos)"),
     val_split: float = typer.Option(0.1, min=0.0, max=0.9, help="dense: share of the images held out for validation"),
     patience: int = typer.Option(10, min=0, help="dense: stop after this many validations without improvement (0: never)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (dense default 1)"),
@@ -102,7 +104,7 @@ def train_cmd(
                                                           "of 8 (default 80)"),
     n: int = typer.Option(64, min=1, help="conv: channels of the transforms"),
     m: int = typer.Option(128, min=1, help="conv: latent channels"),
-    bf16: bool = typer.Option(False, "--bf16", help="conv: bfloat16 mixed precision until the final 15% of the "
+    bf16: bool = typer.Option(False, "--bf16", help="conv, denoise: bfloat16 mixed precision until the final 15% of the "
                                                     "schedule (about 1.8x faster on CPUs with AVX512-BF16)"),
     whole_every: int = typer.Option(5000, min=0, help="conv --init: steps between whole-photo checks against the starting "
                                                "weights (0: at the end only); the best weights are exported"),
@@ -307,7 +309,8 @@ def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resu
         except (ValueError, FloatingPointError) as exc:
             raise AecError(str(exc).splitlines()[0]) from None
         denoiser.export_checkpoint(ckpt, out, name, measure_limit=None if val else 4, force=True,
-                                   val_dir=Path(val) if val else Path(data))
+                                   val_dir=Path(val) if val else Path(data),
+                                   measure_label=None if val else "{n} training photos of {folder} (no --val)")
     log(f"wrote {out}")
 
 

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
 from .fit_conv import device_name, resolve_device
 from .from_package import denoiser_from_package, package_for_init
+from .hardware import describe
 
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -275,7 +275,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
                       "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,
                       "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16,
-                      "loss": loss}, ckpt)
+                      "loss": loss, "torch": torch.__version__}, ckpt)
 
     noise = dict(p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
     batches = None
@@ -336,16 +336,17 @@ def load_checkpoint(path: Path) -> tuple[DenoiseNet, dict]:
 
 
 def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int | None = None,
-                    threads: int | None = None) -> dict:
-    """PSNR of the exported package on val photos: seeded Gaussian noise, blind, plus clean inputs."""
+                    threads: int | None = None, label: str | None = None) -> dict:
+    """PSNR of the exported package on val photos: seeded Gaussian noise, blind, plus clean inputs.
+    label names the set in the result (default: the folder)."""
     from ..denoise import denoise_array
     from ..metrics import psnr
     from ..package import load_package
 
     pkg = load_package(folder, device="cpu", threads=threads)
     vs = load_folder(val_dir, limit=limit)
-    res: dict = {"images": len(vs), "set": str(val_dir.relative_to(DATA.parent)) if DATA.parent in val_dir.parents
-                 else str(val_dir)}
+    where = str(val_dir.relative_to(DATA.parent)) if DATA.parent in val_dir.parents else str(val_dir)
+    res: dict = {"images": len(vs), "set": label.format(n=len(vs), folder=where) if label else where}
     for s in sigmas:
         vals, noisy_vals = [], []
         for k, im in enumerate(vs.images):
@@ -363,7 +364,7 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
 
 def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training: dict | None = None,
                    measure: bool = True, val_dir: Path | None = None, measure_limit: int | None = None,
-                   force: bool = True) -> Path:
+                   force: bool = True, measure_label: str | None = None) -> Path:
     """Write a model package folder (manifest + single-file ONNX graph) atomically, verified against torch."""
     from .export import _write_package_atomically, export_onnx
 
@@ -400,7 +401,8 @@ def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if measure:
-            manifest["measured"] = measure_package(tmp, val_dir or DATA / "val" / "photos", limit=measure_limit)
+            manifest["measured"] = measure_package(tmp, val_dir or DATA / "val" / "photos", limit=measure_limit,
+                                                   label=measure_label)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return _write_package_atomically(out, build)
@@ -424,18 +426,9 @@ def receptive_radius(model: DenoiseNet) -> int:
     return int(max((ys - size // 2).abs().max(), (xs - size // 2).abs().max()))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, measure: bool = True,
-                      measure_limit: int | None = None, force: bool = False, val_dir: Path | None = None) -> Path:
+                      measure_limit: int | None = None, force: bool = False, val_dir: Path | None = None,
+                      measure_label: str | None = None) -> Path:
     """A denoiser checkpoint as a model package at `out` (name: default the folder's), its manifest
     recording what the checkpoint (and the stages it was fine-tuned from) ran: data, steps, time,
     hardware, noise shares, loss and learning rate."""
@@ -451,9 +444,10 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
         "images": state.get("images"),
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
-        "hardware": (f"{state['device']}, batches made by {state.get('workers')} CPU worker processes"
+        "hardware": (describe(state["device"], extra=f"batches made by {state.get('workers')} CPU worker processes",
+                              torch_version=state.get("torch"))
                      if str(state.get("device", "")).startswith("CUDA") else
-                     f"CPU ({_cpu_name()}, {os.cpu_count()} cores), {state.get('threads', 1)} torch thread(s), no GPU"),
+                     describe("CPU", state.get("threads", 1), "no GPU", torch_version=state.get("torch"))),
         "noise": (f"blind: Gaussian sigma U(0,50)/255 ({p_clean:.0%} clean"
                   + (f", {p_low:.0%} sigma U(0,8)" if p_low else "")
                   + f"), 20% Poisson-Gaussian, {p_jpeg:.0%} JPEG q40-95 after noise, 12% greyscale with identical "
@@ -492,7 +486,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
         training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
                               "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
     return export_package(model, out, name or out.name, training, measure=measure, measure_limit=measure_limit,
-                          val_dir=val_dir)
+                          val_dir=val_dir, measure_label=measure_label)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -385,12 +385,8 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
         training.update(stages=stages, steps=sum(s.get("steps") or 0 for s in stages),
                         seconds=sum(s.get("seconds") or 0 for s in stages))
     if "hardware" not in training:
-        import os
-        import platform
+        from .hardware import describe
 
-        threads = tc.get("threads")
-        training["hardware"] = (f"{ck.get('device') or 'CPU'}; {platform.machine()} with {os.cpu_count()} cores"
-                                + (f", {threads} torch thread(s)" if threads else "")
-                                + f"; torch {torch.__version__}")
+        training["hardware"] = describe(ck.get("device"), tc.get("threads"))
     return export_conv_codec(codec, out, name, calib, training, description,
                              ladder_calib=calib if ladder_calib is None else ladder_calib)

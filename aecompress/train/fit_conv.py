@@ -263,7 +263,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and p <= BF16_UNTIL):
                 r = rd_loss(model, x, level)
             if not torch.isfinite(r["loss"]):
-                raise FloatingPointError(f"loss became {float(r['loss'])} at step {step}; lower --lr")
+                raise FloatingPointError(f"loss became {float(r['loss'].detach())} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
             r["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -114,7 +114,8 @@ def main(argv=None) -> None:
     ap.add_argument("package", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", type=Path, required=True, help="folder of training photos")
-    ap.add_argument("--images", type=int, default=150, help="photos used, evenly spread over the sorted folder")
+    ap.add_argument("--images", type=int, default=150, help="photos used: every Nth of the folder sorted by name, N = photos // images "
+                    "(so the sample follows the folder's name order)")
     ap.add_argument("--kappa", type=float, default=KAPPA, help="pseudo-symbols of the model's own tables")
     args = ap.parse_args(argv)
     files = sorted(p for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
