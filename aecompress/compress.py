@@ -299,13 +299,15 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
 
 
 def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bool = False,
-                device: str = "auto", threads: int | None = None) -> dict:
+                device: str = "auto", threads: int | None = None, extra: list[ModelPackage] | None = None,
+                hint: str = MODEL_HINT) -> dict:
+    """Decode one .aez file to an image file (extra and hint as for decode_bytes)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
     data, name = read_input(inp)
     try:
-        pixels, header, codec = decode_bytes(data, pkg, device, threads)
+        pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint)
     except AecError as exc:
         raise type(exc)(f"{name}: {exc}") from None
     if is_stdio(out):

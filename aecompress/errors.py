@@ -19,6 +19,10 @@ class ModelError(AecError):
     exit_code = 4
 
 
+class UnknownModelError(ModelError):
+    """No model package at hand matches the model id a .aez file names."""
+
+
 class Terminated(BaseException):
     """SIGTERM (`kill`), raised in the main thread by the command line's handler so that atomic writes
     remove their temporary files and training saves its checkpoint on the way out (a BaseException,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, UnknownModelError
 from .session import Session, open_session
 
 MANIFEST = "manifest.json"
@@ -136,15 +136,15 @@ def manifest_problem(m: dict) -> str | None:
         return f"unknown kind {kind!r}"
     if not isinstance(m.get("name", ""), str):
         return "name is not a string"
+    def inside(name) -> bool:             # a file name inside the package folder
+        return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
     graphs = m.get("graphs")
-    if not isinstance(graphs, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
-                                               for k, v in graphs.items()):
+    if not isinstance(graphs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in graphs.items()):
         return "graphs is not a table of graph names to file names"
-    if any(Path(v).is_absolute() or ".." in Path(v).parts for v in graphs.values()):
+    if not all(inside(v) for v in graphs.values()):
         return "graph files must lie inside the package folder"
-    tables = m.get("tables")
-    if tables is not None and not (isinstance(tables, str) and tables and not Path(tables).is_absolute()
-                                   and ".." not in Path(tables).parts):
+    if "tables" in m and not inside(m["tables"]):
         return "tables is not a file name inside the package folder"
     channels = m.get("channels", 3)
     if isinstance(channels, bool) or channels not in (1, 3):
@@ -209,4 +209,4 @@ def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device:
                 return ModelPackage(pkg.path, pkg.manifest, device, threads)
         except ModelError:
             continue
-    raise ModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")
+    raise UnknownModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")

@@ -25,7 +25,7 @@ from aecompress.errors import AecError
 from aecompress.fsutil import first_writers
 
 from .compress_tab import IMAGE_FILTER
-from .runtime import Runtime
+from .runtime import APP_MODEL_HINT, Runtime
 from .settings import Settings
 from .workers import WorkQueue
 
@@ -289,6 +289,7 @@ class BatchTab(QWidget):
         o = self.options()
         runtime = self.runtime
         device, threads = runtime.device, runtime.threads
+        extra = runtime.extra_packages()             # .aez files made with a model from an added folder
         plan = [(i, self.items[i].path, self._action(self.items[i])) for i in todo]
         outputs = {i: destination(src, action, folder) for i, src, action in plan}
         # one run never writes two files to one name (a/cat.png and b/cat.jpg into one folder) ...
@@ -338,7 +339,8 @@ class BatchTab(QWidget):
                             msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
                         else:
-                            r = decode_file(src, out, None, force=True, device=device, threads=threads)
+                            r = decode_file(src, out, None, force=True, device=device, threads=threads,
+                                            extra=extra, hint=APP_MODEL_HINT)
                             msg = f"{r['width']}\u00d7{r['height']}, {r['seconds']:.1f} s \u2192 {out.name}"
                         emit((i, DONE, msg, r.get("provider")))
                     except AecError as exc:

@@ -45,6 +45,11 @@ def human_bytes(n: int) -> str:
     return f"{n / 1_000_000:.2f} MB"
 
 
+def size_text(n: int) -> str:
+    """'5.3 kB (5,285 bytes)'; small sizes once: '50 bytes'."""
+    return human_bytes(n) + (f" ({n:,} bytes)" if n >= 1000 else "")
+
+
 @dataclass
 class Source:
     """An image to work on: a file, or pixels pasted from the clipboard (path None)."""
@@ -95,6 +100,7 @@ class Result:
     after: list[QImage]            # pyramids (compare.pyramid), built on the worker
     diff: list[QImage]
     notes: list[str] = field(default_factory=list)
+    rate: tuple = ()               # the CompressTab.rate() it was made for
 
 
 class CompressTab(QWidget):
@@ -219,6 +225,7 @@ class CompressTab(QWidget):
         """Read the image and run the analysis transform (once per image, model and device)."""
         if self.source is None:
             return
+        self._set_stale()                 # the result shown was made with the model or device before
         for j in (self._prep_job, self._enc_job):
             if j is not None:
                 j.cancel()
@@ -265,6 +272,8 @@ class CompressTab(QWidget):
                                                              self.bpp.value(), self.size_kb.value())
         if self.prepared is not None:
             self._set_stale()
+            if self._enc_job is not None:     # its result would be for the value before
+                self._enc_job.cancel()
             self._debounce.start()
 
     def rate(self) -> tuple[str, float]:
@@ -322,7 +331,7 @@ class CompressTab(QWidget):
             ref_m, rec_m = in_mode(p.reference, pic.mode), in_mode(recon, pic.mode)
             res = Result(data, recon, position, codec.position_to_quality(position), psnr(ref_m, rec_m), None,
                          t_enc, t_dec, codec.pkg.provider, pyramid(to_qimage(recon)),
-                         pyramid(difference_image(p.reference, recon)), notes)
+                         pyramid(difference_image(p.reference, recon)), notes, (mode, value))
             emit(("result", res))
             token.check()
             return replace(res, ms_ssim=ms_ssim(ref_m, rec_m, token.check))
@@ -340,11 +349,13 @@ class CompressTab(QWidget):
             self.estimate.setText(f"\u2248 {human_bytes(n)} \u00b7 {n * 8 / (pic.width * pic.height):.3f} bpp")
 
     def _encoded(self, r: Result) -> None:
+        if r.rate != self.rate():             # made for a setting the user has moved away from
+            return
         self.result, self._stale = r, False
         pic = self.prepared.picture
         n, px = len(r.data), pic.width * pic.height
         self.estimate.setText(f"{human_bytes(n)} \u00b7 {n * 8 / px:.3f} bpp")
-        self.grid.set("size", human_bytes(n) + (f" ({n:,} bytes)" if n >= 1000 else ""))
+        self.grid.set("size", size_text(n))
         self.grid.set("bpp", f"{n * 8 / px:.3f}")
         ratio = f"{px * 3 / n:.1f} : 1 vs raw"
         fb = self.source.file_bytes
@@ -373,6 +384,8 @@ class CompressTab(QWidget):
                                 f"PSNR {r.psnr:.2f} dB, MS-SSIM {r.ms_ssim:.4f}")
 
     def _failed(self, message: str) -> None:
+        if self._stale:                       # what is on screen is not what the settings ask for
+            self.result, self._stale = None, False
         self._set_busy("")
         self.errorOccurred.emit(message)
         self._update_buttons()
@@ -394,13 +407,6 @@ class CompressTab(QWidget):
         self.save_img_btn.setEnabled(ok)
 
     # -- saving ----------------------------------------------------------------------------------
-    def _ask(self, title: str, suggested: str, filters: str, suffix: str, accept: tuple[str, ...] = ()) -> Path | None:
-        start = str(Path(self.settings.folder("save")) / suggested)
-        path = ask_save_path(self, title, start, filters, suffix, accept)
-        if path is not None:
-            self.settings.set_folder("save", path)
-        return path
-
     def _current(self) -> bool:
         """Whether the result shown is the one for the current settings (not one being replaced)."""
         if self.result is not None and self._stale:
@@ -413,7 +419,8 @@ class CompressTab(QWidget):
             return None
         if path is None:
             suggested = output_for(Path(self.source.name), None, False, ".aez").name
-            path = self._ask("Save compressed file", suggested, "aecompress files (*.aez)", ".aez", (".aez",))
+            path = ask_save_path(self, self.settings, "Save compressed file", suggested, "aecompress files (*.aez)",
+                                 ".aez", (".aez",))
             if path is None:
                 return None
         path = Path(path)
@@ -427,7 +434,8 @@ class CompressTab(QWidget):
         if not self._current():
             return None
         if path is None:
-            path = self._ask("Save reconstruction", f"{self.source.stem}-compressed.png", IMAGE_FILTER, ".png")
+            path = ask_save_path(self, self.settings, "Save reconstruction", f"{self.source.stem}-compressed.png",
+                                 IMAGE_FILTER, ".png")
             if path is None:
                 return None
         path = Path(path)

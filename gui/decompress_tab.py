@@ -17,13 +17,13 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
 
 from aecompress.compress import decode_bytes, file_info
-from aecompress.errors import AecError
+from aecompress.errors import AecError, UnknownModelError
 from aecompress.imageio import read_image, save_image, to_channels8
 from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_FILTER, human_bytes
-from .runtime import Runtime, provider_text
+from .compress_tab import IMAGE_FILTER, size_text
+from .runtime import APP_MODEL_HINT, Runtime, provider_text
 from .settings import Settings
 from .widgets import ResultGrid, SidePanel, ask_save_path, group, note_label
 from .workers import WorkQueue
@@ -40,9 +40,6 @@ class Decoded:
     model: str
 
 
-MODEL_HINT = "add the folder of the model that made it (File \u203a Add model folder\u2026)"
-
-
 class DecompressTab(QWidget):
     errorOccurred = Signal(str)
     statusMessage = Signal(str)
@@ -55,7 +52,7 @@ class DecompressTab(QWidget):
         self.path: Path | None = None             # the file opened last (decoded or not)
         self._job = None
         self._compare_job = None
-        self._error = False
+        self._unknown_model = False   # the last file failed for want of its model package
         self.panel = ComparePanel(self, ("Decoded", "Original"))
         self.panel.view.placeholder = ("Drop an .aez file here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
@@ -90,7 +87,7 @@ class DecompressTab(QWidget):
         for j in (self._job, self._compare_job):
             if j is not None:
                 j.cancel()
-        self.decoded, self.path, self._error = None, path, False
+        self.decoded, self.path, self._unknown_model = None, path, False
         self.grid.clear()
         self.metrics.clear()
         self.notes.hide()
@@ -108,8 +105,10 @@ class DecompressTab(QWidget):
             t0 = time.perf_counter()
             try:
                 pixels, header, codec = decode_bytes(data, None, runtime.device, runtime.threads, extra=extra,
-                                                     check=token.check, hint=MODEL_HINT)
+                                                     check=token.check, hint=APP_MODEL_HINT)
             except AecError as exc:
+                if isinstance(exc, UnknownModelError):
+                    emit(("unknown model",))          # adding a model folder may fix this one
                 raise type(exc)(f"{path.name}: {exc}") from None
             seconds = time.perf_counter() - t0
             return Decoded(path, info, pixels, pyramid(to_qimage(pixels)), seconds, codec.pkg.provider, codec.pkg.name)
@@ -120,11 +119,13 @@ class DecompressTab(QWidget):
                                      error=self._failed, cancelled=lambda: None)
 
     def _show_info(self, payload) -> None:
+        if payload[0] == "unknown model":
+            self._unknown_model = True
         if payload[0] != "info":
             return
         d = payload[1]
         self.grid.set("file", Path(d["file"]).name)
-        self.grid.set("size", human_bytes(d["bytes"]) + (f" ({d['bytes']:,} bytes)" if d["bytes"] >= 1000 else ""))
+        self.grid.set("size", size_text(d["bytes"]))
         self.grid.set("dims", f"{d['width']} \u00d7 {d['height']}"
                       + (f", coded at {d['resolution']} resolution" if d.get("scale", 1) != 1 else ""))
         self.grid.set("bpp", f"{d['bpp']:.3f}")
@@ -153,7 +154,6 @@ class DecompressTab(QWidget):
 
     def _failed(self, message: str) -> None:
         self.panel.view.set_busy("")
-        self._error = True
         self.errorOccurred.emit(message)
         self._update_buttons()
 
@@ -161,8 +161,8 @@ class DecompressTab(QWidget):
         self.errorOccurred.emit(message)
 
     def retry(self) -> None:
-        """Decode the file that failed again (after a model folder was added)."""
-        if self.decoded is None and self.path is not None and self._error:
+        """Decode again a file that failed for want of its model (after a model folder was added)."""
+        if self.decoded is None and self.path is not None and self._unknown_model:
             self.open_path(self.path)
 
     def _update_buttons(self) -> None:
@@ -209,11 +209,10 @@ class DecompressTab(QWidget):
         if self.decoded is None:
             return None
         if path is None:
-            start = str(Path(self.settings.folder("save")) / (self.decoded.path.stem + ".png"))
-            path = ask_save_path(self, "Save decoded image", start, IMAGE_FILTER, ".png")
+            path = ask_save_path(self, self.settings, "Save decoded image", self.decoded.path.stem + ".png",
+                                 IMAGE_FILTER, ".png")
             if path is None:
                 return None
-            self.settings.set_folder("save", path)
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")

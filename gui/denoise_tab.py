@@ -61,6 +61,7 @@ class DenoiseTab(QWidget):
         self.runtime, self.settings, self.work = runtime, settings, work
         self.source: Source | None = None
         self.result: Denoised | None = None
+        self._stale = False           # the model, ensemble or noise level changed since `result`; a new run is on
         self._job = None
         self._blend_timer = QTimer(self)
         self._blend_timer.setSingleShot(True)
@@ -194,7 +195,7 @@ class DenoiseTab(QWidget):
         self.open_source(Source(name, None, pic))
 
     def open_source(self, src: Source) -> None:
-        self.source, self.result = src, None
+        self.source, self.result, self._stale = src, None, False
         self.grid.clear()
         self.panel.view.set_images(None)
         self.panel.set_pair_controls(False)
@@ -206,6 +207,9 @@ class DenoiseTab(QWidget):
             return
         if self._job is not None:
             self._job.cancel()
+        if self.result is not None:
+            self._stale = True
+            self._update_buttons()
         key = self.model.key()
         if not key:
             self.errorOccurred.emit("no denoiser model is installed: add a model folder "
@@ -243,7 +247,7 @@ class DenoiseTab(QWidget):
             self.grid.set("dims", f"{pic.width} \u00d7 {pic.height}, {pic.mode}{frames}")
 
     def _done(self, r: Denoised) -> None:
-        self.result = r
+        self.result, self._stale = r, False
         info = r.info
         self.panel.view.set_busy("")
         self.panel.view.set_after(r.after, r.diff)
@@ -282,19 +286,32 @@ class DenoiseTab(QWidget):
                 self.panel.view.set_after(r.after, r.diff)
                 self._update_buttons()
 
-        self.work.submit(job, name="blend", done=done, error=self._failed)
+        def failed(message: str) -> None:     # the slider goes back to what is shown (and saved)
+            if self.result is r:
+                self.strength.blockSignals(True)
+                self.strength.setValue(round(r.strength * 100))
+                self.strength.blockSignals(False)
+                self.strength_label.setText(f"{self.strength.value()}%")
+            self.errorOccurred.emit(message)
+
+        self.work.submit(job, name="blend", done=done, error=failed)
 
     def _failed(self, message: str) -> None:
+        if self._stale:                       # what is on screen is not what the settings ask for
+            self.result, self._stale = None, False
         self.panel.view.set_busy("")
         self.errorOccurred.emit(message)
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        self.save_btn.setEnabled(self.result is not None)
+        self.save_btn.setEnabled(self.result is not None and not self._stale)
 
     def _current(self) -> bool:
         """Whether the result shown is mixed at the Strength the slider shows."""
         r = self.result
+        if r is not None and self._stale:
+            self.statusMessage.emit("still denoising with the new settings: save when it is done")
+            return False
         if r is not None and r.strength != self.strength.value() / 100:
             self.statusMessage.emit("still mixing at the new strength: save when it is done")
             return False
@@ -312,11 +329,10 @@ class DenoiseTab(QWidget):
             suffix = self.source.path.suffix if self.source.path is not None else ".png"
             if r.picture.frames > 1:
                 suffix = ".png"
-            start = str(Path(self.settings.folder("save")) / f"{self.source.stem}.denoised{suffix}")
-            path = ask_save_path(self, "Save denoised image", start, IMAGE_FILTER, ".png")
+            path = ask_save_path(self, self.settings, "Save denoised image", f"{self.source.stem}.denoised{suffix}",
+                                 IMAGE_FILTER, ".png")
             if path is None:
                 return None
-            self.settings.set_folder("save", path)
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")

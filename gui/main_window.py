@@ -7,7 +7,6 @@ Denoise when that tab is showing), several files to the Batch queue.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -136,7 +135,8 @@ class MainWindow(QMainWindow):
         self.device.setToolTip("Where models run: Auto uses CUDA when it works, else the CPU")
         self.device.currentIndexChanged.connect(lambda _i: self.set_device(self.device.currentData()))
         self.threads = QSpinBox(self)
-        self.threads.setRange(0, max(os.cpu_count() or 1, 1) * 2)
+        self.threads.setRange(0, 256)
+        self.threads.setKeyboardTracking(False)          # typing "12" sets 12 once, not 1 then 12
         self.threads.setSpecialValueText("auto")
         self.threads.setValue(self.runtime.threads or 0)
         self.threads.setToolTip("CPU threads per model (aecompress --threads N); auto: onnxruntime's default")
@@ -220,6 +220,10 @@ class MainWindow(QMainWindow):
         self.runtime.set_device(device)
         self.settings.device = device
         self.provider.setText("Provider: \u2013")
+        self._runtime_changed()
+
+    def _runtime_changed(self) -> None:
+        """The images on screen are processed again with the models reopened."""
         self.compress.reload()
         if self.denoise.source is not None:
             self.denoise.run()
@@ -230,9 +234,7 @@ class MainWindow(QMainWindow):
             return
         self.runtime.set_threads(n or None)
         self.settings.threads = n
-        self.compress.reload()
-        if self.denoise.source is not None:
-            self.denoise.run()
+        self._runtime_changed()
 
     def about(self) -> None:
         QMessageBox.about(self, "About aecompress",
@@ -246,8 +248,8 @@ class MainWindow(QMainWindow):
         paths = [Path(p) for p in paths]
         files = [p for p in paths if not p.is_dir()]
         for d in (p for p in paths if p.is_dir()):      # a folder stands for its images and .aez files
-            files += sorted(x for x in d.iterdir() if x.is_file() and is_image_name(x.with_suffix(".png")
-                                                                                    if x.suffix.lower() == ".aez" else x))
+            files += sorted(x for x in d.iterdir() if x.is_file() and (
+                is_image_name(x) or (x.suffix.lower() == ".aez" and not x.name.startswith("."))))
         if not files:
             self.show_error("nothing to open: drop image files or .aez files")
             return
@@ -341,6 +343,7 @@ class MainWindow(QMainWindow):
             return
         self.settings.set_folder("models", Path(folder).parent)
         self._models_changed()
+        self.decompress.retry()                   # a file that named a missing model may decode now
         picker = {"codec": self.compress.model, "denoiser": self.denoise.model}.get(entry.kind)
         if picker is not None:
             picker.select(entry.key)
@@ -374,7 +377,6 @@ class MainWindow(QMainWindow):
             picker.refresh()
             if picker.key() != before:            # the chosen model went with its folder
                 picker.modelChanged.emit(picker.key())
-        self.decompress.retry()                   # a file that named a missing model may decode now
 
     # -- closing ---------------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -16,6 +16,9 @@ from aecompress.errors import AecError, ModelError
 from aecompress.package import ModelPackage, installed_packages, load_package
 from aecompress.session import DEVICES
 
+# what an error says to do about a .aez file whose model is not at hand (the CLI says "pass it with -m")
+APP_MODEL_HINT = "add the folder of the model that made it (File \u203a Add model folder\u2026)"
+
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
                   "TensorrtExecutionProvider": "TensorRT", "CoreMLExecutionProvider": "Core ML",
                   "DmlExecutionProvider": "DirectML"}
@@ -107,16 +110,17 @@ class Runtime:
 
     def set_threads(self, threads: int | None) -> None:
         """CPU threads per model from now on (None: onnxruntime's default); models are reopened."""
-        with self._lock:
-            self.threads = threads or None
-            self._codecs.clear()
-            self._packages.clear()
+        self._reopen(threads=threads or None)
 
     def set_device(self, device: str) -> None:
         if device not in DEVICES:
             raise AecError(f"unknown device '{device}'")
+        self._reopen(device=device)
+
+    def _reopen(self, **setting) -> None:
         with self._lock:
-            self.device = device
+            for k, v in setting.items():
+                setattr(self, k, v)
             self._codecs.clear()
             self._packages.clear()
 

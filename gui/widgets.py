@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QGridLayout, QGro
                                QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
 
 from .runtime import Runtime
+from .settings import Settings
 
 ADD_FOLDER = "__add__"
 
@@ -138,16 +139,18 @@ def note_label(text: str = "", parent: QWidget | None = None) -> QLabel:
     return lab
 
 
-def ask_save_path(parent: QWidget, title: str, start: str, filters: str, suffix: str,
+def ask_save_path(parent: QWidget, settings: Settings, title: str, suggested: str, filters: str, suffix: str,
                   accept: tuple[str, ...] = ()) -> Path | None:
-    """Ask where to save; None when the user cancels.
+    """Ask where to save, starting with `suggested` in the folder last saved to; None when the user
+    cancels.
 
     A name typed without an extension (or, with `accept`, with one not in it) gets `suffix`
     appended. The dialog only asked about replacing the name as typed, so when the name changes
     here and that file exists, this asks before anything is replaced."""
-    name, _ = QFileDialog.getSaveFileName(parent, title, start, filters)
+    name, _ = QFileDialog.getSaveFileName(parent, title, str(Path(settings.folder("save")) / suggested), filters)
     if not name:
         return None
+    settings.set_folder("save", name)
     path = Path(name)
     if not path.suffix or (accept and path.suffix.lower() not in accept):
         path = path.with_name(path.name + suffix)

@@ -687,9 +687,19 @@ def test_results_being_replaced_are_not_saved(qtbot, window, crops, blur_denoise
     tab.quality.setValue(10 if tab.quality.value() > 50 else 90)
     assert not tab.save_aez_btn.isEnabled() and not tab.save_img_btn.isEnabled()
     assert tab.save_aez(tmp_path / "stale.aez") is None and not (tmp_path / "stale.aez").exists()
+    tab._encoded(first)                        # a job for the old value finishing now does not count
+    assert tab.result is first and not tab.save_aez_btn.isEnabled()
     gate.set()
     second = wait_result(qtbot, tab, first)
     assert tab.save_aez_btn.isEnabled() and len(second.data) != len(first.data)
+    # another model or device: the result shown was made with the one before
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    gate = hold(window.work)
+    tab.reload()
+    assert not tab.save_aez_btn.isEnabled() and tab.save_aez(tmp_path / "old-model.aez") is None
+    gate.set()
+    wait_result(qtbot, tab, second)
+    qtbot.waitUntil(lambda: tab.save_aez_btn.isEnabled() and not window.work.busy, timeout=WAIT)
     # denoise: Strength moved while the model runs is applied to the result when it arrives
     window.add_model_folder(blur_denoiser)
     den = window.denoise
@@ -710,6 +720,14 @@ def test_results_being_replaced_are_not_saved(qtbot, window, crops, blur_denoise
     out = den.save_image(tmp_path / "den.png")
     qtbot.waitUntil(lambda: out.exists() and not window.work.busy, timeout=WAIT)
     np.testing.assert_array_equal(np.asarray(Image.open(out)), den.result.shown)
+    # another ensemble: the result shown is not saved while the new one is made
+    gate = hold(window.work)
+    done = den.result
+    den.ensemble.setCurrentIndex(den.ensemble.findData(2))
+    assert not den.save_btn.isEnabled() and den.save_image(tmp_path / "stale.png") is None
+    gate.set()
+    qtbot.waitUntil(lambda: den.result is not done and den.result is not None and not window.work.busy, timeout=WAIT)
+    assert den.save_btn.isEnabled() and den.result.info["ensemble"] == 2
 
 
 def test_denoise_tab_saves_like_the_cli(qtbot, window, blur_denoiser, tmp_path):
@@ -770,6 +788,13 @@ def test_file_from_an_added_model_decodes_once_its_folder_is_added(qtbot, window
     qtbot.waitUntil(lambda: tab.decoded is not None and not window.work.busy, timeout=WAIT)
     assert tab.decoded.model == "photo-copy" and tab.grid.text("model") == "photo-copy"
     assert tab.grid.text("quality") != "" and not tab.grid.text("quality").startswith("level")
+    # the batch queue finds it among the added folders too
+    window.batch.add_paths([f])
+    window.batch.out_edit.setText(str(tmp_path / "out"))
+    window.batch.start()
+    qtbot.waitUntil(lambda: not window.batch.running, timeout=WAIT)
+    assert window.batch.items[0].status == DONE, window.batch.items[0].message
+    assert (tmp_path / "out" / "x.png").exists()
 
 
 def test_save_dialog_names_without_extension(qtbot, window, crops, tmp_path, monkeypatch):
@@ -806,7 +831,6 @@ def test_target_search_and_decode_can_be_cancelled(crops, tmp_path):
         encode_picture(pic, codec, target_bpp=0.3, check=check)
     assert len(calls) == 4
     data = encode_picture(pic, codec).data
-    calls.clear()
     with pytest.raises(KeyboardInterrupt):
         decode_bytes(data, device="cpu", check=lambda: (_ for _ in ()).throw(KeyboardInterrupt))
 

@@ -36,7 +36,7 @@ from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
 from .fit_conv import device_name, resolve_device
 from .from_package import denoiser_from_package, package_for_init
-from .hardware import describe
+from .hardware import describe, machine
 
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -275,7 +275,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
                       "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
                       "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,
                       "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16,
-                      "loss": loss, "torch": torch.__version__}, ckpt)
+                      "loss": loss, "machine": machine()}, ckpt)
 
     noise = dict(p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
     batches = None
@@ -445,9 +445,9 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
         "hardware": (describe(state["device"], extra=f"batches made by {state.get('workers')} CPU worker processes",
-                              torch_version=state.get("torch"))
+                              machine=state.get("machine"))
                      if str(state.get("device", "")).startswith("CUDA") else
-                     describe("CPU", state.get("threads", 1), "no GPU", torch_version=state.get("torch"))),
+                     describe("CPU", state.get("threads", 1), "no GPU", machine=state.get("machine"))),
         "noise": (f"blind: Gaussian sigma U(0,50)/255 ({p_clean:.0%} clean"
                   + (f", {p_low:.0%} sigma U(0,8)" if p_low else "")
                   + f"), 20% Poisson-Gaussian, {p_jpeg:.0%} JPEG q40-95 after noise, 12% greyscale with identical "

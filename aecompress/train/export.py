@@ -387,6 +387,6 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
     if "hardware" not in training:
         from .hardware import describe
 
-        training["hardware"] = describe(ck.get("device"), tc.get("threads"))
+        training["hardware"] = describe(ck.get("device"), tc.get("threads"), machine=ck.get("machine"))
     return export_conv_codec(codec, out, name, calib, training, description,
                              ladder_calib=calib if ladder_calib is None else ladder_calib)

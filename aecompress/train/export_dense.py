@@ -118,12 +118,12 @@ def training_summary(result) -> dict:
     """The manifest's "training" block from a fit_dense.DenseResult."""
     from dataclasses import asdict
 
-    from .hardware import describe
+    from .hardware import describe, machine
 
     cfg = result.cfg
     last = result.history[-1] if result.history else {}
     hw = describe(f"CUDA GPU ({torch.cuda.get_device_name(0)})" if result.device == "cuda" else "CPU",
-                  None if result.device == "cuda" else torch.get_num_threads())
+                  None if result.device == "cuda" else torch.get_num_threads(), machine=machine())
     return {"data": str(cfg.data), "images": int(len(result.train_images) + len(result.val_images)),
             "validation_images": int(len(result.val_images)), "skipped": len(result.skipped),
             "steps": int(result.steps), "seconds": round(result.seconds, 1), "hardware": hw, "seed": cfg.seed,

@@ -17,6 +17,7 @@ from ..errors import Terminated
 from .conv import HyperpriorCodec, rd_loss
 from .data import ImageSet, load_folder, random_crops
 from .from_package import codec_from_package, package_for_init
+from .hardware import machine
 
 
 @dataclass
@@ -217,7 +218,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     def save(path: Path = ckpt_path, whole_photos: dict | None = None) -> None:
         _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": asdict(cfg),
                             "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                            "opt": opt.state_dict(), "step": step, "device": device_name(device),
+                            "opt": opt.state_dict(), "step": step, "device": device_name(device), "machine": machine(),
                             "init_package": init_package,
                             "elapsed": time.time() - t0, "history": history,
                             "whole_photos": whole_photos or whole}, path)
