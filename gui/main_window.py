@@ -23,7 +23,7 @@ from .compare import from_qimage
 from .compress_tab import IMAGE_FILTER, CompressTab
 from .decompress_tab import DecompressTab
 from .denoise_tab import DenoiseTab
-from .runtime import Runtime, provider_text
+from .runtime import PROVIDER_NAMES, Runtime
 from .settings import Settings
 from .workers import WorkQueue
 
@@ -210,8 +210,12 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message)
 
     def set_provider(self, provider: str) -> None:
+        """'Provider: CPU' in the status bar (short: the status message needs the room), the exact
+        ONNX Runtime provider in its tooltip and in the tabs' result panels."""
         if provider:
-            self.provider.setText(f"Provider: {provider_text(provider)}")
+            short = PROVIDER_NAMES.get(provider, provider)
+            self.provider.setText(f"Provider: {short}")
+            self.provider.setToolTip(f"The ONNX Runtime execution provider that ran the last model: {provider}")
 
     def set_device(self, device: str) -> None:
         """Run models on another device from now on; the images on screen are processed again."""

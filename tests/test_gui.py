@@ -144,7 +144,7 @@ def test_drop_image_compresses_and_reports(qtbot, window, cat_png, tmp_path, sho
     assert "dB" in g.text("psnr") and g.text("msssim").startswith("0.")
     assert "vs raw" in g.text("ratio") and "PNG" in g.text("ratio")
     assert "CPUExecutionProvider" in g.text("provider")
-    assert "CPUExecutionProvider" in window.provider.text()
+    assert window.provider.text() == "Provider: CPU" and "CPUExecutionProvider" in window.provider.toolTip()
     view = window.compress.panel.view
     assert view.before is not None and view.after is not None
     assert (view.before.width(), view.before.height()) == (w, h)
@@ -590,7 +590,7 @@ def test_cuda_not_available_is_a_message(qtbot, window, crops):
     window.device.setCurrentIndex(window.device.findData("cpu"))     # and back: it works again
     window.open_paths([crops[0]])
     wait_result(qtbot, window.compress)
-    assert "CPUExecutionProvider" in window.provider.text()
+    assert window.provider.text() == "Provider: CPU" and "CPUExecutionProvider" in window.provider.toolTip()
 
 
 def test_many_qt_calls_do_not_exhaust_none(qtbot):
@@ -849,3 +849,25 @@ def test_noise_level_typed_or_stepped_reruns_the_model(qtbot, window, blur_denoi
                     timeout=WAIT)
     assert tab.result.info["sigma"] == first.info["sigma"] + 3
     assert "not used by this blind model" in tab.grid.text("noise")
+
+
+def test_short_window_scrolls_the_side_panel_instead_of_hiding_lines(qtbot, settings, cat_png, shots):
+    create_app()
+    win = MainWindow(settings, Runtime("cpu", threads=2))
+    qtbot.addWidget(win)
+    win.show()
+    win.resize(600, 500)                         # below the minimum width: 684 x 500
+    win.compress.open_path(cat_png)
+    r = wait_result(qtbot, win.compress)
+    qtbot.waitUntil(lambda: r.ms_ssim is not None or win.compress.result.ms_ssim is not None, timeout=WAIT)
+    qtbot.wait(50)
+    grid = win.compress.grid
+    for key in ("ratio", "time"):                # two lines each: vs raw / vs the PNG; encode / decode
+        v = grid.values[key]
+        assert "\n" in v.text() and v.height() >= v.heightForWidth(v.width()) > v.fontMetrics().height() * 1.5
+    side = grid.parentWidget()
+    while type(side).__name__ != "SidePanel":
+        side = side.parentWidget()
+    assert side.verticalScrollBar().maximum() > 0
+    shots(win, "compress-short-window")
+    win.close()
