@@ -12,19 +12,19 @@ session), and reports every finished job to a progress callback. Semantics share
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError
-from .fsutil import first_writers
+from .fsutil import first_writers, interrupts_deferred
 from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -161,6 +161,20 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
                 jobs.append(Job(f, root_out / rel, rel))
         else:
             raise AecError(f"{p} is not a file or folder")
+    # an input given twice (`sub` and `./sub/`) is one job; outputs that would replace their inputs
+    # (-o naming the input folder) are refused once, here, rather than once per file
+    seen: set[tuple[Path, Path]] = set()
+    unique = []
+    for j in jobs:
+        key = (j.src.resolve(), j.dst.resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(j)
+    jobs = unique
+    over = [j for j in jobs if j.src.resolve() == j.dst.resolve()]
+    if over:
+        raise AecError(f"the outputs of {len(over)} input(s) would replace the inputs themselves "
+                       f"({over[0].src}): choose another -o")
     if ref is not None:
         for j in jobs:
             j.ref = _find_reference(ref, j.rel)
@@ -223,8 +237,10 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
 
 def _remove_stale_parts(dst: Path) -> None:
     """Temporary files a killed run left for this output (only called when we are about to write it)."""
+    from .fsutil import part_prefix
+
     if dst.parent.is_dir():
-        for p in dst.parent.glob(f".{dst.name}.*.part"):
+        for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "*.part"):
             try:
                 p.unlink()
             except OSError:
@@ -232,20 +248,6 @@ def _remove_stale_parts(dst: Path) -> None:
 
 
 # ---------------------------------------------------------------- engines
-
-@contextmanager
-def _interrupts_held():
-    """SIGINT and SIGTERM ignored for the duration (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
 
 def _as_cancel(cancel) -> Callable[[], bool]:
     if cancel is None:
@@ -387,7 +389,7 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             f.cancel()
         # the workers stop at their next tile; a second Ctrl-C must not end the process while they
         # are inside onnxruntime (it aborts: "terminate called without an active exception")
-        with _interrupts_held():
+        with interrupts_deferred():
             pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -455,10 +457,23 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=jobs, **kwargs)
+        # Ray installs its own SIGTERM handler (and a native one that dumps a stack): ours come back
+        # after init, so `kill` stops a Ray batch as it stops a local one
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=jobs, **kwargs)
+        except BaseException:
+            with interrupts_deferred():         # interrupted while starting: stop what was started
+                ray.shutdown()
+            raise
+        finally:
+            for s, h in handlers.items():
+                if h is not None:
+                    signal.signal(s, h)
         started = True
     try:
         name, files = _package_files(model)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -74,22 +77,60 @@ def _describe(exc: OSError, path: Path) -> str:
 
 
 @contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the body runs and deliver them when it ends, so that a second
+    Ctrl-C or `kill` cannot cut a cleanup short (main thread only: elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            signal.raise_signal(pending[0])       # now handled as usual (KeyboardInterrupt, exit 143, ...)
+
+
+NAME_MAX = 255          # bytes in one file name on the usual file systems
+
+
+def part_prefix(path: Path) -> str:
+    """The start of the temporary files' names for `path`: `.NAME.`, or for a name too long to take
+    the 15 extra bytes, its first bytes and a hash of the whole (batch resumes find both kinds)."""
+    name = Path(path).name
+    if len(os.fsencode(name)) + 15 <= NAME_MAX:
+        return f".{name}."
+    short = os.fsencode(name)[:NAME_MAX - 40].decode(errors="ignore")
+    return f".{short}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:10]}."
+
+
+@contextmanager
 def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target folder; on success it replaces `path` in one rename.
 
-    On any failure (exception, Ctrl-C, full disk) the temporary file is removed and `path` is untouched.
+    On any failure (exception, Ctrl-C, full disk) the temporary file is removed and `path` is
+    untouched; making the temporary file and removing it are not interrupted by a further signal.
     """
     path = Path(path)
     check_writable(path, force)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise AecError(_describe(exc, path)) from None
+    with interrupts_deferred():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part", dir=path.parent)
+            os.close(fd)
+            chmod_as_created(Path(tmp))
+        except OSError as exc:
+            raise AecError(_describe(exc, path)) from None
     tmp_path = Path(tmp)
     try:
-        chmod_as_created(tmp_path)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -99,11 +140,12 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise AecError(_describe(exc, path)) from None
     finally:
-        if tmp_path.exists():
-            try:
-                tmp_path.unlink()
-            except OSError:
-                pass
+        with interrupts_deferred():
+            if tmp_path.exists():
+                try:
+                    tmp_path.unlink()
+                except OSError:
+                    pass
 
 
 def write_bytes_atomic(path: Path, data: bytes, force: bool = False) -> None:

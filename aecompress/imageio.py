@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import AecError
-from .fsutil import atomic_output
+from .fsutil import check_writable, write_bytes_atomic
 
 MAX_PIXELS = 400_000_000       # refuse anything larger (about 20000 x 20000)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
@@ -275,20 +275,21 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     fmt = format or Image.EXTENSION.get(path.suffix.lower()) or Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
-    im, kwargs = _prepared(pixels, fmt, mode, exif, icc, quality, png_level, source)
-    with atomic_output(path, force) as tmp:
-        try:
-            im.save(tmp, format=fmt, **kwargs)
-        except OSError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise AecError(f"{path}: cannot save as {fmt} ({exc})") from None
+    check_writable(path, force)
+    try:
+        data = image_bytes(pixels, fmt, mode, quality, png_level, exif, icc, source)
+    except Exception as exc:  # noqa: BLE001
+        raise AecError(f"{path}: cannot save as {fmt} ({exc})") from None
+    # encoded in memory, then written and synced by our own writer: Pillow's JPEG encoder, writing to a
+    # file on a full disk, can return normally with the file cut short (seen with Pillow 13)
+    write_bytes_atomic(path, data, force)
 
 
 def image_bytes(pixels: np.ndarray, format: str = "PNG", mode: str | None = None, quality: int = 95,
-                png_level: int = 1) -> bytes:
-    """The image file save_image would write, in memory (for standard output)."""
-    im, kwargs = _prepared(pixels, format, mode, None, None, quality, png_level)
+                png_level: int = 1, exif: bytes | None = None, icc: bytes | None = None,
+                source: dict | None = None) -> bytes:
+    """The image file save_image writes, in memory (also for standard output)."""
+    im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
     buf = io.BytesIO()
     im.save(buf, format=format, **kwargs)
     return buf.getvalue()

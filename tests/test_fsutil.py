@@ -51,3 +51,59 @@ def test_standard_streams_refuse_a_terminal(monkeypatch):
         write_stdout(b"AEZ...")
     with pytest.raises(AecError, match="terminal"):
         read_stdin()
+
+
+def test_a_second_interrupt_does_not_cut_the_cleanup_short(tmp_path, monkeypatch):
+    """Ctrl-C while writing, then another Ctrl-C while the temporary file is being removed: the
+    second one waits until the file is gone (it used to leave a .part behind)."""
+    import signal
+
+    import aecompress.fsutil as fsutil
+
+    real_unlink = Path.unlink
+    seen = []
+
+    def unlink(self, *a, **k):                 # the second Ctrl-C lands during the removal
+        signal.raise_signal(signal.SIGINT)
+        seen.append(self.name)
+        return real_unlink(self, *a, **k)
+
+    monkeypatch.setattr(fsutil.Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt            # the first Ctrl-C
+    assert seen and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_long_names_get_short_temporary_names(tmp_path):
+    """A 250-byte name is legal; its temporary file must not need 15 bytes more."""
+    from aecompress.fsutil import part_prefix
+
+    name = "x" * 246 + ".png"
+    write_bytes_atomic(tmp_path / name, b"data")
+    assert (tmp_path / name).read_bytes() == b"data"
+    assert len(os.fsencode(part_prefix(tmp_path / name))) + 13 <= 255
+    uni = "\u0436" * 120 + ".png"                  # 244 bytes of Cyrillic
+    write_bytes_atomic(tmp_path / uni, b"d")
+    assert [p.name for p in tmp_path.iterdir()] and (tmp_path / uni).exists()
+
+
+def test_save_image_writes_through_the_checked_writer(tmp_path, monkeypatch):
+    """Images are encoded in memory and written by write_bytes_atomic: a full disk is an error and
+    leaves nothing (Pillow's JPEG encoder writing to a full disk could return as if all was well)."""
+    import errno
+
+    import numpy as np
+
+    import aecompress.fsutil as fsutil
+    from aecompress.imageio import save_image
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    with pytest.raises(AecError, match="no space left"):
+        save_image(tmp_path / "a.jpg", np.zeros((16, 16, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []

@@ -29,6 +29,7 @@ def main() -> None:
     import signal
 
     from ..errors import AecError, Terminated
+    from .common import ignore_interrupts
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -37,12 +38,16 @@ def main() -> None:
         print(f"aecompress: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Terminated:
+        ignore_interrupts()
         print("aecompress: terminated; no partial output was left", file=sys.stderr)
         sys.exit(143)
     except KeyboardInterrupt:
+        ignore_interrupts()
         print("aecompress: interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:
+        if exc.code in (130, 143):
+            ignore_interrupts()
         # Typer turns Ctrl-C into a silent exit 130 (its Exit raised *from* the KeyboardInterrupt);
         # say what happened, as for `kill` (commands that report an interrupt themselves raise Exit
         # without a cause)

@@ -79,3 +79,15 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
         print(f"{len(items) - failed} done, {failed} failed", file=sys.stderr)
         raise typer.Exit(1)
     return results
+
+
+def ignore_interrupts() -> None:
+    """On the way out after Ctrl-C or `kill`: a further signal must not turn a clean exit into a
+    traceback or a death by signal (the interpreter's shutdown still waits for threads)."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass

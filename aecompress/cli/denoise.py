@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, threads_option
+from .common import device_option, ignore_interrupts, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -87,6 +87,7 @@ def denoise(
         print(f"aecompress: warning: ... and {len(missing) - 5} more images without a reference", file=sys.stderr)
     single = len(job_list) == 1
     bar = task = None
+    todo = len(job_list)
     if not single and not quiet and sys.stderr.isatty():     # single files skip the progress machinery
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -95,13 +96,16 @@ def denoise(
         bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
                        console=Console(stderr=True, highlight=False), transient=True)
-        task = bar.add_task("denoise", total=len(job_list), rate="")
+        todo = sum(not (skip_existing and j.dst.exists()) for j in job_list)
+        task = bar.add_task("denoise", total=todo, rate="")    # files to skip are not work: not in the total
 
     def say(text: str, err: bool = False) -> None:
         if bar is not None:
             bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+    skipped = [0]
 
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
@@ -115,14 +119,19 @@ def denoise(
         elif not quiet:
             say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
         if bar is not None:
-            n = len(summary.results)
-            rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 else ""
-            bar.update(task, completed=n, rate=rate)
+            # skipped files leave the bar's total: its rate and time left are those of real work
+            skipped[0] += r.status == "skipped"
+            n = len(summary.results) - skipped[0]
+            rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 and n else ""
+            unforeseen = max(0, skipped[0] - (len(job_list) - todo))    # outputs that appeared since
+            bar.update(task, total=todo - unforeseen, completed=n, rate=rate)
 
     cancel = threading.Event()
     old_term = None
+    terminated = []
     if threading.current_thread() is threading.main_thread():
-        def _on_term(signum, frame):                    # `kill` behaves like Ctrl-C: no partial files
+        def _on_term(signum, frame):                    # `kill` stops the batch as Ctrl-C does: no partial files
+            terminated.append(signum)
             raise KeyboardInterrupt
         old_term = signal.signal(signal.SIGTERM, _on_term)
     try:
@@ -137,9 +146,10 @@ def denoise(
                 bar.stop()
     except KeyboardInterrupt:
         cancel.set()
-        print("aecompress: interrupted; no partial files were left; rerun with --skip-existing to resume",
-              file=sys.stderr)
-        raise typer.Exit(130)
+        ignore_interrupts()
+        print(f"aecompress: {'terminated' if terminated else 'interrupted'}; no partial files were left; "
+              "rerun with --skip-existing to resume", file=sys.stderr)
+        raise typer.Exit(143 if terminated else 130)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
