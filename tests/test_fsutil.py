@@ -69,12 +69,17 @@ def test_a_second_interrupt_does_not_cut_the_cleanup_short(tmp_path, monkeypatch
         return real_unlink(self, *a, **k)
 
     monkeypatch.setattr(fsutil.Path, "unlink", unlink)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_output(tmp_path / "out.png") as tmp:
-            tmp.write_bytes(b"half")
-            raise KeyboardInterrupt            # the first Ctrl-C
-    assert seen and list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # (CI may start the tests with SIGINT ignored, as for a background job: Ctrl-C's handler here)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_output(tmp_path / "out.png") as tmp:
+                tmp.write_bytes(b"half")
+                raise KeyboardInterrupt            # the first Ctrl-C
+        assert seen and list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def test_long_names_get_short_temporary_names(tmp_path):
