@@ -148,7 +148,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
                     pass
 
 
-def write_bytes_atomic(path: Path, data: bytes, force: bool = False) -> None:
+def write_bytes_atomic(path: Path, data: bytes | memoryview, force: bool = False) -> None:
     with atomic_output(path, force) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -277,19 +277,24 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
     check_writable(path, force)
     try:
-        data = image_bytes(pixels, fmt, mode, quality, png_level, exif, icc, source)
+        buf = _encoded(pixels, fmt, mode, quality, png_level, exif, icc, source)
     except Exception as exc:  # noqa: BLE001
         raise AecError(f"{path}: cannot save as {fmt} ({exc})") from None
-    # encoded in memory, then written and synced by our own writer: Pillow's JPEG encoder, writing to a
-    # file on a full disk, can return normally with the file cut short (seen with Pillow 13)
-    write_bytes_atomic(path, data, force)
+    # encoded in memory (the file's size, written without a copy), then written and synced by our own
+    # writer: Pillow's JPEG encoder, writing to a file on a full disk, can return normally with the
+    # file cut short (seen with Pillow 13)
+    write_bytes_atomic(path, buf.getbuffer(), force)
 
 
-def image_bytes(pixels: np.ndarray, format: str = "PNG", mode: str | None = None, quality: int = 95,
-                png_level: int = 1, exif: bytes | None = None, icc: bytes | None = None,
-                source: dict | None = None) -> bytes:
-    """The image file save_image writes, in memory (also for standard output)."""
+def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int, png_level: int,
+             exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
     im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
     buf = io.BytesIO()
     im.save(buf, format=format, **kwargs)
-    return buf.getvalue()
+    return buf
+
+
+def image_bytes(pixels: np.ndarray, format: str = "PNG", mode: str | None = None, quality: int = 95,
+                png_level: int = 1) -> bytes:
+    """The image file save_image would write, in memory (for standard output)."""
+    return _encoded(pixels, format, mode, quality, png_level).getvalue()
