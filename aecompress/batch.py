@@ -240,7 +240,8 @@ def _remove_stale_parts(dst: Path) -> None:
     from .fsutil import part_prefix
 
     if dst.parent.is_dir():
-        for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "*.part"):
+        # mkstemp's random part is 8 characters: `a.png`'s pattern must not match `a.png.x.png`'s files
+        for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "?" * 8 + ".part"):
             try:
                 p.unlink()
             except OSError:
@@ -454,26 +455,34 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
         raise AecError("--engine ray needs Ray: pip install 'aecompress[cluster]'") from None
     from .fsutil import write_bytes_atomic
 
+    # Ray installs its own SIGTERM handler in init (and a native one that dumps a stack), and shutdown
+    # resets SIGTERM to the default action behind Python's back: ours are put back after both, so
+    # `kill` stops a Ray batch as it stops a local one
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+
+    def restore() -> None:
+        for s, h in handlers.items():
+            if h is not None:
+                signal.signal(s, h)
+
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        # Ray installs its own SIGTERM handler (and a native one that dumps a stack): ours come back
-        # after init, so `kill` stops a Ray batch as it stops a local one
-        main = threading.current_thread() is threading.main_thread()
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             if address:
                 ray.init(address=address, **kwargs)
             else:
                 ray.init(num_cpus=jobs, **kwargs)
-        except BaseException:
+        except BaseException as exc:
+            restore()
             with interrupts_deferred():         # interrupted while starting: stop what was started
                 ray.shutdown()
+            restore()
+            if isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, -signal.SIGTERM):
+                signal.raise_signal(signal.SIGTERM)     # Ray's handler took our `kill`: handle it as ours
             raise
-        finally:
-            for s, h in handlers.items():
-                if h is not None:
-                    signal.signal(s, h)
+        restore()
         started = True
     try:
         name, files = _package_files(model)
@@ -531,3 +540,4 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
     finally:
         if started:
             ray.shutdown()
+            restore()

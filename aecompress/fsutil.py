@@ -86,6 +86,8 @@ def interrupts_deferred() -> Iterator[None]:
     pending: list[int] = []
     old = {}
     for s in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(s) is None:            # a handler not set from Python: left alone
+            continue
         try:
             old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
         except (ValueError, OSError):
@@ -95,8 +97,8 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if pending:
-            signal.raise_signal(pending[0])       # now handled as usual (KeyboardInterrupt, exit 143, ...)
+        if pending:                                # now handled as usual; `kill` wins over Ctrl-C
+            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in pending else pending[0])
 
 
 NAME_MAX = 255          # bytes in one file name on the usual file systems
@@ -121,16 +123,17 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     check_writable(path, force)
-    with interrupts_deferred():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part", dir=path.parent)
-            os.close(fd)
-            chmod_as_created(Path(tmp))
-        except OSError as exc:
-            raise AecError(_describe(exc, path)) from None
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        with interrupts_deferred():     # a signal held here is delivered inside the try: the file goes
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part", dir=path.parent)
+                tmp_path = Path(tmp)
+                os.close(fd)
+                chmod_as_created(tmp_path)
+            except OSError as exc:
+                raise AecError(_describe(exc, path)) from None
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -141,7 +144,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
         raise AecError(_describe(exc, path)) from None
     finally:
         with interrupts_deferred():
-            if tmp_path.exists():
+            if tmp_path is not None and tmp_path.exists():
                 try:
                     tmp_path.unlink()
                 except OSError:

@@ -278,6 +278,8 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     check_writable(path, force)
     try:
         buf = _encoded(pixels, fmt, mode, quality, png_level, exif, icc, source)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise AecError(f"{path}: cannot save as {fmt} ({exc})") from None
     # encoded in memory (the file's size, written without a copy), then written and synced by our own

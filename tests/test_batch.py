@@ -140,27 +140,25 @@ def test_progress_and_cancel_callbacks(tmp_path, env):
 def test_interrupt_mid_write_leaves_no_partial_files(tmp_path, env, monkeypatch, jobs):
     """Ctrl-C while the third image is half written: no partial file, the rest resumes with --skip-existing."""
     make_tree(tmp_path / "in")
+    import aecompress.fsutil as fsutil
+
     calls = {"n": 0}
-    real_save = Image.Image.save
+    real_fsync = fsutil.os.fsync
     lock = threading.Lock()
 
-    def flaky_save(self, fp, *args, **kwargs):
+    def flaky_fsync(fd):                       # the third output's bytes are in its temporary file
         with lock:
             calls["n"] += 1
             n = calls["n"]
         if n == 3:
-            if hasattr(fp, "write"):           # images are encoded in memory, then written
-                fp.write(b"\x89PNG half written")
-            else:
-                with open(fp, "wb") as f:
-                    f.write(b"\x89PNG half written")
             raise KeyboardInterrupt
-        return real_save(self, fp, *args, **kwargs)
+        return real_fsync(fd)
 
-    monkeypatch.setattr(Image.Image, "save", flaky_save)
+    monkeypatch.setattr(fsutil.os, "fsync", flaky_fsync)
     with pytest.raises(KeyboardInterrupt):
         run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, jobs=jobs)
-    monkeypatch.setattr(Image.Image, "save", real_save)
+    monkeypatch.setattr(fsutil.os, "fsync", real_fsync)
+    assert calls["n"] >= 3
     written = files_under(tmp_path / "out")
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
     assert 2 <= len(written) < len(RELS)
@@ -193,7 +191,7 @@ def test_sigterm_mid_batch_leaves_no_partial_files(tmp_path, env):
     assert r.exit_code == 0 and len(list(out.glob("*.png"))) == 40
 
 
-def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env):
+def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env, monkeypatch):
     from aecompress.errors import AecError
 
     make_tree(tmp_path / "x", ["a.png"])
@@ -203,7 +201,8 @@ def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env):
     with pytest.raises(AecError):
         plan_jobs([tmp_path / "nope"])
     # the same folder twice is one set of jobs; -o naming the input folder is refused once, up front
-    jobs = plan_jobs([tmp_path / "x", Path(str(tmp_path / "x") + "/"), tmp_path / "x" / ".." / "x"], tmp_path / "o")
+    monkeypatch.chdir(tmp_path)
+    jobs = plan_jobs([tmp_path / "x", Path("x"), tmp_path / "x" / ".." / "x"], tmp_path / "o")
     assert [j.rel for j in jobs] == [Path("a.png")]
     with pytest.raises(AecError, match="would replace the inputs themselves"):
         plan_jobs([tmp_path / "x"], tmp_path / "x")
@@ -216,8 +215,7 @@ def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
 
     ray = pytest.importorskip("ray")
     make_tree(tmp_path / "in", ["a.png"])
-    mine = lambda signum, frame: None                    # noqa: E731
-    old = sig.signal(sig.SIGTERM, mine)
+    old = sig.getsignal(sig.SIGTERM)
     seen = []
     real_init = ray.init
 
@@ -227,10 +225,16 @@ def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
         return out
 
     monkeypatch.setattr(ray, "init", init)
+    ran = []
+    mine = lambda signum, frame: ran.append(signum)      # noqa: E731
+    sig.signal(sig.SIGTERM, mine)
     try:
         s = run_batch([tmp_path / "in"], tmp_path / "out", jobs=1, engine="ray")
         assert s.done == 1 and sig.getsignal(sig.SIGTERM) is mine
         assert seen and seen[0] is not mine                # Ray did replace it during init
+        # ray.shutdown() resets SIGTERM to the default action behind Python's back: ours must really run
+        sig.raise_signal(sig.SIGTERM)
+        assert ran == [sig.SIGTERM]
     finally:
         sig.signal(sig.SIGTERM, old)
 

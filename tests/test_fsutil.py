@@ -92,23 +92,55 @@ def test_long_names_get_short_temporary_names(tmp_path):
     assert len(os.fsencode(part_prefix(tmp_path / name))) + 13 <= 255
     uni = "\u0436" * 120 + ".png"                  # 244 bytes of Cyrillic
     write_bytes_atomic(tmp_path / uni, b"d")
-    assert [p.name for p in tmp_path.iterdir()] and (tmp_path / uni).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, uni])     # no .part left
 
 
-def test_save_image_writes_through_the_checked_writer(tmp_path, monkeypatch):
-    """Images are encoded in memory and written by write_bytes_atomic: a full disk is an error and
-    leaves nothing (Pillow's JPEG encoder writing to a full disk could return as if all was well)."""
-    import errno
+def test_a_jpeg_that_does_not_fit_is_an_error(tmp_path):
+    """Pillow's JPEG encoder, writing to a file that cannot grow (a full disk; here a file-size
+    limit 10 bytes short), returned as if all was well and left a truncated file. Images are now
+    encoded in memory and written by write_bytes_atomic: an error, and nothing left."""
+    import subprocess
+    import sys
 
-    import numpy as np
+    script = f"""
+import io, resource, signal, sys
+import numpy as np
+from PIL import Image
+from aecompress.errors import AecError
+from aecompress.imageio import save_image
+px = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+buf = io.BytesIO(); Image.fromarray(px).save(buf, "JPEG", quality=95)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(buf.getvalue()) - 10, resource.RLIM_INFINITY))
+try:
+    save_image({str(tmp_path / "a.jpg")!r}, px)
+except AecError as exc:
+    print("error:", exc)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("error: cannot write") and "too large" in r.stdout.lower(), r.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    import signal
+    import tempfile
 
     import aecompress.fsutil as fsutil
-    from aecompress.imageio import save_image
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = tempfile.mkstemp
 
-    monkeypatch.setattr(fsutil.os, "fsync", full)
-    with pytest.raises(AecError, match="no space left"):
-        save_image(tmp_path / "a.jpg", np.zeros((16, 16, 3), np.uint8))
+    def mkstemp(*a, **k):                      # Ctrl-C lands just after the file is created
+        out = real(*a, **k)
+        signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", mkstemp)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_bytes_atomic(tmp_path / "out.png", b"data")
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert list(tmp_path.iterdir()) == []

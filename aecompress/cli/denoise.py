@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, ignore_interrupts, threads_option
+from .common import device_option, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -146,7 +146,6 @@ def denoise(
                 bar.stop()
     except KeyboardInterrupt:
         cancel.set()
-        ignore_interrupts()
         print(f"aecompress: {'terminated' if terminated else 'interrupted'}; no partial files were left; "
               "rerun with --skip-existing to resume", file=sys.stderr)
         raise typer.Exit(143 if terminated else 130)
