@@ -61,6 +61,7 @@ class BatchSummary:
     results: list[JobResult] = field(default_factory=list)
     cancelled: bool = False
     seconds: float = 0.0
+    queued: int = 0               # jobs left to work on once skips and refusals were reported
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -289,8 +290,6 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         if progress is not None:
             progress(r, summary)
 
-    if on_start is not None:
-        on_start(summary)
     for i, (job, first) in enumerate(zip(job_list, first_writers(j.dst for j in job_list))):
         if first != i:
             report(_result(job, error=f"{job.dst}: also the output of {job_list[first].src}"))
@@ -303,6 +302,9 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
             report(_result(job, error=f"{job.dst} exists (use --force to overwrite or --skip-existing)"))
         else:
             todo.append(job)
+    summary.queued = len(todo)
+    if on_start is not None:                              # skips and refusals are reported by now
+        on_start(summary)
     if not todo:
         summary.seconds = time.perf_counter() - t0
         return summary

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -87,7 +88,6 @@ def denoise(
         print(f"aecompress: warning: ... and {len(missing) - 5} more images without a reference", file=sys.stderr)
     single = len(job_list) == 1
     bar = task = None
-    todo = len(job_list)
     if not single and not quiet and sys.stderr.isatty():     # single files skip the progress machinery
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -96,8 +96,8 @@ def denoise(
         bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
                        console=Console(stderr=True, highlight=False), transient=True)
-        todo = sum(not (skip_existing and j.dst.exists()) for j in job_list)
-        task = bar.add_task("denoise", total=todo, rate="")    # files to skip are not work: not in the total
+        task = bar.add_task("denoise", rate="",                # until on_start: the files not to skip
+                            total=sum(not (skip_existing and j.dst.exists()) for j in job_list))
 
     def say(text: str, err: bool = False) -> None:
         if bar is not None:
@@ -105,7 +105,12 @@ def denoise(
         else:
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
-    skipped = [0]
+    started: list[float] = []           # [results reported while planning, time the work began]
+
+    def on_start(summary) -> None:      # skips and refusals are reported: the bar counts the work left
+        started[:] = [len(summary.results), time.perf_counter()]
+        if bar is not None:
+            bar.update(task, total=summary.queued, completed=0)
 
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
@@ -118,13 +123,10 @@ def denoise(
             print(json.dumps(asdict(r)), flush=True)
         elif not quiet:
             say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
-        if bar is not None:
-            # skipped files leave the bar's total: its rate and time left are those of real work
-            skipped[0] += r.status == "skipped"
-            n = len(summary.results) - skipped[0]
-            rate = f"{n / summary.seconds:.2f} img/s" if summary.seconds > 0 and n else ""
-            unforeseen = max(0, skipped[0] - (len(job_list) - todo))    # outputs that appeared since
-            bar.update(task, total=todo - unforeseen, completed=n, rate=rate)
+        if bar is not None and started:   # rate and time left are those of real work, skips left out
+            n = len(summary.results) - started[0]
+            spent = time.perf_counter() - started[1]
+            bar.update(task, completed=n, rate=f"{n / spent:.2f} img/s" if spent > 0 and n else "")
 
     cancel = threading.Event()
     old_term = None
@@ -140,7 +142,7 @@ def denoise(
         try:
             summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
                                 ensemble=ensemble, model=model, device=device, threads=threads, engine=engine,
-                                address=address, progress=on_result, cancel=cancel)
+                                address=address, progress=on_result, cancel=cancel, on_start=on_start)
         finally:
             if bar is not None:
                 bar.stop()
