@@ -174,14 +174,20 @@ def quality_report(enc: "Encoded", mode: str, check: Callable[[], None] | None =
 
 def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "auto",
                  threads: int | None = None, extra: list[ModelPackage] | None = None,
-                 check: Callable[[], None] | None = None, hint: str = MODEL_HINT
+                 check: Callable[[], None] | None = None, hint: str = MODEL_HINT, cache: dict | None = None
                  ) -> tuple[np.ndarray, container.Header, Codec]:
     """The decoded pixels, the header and the codec that decoded them. pkg: the model, else found
     by the file's model id among `extra` and the installed packages (hint: what the error says to
-    do when none matches). check is called between tiles and may raise to cancel."""
+    do when none matches); cache, a dict kept across the files of a batch, keeps the packages found
+    by id, with their open sessions (finding one hashes every installed package). check is called
+    between tiles and may raise to cancel."""
     header = container.read_header(data)
     if pkg is None:
-        pkg = find_by_id(header.model_id, extra, device, threads, hint)
+        pkg = cache.get(header.model_id) if cache is not None else None
+        if pkg is None:
+            pkg = find_by_id(header.model_id, extra, device, threads, hint)
+            if cache is not None:
+                cache[header.model_id] = pkg
     elif pkg.model_id[: container.ID_BYTES] != header.model_id:
         raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
     codec = Codec(pkg)
@@ -300,14 +306,14 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
 
 def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bool = False,
                 device: str = "auto", threads: int | None = None, extra: list[ModelPackage] | None = None,
-                hint: str = MODEL_HINT) -> dict:
-    """Decode one .aez file to an image file (extra and hint as for decode_bytes)."""
+                hint: str = MODEL_HINT, cache: dict | None = None) -> dict:
+    """Decode one .aez file to an image file (extra, hint and cache as for decode_bytes)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
     data, name = read_input(inp)
     try:
-        pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint)
+        pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint, cache=cache)
     except AecError as exc:
         raise type(exc)(f"{name}: {exc}") from None
     if is_stdio(out):

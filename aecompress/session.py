@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AecError, ModelError
+from .fsutil import interrupts_deferred
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -39,7 +40,10 @@ def _ort():
         raise AecError("both onnxruntime and onnxruntime-gpu are installed and clash; "
                        "pip uninstall -y onnxruntime onnxruntime-gpu, then install aecompress[cpu] or aecompress[gpu]")
     try:
-        import onnxruntime as ort
+        # a Ctrl-C or `kill` while its C module initialises comes out as ImportError ("initialization
+        # failed"): held until the import is over, it is delivered as itself
+        with interrupts_deferred():
+            import onnxruntime as ort
     except ImportError:
         raise AecError("onnxruntime is not installed: pip install 'aecompress[cpu]' (or [gpu] for CUDA)") from None
     ort.set_default_logger_severity(3)

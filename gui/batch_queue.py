@@ -315,6 +315,7 @@ class BatchTab(QWidget):
 
         def job(token, emit):
             codec = None
+            found: dict = {}                 # .aez models found by id, opened once for the queue
             for is_denoise, group in itertools.groupby(plan, key=lambda x: x[2] == "denoise"):
                 group = list(group)
                 if token.cancelled:
@@ -340,7 +341,7 @@ class BatchTab(QWidget):
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
                         else:
                             r = decode_file(src, out, None, force=True, device=device, threads=threads,
-                                            extra=extra, hint=APP_MODEL_HINT)
+                                            extra=extra, hint=APP_MODEL_HINT, cache=found)
                             msg = f"{r['width']}\u00d7{r['height']}, {r['seconds']:.1f} s \u2192 {out.name}"
                         emit((i, DONE, msg, r.get("provider")))
                     except AecError as exc:

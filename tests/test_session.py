@@ -43,3 +43,52 @@ def test_both_runtime_distributions_installed_is_refused(monkeypatch, tmp_path):
     assert session.installed_runtimes() == ["onnxruntime", "onnxruntime-gpu"]
     with pytest.raises(AecError, match="both onnxruntime and onnxruntime-gpu"):
         session.open_session("whatever.onnx")
+
+
+def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt(monkeypatch, tmp_path):
+    """onnxruntime's C module turns a Ctrl-C during its initialisation into ImportError
+    ("initialization failed"), which read as "onnxruntime is not installed" and let a batch go on.
+    The signal is now held until the import is over and then delivered as itself."""
+    import signal
+
+    fake = tmp_path / "onnxruntime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(        # what the C module does with a Ctrl-C during its set-up
+        "import signal\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    raise ImportError('initialization failed') from None\n")
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            session._ort()
+    finally:
+        signal.signal(signal.SIGINT, old)
+        sys.modules.pop("onnxruntime", None)
+
+
+def test_decoding_many_files_opens_their_model_once(tmp_path, monkeypatch):
+    """Without -m, each file's model is found by id: once per batch, with its sessions kept (it was
+    found, hashed and opened again for every file, at half the speed)."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import aecompress.package as package
+    from aecompress.cli import app
+
+    for k in range(3):
+        Image.fromarray(np.full((32, 48, 3), 40 * k, np.uint8)).save(tmp_path / f"i{k}.png")
+    assert CliRunner().invoke(app, ["encode", *[str(tmp_path / f"i{k}.png") for k in range(3)],
+                                    "-o", str(tmp_path / "z") + "/", "--quiet"]).exit_code == 0
+    opened = []
+    real = package.open_session
+    monkeypatch.setattr(package, "open_session", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    r = CliRunner().invoke(app, ["decode", *[str(tmp_path / "z" / f"i{k}.aez") for k in range(3)],
+                                 "-o", str(tmp_path / "back") + "/", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert len(opened) == 1 and opened[0].name == "synthesis.onnx"
+    assert len(list((tmp_path / "back").iterdir())) == 3

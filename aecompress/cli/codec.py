@@ -114,11 +114,13 @@ def decode(
 
     plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
     pkg = load_package(model, device, threads) if model else None
+    found: dict = {}                    # models found by id, opened once for all the files
+
     def one(job: tuple[Path, Path | None, str | None]) -> dict:
         path, out, error = job
         if error:
             raise AecError(error)
-        r = decode_file(path, out, pkg, force, device, threads)
+        r = decode_file(path, out, pkg, force, device, threads, cache=found)
         if as_json:
             print(json.dumps(r), flush=True, file=_report(out))
         elif not quiet:
