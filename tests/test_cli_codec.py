@@ -393,3 +393,32 @@ def test_a_malformed_package_on_the_search_path_is_skipped(tmp_path, photo, chan
                         str(tmp_path / "x.aez")], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 4 and "malformed manifest" in r.stderr and expect in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x.aez").exists()
+
+
+def test_progress_bar_shows_the_rate(tmp_path, photo):
+    """Several files on a terminal: a progress bar with count and files per second (its rate
+    column used to stay empty)."""
+    outs = []
+    for k in range(3):
+        p = tmp_path / f"c{k}.png"
+        Image.open(photo).crop((0, 0, 96 + 16 * k, 64)).save(p)
+        outs.append(p)
+    assert run("encode", *outs, "-o", str(tmp_path / "z") + "/", "--quiet").returncode == 0
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", "decode", *sorted((tmp_path / "z").iterdir()),
+                          "-o", str(tmp_path / "back") + "/", "--quiet"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    p.wait(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert p.returncode == 0 and "3/3" in text and "files/s" in text, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -62,6 +63,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
     with bar:
         progress.bar = bar if show_bar else None
         task = bar.add_task(verb, total=len(items), rate="")
+        t0 = time.perf_counter()
         try:
             for i, item in enumerate(items):
                 try:
@@ -72,7 +74,8 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
                         bar.console.print(f"aecompress: error: {exc}", markup=False, highlight=False)
                     else:
                         error_line(str(exc))
-                bar.update(task, advance=1)
+                spent = time.perf_counter() - t0
+                bar.update(task, advance=1, rate=f"{(i + 1) / spent:.1f} files/s" if spent > 0 else "")
         finally:
             progress.bar = None
     if failed:
