@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError
-from .fsutil import first_writers, interrupts_deferred
+from .fsutil import first_writers, interrupts_deferred, part_prefix
 from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -238,8 +238,6 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
 
 def _remove_stale_parts(dst: Path) -> None:
     """Temporary files a killed run left for this output (only called when we are about to write it)."""
-    from .fsutil import part_prefix
-
     if dst.parent.is_dir():
         # mkstemp's random part is 8 characters: `a.png`'s pattern must not match `a.png.x.png`'s files
         for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "?" * 8 + ".part"):

@@ -35,3 +35,28 @@ def smooth_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray
         base = 128 + 80 * np.sin(xx * f[0] + c) * np.cos(yy * f[1] - c)
         chans.append(base + rng.normal(0, 6, (h, w)))
     return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)
+
+
+def run_on_terminal(args: list, env: dict | None = None, cwd=None, timeout: float = 60) -> tuple[int, str]:
+    """`python -m aecompress ARGS` with standard error on a pseudo-terminal (so progress bars draw);
+    returns the exit code and everything written there."""
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", *map(str, args)], cwd=cwd,
+                         env={**(env or os.environ), "COLUMNS": "120"},
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                        # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    p.wait(timeout=timeout)
+    os.close(master)
+    return p.returncode, seen.decode(errors="replace")

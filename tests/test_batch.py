@@ -16,6 +16,7 @@ from PIL import Image
 
 from aecompress.batch import plan_jobs, run_batch
 from tests.test_denoise import ROOT, make_denoiser_package, noisy, run_cli, smooth_image
+from tests.conftest import run_on_terminal
 
 
 @pytest.fixture(scope="module")
@@ -288,22 +289,6 @@ def test_progress_bar_counts_work_not_skipped_files(tmp_path, env):
     assert run_batch([tmp_path / "in"], out, jobs=1).done == 10
     for r in rels[6:]:
         (out / r).unlink()
-    master, slave = os.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "in"), "-o", str(out),
-                          "--skip-existing"], env={**env, "COLUMNS": "120"}, cwd=ROOT,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:                        # the other end closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    p.wait(timeout=60)
-    os.close(master)
-    text = seen.decode(errors="replace")
-    assert p.returncode == 0, text
+    code, text = run_on_terminal(["denoise", tmp_path / "in", "-o", out, "--skip-existing"], env, ROOT)
+    assert code == 0, text
     assert "4/4" in text and "/10" not in text and "/9" not in text, text

@@ -13,7 +13,7 @@ from PIL import Image
 
 from aecompress.metrics import ms_ssim, psnr
 
-from .conftest import SAMPLE, smooth_image
+from .conftest import SAMPLE, run_on_terminal, smooth_image
 
 
 def run(*args, cwd=None):
@@ -404,21 +404,6 @@ def test_progress_bar_shows_the_rate(tmp_path, photo):
         Image.open(photo).crop((0, 0, 96 + 16 * k, 64)).save(p)
         outs.append(p)
     assert run("encode", *outs, "-o", str(tmp_path / "z") + "/", "--quiet").returncode == 0
-    master, slave = os.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "aecompress", "decode", *sorted((tmp_path / "z").iterdir()),
-                          "-o", str(tmp_path / "back") + "/", "--quiet"], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "COLUMNS": "120"})
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    p.wait(timeout=60)
-    os.close(master)
-    text = seen.decode(errors="replace")
-    assert p.returncode == 0 and "3/3" in text and "files/s" in text, text
+    code, text = run_on_terminal(["decode", *sorted((tmp_path / "z").iterdir()), "-o", str(tmp_path / "back") + "/",
+                                  "--quiet"])
+    assert code == 0 and "3/3" in text and "files/s" in text, text
