@@ -230,7 +230,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
     one run never overwrites its own results (a/cat.png and b/cat.jpg into one folder), and an
     input that would be its own output gets an error (even --force never replaces an input).
     "-" as an input is standard input, and -o - standard output; each takes a single file. An
-    output named with a trailing slash is a folder, whatever the number of inputs."""
+    output named with a trailing slash is a folder, whatever the number of inputs. A file given
+    twice (also through a folder) is processed once, as `aecompress denoise` does."""
     as_folder = output is not None and str(output).endswith(("/", os.sep))
     output = Path(output) if output is not None else None
     files: list[tuple[Path, str | None]] = []
@@ -246,6 +247,13 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
+    unique, seen = [], set()                       # a file given twice (`cat.png ./cat.png`) runs once
+    for p, error in files:
+        key = p if is_stdio(p) or error else p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((p, error))
+    files = unique
     many = len(files) > 1 or folders or as_folder
     if many and is_stdio(output):
         raise AecError("-o - (standard output) takes a single input")
@@ -256,9 +264,7 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
     for i, ((inp, error), out, first) in enumerate(zip(files, outs, first_writers(outs))):
         if first is not None and first != i:
             earlier = files[first][0]
-            error = (f"{inp}: given twice" if earlier.resolve() == inp.resolve() else
-                     f"{inp}: its output {out} is also the output of {earlier}")
-            out = None
+            error, out = f"{inp}: its output {out} is also the output of {earlier}", None
         elif out is not None and not is_stdio(out) and not is_stdio(inp) and out.resolve() == inp.resolve():
             error, out = f"{inp}: refusing to write the output over its own input", None
         plan.append((inp, out, error))

@@ -47,6 +47,9 @@ def _kernel() -> np.ndarray:
     return k / k.sum()
 
 
+_KERNEL32 = _kernel().astype(np.float32)
+
+
 def _filter(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Valid separable convolution over the first two axes of (H, W, C)."""
     return _filter_axis(_filter_axis(x, k, 0), k, 1)
@@ -70,30 +73,44 @@ def _filter_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    """Sums of the SSIM and contrast-structure maps of two 2-D planes (any real dtype), and their count.
+def _strip_rows(width: int) -> int:
+    """Rows per strip so that a strip's five float32 maps (with the window's margin) stay near 1 MB,
+    inside a core's L2 cache: the filters make some thirty passes over them."""
+    return int(np.clip((1 << 20) // (20 * max(width, 1)) - (_WIN - 1), 16, STRIP))
 
-    Computed in strips of rows (each with the window's margin), so memory stays bounded. The maps
-    are float32 on centred values (variances are shift-invariant); the sums are float64."""
+
+def _strips(a: np.ndarray) -> list[tuple[int, int]]:
+    """The row ranges [r0, r1) of the valid SSIM map of a 2-D plane, in strips."""
+    h, step = a.shape[0] - _WIN + 1, _strip_rows(a.shape[1])
+    return [(r0, min(h, r0 + step)) for r0 in range(0, h, step)]
+
+
+def _ssim_strip(a: np.ndarray, b: np.ndarray, r0: int, r1: int) -> tuple[float, float]:
+    """Sums over rows [r0, r1) of the SSIM and contrast-structure maps of two 2-D planes (any real
+    dtype). The maps are float32 on centred values (variances are shift-invariant); the sums are
+    float64."""
     c1, c2 = np.float32((0.01 * 255) ** 2), np.float32((0.03 * 255) ** 2)
-    k = _kernel().astype(np.float32)
-    h = a.shape[0] - _WIN + 1
-    s_sum = cs_sum = 0.0
-    for r0 in range(0, h, STRIP):
-        r1 = min(h, r0 + STRIP)
-        a0 = a[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
-        b0 = b[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
-        f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k)
-        ma, mb = f[..., 0], f[..., 1]
-        ma2, mb2, mab = ma * ma, mb * mb, ma * mb
-        cs = (2 * (f[..., 4] - mab) + c2) / ((f[..., 2] - ma2) + (f[..., 3] - mb2) + c2)
-        # luminance on the uncentred means mu = m + 128: 2 mu_a mu_b = 2 mab + 256 (ma + mb) + 2 * 128^2
-        t = np.float32(256) * (ma + mb) + np.float32(2 * 128 * 128)
-        lum = (2 * mab + t + c1) / (ma2 + mb2 + t + c1)
-        cs_sum += float(cs.sum(dtype=np.float64))
-        cs *= lum
-        s_sum += float(cs.sum(dtype=np.float64))
-    return s_sum, cs_sum, h * (a.shape[1] - _WIN + 1)
+    k = _KERNEL32
+    a0 = a[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
+    b0 = b[r0:r1 + _WIN - 1].astype(np.float32) - np.float32(128)
+    f = _filter(np.stack([a0, b0, a0 * a0, b0 * b0, a0 * b0], axis=2), k)
+    ma, mb = f[..., 0], f[..., 1]
+    ma2, mb2, mab = ma * ma, mb * mb, ma * mb
+    cs = (2 * (f[..., 4] - mab) + c2) / ((f[..., 2] - ma2) + (f[..., 3] - mb2) + c2)
+    # luminance on the uncentred means mu = m + 128: 2 mu_a mu_b = 2 mab + 256 (ma + mb) + 2 * 128^2
+    t = np.float32(256) * (ma + mb) + np.float32(2 * 128 * 128)
+    lum = (2 * mab + t + c1) / (ma2 + mb2 + t + c1)
+    cs_sum = float(cs.sum(dtype=np.float64))
+    cs *= lum
+    return float(cs.sum(dtype=np.float64)), cs_sum
+
+
+def _ssim_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """Sums of the SSIM and contrast-structure maps of two 2-D planes, and their count, strip by
+    strip so that memory stays bounded."""
+    parts = [_ssim_strip(a, b, r0, r1) for r0, r1 in _strips(a)]
+    n = (a.shape[0] - _WIN + 1) * (a.shape[1] - _WIN + 1)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), n
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,9 +132,12 @@ def _down2(x: np.ndarray) -> np.ndarray:
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = None) -> float:
-    """Mean over channels of MS-SSIM, each channel in strips of rows (bounded memory).
+    """Mean over channels of MS-SSIM, in strips of rows (bounded memory, cache-sized).
 
-    check, when given, is called before every scale of every channel and may raise to cancel."""
+    Channels go one at a time: a channel's pyramid is built, then the strips of all its scales are
+    shared between two threads (numpy releases the GIL in its array loops), so both cores stay busy
+    and memory holds one channel's pyramid. check, when given, is called before every channel and
+    every strip and may raise to cancel."""
     a, b = _as3d(a), _as3d(b)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -127,27 +147,39 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = Non
     levels = 1
     while levels < 5 and side // (2**levels) >= _WIN:
         levels += 1
-    weights = _WEIGHTS[:levels] / _WEIGHTS[:levels].sum()
+    # the standard weights as published (they sum to 1.0001); renormalised only when scales are missing
+    weights = _WEIGHTS if levels == 5 else _WEIGHTS[:levels] / _WEIGHTS[:levels].sum()
+    workers = min(2, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
-    def channel(c: int) -> float:
-        x, y = a[:, :, c], b[:, :, c]             # converted to float strip by strip at full scale
-        value = 1.0
-        for i in range(levels):
+    def strip(job: tuple[int, np.ndarray, np.ndarray, int, int]) -> tuple[float, float]:
+        if check is not None:
+            check()
+        return _ssim_strip(*job[1:])
+
+    try:
+        values = []
+        for c in range(a.shape[2]):
             if check is not None:
                 check()
-            s, cs, n = _ssim_sums(x, y)
-            value *= max(s / n if i == levels - 1 else cs / n, 0.0) ** weights[i]
-            if i < levels - 1:
+            x, y = a[:, :, c], b[:, :, c]         # level 0 stays 8-bit: converted strip by strip
+            pyramid = [(x, y)]
+            for _ in range(levels - 1):
                 x, y = _down2(x), _down2(y)
-        return value
-
-    # numpy releases the GIL in its array loops: two channels at a time use two cores, and memory
-    # stays bounded by two channels' planes
-    workers = min(a.shape[2], 2, os.cpu_count() or 1)
-    if workers == 1:
-        return float(np.mean([channel(c) for c in range(a.shape[2])]))
-    with ThreadPoolExecutor(workers) as pool:
-        return float(np.mean(list(pool.map(channel, range(a.shape[2])))))
+                pyramid.append((x, y))
+            jobs = [(i, x, y, r0, r1) for i, (x, y) in enumerate(pyramid) for r0, r1 in _strips(x)]
+            sums = np.zeros((levels, 2))               # per scale: SSIM sum, contrast-structure sum
+            for (i, *_), part in zip(jobs, pool.map(strip, jobs) if pool else map(strip, jobs)):
+                sums[i] += part
+            value = 1.0
+            for i, (x, _) in enumerate(pyramid):
+                n = (x.shape[0] - _WIN + 1) * (x.shape[1] - _WIN + 1)
+                value *= max(sums[i, 0 if i == levels - 1 else 1] / n, 0.0) ** weights[i]
+            values.append(value)
+        return float(np.mean(values))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray) -> float | None:

@@ -128,6 +128,14 @@ def test_folders_and_clashing_output_names(tmp_path):
     r = run("decode", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.aez", "a.png", "b.aez", "b.png"]
+    # a file given twice, also through its folder, is coded once and is not a failure; with -o a file
+    # name it is still one input
+    photos = tmp_path / "photos"
+    r = run("encode", photos / "a.png", photos / ".." / "photos" / "a.png", photos, "-o", tmp_path / "twice", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["input"] for line in r.stdout.splitlines()] == [str(photos / "a.png"), str(photos / "b.jpg")]
+    r = run("decode", tmp_path / "twice" / "a.aez", tmp_path / "twice" / "a.aez", "-o", tmp_path / "single.png")
+    assert r.returncode == 0 and (tmp_path / "single.png").is_file(), r.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == first
 
 
@@ -343,6 +351,31 @@ def test_a_signal_leaves_no_partial_file(tmp_path, photo, signame, code, word):
     assert proc.returncode == code and word in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("cpu", [0.05, 0.08, 0.11])
+def test_ctrl_c_while_the_command_line_loads_is_quiet(tmp_path, cpu):
+    """Ctrl-C in the tenth of a second that numpy, typer and the commands take to import: one line
+    and exit 130, not a traceback from whichever module was loading."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "aecompress", "models"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") >= cpu:   # past start-up
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the command finished before the signal")
+    assert "Traceback" not in err and proc.returncode == 130, (proc.returncode, err)
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
 
 
 def test_malformed_manifest_is_a_model_error(tmp_path, photo):

@@ -52,3 +52,15 @@ def test_wheel_carries_the_shipped_models_and_encodes_with_them(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("decode", "cat.aez", "-o", "back.png")
     assert r.returncode == 0 and (tmp_path / "back.png").stat().st_size > 0, r.stderr
+
+    # the console scripts the wheel declares resolve to functions that run
+    (eps,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = dict(line.replace(" ", "").split("=", 1)
+                   for line in zipfile.ZipFile(wheel).read(eps).decode().split("[console_scripts]")[1]
+                   .split("[")[0].splitlines() if "=" in line)
+    assert set(scripts) >= {"aecompress", "aecompress-gui"}
+    module, func = scripts["aecompress"].split(":")
+    r = subprocess.run([sys.executable, "-c", f"import sys; sys.argv = ['aecompress', 'models']; "
+                        f"from {module} import {func}; {func}()"], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "photo" in r.stdout, r.stderr
