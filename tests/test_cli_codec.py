@@ -168,6 +168,13 @@ def test_several_inputs_into_a_folder_with_one_bad_file(tmp_path, photo):
     r = run("decode", outdir / "b.aez", outdir / "cat.aez", "-o", tmp_path / "dec")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["b.png", "cat.png"]
+    # a batch ends with its failures' exit code when they share one (3: damaged .aez), else 1
+    (outdir / "cut.aez").write_bytes((outdir / "b.aez").read_bytes()[:30])
+    (outdir / "junk.aez").write_bytes(b"junk")
+    r = run("decode", outdir / "cut.aez", outdir / "cat.aez", outdir / "junk.aez", "-o", tmp_path / "dec2")
+    assert r.returncode == 3 and "1 done, 2 failed" in r.stderr, r.stderr
+    r = run("decode", outdir / "cut.aez", outdir / "missing.aez", "-o", tmp_path / "dec3")
+    assert r.returncode == 1 and "0 done, 2 failed" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])

@@ -47,9 +47,10 @@ def error_line(msg: str) -> None:
 
 
 def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
-    """Run fn on every item; one bad item is reported and skipped; exit 1 at the end if any failed."""
+    """Run fn on every item; one bad item is reported and skipped. If any failed, the run ends with
+    the failures' exit code when they all share one (3: damaged files, 4: model problems), else 1."""
     items = list(items)
-    results, failed = [], 0
+    results, failed, codes = [], 0, set()
     if len(items) == 1:                      # the common case: no progress machinery at all
         return [fn(items[0])]
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -70,6 +71,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
                     results.append(fn(item))
                 except AecError as exc:
                     failed += 1
+                    codes.add(exc.exit_code)
                     if progress.bar is not None:
                         bar.console.print(f"aecompress: error: {exc}", markup=False, highlight=False)
                     else:
@@ -80,7 +82,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
             progress.bar = None
     if failed:
         print(f"{len(items) - failed} done, {failed} failed", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(codes.pop() if len(codes) == 1 else 1)
     return results
 
 
