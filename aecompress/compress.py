@@ -205,6 +205,8 @@ def read_input(path: Path) -> tuple[bytes, str]:
     if is_stdio(path):
         return read_stdin(), STDIN_NAME
     try:
+        if path.exists() and not path.is_file():    # a pipe or a device would block or never end
+            raise AecError(f"{path} is a folder" if path.is_dir() else f"{path} is not a regular file")
         return path.read_bytes(), str(path)
     except FileNotFoundError:
         raise AecError(f"{path}: no such file") from None

@@ -3,7 +3,8 @@
 A *table set* holds many discrete distributions, each over a contiguous range of integers
 [minimum, minimum + length - 2] plus one escape symbol (the last entry). Tables are integer
 frequencies shipped in the model package, so every machine builds the same models. Values outside
-a table's range are coded as the escape symbol and written afterwards as zigzag varints.
+a table's range are coded as the escape symbol and written afterwards as zigzag varints, each
+within +-2^24 (MAX_VALUE): far beyond any latent, and exactly representable in float32.
 
 Symbols are coded grouped by table (table 0's symbols in raster order, then table 1's, ...), which
 lets constriction code each group with one model in a single vectorised call.
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 import constriction
 import numpy as np
 
-from .errors import CorruptFileError
+from .errors import AecError, CorruptFileError
+
+MAX_VALUE = 1 << 24     # the largest |value| coded: an escape beyond it marks a damaged (or broken) latent
 
 
 @dataclass
@@ -131,6 +134,8 @@ class VarintReader:
                 shift += 7
                 if not b & 0x80:
                     break
+            if u > 2 * MAX_VALUE:
+                raise CorruptFileError("payload is damaged (an escape value is out of range)")
             out[i] = _unzigzag(u)
         return out
 
@@ -165,6 +170,8 @@ class Encoder:
             sym[esc] = tables.length[t] - 1
             self._coder.encode(sym.astype(np.int32), tables.model(t))
             if esc.any():
+                if np.abs(v[esc]).max() > MAX_VALUE:     # NaN or inf from the model lands here too
+                    raise AecError("the model produced a latent out of range (not a finite number?)")
                 self._escapes.append(v[esc])
 
     def finish(self) -> tuple[bytes, bytes]:

@@ -30,16 +30,24 @@ def read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
-def write_stdout(data: bytes) -> None:
-    """Binary data to standard output in one write, after all the work has succeeded (so a failure
-    leaves nothing behind); refused when standard output is a terminal."""
+def write_stdout(data: bytes | memoryview) -> None:
+    """Binary data to standard output, after all the work has succeeded (so a failure leaves nothing
+    behind); refused when standard output is a terminal. Written with os.write until every byte is
+    out: a full disk can take part of a buffered write without raising."""
     if sys.stdout.isatty():
         raise AecError("refusing to write binary data to a terminal: redirect standard output or name a file")
     try:
-        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
         sys.stdout.buffer.flush()
+        fd, view = sys.stdout.buffer.fileno(), memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
     except BrokenPipeError:
         raise AecError("standard output was closed before everything was written") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise AecError("no space left on device while writing to standard output") from None
+        raise AecError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
@@ -52,12 +60,23 @@ def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
 
 
 def check_writable(path: Path, force: bool) -> None:
-    """Refuse to overwrite an existing file unless force is set."""
+    """Refuse to overwrite an existing file unless force is set, and never replace anything but a
+    regular file (a folder, a device such as /dev/null, a named pipe), even with force."""
     path = Path(path)
-    if path.exists() and not force:
+    if (path.exists() or path.is_symlink()) and not force:
         raise AecError(f"{path} exists (use --force to overwrite)")
     if path.is_dir():
         raise AecError(f"{path} is a folder")
+    if path.exists() and not path.is_file():
+        raise AecError(f"{path} is not a regular file (a device or a pipe): name a file, or - for "
+                       "standard output")
+
+
+def write_target(path: Path) -> Path:
+    """Where an atomic write to `path` lands: through a symbolic link to the file it names (the link
+    stays a link, as when a program opens it for writing), else `path` itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def chmod_as_created(path: Path, mode: int = 0o666) -> None:
@@ -121,7 +140,8 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     On any failure (exception, Ctrl-C, full disk) the temporary file is removed and `path` is
     untouched; making the temporary file and removing it are not interrupted by a further signal.
     """
-    path = Path(path)
+    check_writable(path, force)
+    path = write_target(path)
     check_writable(path, force)
     tmp_path: Path | None = None
     try:

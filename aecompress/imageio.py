@@ -68,6 +68,7 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
         return a.astype(np.uint16)[:, :, None], "L", 16
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
+        a = np.where(np.isnan(a), np.float32(0), a)        # NaN samples read as black
         top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
         a = np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8)
         return a[:, :, None], "L", 8
@@ -142,6 +143,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
         raise AecError(f"{path}: no such file")
     if data is None and path.is_dir():
         raise AecError(f"{path} is a folder")
+    if data is None and not path.is_file():          # a pipe or a device would block or never end
+        raise AecError(f"{path} is not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)        # e.g. Pillow's multi-line note on corrupt EXIF

@@ -68,8 +68,15 @@ class Session:
         return [i.name for i in self._sess.get_inputs()]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs; a NaN or an infinity in them (a diverged or damaged model) is a
+        ModelError here, before it can turn into garbage pixels or an unbounded latent."""
         feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
-        return self._sess.run(None, feeds, self._run_options)
+        outs = self._sess.run(None, feeds, self._run_options)
+        for out in outs:
+            if not np.isfinite(out).all():
+                raise ModelError(f"model {self.path.parent.name}: {self.path.name} gave NaN or infinite "
+                                 "values (a diverged or damaged model)")
+        return outs
 
     @property
     def _run_options(self):

@@ -447,3 +447,138 @@ def test_progress_bar_shows_the_rate(tmp_path, photo):
     code, text = run_on_terminal(["decode", *sorted((tmp_path / "z").iterdir()), "-o", str(tmp_path / "back") + "/",
                                   "--quiet"])
     assert code == 0 and "3/3" in text and "files/s" in text, text
+
+
+def test_outputs_that_are_not_regular_files(tmp_path, photo):
+    """--force replaces a file, never a named pipe or a device (it used to rename the new file over
+    them); a symbolic link is written through, and stays a link."""
+    assert run("encode", photo, "--quiet").returncode == 0
+    aez = photo.with_suffix(".aez")
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    r = run("decode", aez, "-o", pipe, "--force")
+    assert r.returncode == 1 and "not a regular file" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert pipe.is_fifo()
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    r = run("decode", aez, "-o", link)
+    assert r.returncode == 1 and "exists" in r.stderr and target.read_bytes() == b"old"
+    r = run("decode", aez, "-o", link, "--force")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and Image.open(target).size == Image.open(photo).size
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_inputs_that_are_not_regular_files(tmp_path, photo):
+    """A named pipe with no writer or /dev/zero as input: refused at once (it blocked, or read
+    without end), and the other files of the run go on."""
+    assert run("encode", photo, "--quiet").returncode == 0
+    pipe = tmp_path / "pipe.aez"
+    os.mkfifo(pipe)
+    r = run("decode", pipe, "/dev/zero", photo.with_suffix(".aez"), "-o", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr.count("not a regular file") == 2, r.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cat.png"]
+    r = run("info", "/dev/zero")
+    assert r.returncode == 1 and "not a regular file" in r.stderr
+    r = run("encode", tmp_path / "pipe.aez", "-o", tmp_path / "x.aez")
+    assert r.returncode == 1 and "not a regular file" in r.stderr and not (tmp_path / "x.aez").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_standard_output_on_a_full_disk(photo):
+    """Writing to standard output fails with one line and a non-zero exit (it was a traceback, and
+    a short write on a full disk even passed as success)."""
+    assert run("encode", photo, "--quiet").returncode == 0
+    for args in (("decode", photo.with_suffix(".aez")), ("encode", photo, "--quiet")):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run([sys.executable, "-m", "aecompress", *map(str, args), "-o", "-"], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip() == \
+            "aecompress: error: no space left on device while writing to standard output", r.stderr
+
+
+def test_an_unreadable_input_fails_alone(tmp_path, photo):
+    """A file the user may not read is one failure among the others (Typer used to refuse the whole
+    run with a usage box). Run as an unprivileged user when the tests run as root."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(d, 0o777)
+        ok, locked = d / "ok.png", d / "locked.png"
+        shutil.copy(photo, ok)
+        shutil.copy(photo, locked)
+        os.chmod(locked, 0)
+        os.chmod(ok, 0o644)
+        drop = None
+        if os.geteuid() == 0:
+            def drop():
+                os.setgid(65534)
+                os.setuid(65534)
+        cmd = [sys.executable, "-m", "aecompress", "encode", str(locked), str(ok), "-o", str(d / "out"), "--quiet"]
+        try:
+            probe = subprocess.run([sys.executable, "-c", "import aecompress.cli"], preexec_fn=drop,
+                                   capture_output=True).returncode
+        except OSError:
+            probe = -1
+        if probe != 0:
+            pytest.skip("the unprivileged user cannot run this checkout (see the in-process test below)")
+        r = subprocess.run(cmd, preexec_fn=drop, capture_output=True, text=True, timeout=120, cwd=d)
+        assert r.returncode == 1, r.stderr
+        assert "locked.png" in r.stderr and "Usage" not in r.stderr and "1 done, 1 failed" in r.stderr
+        assert [p.name for p in (d / "out").iterdir()] == ["ok.aez"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_unreadable_input_fails_alone_in_process(tmp_path, photo, monkeypatch):
+    """The same as root can see it: the command line must not ask os.access first (Click's readable
+    check refused the whole run), and the file that cannot be read fails alone."""
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    assert run("encode", photo, "--quiet").returncode == 0
+    locked = tmp_path / "locked.aez"
+    locked.write_bytes(photo.with_suffix(".aez").read_bytes())
+    real_access, real_read = os.access, Path.read_bytes
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: Path(p) != locked and real_access(p, mode, *a, **k))
+
+    def read_bytes(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    r = CliRunner().invoke(app, ["decode", str(locked), str(photo.with_suffix(".aez")), "-o", str(tmp_path / "out"),
+                                 "--quiet"])
+    err = r.stderr
+    assert r.exit_code == 1, (r.exit_code, err)
+    assert "locked.aez: cannot read (Permission denied)" in err and "1 done, 1 failed" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cat.png"]
+
+
+def test_a_model_that_gives_nan_is_a_model_error(tmp_path, photo):
+    """A diverged or damaged package whose graph outputs NaN: exit 4 with one line, no file (it made
+    garbage pixels, or latents that overflowed the coder)."""
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .conftest import ROOT
+
+    pkg = tmp_path / "nanpkg"
+    shutil.copytree(ROOT / "models" / "photo", pkg)
+    g = onnx.load(pkg / "analysis.onnx")
+    out = g.graph.output[0].name
+    g.graph.node[-1].output[0] = out + "_pre"
+    g.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_c"))
+    g.graph.node.append(helper.make_node("Mul", [out + "_pre", "nan_c"], [out]))
+    onnx.save(g, pkg / "analysis.onnx")
+    r = run("encode", photo, "-m", pkg, "-o", tmp_path / "x.aez")
+    assert r.returncode == 4 and "NaN" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x.aez").exists()

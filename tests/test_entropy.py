@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from aecompress.entropy import Decoder, Encoder, TableSet, quantize_pmf
-from aecompress.errors import CorruptFileError
+from aecompress.entropy import MAX_VALUE, Decoder, Encoder, TableSet, quantize_pmf
+from aecompress.errors import AecError, CorruptFileError
 
 
 def _tables():
@@ -30,6 +30,36 @@ def test_roundtrip_with_escapes_and_several_tables():
     assert len(escapes) > 0
     got = Decoder(stream, escapes).decode(idx, t)
     np.testing.assert_array_equal(got, vals)
+
+
+@pytest.mark.parametrize("value", [2**64, 2**40, MAX_VALUE + 1])
+def test_an_escape_out_of_range_is_damage(value):
+    """A checksum only proves the bytes are the writer's; escape values past +-2^24 (which no latent
+    reaches) mean a damaged or hostile file: past 2^63 they overflowed int64 (a traceback), below it
+    they reached the synthesis as NaN."""
+    t = _tables()
+    idx = np.zeros((1, 2, 2), dtype=np.int64)
+    vals = np.array([[[500, 1], [0, -700]]])
+    enc = Encoder()
+    enc.encode(vals, idx, t)
+    stream, escapes = enc.finish()
+    u = 2 * value                                    # zigzag of +value
+    big = bytearray()
+    while True:
+        big.append((u & 0x7F) | (0x80 if u >> 7 else 0))
+        u >>= 7
+        if not u:
+            break
+    np.testing.assert_array_equal(Decoder(stream, escapes).decode(idx, t), vals)
+    with pytest.raises(CorruptFileError, match="out of range"):
+        Decoder(stream, bytes(big) * 2).decode(idx, t)
+    edge = np.array([[[MAX_VALUE, 0], [0, -MAX_VALUE]]])             # the limit itself is codable
+    enc = Encoder()
+    enc.encode(edge, idx, t)
+    np.testing.assert_array_equal(Decoder(*enc.finish()).decode(idx, t), edge)
+    enc = Encoder()
+    with pytest.raises(AecError, match="out of range"):          # the encoder never writes one
+        enc.encode(np.array([[[MAX_VALUE + 1]]]), idx[:, :1, :1], t)
 
 
 def test_same_input_same_bytes():

@@ -54,3 +54,16 @@ def test_integer_images_keep_their_range(tmp_path):
     Image.fromarray(wide, "I").save(tmp_path / "i32.tif")
     pic = read_image(tmp_path / "i32.tif")
     assert pic.bits == 16 and int(pic.pixels.max()) == 65535 and pic.pixels[0, 0, 0] == 0
+
+
+def test_a_float_image_with_nan_reads_quietly(tmp_path):
+    """NaN samples of a float TIFF read as black, without numpy's cast warning on stderr."""
+    import warnings
+
+    a = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(12, 10)
+    a[3, 4] = np.nan
+    Image.fromarray(a, "F").save(tmp_path / "f.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pic = read_image(tmp_path / "f.tif")
+    assert pic.pixels[3, 4].max() == 0 and pic.pixels[11, 9].max() == 255

@@ -45,6 +45,11 @@ def main() -> None:
         ignore_interrupts()
         print("aecompress: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:                       # a bug: still one line, not a traceback
+        from .common import unexpected
+
+        print(f"aecompress: error: {unexpected(exc)}", file=sys.stderr)
+        sys.exit(1)
     except SystemExit as exc:
         if exc.code in (130, 143):
             ignore_interrupts()

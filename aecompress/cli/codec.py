@@ -49,8 +49,9 @@ def _print(line: str, out: Path | None) -> None:
 
 @app.command()
 def encode(
-    images: List[Path] = typer.Argument(..., help="Images to compress (any format Pillow reads), folders of them, "
-                                                  "or - for standard input."),
+    # readable=False: an unreadable file fails on its own, with one line, and the others go on
+    images: List[Path] = typer.Argument(..., readable=False, help="Images to compress (any format Pillow reads), "
+                                        "folders of them, or - for standard input."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several, "
                                          "or a name ending in /); - for standard output (the report goes to stderr)."),
     quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
@@ -96,7 +97,8 @@ def encode(
 
 @app.command()
 def decode(
-    files: List[Path] = typer.Argument(..., help=".aez files to decompress, folders of them, or - for standard input."),
+    files: List[Path] = typer.Argument(..., readable=False,
+                                       help=".aez files to decompress, folders of them, or - for standard input."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several, "
                                          "or a name ending in /); "
                                           "the extension picks the format (PNG by default); - for PNG on standard output."),
@@ -133,7 +135,7 @@ def decode(
 
 @app.command()
 def info(
-    file: Path = typer.Argument(..., help="An .aez file, or - for standard input."),
+    file: Path = typer.Argument(..., readable=False, help="An .aez file, or - for standard input."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show an .aez file's header without decoding it."""

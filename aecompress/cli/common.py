@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,17 @@ def error_line(msg: str) -> None:
     print(f"aecompress: error: {msg}", file=sys.stderr, flush=True)
 
 
+def unexpected(exc: Exception) -> str:
+    """The one line for an error the code did not foresee (a bug): named, with the way to see more.
+    AECOMPRESS_DEBUG=1 lets it through as a traceback instead."""
+    if os.environ.get("AECOMPRESS_DEBUG"):
+        raise exc
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug: please report it; "
+            "AECOMPRESS_DEBUG=1 shows the traceback)")
+
+
 def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
     """Run fn on every item; one bad item is reported and skipped. If any failed, the run ends with
     the failures' exit code when they all share one (3: damaged files, 4: model problems), else 1."""
@@ -69,13 +81,14 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
             for i, item in enumerate(items):
                 try:
                     results.append(fn(item))
-                except AecError as exc:
+                except Exception as exc:           # one bad file is reported and skipped
                     failed += 1
-                    codes.add(exc.exit_code)
+                    codes.add(exc.exit_code if isinstance(exc, AecError) else 1)
+                    msg = str(exc) if isinstance(exc, AecError) else unexpected(exc)
                     if progress.bar is not None:
-                        bar.console.print(f"aecompress: error: {exc}", markup=False, highlight=False)
+                        bar.console.print(f"aecompress: error: {msg}", markup=False, highlight=False)
                     else:
-                        error_line(str(exc))
+                        error_line(msg)
                 spent = time.perf_counter() - t0
                 bar.update(task, advance=1, rate=f"{(i + 1) / spent:.1f} files/s" if spent > 0 else "")
         finally:

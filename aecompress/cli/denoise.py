@@ -41,7 +41,7 @@ def _parse_sigma(sigma: Optional[str]):
 
 @app.command()
 def denoise(
-    inputs: List[Path] = typer.Argument(..., help="Images and folders to denoise."),
+    inputs: List[Path] = typer.Argument(..., readable=False, help="Images and folders to denoise."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input file) or folder. Default: NAME.denoised.EXT beside each file, FOLDER.denoised beside a folder."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders and mirror their structure under -o."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose output exists (resume a batch)."),
