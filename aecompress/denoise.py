@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .errors import AecError
+from .errors import AecError, ModelError
 from .package import ModelPackage
 from .tiling import run_tiled
 
@@ -133,7 +133,7 @@ def denoise_array(pixels: np.ndarray, pkg: ModelPackage, sigma: float | str | No
     if ensemble not in ENSEMBLES:
         raise AecError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
     if pkg.kind != "denoiser":
-        raise AecError(f"model {pkg.name} is a {pkg.kind}, not a denoiser")
+        raise ModelError(f"model '{pkg.name}' is a {pkg.kind}, not a denoiser")
     a = np.asarray(pixels)
     squeeze = a.ndim == 2
     if squeeze:

@@ -147,6 +147,26 @@ def test_info_reads_the_header(photo):
     assert d["bytes"] == photo.with_suffix(".aez").stat().st_size
 
 
+def test_info_finds_a_package_given_with_m(tmp_path, photo):
+    """A file of a model that is not installed: info says how to name it, and -m names it."""
+    import shutil
+
+    from .conftest import ROOT
+
+    pkg = tmp_path / "mine"
+    shutil.copytree(ROOT / "models" / "photo", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["name"] = "mine"                             # another manifest: another model id
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    aez = tmp_path / "x.aez"
+    assert run("encode", photo, "-m", pkg, "-o", aez, "--quiet").returncode == 0
+    r = run("info", aez)
+    assert r.returncode == 0 and "not installed (name its package with -m" in r.stdout
+    assert json.loads(run("info", aez, "--json").stdout)["model"] is None
+    d = json.loads(run("info", aez, "-m", pkg, "--json").stdout)
+    assert d["model"] == "mine" and d["quality"] == 75
+
+
 def test_no_overwrite_without_force(photo):
     out = photo.with_suffix(".aez")
     out.write_bytes(b"precious")
@@ -582,3 +602,25 @@ def test_a_model_that_gives_nan_is_a_model_error(tmp_path, photo):
     r = run("encode", photo, "-m", pkg, "-o", tmp_path / "x.aez")
     assert r.returncode == 4 and "NaN" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x.aez").exists()
+
+
+def test_models_summarises_every_kind_of_measurement():
+    """`aecompress models` says what each manifest measured: a dense codec's bpp and PSNR (it showed
+    "-"), and where a denoiser was measured (it called training photos "val photos")."""
+    from aecompress.cli.codec import _measured_summary
+
+    dense = {"images": 12, "mean_file_bytes": 26.0, "mean_psnr": 18.25, "bits_per_pixel": 0.203,
+             "set": "held-out validation images"}
+    assert _measured_summary(dense) == "0.203 bpp (26 bytes a file), 18.25 dB on 12 held-out validation images"
+    den = {"images": 4, "set": "4 training photos of mydata (no --val)", "psnr_sigma15": 24.66}
+    assert _measured_summary(den) == "sigma 15: 24.66 dB (4 training photos of mydata (no --val), blind)"
+    den = {"images": 28, "set": "data/val/photos", "psnr_sigma25": 31.36, "psnr_clean_input": 50.77}
+    assert _measured_summary(den) == "sigma 25: 31.36 dB; clean input kept at 50.8 dB (28 photos of data/val/photos, blind)"
+    assert _measured_summary({}) == "-"
+
+
+def test_the_wrong_kind_of_model_is_a_model_error(photo):
+    r = run("denoise", photo, "-m", "photo", "-o", photo.with_name("d.png"))
+    assert r.returncode == 4 and "is a codec, not a denoiser" in r.stderr
+    r = run("encode", photo, "-m", "denoise")
+    assert r.returncode == 4 and "is a denoiser, not a codec" in r.stderr

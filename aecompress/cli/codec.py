@@ -136,15 +136,20 @@ def decode(
 @app.command()
 def info(
     file: Path = typer.Argument(..., readable=False, help="An .aez file, or - for standard input."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="A model package (folder or name) to look "
+                                        "the file's model up in, beside the installed ones."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show an .aez file's header without decoding it."""
     from ..compress import file_info
+    from ..package import load_package
 
-    d = file_info(file)
+    d = file_info(file, [load_package(model)] if model else None)
     if as_json:
         print(json.dumps(d))
         return
+    if d["model"] is None:
+        d["model"] = "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)"
     for k, v in d.items():
         print(f"{k:>14}: {round(v, 4) if isinstance(v, float) else v}")   # --json keeps full precision
 
@@ -194,5 +199,11 @@ def _measured_summary(meas) -> str:
         parts = [f"sigma {s}: {v:.2f} dB" for s, v in sig]
         if "psnr_clean_input" in meas:
             parts.append(f"clean input kept at {meas['psnr_clean_input']:.1f} dB")
-        return "; ".join(parts) + f" ({meas.get('images', '?')} val photos, blind)"
+        where = str(meas.get("set") or "")
+        if not where[:1].isdigit():                 # "data/val/photos", or nothing: say how many
+            where = f"{meas.get('images', '?')} photos" + (f" of {where}" if where else "")
+        return "; ".join(parts) + f" ({where}, blind)"
+    if "mean_psnr" in meas and "bits_per_pixel" in meas:      # a dense (fixed-size) codec
+        return (f"{meas['bits_per_pixel']:.3f} bpp ({meas.get('mean_file_bytes', 0):.0f} bytes a file), "
+                f"{meas['mean_psnr']:.2f} dB on {meas.get('images', '?')} {meas.get('set', 'images')}")
     return "-"

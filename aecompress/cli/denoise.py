@@ -65,7 +65,7 @@ def denoise(
 
     from ..batch import plan_jobs, run_batch
     from ..denoise import ENSEMBLES
-    from ..errors import AecError
+    from ..errors import AecError, ModelError
     from ..package import DEFAULT_DENOISER, load_package
 
     sig = _parse_sigma(sigma)
@@ -74,7 +74,7 @@ def denoise(
     model = model or DEFAULT_DENOISER
     pkg = load_package(model)
     if pkg.kind != "denoiser":
-        raise AecError(f"model {pkg.name} is a {pkg.kind}, not a denoiser")
+        raise ModelError(f"model '{pkg.name}' is a {pkg.kind}, not a denoiser")
     if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
         print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
               f"(--sigma {sig:g} is recorded only)", file=sys.stderr)
