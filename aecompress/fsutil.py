@@ -92,6 +92,10 @@ def _describe(exc: OSError, path: Path) -> str:
         return f"no space left on device while writing {path}"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: permission denied"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):          # a file where a folder should be
+        blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"cannot write {path}: {blocker} is not a folder"
     return f"cannot write {path}: {exc.strerror or exc}"
 
 

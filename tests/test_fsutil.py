@@ -31,6 +31,14 @@ def test_refuses_to_overwrite_and_cleans_up_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
+def test_a_file_where_a_folder_should_be_is_named(tmp_path):
+    (tmp_path / "notdir").write_bytes(b"x")
+    with pytest.raises(AecError, match=r"notdir is not a folder$"):
+        write_bytes_atomic(tmp_path / "notdir" / "sub" / "a.bin", b"data")
+    with pytest.raises(AecError, match=r"notdir is not a folder$"):
+        write_bytes_atomic(tmp_path / "notdir" / "a.bin", b"data")
+
+
 def test_first_writers_of_one_run(tmp_path):
     (tmp_path / "out").mkdir()
     outs = [tmp_path / "out" / "a.aez", tmp_path / "out" / "b.aez", tmp_path / "out" / ".." / "out" / "a.aez", None,
