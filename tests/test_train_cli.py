@@ -378,6 +378,7 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("aecompress: terminated;") and "--resume" in err, err
     assert (tmp_path / "conv.work" / "checkpoint.pt").exists() and not out.exists()
     r = run(*args)
     assert r.returncode == 1 and "--resume" in r.stderr
@@ -386,12 +387,15 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
 def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     pytest.importorskip("torch")
     random_images(tmp_path / "imgs", 1, count=3)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "dn"
     r = run("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "4", "--minutes", "1",
             "--batch", "2", "--crop", "64", "--threads", "1", "--quiet")
     assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [f"wrote {out}"]          # --quiet drops the steps, not the result
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "denoiser" and m["name"] == "dn" and m["training"]["steps"] == 4
+    assert m["training"]["images"] == 3 and m["training"]["skipped"] == 1      # unreadable files are counted
     assert str(tmp_path / "imgs") in m["training"]["data"] and "torch thread" in m["training"]["hardware"]
     assert m["measured"]["images"] == 3 and "psnr_sigma25" in m["measured"]
     assert m["measured"]["set"].startswith("3 training photos of ") and "no --val" in m["measured"]["set"]
@@ -411,3 +415,153 @@ def test_a_diverging_conv_run_is_one_line(tmp_path):
     assert r.returncode == 1 and "loss became nan" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "pk").exists()
+
+
+def test_a_diverging_denoise_run_is_one_line_and_leaves_nothing(tmp_path):
+    """A NaN loss stopped conv and dense runs; a denoiser exported its NaN weights with exit 0."""
+    imgs = tmp_path / "imgs"
+    random_images(imgs, seed=3)
+    r = run("train", "denoise", "--data", str(imgs), "--out", str(tmp_path / "pk"), "--steps", "20", "--batch", "2",
+            "--crop", "32", "--lr", "1e12", "--threads", "1", "--quiet")
+    assert r.returncode == 1 and "lower --lr" in r.stderr and "became" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "pk").exists() and not (tmp_path / "pk.work").exists()
+
+
+def test_ctrl_c_during_denoise_keeps_a_checkpoint_that_resume_continues(tmp_path):
+    import signal
+    import time
+
+    torch = pytest.importorskip("torch")
+    imgs = tmp_path / "imgs"
+    random_images(imgs, seed=4)
+    out = tmp_path / "dn"
+    args = ["train", "denoise", "--data", str(imgs), "--out", str(out), "--minutes", "30", "--batch", "2",
+            "--crop", "32", "--threads", "1"]
+    # Ctrl-C as a terminal sends it (a shell running this in the background may have SIGINT ignored)
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", *args, "--steps", "100000"], cwd=ROOT,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "dn.work").is_dir():
+        time.sleep(0.1)
+    time.sleep(3)                                          # some training steps
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "--resume" in err.strip().splitlines()[-1]      # the interrupt line says how to continue
+    ckpt = tmp_path / "dn.work" / "checkpoint.pt"
+    assert ckpt.exists() and not out.exists()
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert step > 0
+    r = run(*args, "--steps", str(step + 2), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed at step {step}" in r.stderr
+    assert json.loads((out / "manifest.json").read_text())["training"]["steps"] == step + 2
+    # --resume with nothing to resume is refused, as for conv and dense
+    res = invoke(*args, "--out", str(tmp_path / "none"), "--resume")
+    assert "nothing to resume" in str(res.exception), res.output
+    assert not (tmp_path / "none.work").exists()
+
+
+def test_training_data_reads_16_bit_images_as_the_runtime_does(tmp_path):
+    """A 16-bit PNG became solid white (Pillow's convert clips I;16 to 255)."""
+    from aecompress.train.data import load_folder
+
+    a = (np.arange(48 * 40, dtype=np.uint32).reshape(48, 40) * 34).astype(np.uint16)
+    (tmp_path / "d").mkdir()
+    Image.fromarray(a).save(tmp_path / "d" / "deep.png")
+    assert Image.open(tmp_path / "d" / "deep.png").mode == "I;16"
+    expect = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    rgb = load_folder(tmp_path / "d", "RGB").images[0]
+    assert rgb.shape == (48, 40, 3) and all(np.array_equal(rgb[:, :, c], expect) for c in range(3))
+    assert np.array_equal(load_folder(tmp_path / "d", "L").images[0][:, :, 0], expect)
+
+
+def test_folders_of_unreadable_images_are_one_line(tmp_path):
+    """A --val or --data folder whose only "images" cannot be read: an IndexError traceback, or a
+    NaN manifest, before."""
+    from aecompress.errors import AecError
+
+    imgs = tmp_path / "imgs"
+    random_images(imgs, seed=5)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "fake.png").write_text("not an image")
+    (bad / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+
+    def fails(match: str, *args: str) -> None:
+        res = invoke(*args)
+        assert isinstance(res.exception, AecError) and match in str(res.exception), (res.output, res.exception)
+
+    fails("--val", "train", "conv", "--data", str(imgs), "--out", str(tmp_path / "v1"), "--steps", "2", "--crop", "64",
+          "--n", "8", "--m", "8", "--val", str(bad))
+    fails("no readable images", "train", "denoise", "--data", str(bad), "--out", str(tmp_path / "v4"), "--steps", "2")
+    fails("no readable images", "train", "denoise", "--data", str(imgs), "--out", str(tmp_path / "v5"), "--steps",
+          "2", "--val", str(bad))
+    fails("no readable images", "train", "conv", "--data", str(bad), "--out", str(tmp_path / "v6"), "--steps", "2")
+    assert not list(tmp_path.glob("v*"))                    # no package, no OUT.work/ left behind
+
+
+def test_resume_refuses_other_options(tmp_path, trained, monkeypatch):
+    """A resumed run kept the checkpoint's steps while the manifest recorded the new options; only
+    the step budget may change. The conv manifest says what it measured and ran on."""
+    torch = pytest.importorskip("torch")
+    from aecompress.errors import AecError
+    from aecompress.train import denoiser
+
+    monkeypatch.chdir(tmp_path)
+    random_images(tmp_path / "imgs", seed=6, count=3)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG broken")
+    random_images(tmp_path / "other", seed=7)
+    base = ["train", "conv", "--out", "pk", "--n", "8", "--m", "8", "--threads", "1", "--quiet", "--no-report"]
+    r = invoke(*base, "--data", "imgs", "--steps", "2", "--crop", "64", "--batch", "2")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    for changed, named in ((["--crop", "128"], "--crop 64 (now 128)"), (["--batch", "1"], "--batch 2 (now 1)"),
+                           (["--lr", "5e-4"], "--lr 0.0002 (now 0.0005)"), (["--seed", "3"], "--seed 0 (now 3)")):
+        opts = {"--data": "imgs", "--crop": "64", "--batch": "2"}
+        opts.update(dict(zip(changed[::2], changed[1::2])))
+        res = invoke(*base, *sum(map(list, opts.items()), []), "--steps", "3", "--resume", "--force")
+        assert isinstance(res.exception, AecError) and named in str(res.exception), (changed, res.exception)
+    res = invoke(*base, "--data", "other", "--crop", "64", "--batch", "2", "--steps", "3", "--resume", "--force")
+    assert isinstance(res.exception, AecError) and "--data " in str(res.exception), res.exception
+    # the step budget may grow (and the folder may be named another way)
+    r = invoke(*base, "--data", str(tmp_path / "imgs"), "--crop", "64", "--batch", "2", "--steps", "3", "--resume",
+               "--force")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    t = json.loads((tmp_path / "pk" / "manifest.json").read_text())
+    tr, meas = t["training"], t["measured"]
+    assert tr["steps"] == 3 and tr["crop"] == 64 and tr["batch"] == 2
+    assert tr["data"] == str((tmp_path / "imgs").resolve())           # absolute, not as typed
+    assert (tr["images"], tr["validation_images"], tr["skipped"]) == (3, 1, 1)
+    assert "1 torch thread" in tr["hardware"]
+    # without --val the calibration images are mostly training images, and the manifest says so
+    assert str((tmp_path / "imgs").resolve()) in meas["set"] and "2 training image(s) and 1 held out" in meas["set"]
+    assert meas["set"] in meas["summary"]
+
+    data, out = trained                                    # dense: the same rule
+    res = invoke("train", "dense", "--data", str(data), "--out", str(out), "--latent", "8", "--hidden", "32",
+                 "--steps", "80", "--batch", "64", "--resume", "--force", "--quiet")
+    assert isinstance(res.exception, AecError) and "--batch 128 (now 64)" in str(res.exception), res.exception
+
+    ck = denoiser.train(tmp_path / "dn", minutes=5, batch=2, crop=32, max_steps=2, data=tmp_path / "imgs")
+    with pytest.raises(ValueError, match=r"--crop 32 \(now 16\), --lr 0.001 \(now 0.002\)"):
+        denoiser.train(tmp_path / "dn", minutes=5, batch=2, crop=16, lr=2e-3, max_steps=3, data=tmp_path / "imgs")
+    with pytest.raises(ValueError, match="--data"):
+        denoiser.train(tmp_path / "dn", minutes=5, batch=2, crop=32, max_steps=3, data=tmp_path / "other")
+    denoiser.train(tmp_path / "dn", minutes=9, batch=2, crop=32, max_steps=3, data=Path("imgs"))
+    state = torch.load(ck, weights_only=False)
+    assert state["step"] == 3 and state["data"] == str((tmp_path / "imgs").resolve()) and state["skipped"] == 1
+
+
+def test_train_option_messages(tmp_path):
+    from aecompress.errors import AecError
+
+    random_images(tmp_path / "imgs", seed=8)
+    imgs = str(tmp_path / "imgs")
+    for args, match in ((["denoise", "--data", str(tmp_path / "nonexist")], "nonexist: no such folder"),
+                        (["denoise", "--data", imgs, "--lr", "nan"], "--lr must be a finite number, positive"),
+                        (["conv", "--data", imgs, "--lr", "inf"], "--lr must be a finite number, positive"),
+                        (["conv", "--data", imgs, "--minutes", "nan"], "--minutes must be positive and finite")):
+        res = invoke("train", *args, "--out", str(tmp_path / "o"))
+        assert isinstance(res.exception, AecError) and match in str(res.exception), (args, res.exception)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from contextlib import contextmanager
@@ -132,7 +133,7 @@ def train_cmd(
                                                "code unit"),
     quant_bits: int = typer.Option(4, min=1, max=16, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
     val_every: Optional[int] = typer.Option(None, min=1, help="dense: steps between validations (default: one epoch)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or step lines (the final 'wrote OUT' stays)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the training report"),
     force: bool = typer.Option(False, "--force", "-f", help="replace an existing package at OUT, or start over "
                                                             "where OUT.work/ holds an interrupted run"),
@@ -149,10 +150,10 @@ def train_cmd(
     if (out / "manifest.json").exists() and not force:
         raise AecError(f"--out {out} is a model package already (files made with it need it): "
                        "use --force to replace it, or choose another folder")
-    if minutes is not None and minutes <= 0:
-        raise AecError("--minutes must be positive")
-    if lr is not None and not lr >= 0:
-        raise AecError("--lr must not be negative")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise AecError(f"--minutes must be positive and finite, not {minutes:g}")
+    if lr is not None and not (math.isfinite(lr) and lr >= 0):
+        raise AecError(f"--lr must be a finite number, positive (or 0 to train nothing), not {lr:g}")
     if arch == "conv" and crop is not None and crop % 64:
         raise AecError(f"--crop must be a multiple of 64 (the hyper-latent is at 1/64 resolution), not {crop}")
     if arch == "denoise" and crop is not None and crop % 8:
@@ -165,11 +166,12 @@ def train_cmd(
     if not resume and (wdir / "checkpoint.pt").exists() and not force:
         raise AecError(f"{wdir / 'checkpoint.pt'} holds an interrupted run: --resume to continue it, "
                        "or --force to start over")
-    if val is not None and (not Path(val).is_dir() or not _has_images(Path(val))):
-        raise AecError(f"--val {val}: no images there")
-    with _training_output(out, wdir):
+    if val is not None:
+        _check_val(Path(val))
+    with _training_output(out, wdir), _interrupt_message(wdir):
         name = name or out.name
-        log = (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+        say = (lambda msg: print(msg, file=sys.stderr))             # results: the package, its report
+        log = (lambda *a, **k: None) if quiet else say              # progress: left out with --quiet
         if arch in ("conv", "denoise"):
             given = {"latent": latent, "hidden": hidden, "activation": activation, "linear": linear, "tied": tied,
                      "greedy": greedy, "sparse": sparse, "noise": noise, "contractive": contractive,
@@ -187,11 +189,11 @@ def train_cmd(
             if bad:
                 raise AecError(f"{bad[0]} does not apply to denoisers")
             _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
-                            val, quiet, log)
+                            val, quiet, say)
             return
         if arch == "conv":
             _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
-                        threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device)
+                        threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device, say)
             return
         if device != "auto":
             raise AecError("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
@@ -215,7 +217,7 @@ def train_cmd(
         if latent < 1:
             raise AecError("--latent must be at least 1")
         result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
-        export_and_report_dense(result, out, name, description, report, log)
+        export_and_report_dense(result, out, name, description, report, say)
 
 
 @contextmanager
@@ -233,10 +235,39 @@ def _training_output(out: Path, wdir: Path):
             pass
 
 
+@contextmanager
+def _interrupt_message(wdir: Path):
+    """Ctrl-C or `kill` while training: one line saying whether a checkpoint is kept for --resume
+    (the training loops save one on the way out), exit 130 or 143."""
+    from ..errors import Terminated
+
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if (wdir / "checkpoint.pt").exists():
+            print(f"aecompress: {what}; the checkpoint in {wdir} is kept: run the same command with --resume "
+                  "to continue", file=sys.stderr)
+        else:
+            print(f"aecompress: {what}; no partial output was left", file=sys.stderr)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
+
+
 def _has_images(folder: Path) -> bool:
     from ..train.data import find_images
 
     return bool(find_images(folder))
+
+
+def _check_val(folder: Path) -> None:
+    """--val must hold at least one image that can be read (it is measured on, after training)."""
+    from ..train.data import any_readable, find_images
+
+    paths = find_images(folder) if folder.is_dir() else []
+    if not paths:
+        raise AecError(f"--val {folder}: no images there")
+    if not any_readable(paths):
+        raise AecError(f"--val {folder}: no readable images there ({len(paths)} files skipped)")
 
 
 def export_and_report_dense(result, out: Path, name: str, description: str = "", report: bool = True,
@@ -284,7 +315,7 @@ def _check_device_and_init(device: str, init) -> None:
 
 
 def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
-                    val, quiet, log) -> None:
+                    val, quiet, say) -> None:
     """`python -m aecompress.train.denoiser train` and `export` in one: checkpoint in OUT.work/, the
     package at OUT, measured on --val (else on four of the training images, and the manifest says so)."""
     import contextlib
@@ -294,10 +325,13 @@ def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resu
     from ..train import denoiser
     from ..train.fit_dense import work_dir
 
+    if not Path(data).exists():
+        raise AecError(f"{data}: no such folder")
     if not _has_images(Path(data)):
         raise AecError(f"no images found in {data}")
     _check_device_and_init(device, init)
     wdir = work_dir(out)
+    _check_resumable(wdir / "checkpoint.pt", resume, "denoise")
     # the module prints its progress; --quiet keeps it off the terminal
     sink = io.StringIO() if quiet else sys.stderr
     with contextlib.redirect_stdout(sink):
@@ -309,20 +343,20 @@ def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resu
         except (ValueError, FloatingPointError) as exc:
             raise AecError(str(exc).splitlines()[0]) from None
         denoiser.export_checkpoint(ckpt, out, name, measure_limit=None if val else 4, force=True,
-                                   val_dir=Path(val) if val else Path(data),
+                                   val_dir=Path(val or data).resolve(),
                                    measure_label=None if val else "{n} training photos of {folder} (no --val)")
-    log(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val, threads,
                 minutes, crop, n, m, quiet, report, log, init=None, bf16=False, whole_every=5000,
-                device="auto") -> None:
-    from ..train.data import load_folder
+                device="auto", say=None) -> None:
+    from ..train.data import find_images, load_folder
     from ..train.export import export_checkpoint
     from ..train.fit_conv import ConvConfig, train_conv
     from ..train.fit_dense import detect_mode, read_checkpoint, work_dir
-    from ..train.data import find_images
 
+    say = say or log
     if not Path(data).exists():
         raise AecError(f"{data}: no such folder")
     paths = find_images(Path(data))
@@ -331,14 +365,7 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
     if mode == "auto":
         mode = detect_mode(paths[:200])
     wdir = work_dir(out)
-    ckpt = wdir / "checkpoint.pt"
-    if resume:
-        if not ckpt.exists():
-            raise AecError(f"nothing to resume: no checkpoint at {ckpt}")
-        ck = read_checkpoint(ckpt)
-        if ck.get("arch") != "conv":
-            raise AecError(f"checkpoint {ckpt} is from a {ck.get('arch') or 'unknown'} model, not conv: "
-                           "train into another --out or delete the checkpoint")
+    _check_resumable(wdir / "checkpoint.pt", resume, "conv")
     cfg = ConvConfig(data=str(data), out=str(wdir), mode=mode, n=n, m=m, crop=crop or 192, batch=batch or 4,
                      steps=steps or 20000, minutes=minutes, lr=2e-4 if lr is None else lr, seed=seed, val=str(val) if val else None,
                      checkpoint_every=checkpoint_every or 250, threads=threads, init=str(init) if init else None,
@@ -350,15 +377,47 @@ def _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resu
     except (ValueError, FloatingPointError) as exc:
         raise AecError(str(exc).splitlines()[0]) from None
     imgs = load_folder(Path(val or data), mode, jpeg_downscale=True, limit=4).images
-    export_checkpoint(path, out, name, imgs, description or f"convolutional hyperprior codec trained on {data}")
-    log(f"wrote {out}")
+    ck = read_checkpoint(path)
+    export_checkpoint(path, out, name, imgs, description or f"convolutional hyperprior codec trained on {data}",
+                      calib_set=_calibration_set(len(imgs), Path(val or data), val is not None, ck.get("held_out")))
+    say(f"wrote {out}")
     if report:
         from ..train.report import report_conv
 
-        ck = read_checkpoint(path)
         with _whole_report(out):
             html = report_conv(out, ck.get("history", []), imgs)
-        log(f"report: {html}")
+        say(f"report: {html}")
+
+
+def _check_resumable(ckpt: Path, resume: bool, arch: str) -> None:
+    """--resume needs a checkpoint of this kind of model in OUT.work/."""
+    from ..train.fit_dense import read_checkpoint
+
+    if not resume:
+        return
+    if not ckpt.exists():
+        raise AecError(f"nothing to resume: no checkpoint at {ckpt}")
+    theirs = read_checkpoint(ckpt).get("arch") or ("denoise" if arch == "denoise" else None)
+    if theirs != arch:
+        raise AecError(f"checkpoint {ckpt} is from a {theirs or 'unknown'} model, not {arch}: "
+                       "train into another --out or delete the checkpoint")
+
+
+def _calibration_set(count: int, folder: Path, from_val: bool, held_out: int | None) -> str:
+    """What the manifest's `measured.set` says the conv export coded: the first images of --val, or
+    of --data, where all but the first `held_out` (held out for validation) are training images."""
+    where = folder.resolve()
+    if from_val:
+        return f"{count} image(s) of --val {where}"
+    if held_out is None:                                   # a checkpoint older than the count
+        return f"{count} image(s) of {where} (no --val: the first held out for validation, the others training images)"
+    held = min(count, held_out)
+    if held == 0:
+        return f"{count} training image(s) of {where} (no --val)"
+    if held == count:
+        return f"{count} image(s) of {where} held out for validation (no --val)"
+    return (f"{count} image(s) of {where} (no --val): {count - held} training image(s) and {held} held out for "
+            "validation")
 
 
 # -- embed and score (torch-free) -----------------------------------------------------------------

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..imageio import IMAGE_SUFFIXES
+from ..errors import AecError
+from ..imageio import IMAGE_SUFFIXES, read_image, to_channels8
 
 
 @dataclass
@@ -29,9 +30,27 @@ def find_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def read_pixels(path: Path, mode: str = "RGB") -> np.ndarray:
+    """(H, W, 1 or 3) uint8 as the runtime reads images (aecompress.imageio: EXIF orientation applied,
+    16-bit samples reduced to 8 bits, CMYK through its profile, alpha dropped). AecError when unreadable."""
+    return to_channels8(read_image(path), 1 if mode == "L" else 3)
+
+
+def any_readable(paths: list[Path]) -> bool:
+    """Whether at least one of paths is an image that can be read (stops at the first)."""
+    for p in paths:
+        try:
+            read_image(p)
+            return True
+        except AecError:
+            continue
+    return False
+
+
 def load_folder(root: Path, mode: str = "RGB", jpeg_downscale: bool = False, max_side: int | None = None,
                 limit: int | None = None) -> ImageSet:
-    """Read every image below root. Unreadable files are skipped and listed in .skipped.
+    """Read every image below root (as the runtime does: read_pixels). Unreadable files are skipped
+    and listed in .skipped.
 
     jpeg_downscale halves JPEG sources (hides their compression artefacts when they serve as
     clean targets); max_side caps the longer side.
@@ -42,20 +61,20 @@ def load_folder(root: Path, mode: str = "RGB", jpeg_downscale: bool = False, max
         if limit is not None and len(out) >= limit:
             break
         try:
-            with Image.open(p) as im:
-                im = ImageOps.exif_transpose(im)
-                im = im.convert(mode)
-                if jpeg_downscale and p.suffix.lower() in {".jpg", ".jpeg"}:
-                    im = im.resize((im.width // 2, im.height // 2), Image.LANCZOS)
-                if max_side and max(im.size) > max_side:
-                    s = max_side / max(im.size)
-                    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted
+            arr = read_pixels(p, mode)
+        except AecError:                      # any unreadable file is skipped and counted
             out.skipped.append(p)
             continue
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        h, w = arr.shape[:2]
+        size = (w, h)
+        if jpeg_downscale and p.suffix.lower() in {".jpg", ".jpeg"}:
+            size = (max(1, w // 2), max(1, h // 2))
+        if max_side and max(size) > max_side:
+            s = max_side / max(size)
+            size = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+        if size != (w, h):
+            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).resize(size, Image.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8).reshape(size[1], size[0], -1)
         out.images.append(arr)
         out.paths.append(p)
         rel = p.parent.relative_to(root) if root.is_dir() else Path("")

@@ -31,12 +31,13 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import AecError
+from ..errors import AecError, Terminated
 from ..package import FORMAT, MANIFEST
 from .data import load_folder, random_crops
 from .fit_conv import device_name, resolve_device
 from .from_package import denoiser_from_package, package_for_init
 from .hardware import describe, machine
+from .resume import differing_options, refusal, resolved
 
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -44,6 +45,10 @@ SIGMA_MAX = 50.0
 LOSSES = ("mse", "psnr")
 PSNR_EPS = 1e-4          # the "psnr" loss: log(MSE + eps), so near-perfect (clean) crops cannot take over
 BF16_UNTIL = 0.85        # share of the time budget trained in mixed precision when bf16 is on
+# what a checkpoint records that a resumed run must use again (the budget, --max-steps, the threads,
+# the device and the batch workers may change: they say how long and on what the steps run)
+RESUME_OPTIONS = ("data", "widths", "batch", "crop", "lr", "seed", "init", "p_clean", "p_low", "p_jpeg", "bf16",
+                  "loss", "jpeg_downscale")
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -229,14 +234,29 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     root = Path(data) if data else DATA / "train" / "photos"
+    options = {"data": resolved(root), "widths": list(widths), "batch": batch, "crop": crop, "lr": lr, "seed": seed,
+               "init": resolved(init) if init and Path(init).exists() else (str(init) if init else None),
+               "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "bf16": bf16, "loss": loss,
+               "jpeg_downscale": jpeg_downscale}
+    state = None
+    if resume and ckpt.exists():                          # checked before the data is loaded
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("arch", "denoise") != "denoise" or "widths" not in state:
+            raise ValueError(f"checkpoint {ckpt} is from a {state.get('arch') or 'unknown'} model, not a denoiser")
+        differ = differing_options({k: state[k] for k in RESUME_OPTIONS if k in state}, options)
+        if differ:
+            raise ValueError(refusal(ckpt, differ))
     t_load = time.time()
     ds = load_folder(root, jpeg_downscale=jpeg_downscale)
     images = ds.images
-    print(f"loaded {len(images)} training images in {time.time() - t_load:.0f} s", flush=True)
+    if not images:
+        raise ValueError(f"no readable images in {root} ({len(ds.skipped)} files skipped)")
+    print(f"{len(images)} training images, {len(ds.skipped)} skipped (loaded in {time.time() - t_load:.0f} s)",
+          flush=True)
     val = _val_set() if (DATA / "val" / "photos").is_dir() and data is None else []
+    out.mkdir(parents=True, exist_ok=True)
     model = DenoiseNet(widths)
     step, spent = 0, 0.0
     init_package = None
@@ -255,8 +275,7 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     torch.backends.cudnn.benchmark = dev.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
     print(f"training on {device_name(dev)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         init_package = state.get("init_package")
@@ -266,16 +285,17 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
     budget = minutes * 60
     t0 = time.time() - spent
     losses = []
-    log = open(out / "log.jsonl", "a")
+
+    def write_log(rec: dict) -> None:                     # opened per record: no file before there is one
+        with open(out / "log.jsonl", "a") as log:
+            log.write(json.dumps(rec) + "\n")
 
     def save() -> None:
-        _save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
-                      "step": step, "device": device_name(dev),
-                      "init_package": init_package,
-                      "seconds": time.time() - t0, "widths": list(widths), "batch": batch, "crop": crop,
-                      "threads": threads, "workers": workers, "data": str(root), "images": len(images), "init": str(init) if init else None,
-                      "p_clean": p_clean, "p_low": p_low, "p_jpeg": p_jpeg, "lr": lr, "bf16": bf16,
-                      "loss": loss, "machine": machine()}, ckpt)
+        _save_atomic({"arch": "denoise", **options, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                      "opt": opt.state_dict(), "step": step, "device": device_name(dev),
+                      "init_package": init_package, "seconds": time.time() - t0, "minutes": minutes,
+                      "threads": threads, "workers": workers, "images": len(images), "skipped": len(ds.skipped),
+                      "machine": machine()}, ckpt)
 
     noise = dict(p_jpeg=p_jpeg, p_clean=p_clean, p_low=p_low)
     batches = None
@@ -284,44 +304,51 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
                                                    num_workers=workers, pin_memory=dev.type == "cuda",
                                                    prefetch_factor=4, persistent_workers=True))
     model.train()
-    while True:
-        elapsed = time.time() - t0
-        if elapsed >= budget or (max_steps is not None and step >= max_steps):
-            break
-        frac = elapsed / budget
-        warm = 200 if init is None else 20
-        cur = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) if step > warm else lr * (step + 1) / warm
-        for g in opt.param_groups:
-            g["lr"] = cur
-        if batches is not None:
-            noisy, target = next(batches)
-        else:
-            noisy, target = degrade(torch.from_numpy(random_crops(images, batch, crop, rng)), rng, **noise)
-        noisy, target = noisy.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
-            y = model(noisy)
-        objective, mse = training_objective(y.float(), target, loss)
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        opt.step()
-        losses.append(mse.item())
-        step += 1
-        if step % log_every == 0:
-            rec = {"step": step, "sec": round(time.time() - t0), "lr": round(cur, 6),
-                   "psnr_train": round(10 * math.log10(1 / max(np.mean(losses), 1e-12)), 3)}
-            if val and step % (log_every * 5) == 0:
-                rec["val_psnr_s25"] = round(_val_psnr(model, val, 25), 3)
-            losses = []
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            print(json.dumps(rec), flush=True)
+    try:
+        while True:
+            elapsed = time.time() - t0
+            if elapsed >= budget or (max_steps is not None and step >= max_steps):
+                break
+            frac = elapsed / budget
+            warm = 200 if init is None else 20
+            cur = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) if step > warm else lr * (step + 1) / warm
+            for g in opt.param_groups:
+                g["lr"] = cur
+            if batches is not None:
+                noisy, target = next(batches)
+            else:
+                noisy, target = degrade(torch.from_numpy(random_crops(images, batch, crop, rng)), rng, **noise)
+            noisy, target = noisy.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and frac <= BF16_UNTIL):
+                y = model(noisy)
+            objective, mse = training_objective(y.float(), target, loss)
+            if not torch.isfinite(objective):
+                raise FloatingPointError(f"loss became {float(objective.detach())} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            losses.append(mse.item())
+            step += 1
+            if step % log_every == 0:
+                rec = {"step": step, "sec": round(time.time() - t0), "lr": round(cur, 6),
+                       "psnr_train": round(10 * math.log10(1 / max(np.mean(losses), 1e-12)), 3)}
+                if val and step % (log_every * 5) == 0:
+                    rec["val_psnr_s25"] = round(_val_psnr(model, val, 25), 3)
+                losses = []
+                write_log(rec)
+                print(json.dumps(rec), flush=True)
+                save()
+    except (KeyboardInterrupt, Terminated):          # Ctrl-C or kill: resumable with --resume
+        if step:
             save()
+        raise
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise FloatingPointError(f"the weights became non-finite by step {step}; lower --lr")
     save()
     rec = {"step": step, "sec": round(time.time() - t0), "done": True}
     if val:
         rec.update({f"val_psnr_s{s}": round(_val_psnr(model, val, s), 3) for s in (15, 25, 50)})
-    log.write(json.dumps(rec) + "\n")
-    log.close()
+    write_log(rec)
     print(json.dumps(rec), flush=True)
     return ckpt
 
@@ -345,6 +372,8 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
 
     pkg = load_package(folder, device="cpu", threads=threads)
     vs = load_folder(val_dir, limit=limit)
+    if not vs.images:
+        raise AecError(f"no readable images in {val_dir} to measure the denoiser on ({len(vs.skipped)} files skipped)")
     where = str(val_dir.relative_to(DATA.parent)) if DATA.parent in val_dir.parents else str(val_dir)
     res: dict = {"images": len(vs), "set": label.format(n=len(vs), folder=where) if label else where}
     for s in sigmas:
@@ -442,6 +471,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
     training = {
         "data": f"{state.get('data') or '../shared/data/train/photos'}: {state.get('images', '?')} photos",
         "images": state.get("images"),
+        **({"skipped": state["skipped"]} if "skipped" in state else {}),
         "steps": state["step"], "batch": state.get("batch"), "crop": state.get("crop"),
         "minutes": round(state["seconds"] / 60, 1),
         "hardware": (describe(state["device"], extra=f"batches made by {state.get('workers')} CPU worker processes",
@@ -524,10 +554,13 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--measure-limit", type=int, default=None)
     a = ap.parse_args(argv)
     if a.cmd == "train":
-        train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
-              resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed,
-              bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale,
-              loss=a.loss)
+        try:
+            train(a.out, a.minutes, a.batch, a.crop, a.lr, a.threads, max_steps=a.max_steps, data=a.data,
+                  resume=not a.fresh, init=a.init, p_clean=a.p_clean, p_low=a.p_low, p_jpeg=a.p_jpeg, seed=a.seed,
+                  bf16=a.bf16, device=a.device, workers=a.workers, jpeg_downscale=not a.no_jpeg_downscale,
+                  loss=a.loss)
+        except (AecError, ValueError, FloatingPointError) as exc:
+            raise SystemExit(f"error: {str(exc).splitlines()[0]}") from None
         return
     try:
         export_checkpoint(a.checkpoint, a.out, a.name, measure=not a.no_measure, measure_limit=a.measure_limit,

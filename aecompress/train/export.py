@@ -239,10 +239,11 @@ def _write_package_atomically(out: Path, build) -> Path:
 
 def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[np.ndarray],
                       training: dict, description: str = "", measured: dict | None = None,
-                      ladder_calib: list[np.ndarray] | None = None) -> Path:
+                      ladder_calib: list[np.ndarray] | None = None, calib_set: str | None = None) -> Path:
     """Write a hyperprior model package. calib: a few (H, W, C) uint8 images for calibration of the
     integer hyper-synthesis; ladder_calib: images on which to choose the resolution ladder
-    (aecompress.ladder; none: a single full-resolution rung)."""
+    (aecompress.ladder; none: a single full-resolution rung); calib_set: which images calib are, for
+    the manifest's `measured` (default "N calibration image(s)")."""
     codec = codec.eval()
     ch = codec.config["channels"]
 
@@ -306,7 +307,8 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
                 "images": len(ladder_images), "points (scale:level -> bpp, PSNR)": points}}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         # the runtime, not torch, must code and decode with it before it is moved into place
-        checked = runtime_round_trip(tmp, [im for im in calib if im.ndim == 3 and im.shape[2] == ch][:4])
+        checked = runtime_round_trip(tmp, [im for im in calib if im.ndim == 3 and im.shape[2] == ch][:4],
+                                     calib_set)
         if not measured and checked:
             manifest["measured"] = checked
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -317,10 +319,11 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
 ROUND_TRIP_QUALITIES = (10, 50, 75, 100)
 
 
-def runtime_round_trip(folder: Path, images: list[np.ndarray]) -> dict:
+def runtime_round_trip(folder: Path, images: list[np.ndarray], label: str | None = None) -> dict:
     """Encode `images` with the package in `folder` through the runtime at a few qualities, decode
     every file and require the decoder's pixels to equal the encoder's reconstruction; returns what
-    was measured (bpp from file bytes, PSNR of the decoded pixels) for the manifest."""
+    was measured (bpp from file bytes, PSNR of the decoded pixels) for the manifest, on the set that
+    label names (default "N calibration image(s)")."""
     from ..codec import Codec
     from ..compress import encode_picture
     from ..imageio import Picture
@@ -343,22 +346,26 @@ def runtime_round_trip(folder: Path, images: list[np.ndarray]) -> dict:
             bpp.append(len(enc.data) * 8 / (im.shape[0] * im.shape[1]))
             db.append(min(psnr(im, dec), 99.0))
         points.append({"quality": q, "bpp": round(float(np.mean(bpp)), 4), "psnr": round(float(np.mean(db)), 3)})
+    label = label or f"{len(images)} calibration image(s)"
     return {"summary": f"{points[0]['bpp']:.2f}-{points[-1]['bpp']:.2f} bpp, {points[0]['psnr']:.1f}-"
-                       f"{points[-1]['psnr']:.1f} dB on {len(images)} calibration image(s) "
-                       "(coded and decoded by the runtime at export)",
-            "set": f"{len(images)} calibration image(s)", "points": points}
+                       f"{points[-1]['psnr']:.1f} dB on {label} (coded and decoded by the runtime at export)",
+            "set": label, "points": points}
 
 
 def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndarray], description: str = "",
-                      extra_training: dict | None = None, ladder_calib: list[np.ndarray] | None = None) -> Path:
-    """Export a conv checkpoint. calib: images for the integer hyper-synthesis; ladder_calib: images
-    for the resolution ladder (default: calib)."""
+                      extra_training: dict | None = None, ladder_calib: list[np.ndarray] | None = None,
+                      calib_set: str | None = None) -> Path:
+    """Export a conv checkpoint. calib: images for the integer hyper-synthesis, measured by the
+    runtime at export (calib_set names them in the manifest); ladder_calib: images for the
+    resolution ladder (default: calib)."""
     ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
     cfg = ck["model_config"]
     codec = HyperpriorCodec(cfg["channels"], cfg["n"], cfg["m"], cfg["nh"], cfg["nz"], tuple(cfg["lambdas"]))
     codec.load_state_dict(ck["model"])
     tc = ck.get("train_config", {})
-    training = {"data": tc.get("data"), "steps": ck["step"], "seconds": round(ck["elapsed"]),
+    training = {"data": tc.get("data"),
+                **{k: ck[k] for k in ("images", "validation_images", "skipped") if k in ck},
+                "steps": ck["step"], "seconds": round(ck["elapsed"]),
                 "crop": tc.get("crop"), "batch": tc.get("batch"), "lr": tc.get("lr"), "seed": tc.get("seed"),
                 "validation_history": ck.get("history", [])[-1:], **(extra_training or {})}
     # fine-tuning (--init): follow the chain of checkpoints back to the first run
@@ -387,6 +394,7 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
     if "hardware" not in training:
         from .hardware import describe
 
-        training["hardware"] = describe(ck.get("device"), tc.get("threads"), machine=ck.get("machine"))
+        training["hardware"] = describe(ck.get("device"), ck.get("torch_threads") or tc.get("threads"),
+                                        machine=ck.get("machine"))
     return export_conv_codec(codec, out, name, calib, training, description,
-                             ladder_calib=calib if ladder_calib is None else ladder_calib)
+                             ladder_calib=calib if ladder_calib is None else ladder_calib, calib_set=calib_set)

@@ -22,6 +22,7 @@ from ..errors import AecError
 from ..package import FORMAT, MANIFEST, ModelPackage
 from .dense import DenseAE
 from .export import _write_package_atomically, export_onnx, factorized_tables
+from .resume import resolved
 
 
 class _Analysis(nn.Module):
@@ -124,7 +125,7 @@ def training_summary(result) -> dict:
     last = result.history[-1] if result.history else {}
     hw = describe(f"CUDA GPU ({torch.cuda.get_device_name(0)})" if result.device == "cuda" else "CPU",
                   None if result.device == "cuda" else torch.get_num_threads(), machine=machine())
-    return {"data": str(cfg.data), "images": int(len(result.train_images) + len(result.val_images)),
+    return {"data": resolved(cfg.data), "images": int(len(result.train_images) + len(result.val_images)),
             "validation_images": int(len(result.val_images)), "skipped": len(result.skipped),
             "steps": int(result.steps), "seconds": round(result.seconds, 1), "hardware": hw, "seed": cfg.seed,
             "options": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},

@@ -18,6 +18,14 @@ from .conv import HyperpriorCodec, rd_loss
 from .data import ImageSet, load_folder, random_crops
 from .from_package import codec_from_package, package_for_init
 from .hardware import machine
+from .resume import differing_options, refusal, resolved
+
+
+# Options a resumed run may change: how long it runs, how often it saves and checks, and the hardware.
+# Everything else (data, crops, batch, learning rate, seed, --init, --bf16, ...) must be what the
+# checkpoint's steps ran with, or the manifest would record options no step ran with.
+RESUMABLE_CHANGES = ("out", "steps", "minutes", "checkpoint_every", "val_every", "whole_every", "threads",
+                     "device", "prefetch")
 
 
 @dataclass
@@ -136,48 +144,75 @@ def evaluate(model: HyperpriorCodec, crops: np.ndarray) -> list[dict]:
     return rows
 
 
+def recorded_config(cfg: ConvConfig) -> dict:
+    """The train_config a checkpoint records: the options, with the folders (and an --init file) as
+    absolute paths."""
+    init = resolved(cfg.init) if cfg.init and Path(cfg.init).exists() else cfg.init
+    return {**asdict(cfg), "data": resolved(cfg.data), "val": resolved(cfg.val) if cfg.val else None, "init": init}
+
+
+def check_resume(ck: dict, cfg: ConvConfig, model_config: dict, path: Path) -> None:
+    """A checkpoint is resumed only with the options its steps ran with (RESUMABLE_CHANGES aside):
+    one line naming those that differ."""
+    if ck.get("arch") != "conv":
+        raise ValueError(f"checkpoint {path} is from a {ck.get('arch') or 'unknown'} model, not conv")
+    differ = differing_options(ck.get("train_config") or {}, recorded_config(cfg), skip=RESUMABLE_CHANGES)
+    if not differ and ck.get("model_config") != model_config:
+        differ = "the architecture"
+    if differ:
+        raise ValueError(refusal(path, differ))
+
+
 def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     device = resolve_device(cfg.device)                 # before anything is written
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
+    channels = 1 if cfg.mode == "L" else 3
+    model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
+    resuming = resume and ckpt_path.exists()
+    if resuming:                                         # refused before the data is loaded
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+        check_resume(ck, cfg, model.config, ckpt_path)
 
     data = load_folder(Path(cfg.data), cfg.mode, jpeg_downscale=cfg.jpeg_downscale)
     if len(data) == 0:
-        raise ValueError(f"no readable images in {cfg.data}")
+        raise ValueError(f"no readable images in {cfg.data} ({len(data.skipped)} files skipped)")
     if cfg.val:
         val = load_folder(Path(cfg.val), cfg.mode)
+        if len(val) == 0:
+            raise ValueError(f"--val {cfg.val}: no readable images there ({len(val.skipped)} files skipped)")
         train_images = data.images
+        held_out = 0
     else:
         n_val = max(1, len(data) // 20)
         val = ImageSet(data.images[:n_val], data.paths[:n_val], data.labels[:n_val])
         train_images = data.images[n_val:] or data.images
-    log(f"{len(train_images)} training images, {len(val)} validation, {len(data.skipped)} skipped")
+        held_out = n_val if len(data) > n_val else 0    # the first images of --data (a single one also trains)
+    skipped = len(data.skipped) + len(val.skipped)
+    # as dense models record them: the readable images of --data, the validation images (held out of
+    # them, or --val's) and the files skipped; held_out: how many of --data's first images are held out
+    counts = {"images": len(data), "validation_images": len(val), "skipped": skipped, "held_out": held_out}
+    log(f"{len(train_images)} training images, {len(val)} validation, {skipped} skipped")
     val_crops = _val_crops(val.images, cfg.crop)
     photos = _whole_photos(val.images)
 
-    channels = 1 if cfg.mode == "L" else 3
     log(f"training on {device_name(device)}")
     torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed crop shapes: let cuDNN pick its kernels
     init_package = None                                  # --init PACKAGE: where the weights came from
     init_dir = package_for_init(cfg.init) if cfg.init else None
-    model = HyperpriorCodec(channels, cfg.n, cfg.m, cfg.nh, cfg.nz)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed_before, history = 0, 0.0, []
     rng = np.random.default_rng(cfg.seed)
-    resuming = resume and ckpt_path.exists()
     if resuming:
-        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
-        if ck.get("arch") != "conv" or ck.get("model_config") != model.config:
-            raise ValueError("checkpoint is from another architecture or configuration")
         model.load_state_dict(ck["model"])
         step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
         init_package = ck.get("init_package")
         rng = np.random.default_rng(cfg.seed + step)
-        log(f"resumed at step {step}")
+        log(f"resumed at step {step}" + (f" (already past --steps {cfg.steps}: nothing to train)"
+                                         if step >= cfg.steps else ""))
     elif init_dir is not None:
         ck = {"step": None}
         source, rebuilt = codec_from_package(init_dir)
@@ -195,6 +230,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             raise ValueError(f"{cfg.init} is from another architecture or configuration")
         model.load_state_dict(ck["model"])
         log(f"initialised from {cfg.init} (step {ck.get('step')})")
+    out.mkdir(parents=True, exist_ok=True)             # the data and the checkpoint are good: write
     model.to(device)
     if resuming:
         opt.load_state_dict(ck["opt"])                   # after the move: the state follows the parameters
@@ -216,9 +252,10 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         return min(p, 1.0)
 
     def save(path: Path = ckpt_path, whole_photos: dict | None = None) -> None:
-        _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": asdict(cfg),
+        _atomic_torch_save({"arch": "conv", "model_config": model.config, "train_config": recorded_config(cfg),
                             "model": {k: v.cpu() for k, v in model.state_dict().items()},
                             "opt": opt.state_dict(), "step": step, "device": device_name(device), "machine": machine(),
+                            "torch_threads": torch.get_num_threads(), **counts,
                             "init_package": init_package,
                             "elapsed": time.time() - t0, "history": history,
                             "whole_photos": whole_photos or whole}, path)
@@ -290,6 +327,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         raise
     if prefetch:
         prefetch.shutdown(wait=True)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise FloatingPointError(f"the weights became non-finite by step {step}; lower --lr")
     history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": evaluate(model, val_crops)})
     seconds = time.time() - t0
     if whole_start is not None:

@@ -25,7 +25,11 @@ from ..errors import AecError, Terminated
 from .data import find_images, load_folder
 from .dense import (VAE_MSE_SIGMA, DenseAE, DenseConfig, Objective, calibrate_gain, distortion, entropy_fit_loss,
                     jacobian_frobenius, objective)
+from .resume import differing_options, refusal, resolved
 
+# options a resumed run may change: how long it runs (a stopping rule included), how often it saves
+# and validates, and the threads; every other option must be the one the checkpoint's steps ran with
+RESUMABLE_CHANGES = ("out", "steps", "epochs", "patience", "val_every", "checkpoint_every", "threads", "eb_steps")
 DEFAULT_RATE = 0.02            # lambda of the rate term: loss = distortion + lambda * bits per pixel
 EB_FIT_STEPS = 600
 EB_LR_SCALE = 10.0          # the entropy model learns faster than the network (rate follows lambda within ~1000 steps)
@@ -340,7 +344,13 @@ def read_checkpoint(path: Path) -> dict:
         raise AecError(f"cannot read checkpoint {path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
-def check_checkpoint(ck: dict, path: Path, mcfg: DenseConfig, obj: Objective) -> None:
+def recorded_config(cfg: DenseTrainConfig) -> dict:
+    """The train_config a checkpoint records: the options, with the data folder as an absolute path."""
+    return {**asdict(cfg), "data": resolved(cfg.data)}
+
+
+def check_checkpoint(ck: dict, path: Path, mcfg: DenseConfig, obj: Objective, cfg: DenseTrainConfig | None = None,
+                     mode: str | None = None) -> None:
     arch = ck.get("arch")
     if arch != "dense":
         raise AecError(f"checkpoint {path} is from a {arch or 'unknown'} model, not dense: "
@@ -352,6 +362,12 @@ def check_checkpoint(ck: dict, path: Path, mcfg: DenseConfig, obj: Objective) ->
                        "use the same options or another --out")
     if ck.get("objective") != asdict(obj):
         raise AecError(f"checkpoint {path} was trained with another objective: use the same options to resume")
+    if cfg is not None:                  # --mode auto is compared as the mode it detected
+        theirs = {**(ck.get("train_config") or {}), **({"mode": ck["mode"]} if "mode" in ck else {})}
+        ours = {**recorded_config(cfg), **({"mode": mode} if mode else {})}
+        differ = differing_options(theirs, ours, skip=RESUMABLE_CHANGES)
+        if differ:
+            raise AecError(refusal(path, differ))
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -410,7 +426,7 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
         if not ckpt_path.exists():
             raise AecError(f"nothing to resume: no checkpoint at {ckpt_path}")
         ck = read_checkpoint(ckpt_path)
-        check_checkpoint(ck, ckpt_path, mcfg, obj)
+        check_checkpoint(ck, ckpt_path, mcfg, obj, cfg, data.mode)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, elapsed_before = ck["step"], ck["elapsed"]
@@ -422,7 +438,7 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
 
     def save() -> None:
         _atomic_torch_save({"arch": "dense", "model_config": mcfg.as_dict(), "objective": asdict(obj),
-                            "train_config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                            "train_config": recorded_config(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
                             "step": step, "elapsed": time.time() - t0, "history": history,
                             "greedy_history": greedy_history, "best": best, "bad": bad,
                             "mode": data.mode}, ckpt_path)
