@@ -26,7 +26,7 @@ import numpy as np
 from . import container
 from .container import Header
 from .entropy import Decoder, Encoder, TableSet
-from .errors import AecError, CorruptFileError, ModelError
+from .errors import AecError, CorruptFileError, ModelError, NonFiniteOutput
 from .hyper import IntegerHyperSynthesis
 from .ladder import Ladder, downscale, scaled_size, upscale
 from .package import ModelPackage
@@ -286,4 +286,9 @@ class Codec:
             if shape is None:
                 raise ModelError(f"model '{self.pkg.name}': its manifest has no latent_shape")
             st["q"] = dec.decode(self._channel_index(shape), self.z_tables)
-        return self.reconstruct(st, header.height, header.width, check), header
+        try:
+            return self.reconstruct(st, header.height, header.width, check), header
+        except NonFiniteOutput:
+            # the model encodes finite images; a checksummed file whose latent overflows it was
+            # damaged before its checksum was made, or made to harm
+            raise CorruptFileError("payload is damaged (its latent is far out of the model's range)") from None

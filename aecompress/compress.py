@@ -19,7 +19,8 @@ import numpy as np
 from . import container
 from .codec import Analysis, Codec
 from .errors import AecError, ModelError
-from .fsutil import first_writers, is_stdio, read_stdin, write_bytes_atomic, write_stdout
+from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
+                     write_stdout)
 from .imageio import Picture, image_bytes, read_image, save_image, to_channels8
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
@@ -205,8 +206,9 @@ def read_input(path: Path) -> tuple[bytes, str]:
     if is_stdio(path):
         return read_stdin(), STDIN_NAME
     try:
-        if path.exists() and not path.is_file():    # a pipe or a device would block or never end
-            raise AecError(f"{path} is a folder" if path.is_dir() else f"{path} is not a regular file")
+        if path.is_dir():
+            raise AecError(f"{path} is a folder")
+        refuse_device(path)
         return path.read_bytes(), str(path)
     except FileNotFoundError:
         raise AecError(f"{path}: no such file") from None
@@ -234,6 +236,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
     "-" as an input is standard input, and -o - standard output; each takes a single file. An
     output named with a trailing slash is a folder, whatever the number of inputs. A file given
     twice (also through a folder) is processed once, as `aecompress denoise` does."""
+    if output is not None and str(output) in STDOUT_ALIASES:
+        output = STDIO                             # -o /dev/stdout: written as -o - (never renamed over)
     as_folder = output is not None and str(output).endswith(("/", os.sep))
     output = Path(output) if output is not None else None
     files: list[tuple[Path, str | None]] = []
@@ -245,13 +249,19 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
             files.append((p, None))
         elif p.is_dir():
             folders = True
-            found = sorted(q for q in p.iterdir() if q.is_file() and accept(q))
+            try:
+                found = sorted(q for q in p.iterdir() if q.is_file() and accept(q))
+            except OSError as exc:                 # an unreadable folder fails alone
+                files.append((p, f"{p}: cannot read this folder ({exc.strerror or exc})"))
+                continue
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
-    unique, seen = [], set()                       # a file given twice (`cat.png ./cat.png`) runs once
+    # a file given twice (`cat.png ./cat.png`, or also through its folder) runs once; the same
+    # path spelled twice, not two links to one file, which are two inputs with two outputs
+    unique, seen = [], set()
     for p, error in files:
-        key = p if is_stdio(p) or error else p.resolve()
+        key = p if is_stdio(p) or error else os.path.abspath(p)
         if key not in seen:
             seen.add(key)
             unique.append((p, error))
@@ -267,7 +277,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
         if first is not None and first != i:
             earlier = files[first][0]
             error, out = f"{inp}: its output {out} is also the output of {earlier}", None
-        elif out is not None and not is_stdio(out) and not is_stdio(inp) and out.resolve() == inp.resolve():
+        elif (out is not None and not is_stdio(out) and not is_stdio(inp)
+              and os.path.realpath(out) == os.path.realpath(inp)):      # realpath: no error on a link loop
             error, out = f"{inp}: refusing to write the output over its own input", None
         plan.append((inp, out, error))
     return plan

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import constriction
 import numpy as np
 
-from .errors import AecError, CorruptFileError
+from .errors import CorruptFileError, ModelError
 
 MAX_VALUE = 1 << 24     # the largest |value| coded: an escape beyond it marks a damaged (or broken) latent
 
@@ -170,8 +170,9 @@ class Encoder:
             sym[esc] = tables.length[t] - 1
             self._coder.encode(sym.astype(np.int32), tables.model(t))
             if esc.any():
-                if np.abs(v[esc]).max() > MAX_VALUE:     # NaN or inf from the model lands here too
-                    raise AecError("the model produced a latent out of range (not a finite number?)")
+                e = v[esc]                          # NaN or inf cast to int64 is INT64_MIN: caught too
+                if ((e > MAX_VALUE) | (e < -MAX_VALUE)).any():
+                    raise ModelError("the model produced a latent out of range (not a finite number?)")
                 self._escapes.append(v[esc])
 
     def finish(self) -> tuple[bytes, bytes]:

@@ -19,6 +19,11 @@ class ModelError(AecError):
     exit_code = 4
 
 
+class NonFiniteOutput(ModelError):
+    """A graph gave NaN or infinite values: a broken model, or (when decoding) a damaged file whose
+    latent is finite but far outside anything the encoder makes."""
+
+
 class UnknownModelError(ModelError):
     """No model package at hand matches the model id a .aez file names."""
 

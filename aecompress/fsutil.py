@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from .errors import AecError
 
 
 STDIO = "-"             # as an input: standard input; as an output: standard output (as in cwebp)
+STDOUT_ALIASES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")    # outputs that mean -o -
 
 
 def is_stdio(path: Path | str | None) -> bool:
@@ -33,13 +36,23 @@ def read_stdin() -> bytes:
 def write_stdout(data: bytes | memoryview) -> None:
     """Binary data to standard output, after all the work has succeeded (so a failure leaves nothing
     behind); refused when standard output is a terminal. Written with os.write until every byte is
-    out: a full disk can take part of a buffered write without raising."""
+    out: a full disk can take part of a buffered write without raising. A standard output without a
+    file descriptor (a test runner's, an embedding program's) takes one buffered write."""
     if sys.stdout.isatty():
         raise AecError("refusing to write binary data to a terminal: redirect standard output or name a file")
     try:
         sys.stdout.flush()
+        try:
+            fd = sys.stdout.buffer.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            fd = None
+        if fd is None:
+            if sys.stdout.buffer.write(data) != len(data):
+                raise OSError(errno.EIO, "short write")
+            sys.stdout.buffer.flush()
+            return
         sys.stdout.buffer.flush()
-        fd, view = sys.stdout.buffer.fileno(), memoryview(data).cast("B")
+        view = memoryview(data).cast("B")
         while view:
             view = view[os.write(fd, view):]
     except BrokenPipeError:
@@ -55,7 +68,8 @@ def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
     (an entry's own index when it is the first; None for None). A later entry whose first writer is
     another must not be written, even with --force: one run never overwrites its own results."""
     first: dict[Path | str, int] = {}
-    return [None if out is None else first.setdefault(STDIO if is_stdio(out) else Path(out).resolve(), i)
+    # realpath, not resolve(): a loop of links is a path like any other here (it fails when written)
+    return [None if out is None else first.setdefault(STDIO if is_stdio(out) else os.path.realpath(out), i)
             for i, out in enumerate(outputs)]
 
 
@@ -74,9 +88,31 @@ def check_writable(path: Path, force: bool) -> None:
 
 def write_target(path: Path) -> Path:
     """Where an atomic write to `path` lands: through a symbolic link to the file it names (the link
-    stays a link, as when a program opens it for writing), else `path` itself."""
+    stays a link, as when a program opens it for writing), else `path` itself. A link into a
+    process's open files (/dev/fd/N, /proc/PID/fd/N) is refused: renaming over what it names would
+    replace the file a shell redirected into, with everything already in it."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if not path.is_symlink():
+        return path
+    hops, link = 0, path
+    while link.is_symlink() and hops < 40:
+        if str(link).startswith(("/dev/fd/", "/proc/")):
+            break
+        link, hops = Path(os.path.join(link.parent, os.readlink(link))), hops + 1
+    if str(link).startswith(("/dev/fd/", "/proc/")):
+        raise AecError(f"{path} names an open file descriptor: use - for standard output")
+    return Path(os.path.realpath(path))
+
+
+def refuse_device(path: Path) -> None:
+    """A device or socket as an input never ends (/dev/zero) or waits on a terminal: refused. Pipes
+    are inputs like files (/dev/stdin in a pipeline, a shell's <(...)); a folder is the caller's."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return                                      # the read that follows names the problem
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise AecError(f"{path} is a device, not a file")
 
 
 def chmod_as_created(path: Path, mode: int = 0o666) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import AecError
-from .fsutil import check_writable, write_bytes_atomic
+from .fsutil import check_writable, refuse_device, write_bytes_atomic
 
 MAX_PIXELS = 400_000_000       # refuse anything larger (about 20000 x 20000)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
@@ -140,11 +140,12 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     data: the file's bytes, already read (from standard input); `path` then only names it."""
     path = Path(path)
     if data is None and not path.exists():
-        raise AecError(f"{path}: no such file")
+        raise AecError(f"{path}: a link that leads nowhere (a loop, or a missing target)" if path.is_symlink()
+                       else f"{path}: no such file")
     if data is None and path.is_dir():
         raise AecError(f"{path} is a folder")
-    if data is None and not path.is_file():          # a pipe or a device would block or never end
-        raise AecError(f"{path} is not a regular file")
+    if data is None:
+        refuse_device(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)        # e.g. Pillow's multi-line note on corrupt EXIF

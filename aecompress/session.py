@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AecError, ModelError
+from .errors import AecError, ModelError, NonFiniteOutput
 from .fsutil import interrupts_deferred
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,8 +74,8 @@ class Session:
         outs = self._sess.run(None, feeds, self._run_options)
         for out in outs:
             if not np.isfinite(out).all():
-                raise ModelError(f"model {self.path.parent.name}: {self.path.name} gave NaN or infinite "
-                                 "values (a diverged or damaged model)")
+                raise NonFiniteOutput(f"model {self.path.parent.name}: {self.path.name} gave NaN or infinite "
+                                      "values (a diverged or damaged model)")
         return outs
 
     @property

@@ -136,6 +136,10 @@ def test_folders_and_clashing_output_names(tmp_path):
     assert [json.loads(line)["input"] for line in r.stdout.splitlines()] == [str(photos / "a.png"), str(photos / "b.jpg")]
     r = run("decode", tmp_path / "twice" / "a.aez", tmp_path / "twice" / "a.aez", "-o", tmp_path / "single.png")
     assert r.returncode == 0 and (tmp_path / "single.png").is_file(), r.stderr
+    # two links to one file are two inputs with two outputs (as in denoise)
+    (tmp_path / "linked.png").symlink_to(photos / "a.png")
+    r = run("encode", photos / "a.png", tmp_path / "linked.png", "-o", tmp_path / "links", "--quiet")
+    assert r.returncode == 0 and sorted(p.name for p in (tmp_path / "links").iterdir()) == ["a.aez", "linked.aez"]
     assert Image.open(tmp_path / "out" / "a.png").size == first
 
 
@@ -491,19 +495,103 @@ def test_outputs_that_are_not_regular_files(tmp_path, photo):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_inputs_that_are_not_regular_files(tmp_path, photo):
-    """A named pipe with no writer or /dev/zero as input: refused at once (it blocked, or read
-    without end), and the other files of the run go on."""
+def test_inputs_that_are_devices_or_pipes(tmp_path, photo):
+    """/dev/zero as input is refused at once (it read without end), and the other files of the run
+    go on; a pipe is an input like a file (/dev/stdin in a pipeline, a shell's <(...))."""
+    import threading
+
     assert run("encode", photo, "--quiet").returncode == 0
-    pipe = tmp_path / "pipe.aez"
-    os.mkfifo(pipe)
-    r = run("decode", pipe, "/dev/zero", photo.with_suffix(".aez"), "-o", tmp_path / "out")
-    assert r.returncode == 1 and r.stderr.count("not a regular file") == 2, r.stderr
+    aez = photo.with_suffix(".aez")
+    r = run("decode", "/dev/zero", aez, "-o", tmp_path / "out")
+    assert r.returncode == 1 and "/dev/zero is a device, not a file" in r.stderr, r.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["cat.png"]
     r = run("info", "/dev/zero")
-    assert r.returncode == 1 and "not a regular file" in r.stderr
-    r = run("encode", tmp_path / "pipe.aez", "-o", tmp_path / "x.aez")
-    assert r.returncode == 1 and "not a regular file" in r.stderr and not (tmp_path / "x.aez").exists()
+    assert r.returncode == 1 and "is a device" in r.stderr
+    r = run("encode", "/dev/zero", "-o", tmp_path / "x.aez")
+    assert r.returncode == 1 and "is a device" in r.stderr and not (tmp_path / "x.aez").exists()
+    for cmd, src, out in (("decode", aez, "p.png"), ("encode", photo, "p.aez")):
+        pipe = tmp_path / f"pipe{src.suffix}"
+        os.mkfifo(pipe)
+        feeder = threading.Thread(target=lambda: pipe.write_bytes(src.read_bytes()))
+        feeder.start()
+        r = run(cmd, pipe, "-o", tmp_path / out, "--quiet")
+        feeder.join(timeout=60)
+        assert r.returncode == 0 and (tmp_path / out).stat().st_size > 0, r.stderr
+        pipe.unlink()
+
+
+def test_dev_stdout_is_standard_output(tmp_path, photo):
+    """-o /dev/stdout writes to standard output; with a shell's redirection behind it, renaming over
+    it replaced the redirected file and all that was in it."""
+    log = tmp_path / "log.bin"
+    log.write_bytes(b"HEADER")
+    with open(log, "ab") as f:
+        r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", "/dev/stdout",
+                            "--force", "--quiet"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = log.read_bytes()
+    assert data.startswith(b"HEADERAEZ") and len(data) > 1000
+    link = tmp_path / "fd1"
+    link.symlink_to("/proc/self/fd/1")
+    with open(log, "ab") as f:
+        r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(link), "--force"],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 1 and "names an open file descriptor" in r.stderr and log.read_bytes() == data
+
+
+def test_standard_output_without_a_file_descriptor(photo):
+    """-o - where standard output is a Python object (a test runner's, an embedding program's)."""
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    r = CliRunner().invoke(app, ["encode", str(photo), "-o", "-", "--quiet"])
+    assert r.exit_code == 0 and r.stdout_bytes.startswith(b"AEZ"), r.stderr
+
+
+def test_a_closed_report_pipe_stops_the_batch_quietly(tmp_path, photo):
+    """`encode folder --json | head -c 10`: the reader went away; no error per file, no "bug"."""
+    for k in range(6):
+        Image.fromarray(smooth_image(40, 48, seed=k)).save(tmp_path / f"{k}.png")
+    p = subprocess.Popen([sys.executable, "-m", "aecompress", "encode", str(tmp_path), "-o", str(tmp_path / "o"),
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and "unexpected" not in err and "failed" not in err, err
+
+
+def test_a_loop_of_links_fails_alone(tmp_path, photo):
+    (tmp_path / "la.png").symlink_to("lb.png")
+    (tmp_path / "lb.png").symlink_to("la.png")
+    r = run("encode", tmp_path / "la.png", photo, "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 1 and "la.png: a link that leads nowhere" in r.stderr, r.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cat.aez"]
+
+
+def test_a_latent_that_overflows_the_synthesis_is_a_damaged_file(tmp_path):
+    """A checksummed file whose escape value is within the format's bound but makes the synthesis
+    give NaN: a damaged file (exit 3), not a broken model (exit 4)."""
+    from aecompress import container
+    from aecompress.compress import open_codec
+    from aecompress.entropy import MAX_VALUE, Encoder
+
+    codec = open_codec(None, "cpu", 1)
+    px = smooth_image(48, 64, seed=2)
+    a = codec.analyse(px)
+    _, st = codec.code(a, codec.quality_to_position(75))
+    q = st["q"].copy()
+    q.flat[0] = MAX_VALUE - 1
+    enc = Encoder()
+    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
+    enc.encode(q, st["idx"], codec.y_tables)
+    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
+                              scale=st["scale"])
+    bad = tmp_path / "bad.aez"
+    bad.write_bytes(container.pack(header, container.join_payload(*enc.finish())))
+    r = run("decode", bad)
+    assert r.returncode == 3 and "far out of the model's range" in r.stderr, r.stderr
+    assert not (tmp_path / "bad.png").exists()
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

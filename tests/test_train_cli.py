@@ -552,6 +552,11 @@ def test_resume_refuses_other_options(tmp_path, trained, monkeypatch):
     denoiser.train(tmp_path / "dn", minutes=9, batch=2, crop=32, max_steps=3, data=Path("imgs"))
     state = torch.load(ck, weights_only=False)
     assert state["step"] == 3 and state["data"] == str((tmp_path / "imgs").resolve()) and state["skipped"] == 1
+    # the data folder was moved: its new path is taken, not refused
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    denoiser.train(tmp_path / "dn", minutes=9, batch=2, crop=32, max_steps=4, data=tmp_path / "moved")
+    state = torch.load(ck, weights_only=False)
+    assert state["step"] == 4 and state["data"] == str((tmp_path / "moved").resolve())
 
 
 def test_train_option_messages(tmp_path):

@@ -45,6 +45,11 @@ def main() -> None:
         ignore_interrupts()
         print("aecompress: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:                        # `aecompress ... --json | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        sys.exit(1)
     except Exception as exc:                       # a bug: still one line, not a traceback
         from .common import unexpected
 

@@ -149,7 +149,8 @@ def info(
         print(json.dumps(d))
         return
     if d["model"] is None:
-        d["model"] = "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)"
+        d["model"] = ("neither the package given with -m nor an installed one" if model else
+                      "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)")
     for k, v in d.items():
         print(f"{k:>14}: {round(v, 4) if isinstance(v, float) else v}")   # --json keeps full precision
 

@@ -50,10 +50,12 @@ def error_line(msg: str) -> None:
 def unexpected(exc: Exception) -> str:
     """The one line for an error the code did not foresee (a bug): named, with the way to see more.
     AECOMPRESS_DEBUG=1 lets it through as a traceback instead."""
-    if os.environ.get("AECOMPRESS_DEBUG"):
+    if os.environ.get("AECOMPRESS_DEBUG", "") not in ("", "0"):
         raise exc
     if isinstance(exc, MemoryError):
         return "out of memory"
+    if isinstance(exc, OSError) and exc.strerror:     # the system's own words, e.g. a symlink loop
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return (f"unexpected {type(exc).__name__}: {exc} (a bug: please report it; "
             "AECOMPRESS_DEBUG=1 shows the traceback)")
 
@@ -81,6 +83,8 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
             for i, item in enumerate(items):
                 try:
                     results.append(fn(item))
+                except BrokenPipeError:             # the reader of our report went away: stop
+                    raise
                 except Exception as exc:           # one bad file is reported and skipped
                     failed += 1
                     codes.add(exc.exit_code if isinstance(exc, AecError) else 1)

@@ -17,6 +17,12 @@ def resolved(path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _moved(key: str, recorded) -> bool:
+    """A recorded folder that no longer exists: the data were moved, and the new path is taken
+    (its images are the user's to vouch for) rather than refusing the run."""
+    return key in PATH_OPTIONS and bool(recorded) and not Path(str(recorded)).exists()
+
+
 def _norm(key: str, value):
     if isinstance(value, tuple):
         return list(value)
@@ -37,23 +43,23 @@ def _show(value) -> str:
     return str(value)
 
 
-def differing_options(theirs: dict, ours: dict, skip=(), flags: dict | None = None) -> str:
+def differing_options(theirs: dict, ours: dict, skip=()) -> str:
     """'--crop 128 (now 64), --lr 0.0002 (now 0.0005)': the options recorded in `theirs` (a
-    checkpoint's) that `ours` sets otherwise, as command-line flags ('' when none differ). Keys in
-    skip, and options an older checkpoint does not record, are not compared."""
+    checkpoint's) that `ours` sets otherwise ('' when none differ), named as command-line flags
+    (settings without a flag of their own show under their recorded names). Keys in skip, options an
+    older checkpoint does not record, and folders that were moved away are not compared."""
     out = []
     for key, value in theirs.items():
-        if key in skip or key not in ours:
+        if key in skip or key not in ours or _moved(key, value):
             continue
         a, b = _norm(key, value), _norm(key, ours[key])
         if a == b:
             continue
-        flag = (flags or {}).get(key, "--" + key.replace("_", "-"))
-        out.append(f"{flag} {_show(a)} (now {_show(b)})")
+        out.append(f"--{key.replace('_', '-')} {_show(a)} (now {_show(b)})")
     return ", ".join(out)
 
 
 def refusal(path: Path, differ: str) -> str:
     """The one-line message refusing to resume a checkpoint with other options."""
-    return (f"cannot resume {path} with other options: {differ}; resume with the options it ran with (--steps "
-            "and --minutes may change), or start over with --force instead of --resume")
+    return (f"cannot resume {path} with other options: {differ}; resume with the options it ran with (only "
+            "the run's length and hardware may change), or start over with --force instead of --resume")
