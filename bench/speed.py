@@ -1,6 +1,7 @@
 """Whole-process speed: `aecompress encode` and `aecompress decode` as new processes, side by side.
 
-    python bench/speed.py [IMAGE] [-m photo] [--compare NAME=MODEL ...] [--runs 7] [--out bench/results]
+    python bench/speed.py [IMAGE] [-m photo] [--compare NAME=MODEL ...] [--rev NAME=GITREV ...] [--runs 7]
+                          [--out bench/results]
 
 The issue's target is encode + decode of a 768x512 photo in at most 1 s on a 2-core CPU, whole
 process (Python start-up, imports, model loading, image I/O and the report included). IMAGE
@@ -11,7 +12,10 @@ in turn (interleaved, so a busy moment of a shared machine hits all of them alik
 * `encode --quiet`: no report, so no reconstruction (as cwebp without -print_psnr);
 * `decode`.
 
-It prints medians and minima, and writes speed.json and speed.png to OUT.
+It prints medians and minima, and writes speed.json and speed.png to OUT. `--rev old=c57de5f` adds
+the code of another commit (a temporary git worktree, run with its own package and models), so a
+change's effect is measured side by side on the same machine at the same moment, never against a
+number remembered from a quieter day.
 
 The package's bytecode is compiled first, as `pip install` does: an editable install never writes
 it when PYTHONDONTWRITEBYTECODE is set (as on this machine), and every run would then recompile
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,32 +52,38 @@ def crop_768x512(path: Path, dst: Path) -> None:
         im.crop((left, top, left + 768, top + 512)).save(dst)
 
 
-def compile_bytecode() -> bool:
-    """Compile the package's modules to __pycache__ (what pip does at install); True when it worked."""
+def compile_bytecode(root: Path = ROOT) -> bool:
+    """Compile a checkout's package to __pycache__ (what pip does at install); True when it worked."""
     import compileall
-    return bool(compileall.compile_dir(ROOT / "aecompress", quiet=1))
+    return bool(compileall.compile_dir(root / "aecompress", quiet=1))
 
 
-def measure(models: dict[str, str], image: Path, runs: int = 7) -> dict:
-    """{name: {step: [seconds per run]}} for the three commands, models interleaved within each run."""
+def measure(variants: dict[str, tuple[str, dict | None]], image: Path, runs: int = 7) -> dict:
+    """{name: {step: [seconds per run]}} for the three commands; variants (name: (model, environment
+    or None for this one)) interleaved within each run."""
     exe = [sys.executable, "-m", "aecompress"]
-    times = {name: {s: [] for s in STEPS} for name in models}
-    # the commands run in a temporary folder: a package given as a relative folder must still be found
-    models = {name: str(Path(m).resolve()) if Path(m).is_dir() else m for name, m in models.items()}
+    times = {name: {s: [] for s in STEPS} for name in variants}
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "photo.png"
         crop_768x512(image, src)
         for _ in range(runs):
-            for name, model in models.items():
+            for name, (model, env) in variants.items():
                 aez, png = Path(d) / f"{name}.aez", Path(d) / f"{name}.png"
                 cmds = {"encode": ["encode", str(src), "-o", str(aez), "-m", model, "--force"],
                         "encode_quiet": ["encode", str(src), "-o", str(aez), "-m", model, "--force", "--quiet"],
                         "decode": ["decode", str(aez), "-o", str(png), "-m", model, "--force", "--quiet"]}
                 for step in STEPS:
                     t0 = time.perf_counter()
-                    subprocess.run(exe + cmds[step], check=True, capture_output=True, cwd=d)  # not this checkout
+                    subprocess.run(exe + cmds[step], check=True, capture_output=True, cwd=d, env=env)
                     times[name][step].append(time.perf_counter() - t0)
     return times
+
+
+def checkout(rev: str, where: Path) -> dict:
+    """A worktree of `rev` at `where`, compiled; the environment that runs its package."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    compile_bytecode(where)
+    return dict(os.environ, PYTHONPATH=str(where))
 
 
 def summarise(times: dict) -> dict:
@@ -117,15 +128,27 @@ def main() -> None:
     ap.add_argument("image", nargs="?", type=Path, default=None)
     ap.add_argument("-m", "--model", default="photo")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL")
+    ap.add_argument("--rev", action="append", default=[], metavar="NAME=GITREV",
+                    help="also time the code of another commit (e.g. old=HEAD~3), side by side")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
     image = a.image or sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))[0]
     models = {"ours": a.model, **dict(spec.split("=", 1) for spec in a.compare)}
+    revs = dict(spec.split("=", 1) for spec in a.rev)
     compiled = compile_bytecode()
     # the commands run in a temporary folder: a package given as a relative path must stay findable
-    summary = summarise(measure({name: str(Path(m).resolve()) if Path(m).exists() else m
-                                 for name, m in models.items()}, image, a.runs))
+    variants = {name: (str(Path(m).resolve()) if Path(m).exists() else m, None) for name, m in models.items()}
+    trees = Path(tempfile.mkdtemp(prefix="speed-revs-"))
+    try:
+        for name, rev in revs.items():
+            variants[name] = (a.model, checkout(rev, trees / name))
+        summary = summarise(measure(variants, image, a.runs))
+    finally:
+        for name in revs:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees / name)],
+                           capture_output=True)
+        shutil.rmtree(trees, ignore_errors=True)
     print(f"whole process, 768x512 crop of {image.name}, {a.runs} runs, medians in seconds (min in brackets)\n")
     print("| model | encode | encode --quiet | decode | encode + decode | encode --quiet + decode |")
     print("|---|---|---|---|---|---|")
@@ -135,7 +158,7 @@ def main() -> None:
               f"| {s['quiet_encode_decode_median_s']:.2f} ({s['quiet_encode_decode_min_s']:.2f}) |")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "speed.json").write_text(json.dumps(
-        {"image": image.name, "size": [768, 512], "runs": a.runs, "models": models, "summary": summary,
+        {"image": image.name, "size": [768, 512], "runs": a.runs, "models": models, "revs": revs, "summary": summary,
          "machine": f"{platform.machine()}, {os.cpu_count()} cores", "bytecode_compiled": compiled, "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
     plot(summary, a.out / "speed.png")
     print(f"\nwrote {a.out / 'speed.json'} and {a.out / 'speed.png'}")
