@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError
-from .fsutil import first_writers, interrupts_deferred, part_prefix
+from .fsutil import STDOUT_ALIASES, first_writers, interrupts_deferred, is_stdio, part_prefix
 from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -139,6 +139,8 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     for p in inputs:
         if not p.exists():
             raise AecError(f"{p}: no such file or folder")
+    if output is not None and (is_stdio(output) or str(output) in STDOUT_ALIASES):
+        raise AecError(f"-o {output}: denoise writes image files, not standard output; name a file or folder")
     out = Path(output) if output is not None else None
     ref = Path(reference) if reference is not None else None
     if ref is not None and not ref.is_dir():

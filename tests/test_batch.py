@@ -207,6 +207,11 @@ def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env, monkey
     assert [j.rel for j in jobs] == [Path("a.png")]
     with pytest.raises(AecError, match="would replace the inputs themselves"):
         plan_jobs([tmp_path / "x"], tmp_path / "x")
+    # -o - made a folder named "-" (a name without an extension is a folder): refused, as is /dev/stdout
+    for out in ("-", "/dev/stdout"):
+        with pytest.raises(AecError, match="not standard output"):
+            plan_jobs([tmp_path / "x" / "a.png"], out)
+    assert not (tmp_path / "-").exists()
 
 
 def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
