@@ -38,6 +38,7 @@ class Job:
     dst: Path
     rel: Path                       # path relative to its input root (the file name for file inputs)
     ref: Path | None = None
+    error: str | None = None        # known to fail before it starts (a folder -r could not read)
 
 
 @dataclass
@@ -96,17 +97,31 @@ class BatchSummary:
 
 # ---------------------------------------------------------------- planning
 
-def _scan(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
-    found = []
+def _scan(root: Path, recursive: bool, exclude: Path | None) -> tuple[list[Path], list[str]]:
+    """The images under root (regular files only: a pipe would block the batch), and one error for
+    each folder that could not be read (not skipped in silence)."""
+    found: list[Path] = []
+    errors: list[str] = []
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(root):
+        def unreadable(exc: OSError) -> None:
+            errors.append(f"{exc.filename}: cannot read this folder ({exc.strerror or exc})")
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             d = Path(dirpath)
             dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
-                                 and (exclude is None or (d / n).resolve() != exclude))
-            found += [d / f for f in sorted(filenames) if is_image_name(d / f)]
+                                 and (exclude is None or os.path.realpath(d / n) != str(exclude)))
+            found += [d / f for f in sorted(filenames) if is_image_name(d / f) and _is_file(d / f)]
     else:
-        found = sorted(p for p in root.iterdir() if p.is_file() and is_image_name(p))
-    return found
+        found = sorted(p for p in root.iterdir() if _is_file(p) and is_image_name(p))
+    return found, errors
+
+
+def _is_file(p: Path) -> bool:
+    """A regular file, or a link that does not resolve (its read says so, as one failure)."""
+    try:
+        return p.is_file() or (p.is_symlink() and not p.exists())
+    except OSError:
+        return True
 
 
 def _find_reference(reference: Path, rel: Path) -> Path | None:
@@ -158,10 +173,13 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
             jobs.append(Job(p, dst, rel))
         elif p.is_dir():
             root_out = out if out is not None else default_output(p)
-            exclude = root_out.resolve()
-            for f in _scan(p, recursive, exclude):
+            exclude = Path(os.path.realpath(root_out))        # never scanned as input (a rerun into it)
+            found, errors = _scan(p, recursive, exclude)
+            for f in found:
                 rel = f.relative_to(p)
                 jobs.append(Job(f, root_out / rel, rel))
+            for e in errors:
+                jobs.append(Job(p, root_out, Path(), error=e))
         else:
             raise AecError(f"{p} is not a file or folder")
     # an input given twice (`sub` and `./sub/`) is one job; outputs that would replace their inputs
@@ -169,12 +187,12 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     seen: set[tuple[Path, Path]] = set()
     unique = []
     for j in jobs:
-        key = (j.src.resolve(), j.dst.resolve())
+        key = (os.path.realpath(j.src), os.path.realpath(j.dst), j.error)   # realpath: a link loop is a path
         if key not in seen:
             seen.add(key)
             unique.append(j)
     jobs = unique
-    over = [j for j in jobs if j.src.resolve() == j.dst.resolve()]
+    over = [j for j in jobs if j.error is None and os.path.realpath(j.src) == os.path.realpath(j.dst)]
     if over:
         raise AecError(f"the outputs of {len(over)} input(s) would replace the inputs themselves "
                        f"({over[0].src}): choose another -o")
@@ -194,7 +212,7 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     from .imageio import read_image, save_image
 
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.resolve() == dst.resolve():
+    if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
         raise AecError(f"{dst}: refusing to overwrite the input")
     check_writable(dst, force)
     pic = read_image(src)
@@ -290,11 +308,14 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         if progress is not None:
             progress(r, summary)
 
-    for i, (job, first) in enumerate(zip(job_list, first_writers(j.dst for j in job_list))):
+    for i, (job, first) in enumerate(zip(job_list, first_writers(None if j.error else j.dst for j in job_list))):
+        if job.error:
+            report(_result(job, error=job.error))
+            continue
         if first != i:
             report(_result(job, error=f"{job.dst}: also the output of {job_list[first].src}"))
             continue
-        if job.src.resolve() == job.dst.resolve():
+        if os.path.realpath(job.src) == os.path.realpath(job.dst):
             report(_result(job, error=f"{job.dst}: refusing to overwrite the input"))
         elif skip_existing and job.dst.exists():
             report(_result(job, status="skipped"))

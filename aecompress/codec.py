@@ -274,6 +274,7 @@ class Codec:
         m = self.pad_multiple
         cw, ch = scaled_size(header.width, header.height, header.scale)
         hp, wp = ch + (-ch % m), cw + (-cw % m)
+        _check_memory(DECODE_BYTES_PER_PIXEL * max(hp * wp, header.width * header.height), header)
         st: dict = {"level": header.quality, "scale": header.scale}
         if self.kind == "hyperprior":
             nz = len(self.z_tables)
@@ -292,3 +293,31 @@ class Codec:
             # the model encodes finite images; a checksummed file whose latent overflows it was
             # damaged before its checksum was made, or made to harm
             raise CorruptFileError("payload is damaged (its latent is far out of the model's range)") from None
+
+
+# A decode holds the whole latent and its entropy parameters while the synthesis runs in tiles: its
+# peak grows with the pixels (1.2 GB for a 24-megapixel photo, README), so a header may ask for more
+# memory than the machine has. Measured peak 50 bytes a pixel, with margin:
+DECODE_BYTES_PER_PIXEL = 64
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(need: int, header: Header) -> None:
+    """Refuse, in one line, a decode that would need more memory than is free (a checksummed header
+    may claim 20000 x 20000 pixels in 26 bytes: that decode was swapping at 10 GB)."""
+    free = _available_memory()
+    if free is not None and need > free:
+        raise AecError(f"decoding this {header.width}x{header.height} image needs about {need / 2**30:.1f} GB "
+                       f"of memory, and {free / 2**30:.1f} GB is free")
+

@@ -257,11 +257,12 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
             files += [(q, None) for q in found] or [(p, f"{p}: no {what} in this folder")]
         else:
             files.append((p, None))
-    # a file given twice (`cat.png ./cat.png`, or also through its folder) runs once; the same
-    # path spelled twice, not two links to one file, which are two inputs with two outputs
+    # a file given twice (`cat.png ./cat.png`, or also through its folder) runs once: the same
+    # entry of the same real folder (`link/../a.png` is the a.png beside the link's target), while
+    # two links to one file are two inputs with two outputs
     unique, seen = [], set()
     for p, error in files:
-        key = p if is_stdio(p) or error else os.path.abspath(p)
+        key = p if is_stdio(p) or error else os.path.join(os.path.realpath(p.parent), p.name)
         if key not in seen:
             seen.add(key)
             unique.append((p, error))
@@ -292,7 +293,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
-    if is_stdio(inp):
+    if is_stdio(inp) or (inp.exists() and not inp.is_file()):     # a pipe has no size to stat: read it
         source, in_name = read_input(inp)
         pic, in_size = read_image(in_name, source), len(source)
     else:

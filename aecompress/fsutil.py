@@ -38,6 +38,8 @@ def write_stdout(data: bytes | memoryview) -> None:
     behind); refused when standard output is a terminal. Written with os.write until every byte is
     out: a full disk can take part of a buffered write without raising. A standard output without a
     file descriptor (a test runner's, an embedding program's) takes one buffered write."""
+    if sys.stdout is None:
+        raise AecError("standard output is closed: name a file")
     if sys.stdout.isatty():
         raise AecError("refusing to write binary data to a terminal: redirect standard output or name a file")
     try:
@@ -82,26 +84,29 @@ def check_writable(path: Path, force: bool) -> None:
     if path.is_dir():
         raise AecError(f"{path} is a folder")
     if path.exists() and not path.is_file():
-        raise AecError(f"{path} is not a regular file (a device or a pipe): name a file, or - for "
-                       "standard output")
+        raise AecError(f"{path} is not a regular file (a device or a pipe): name a file")
 
 
 def write_target(path: Path) -> Path:
     """Where an atomic write to `path` lands: through a symbolic link to the file it names (the link
-    stays a link, as when a program opens it for writing), else `path` itself. A link into a
-    process's open files (/dev/fd/N, /proc/PID/fd/N) is refused: renaming over what it names would
-    replace the file a shell redirected into, with everything already in it."""
+    stays a link, as when a program opens it for writing), else `path` itself. A file that is this
+    process's standard input, output or error, however it is spelled (/dev/fd/1, a link into
+    /proc/self/fd, `-o out.aez >> out.aez`), is refused: renaming over it would replace the file a
+    shell redirected into, with everything already in it."""
     path = Path(path)
-    if not path.is_symlink():
-        return path
-    hops, link = 0, path
-    while link.is_symlink() and hops < 40:
-        if str(link).startswith(("/dev/fd/", "/proc/")):
-            break
-        link, hops = Path(os.path.join(link.parent, os.readlink(link))), hops + 1
-    if str(link).startswith(("/dev/fd/", "/proc/")):
-        raise AecError(f"{path} names an open file descriptor: use - for standard output")
-    return Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None:
+        for fd, name in ((0, "input"), (1, "output"), (2, "error")):
+            try:
+                other = os.fstat(fd)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                raise AecError(f"{path} is this command's standard {name}: name another file")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def refuse_device(path: Path) -> None:

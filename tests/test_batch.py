@@ -297,3 +297,31 @@ def test_progress_bar_counts_work_not_skipped_files(tmp_path, env):
     code, text = run_on_terminal(["denoise", tmp_path / "in", "-o", out, "--skip-existing"], env, ROOT)
     assert code == 0, text
     assert "4/4" in text and "/10" not in text and "/9" not in text, text
+
+
+def test_a_tree_with_pipes_loops_and_an_unreadable_folder(tmp_path, env, monkeypatch):
+    """-r over a tree holding a named pipe (it blocked the batch forever), a loop of links (it
+    aborted the batch as 'a bug') and a folder it cannot read (skipped in silence): the pipe is not
+    an input, the loop and the folder fail alone, and every image is denoised."""
+    make_tree(tmp_path / "in", ["a.png", "sub/b.png"])
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    (tmp_path / "in" / "x.png").symlink_to("y.png")
+    (tmp_path / "in" / "y.png").symlink_to("x.png")
+    (tmp_path / "in" / "locked").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):               # root reads every folder: fail one as a user would
+        for entry in real_walk(top, onerror=onerror, **kw):
+            yield entry
+            if Path(entry[0]) == tmp_path / "in" and onerror is not None:
+                onerror(PermissionError(13, "Permission denied", str(tmp_path / "in" / "locked")))
+                entry[1][:] = [d for d in entry[1] if d != "locked"]
+
+    monkeypatch.setattr(os, "walk", walk)
+    s = run_batch([tmp_path / "in"], tmp_path / "out", recursive=True)
+    errors = sorted(r.error for r in s.results if r.status == "failed")
+    assert s.done == 2 and s.failed == 3, errors
+    assert any("locked: cannot read this folder (Permission denied)" in e for e in errors)
+    assert sum("a link that leads nowhere" in e for e in errors) == 2
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
+        ["a.png", "sub/b.png"]

@@ -140,6 +140,12 @@ def test_folders_and_clashing_output_names(tmp_path):
     (tmp_path / "linked.png").symlink_to(photos / "a.png")
     r = run("encode", photos / "a.png", tmp_path / "linked.png", "-o", tmp_path / "links", "--quiet")
     assert r.returncode == 0 and sorted(p.name for p in (tmp_path / "links").iterdir()) == ["a.aez", "linked.aez"]
+    # photos/lnk/../a.png is the a.png beside lnk's target, another file: both are coded (its output
+    # name clashes, which is said, not the input dropped in silence)
+    (tmp_path / "other" / "deep").mkdir()
+    (photos / "lnk").symlink_to(tmp_path / "other" / "deep")
+    r = run("encode", photos / "a.png", photos / "lnk" / ".." / "a.png", "-o", tmp_path / "spelled", "--quiet")
+    assert r.returncode == 1 and "is also the output of" in r.stderr, r.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == first
 
 
@@ -514,9 +520,12 @@ def test_inputs_that_are_devices_or_pipes(tmp_path, photo):
         os.mkfifo(pipe)
         feeder = threading.Thread(target=lambda: pipe.write_bytes(src.read_bytes()))
         feeder.start()
-        r = run(cmd, pipe, "-o", tmp_path / out, "--quiet")
+        r = run(cmd, pipe, "-o", tmp_path / out, "--json")
         feeder.join(timeout=60)
         assert r.returncode == 0 and (tmp_path / out).stat().st_size > 0, r.stderr
+        if cmd == "encode":                  # the input's size is what came through the pipe
+            rep = json.loads(r.stdout)
+            assert rep["ratio_file"] == pytest.approx(photo.stat().st_size / (tmp_path / out).stat().st_size)
         pipe.unlink()
 
 
@@ -533,10 +542,15 @@ def test_dev_stdout_is_standard_output(tmp_path, photo):
     assert data.startswith(b"HEADERAEZ") and len(data) > 1000
     link = tmp_path / "fd1"
     link.symlink_to("/proc/self/fd/1")
-    with open(log, "ab") as f:
-        r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(link), "--force"],
-                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert r.returncode == 1 and "names an open file descriptor" in r.stderr and log.read_bytes() == data
+    fd_dir = tmp_path / "fds"
+    fd_dir.symlink_to("/dev/fd")
+    # however the redirected file is spelled, it is refused, and what it held stays
+    for out in (link, "/tmp/../dev/fd/1", fd_dir / "1", log):
+        with open(log, "ab") as f:
+            r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(out), "--force"],
+                               stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 1 and "is this command's standard output" in r.stderr, (out, r.stderr)
+        assert log.read_bytes() == data
 
 
 def test_standard_output_without_a_file_descriptor(photo):
@@ -712,3 +726,12 @@ def test_the_wrong_kind_of_model_is_a_model_error(photo):
     assert r.returncode == 4 and "is a codec, not a denoiser" in r.stderr
     r = run("encode", photo, "-m", "denoise")
     assert r.returncode == 4 and "is a denoiser, not a codec" in r.stderr
+
+
+def test_a_newline_in_a_file_name_keeps_errors_on_one_line(tmp_path):
+    bad = tmp_path / "new\nline.aez"
+    bad.write_bytes(b"not an aez")
+    r = run("decode", bad)
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and "new\\nline.aez" in r.stderr
+    r = run("decode", bad, tmp_path / "second\rone.aez")
+    assert r.returncode == 1 and r.stderr.count("\n") == 3 and "second\\rone.aez" in r.stderr, r.stderr

@@ -184,3 +184,25 @@ def test_encoder_settings_do_not_change_the_model_id(tmp_path):
     m["levels"] = 8                                  # a coding field does change it
     (copy / "manifest.json").write_text(json.dumps(m))
     assert load_package(copy).model_id != pkg.model_id
+
+
+def test_a_header_that_asks_for_more_memory_than_is_free_is_refused(monkeypatch):
+    """26 checksummed bytes may claim 20000 x 20000 pixels: the decode (whole latent in memory) was
+    swapping at 10 GB. It is refused in one line when the machine lacks the memory; a photo is not."""
+    from aecompress import codec as codec_module
+    from aecompress import container
+    from aecompress.compress import decode_bytes, open_codec
+    from aecompress.errors import AecError
+
+    c = open_codec(None, "cpu", 1)
+    header = container.Header(c.pkg.model_id, 20000, 20000, 3, "RGB", 8, "hyperprior", 2.0, False)
+    data = container.pack(header, container.join_payload(b"", b""))
+    assert len(data) < 40
+    monkeypatch.setattr(codec_module, "_available_memory", lambda: 4 << 30)
+    with pytest.raises(AecError, match=r"20000x20000 image needs about 23.9 GB of memory, and 4.0 GB is free"):
+        decode_bytes(data, c.pkg)
+    small = container.pack(container.Header(c.pkg.model_id, 640, 480, 3, "RGB", 8, "hyperprior", 2.0, False),
+                           container.join_payload(b"", b""))
+    monkeypatch.setattr(codec_module, "_available_memory", lambda: 1 << 20)     # 1 MB free: refused too
+    with pytest.raises(AecError, match="640x480 image needs"):
+        decode_bytes(small, c.pkg)

@@ -35,7 +35,9 @@ def main() -> None:
     try:
         app()
     except AecError as exc:
-        print(f"aecompress: error: {exc}", file=sys.stderr)
+        from .common import error_line
+
+        error_line(str(exc))
         sys.exit(exc.exit_code)
     except Terminated:
         ignore_interrupts()
@@ -51,9 +53,9 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
         sys.exit(1)
     except Exception as exc:                       # a bug: still one line, not a traceback
-        from .common import unexpected
+        from .common import error_line, unexpected
 
-        print(f"aecompress: error: {unexpected(exc)}", file=sys.stderr)
+        error_line(unexpected(exc))
         sys.exit(1)
     except SystemExit as exc:
         if exc.code in (130, 143):

@@ -43,8 +43,13 @@ class _Lines:
 progress = _Lines()
 
 
+def one_line(msg: str) -> str:
+    """A message as one line, whatever the file names in it hold (a newline is a legal name byte)."""
+    return msg.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def error_line(msg: str) -> None:
-    print(f"aecompress: error: {msg}", file=sys.stderr, flush=True)
+    print(f"aecompress: error: {one_line(msg)}", file=sys.stderr, flush=True)
 
 
 def unexpected(exc: Exception) -> str:
@@ -90,7 +95,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
                     codes.add(exc.exit_code if isinstance(exc, AecError) else 1)
                     msg = str(exc) if isinstance(exc, AecError) else unexpected(exc)
                     if progress.bar is not None:
-                        bar.console.print(f"aecompress: error: {msg}", markup=False, highlight=False)
+                        bar.console.print(f"aecompress: error: {one_line(msg)}", markup=False, highlight=False)
                     else:
                         error_line(msg)
                 spent = time.perf_counter() - t0

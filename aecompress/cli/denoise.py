@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, threads_option
+from .common import device_option, one_line, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -118,7 +118,7 @@ def denoise(
         if r.reference_error:
             say(f"aecompress: warning: {r.reference_error}", err=True)
         if r.status == "failed":
-            say(f"aecompress: error: {r.error}", err=True)
+            say(f"aecompress: error: {one_line(r.error)}", err=True)
         elif as_json:
             print(json.dumps(asdict(r)), flush=True)
         elif not quiet:
