@@ -97,14 +97,15 @@ class BatchSummary:
 
 # ---------------------------------------------------------------- planning
 
-def _scan(root: Path, recursive: bool, exclude: Path | None) -> tuple[list[Path], list[str]]:
-    """The images under root (regular files only: a pipe would block the batch), and one error for
-    each folder that could not be read (not skipped in silence)."""
+def _scan(root: Path, recursive: bool, exclude: Path | None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images under root: regular files, links to them included (a pipe would block the batch;
+    a link that leads nowhere, a loop too, is left out as encode leaves it), and (folder, error) for
+    each folder -r could not read (a failure, not skipped in silence)."""
     found: list[Path] = []
-    errors: list[str] = []
+    errors: list[tuple[Path, str]] = []
     if recursive:
         def unreadable(exc: OSError) -> None:
-            errors.append(f"{exc.filename}: cannot read this folder ({exc.strerror or exc})")
+            errors.append((Path(exc.filename), f"{exc.filename}: cannot read this folder ({exc.strerror or exc})"))
 
         for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             d = Path(dirpath)
@@ -117,11 +118,10 @@ def _scan(root: Path, recursive: bool, exclude: Path | None) -> tuple[list[Path]
 
 
 def _is_file(p: Path) -> bool:
-    """A regular file, or a link that does not resolve (its read says so, as one failure)."""
     try:
-        return p.is_file() or (p.is_symlink() and not p.exists())
-    except OSError:
-        return True
+        return p.is_file()
+    except OSError:                                 # a loop of links on Pythons that raise for it
+        return False
 
 
 def _find_reference(reference: Path, rel: Path) -> Path | None:
@@ -178,8 +178,8 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
             for f in found:
                 rel = f.relative_to(p)
                 jobs.append(Job(f, root_out / rel, rel))
-            for e in errors:
-                jobs.append(Job(p, root_out, Path(), error=e))
+            for folder, e in errors:
+                jobs.append(Job(folder, root_out, Path(), error=e))
         else:
             raise AecError(f"{p} is not a file or folder")
     # an input given twice (`sub` and `./sub/`) is one job; outputs that would replace their inputs
@@ -187,7 +187,8 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     seen: set[tuple[Path, Path]] = set()
     unique = []
     for j in jobs:
-        key = (os.path.realpath(j.src), os.path.realpath(j.dst), j.error)   # realpath: a link loop is a path
+        # realpath: no error on a link loop; a folder that could not be read fails once, however named
+        key = (os.path.realpath(j.src), os.path.realpath(j.dst), j.error is not None)
         if key not in seen:
             seen.add(key)
             unique.append(j)

@@ -94,6 +94,8 @@ def write_target(path: Path) -> Path:
     /proc/self/fd, `-o out.aez >> out.aez`), is refused: renaming over it would replace the file a
     shell redirected into, with everything already in it."""
     path = Path(path)
+    if _through_open_files(path):
+        raise AecError(f"{path} names an open file descriptor: name a file (or - for standard output)")
     try:
         st = os.stat(path)
     except OSError:
@@ -107,6 +109,22 @@ def write_target(path: Path) -> Path:
             if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
                 raise AecError(f"{path} is this command's standard {name}: name another file")
     return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _through_open_files(path: Path) -> bool:
+    """Whether `path`, followed link by link (folders resolved at every hop, so no spelling hides
+    it), passes through /dev/fd or /proc/*/fd: names for whatever a process has open, which an
+    atomic rename would replace (a shell's `3>>log`) or turn into junk (a deleted file's fd)."""
+    link = os.path.abspath(path)
+    for _ in range(40):
+        link = os.path.join(os.path.realpath(os.path.dirname(link)), os.path.basename(link))
+        parts = Path(link).parts
+        if link.startswith("/dev/fd/") or (len(parts) > 3 and parts[1] == "proc" and parts[3] == "fd"):
+            return True
+        if not os.path.islink(link):
+            return False
+        link = os.path.join(os.path.dirname(link), os.readlink(link))
+    return False
 
 
 def refuse_device(path: Path) -> None:

@@ -545,11 +545,22 @@ def test_dev_stdout_is_standard_output(tmp_path, photo):
     fd_dir = tmp_path / "fds"
     fd_dir.symlink_to("/dev/fd")
     # however the redirected file is spelled, it is refused, and what it held stays
-    for out in (link, "/tmp/../dev/fd/1", fd_dir / "1", log):
+    for out in (link, "/tmp/../dev/fd/1", fd_dir / "1"):
         with open(log, "ab") as f:
             r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(out), "--force"],
                                stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
-        assert r.returncode == 1 and "is this command's standard output" in r.stderr, (out, r.stderr)
+        assert r.returncode == 1 and ("is this command's standard output" in r.stderr
+                                      or "names an open file descriptor" in r.stderr), (out, r.stderr)
+        assert log.read_bytes() == data
+    with open(log, "ab") as f:                             # the file itself, not through /dev/fd: the inode
+        r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(log), "--force"],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 1 and "is this command's standard output" in r.stderr and log.read_bytes() == data
+    # another descriptor a shell opened (`3>>log`), however spelled, is refused as well
+    for out in ("/dev/fd/3", "/tmp/../proc/self/fd/3", fd_dir / "3"):
+        r = subprocess.run(["bash", "-c", 'exec 3>>"$0"; exec "$1" -m aecompress encode "$2" -o "$3" --force --quiet',
+                            str(log), sys.executable, str(photo), str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "names an open file descriptor" in r.stderr, (out, r.stderr)
         assert log.read_bytes() == data
 
 

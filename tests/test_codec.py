@@ -203,6 +203,8 @@ def test_a_header_that_asks_for_more_memory_than_is_free_is_refused(monkeypatch)
         decode_bytes(data, c.pkg)
     small = container.pack(container.Header(c.pkg.model_id, 640, 480, 3, "RGB", 8, "hyperprior", 2.0, False),
                            container.join_payload(b"", b""))
-    monkeypatch.setattr(codec_module, "_available_memory", lambda: 1 << 20)     # 1 MB free: refused too
-    with pytest.raises(AecError, match="640x480 image needs"):
+    monkeypatch.setattr(codec_module, "_available_memory", lambda: 1 << 20)
+    try:                                   # under 1 GB a decode is never refused (MemAvailable can be odd)
         decode_bytes(small, c.pkg)
+    except AecError as exc:                # (an empty stream may still be damage)
+        assert "needs about" not in str(exc)

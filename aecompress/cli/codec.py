@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, progress, run_many, threads_option
+from .common import device_option, one_line, progress, run_many, threads_option
 
 
 def _ratio(x: float, digits: int) -> str:
@@ -87,7 +87,7 @@ def encode(
         if as_json:
             print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True, file=_report(out))
             for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
-                print(f"aecompress: note: {r['input']}: {n}", file=sys.stderr, flush=True)
+                print(one_line(f"aecompress: note: {r['input']}: {n}"), file=sys.stderr, flush=True)
         elif not quiet:
             _print(_fmt_encode(r), out)
         return r

@@ -81,9 +81,9 @@ def denoise(
     job_list = plan_jobs(inputs, output, recursive, reference)
     if not job_list:
         raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))
-    missing = [j for j in job_list if j.ref is None] if reference is not None else []
+    missing = [j for j in job_list if j.ref is None and j.error is None] if reference is not None else []
     for j in missing[:5]:
-        print(f"aecompress: warning: no reference for {j.rel} in {reference}", file=sys.stderr)
+        print(one_line(f"aecompress: warning: no reference for {j.rel} in {reference}"), file=sys.stderr)
     if len(missing) > 5:
         print(f"aecompress: warning: ... and {len(missing) - 5} more images without a reference", file=sys.stderr)
     single = len(job_list) == 1
@@ -116,7 +116,7 @@ def denoise(
         if as_json and r.status == "failed":
             print(json.dumps(asdict(r)), flush=True)
         if r.reference_error:
-            say(f"aecompress: warning: {r.reference_error}", err=True)
+            say(f"aecompress: warning: {one_line(r.reference_error)}", err=True)
         if r.status == "failed":
             say(f"aecompress: error: {one_line(r.error)}", err=True)
         elif as_json:
