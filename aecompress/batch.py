@@ -258,7 +258,8 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
 
 
 def _remove_stale_parts(dst: Path) -> None:
-    """Temporary files a killed run left for this output (only called when we are about to write it)."""
+    """Temporary files a killed run left for this output (called under --skip-existing, for the
+    outputs it writes and those it skips)."""
     if dst.parent.is_dir():
         # mkstemp's random part is 8 characters: `a.png`'s pattern must not match `a.png.x.png`'s files
         for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "?" * 8 + ".part"):
@@ -319,6 +320,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         if os.path.realpath(job.src) == os.path.realpath(job.dst):
             report(_result(job, error=f"{job.dst}: refusing to overwrite the input"))
         elif skip_existing and job.dst.exists():
+            _remove_stale_parts(job.dst)           # a run killed while replacing it (--force) left one
             report(_result(job, status="skipped"))
         elif job.dst.exists() and not force:
             report(_result(job, error=f"{job.dst} exists (use --force to overwrite or --skip-existing)"))

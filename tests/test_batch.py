@@ -85,9 +85,11 @@ def test_skip_existing_resumes(tmp_path, env):
     full = snapshot(out)
     (out / "sub" / "c.png").unlink()
     (out / "a.png").write_bytes(b"marker")                      # existing outputs are left alone
+    (out / ".b.jpg.k3j9x_2a.part").write_bytes(b"half")          # a killed --force rerun's leftover
     r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out, "--skip-existing", "--json"], env)
     assert r.exit_code == 0, r.output
     assert (out / "a.png").read_bytes() == b"marker"
+    assert not list(out.glob(".*.part"))                        # removed beside a skipped output too
     assert (out / "sub" / "c.png").read_bytes() == full["sub/c.png"]
     assert '"skipped": 4' in r.stdout and '"done": 1' in r.stdout
     r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out], env)   # without skip/force: refused, counted
