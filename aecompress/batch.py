@@ -310,6 +310,8 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         if progress is not None:
             progress(r, summary)
 
+    # inputs are never modified: not by their own output, nor by another's written through a link
+    inputs = {os.path.realpath(j.src) for j in job_list if j.error is None}
     for i, (job, first) in enumerate(zip(job_list, first_writers(None if j.error else j.dst for j in job_list))):
         if job.error:
             report(_result(job, error=job.error))
@@ -317,8 +319,11 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         if first != i:
             report(_result(job, error=f"{job.dst}: also the output of {job_list[first].src}"))
             continue
-        if os.path.realpath(job.src) == os.path.realpath(job.dst):
+        if os.path.realpath(job.dst) == os.path.realpath(job.src):
             report(_result(job, error=f"{job.dst}: refusing to overwrite the input"))
+        elif os.path.realpath(job.dst) in inputs:
+            report(_result(job, error=f"{job.dst}: refusing to write over an input of this run "
+                                      f"({os.path.realpath(job.dst)})"))
         elif skip_existing and job.dst.exists():
             _remove_stale_parts(job.dst)           # a run killed while replacing it (--force) left one
             report(_result(job, status="skipped"))

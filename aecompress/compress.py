@@ -274,6 +274,7 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
         raise AecError(f"-o {output}: several inputs need a folder, and {output} is a file")
     outs = [None if error else output_for(inp, output, many, suffix) for inp, error in files]
     plan = []
+    inputs = {os.path.realpath(p) for p, e in files if e is None and not is_stdio(p)}
     for i, ((inp, error), out, first) in enumerate(zip(files, outs, first_writers(outs))):
         if first is not None and first != i:
             earlier = files[first][0]
@@ -281,6 +282,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
         elif (out is not None and not is_stdio(out) and not is_stdio(inp)
               and os.path.realpath(out) == os.path.realpath(inp)):      # realpath: no error on a link loop
             error, out = f"{inp}: refusing to write the output over its own input", None
+        elif out is not None and not is_stdio(out) and os.path.realpath(out) in inputs:   # through a link
+            error, out = f"{inp}: its output {out} would replace an input of this run", None
         plan.append((inp, out, error))
     return plan
 

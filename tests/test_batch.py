@@ -328,3 +328,15 @@ def test_a_tree_with_pipes_loops_and_an_unreadable_folder(tmp_path, env, monkeyp
     assert s.done == 2 and s.failed == 1
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
         ["a.png", "sub/b.png"]
+
+
+def test_an_output_link_to_another_input_is_refused(tmp_path, env):
+    """Inputs are never modified: out/a.png, a link to in/b.png, was written through with --force,
+    replacing an input of the same run before it was read."""
+    make_tree(tmp_path / "in", ["a.png", "b.png"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").symlink_to(tmp_path / "in" / "b.png")
+    before = (tmp_path / "in" / "b.png").read_bytes()
+    s = run_batch([tmp_path / "in"], tmp_path / "out", force=True)
+    assert (s.done, s.failed) == (1, 1) and "an input of this run" in s.results[0].error
+    assert (tmp_path / "in" / "b.png").read_bytes() == before

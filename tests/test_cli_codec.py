@@ -746,3 +746,18 @@ def test_a_newline_in_a_file_name_keeps_errors_on_one_line(tmp_path):
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and "new\\nline.aez" in r.stderr
     r = run("decode", bad, tmp_path / "second\rone.aez")
     assert r.returncode == 1 and r.stderr.count("\n") == 3 and "second\\rone.aez" in r.stderr, r.stderr
+
+
+def test_an_output_that_is_another_input_is_refused(tmp_path, photo):
+    """An output that is, through a link, another input of the same run is refused even with --force
+    (inputs are never modified)."""
+    assert run("encode", photo, "--quiet").returncode == 0
+    aez = photo.with_suffix(".aez")
+    before = aez.read_bytes()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cat.png").symlink_to(photo)       # decode's output, a link to an input
+    r = run("decode", aez, photo, "-o", tmp_path / "out", "--force")
+    assert r.returncode == 1 and "would replace an input of this run" in r.stderr, r.stderr
+    assert (tmp_path / "out" / "cat.png").is_symlink() and photo.read_bytes()[:4] == b"\x89PNG"
+    assert aez.read_bytes() == before
+
