@@ -207,11 +207,20 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     path = write_target(path)
     check_writable(path, force)
     tmp_path: Path | None = None
+    made: list[Path] = []               # folders this write created: removed again if it fails
+    done = False
     try:
         with interrupts_deferred():     # a signal held here is delivered inside the try: the file goes
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part", dir=path.parent)
+                for attempt in range(3):
+                    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()][::-1]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part", dir=path.parent)
+                        break
+                    except FileNotFoundError:   # another write's cleanup took the folder meanwhile
+                        if attempt == 2:
+                            raise
                 tmp_path = Path(tmp)
                 os.close(fd)
                 chmod_as_created(tmp_path)
@@ -223,6 +232,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
         if not force and path.exists():
             raise AecError(f"{path} exists (use --force to overwrite)")
         os.replace(tmp_path, path)
+        done = True
     except OSError as exc:
         raise AecError(_describe(exc, path)) from None
     finally:
@@ -232,6 +242,11 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
                     tmp_path.unlink()
                 except OSError:
                     pass
+            for d in reversed(made if not done else []):    # deepest first; a folder in use stays
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview, force: bool = False) -> None:

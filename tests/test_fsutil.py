@@ -31,6 +31,23 @@ def test_refuses_to_overwrite_and_cleans_up_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "keep" / "new" / "deeper" / "a.bin") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("full disk")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"] and list((tmp_path / "keep").iterdir()) == []
+    (tmp_path / "keep" / "new").mkdir()
+    (tmp_path / "keep" / "new" / "other.bin").write_bytes(b"x")      # a folder with other files stays
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "keep" / "new" / "deeper" / "a.bin"):
+            raise RuntimeError("full disk")
+    assert sorted(p.name for p in (tmp_path / "keep" / "new").iterdir()) == ["other.bin"]
+    write_bytes_atomic(tmp_path / "made" / "b.bin", b"ok")             # a write that succeeds keeps them
+    assert (tmp_path / "made" / "b.bin").read_bytes() == b"ok"
+
+
 def test_a_file_where_a_folder_should_be_is_named(tmp_path):
     (tmp_path / "notdir").write_bytes(b"x")
     with pytest.raises(AecError, match=r"notdir is not a folder$"):
