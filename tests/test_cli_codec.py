@@ -630,6 +630,15 @@ def test_standard_output_on_a_full_disk(photo):
                                stderr=subprocess.PIPE, text=True, timeout=120)
         assert r.returncode == 1 and r.stderr.strip() == \
             "aecompress: error: no space left on device while writing to standard output", r.stderr
+    # the file goes to disk and only the report to the full stdout: it says so, in one line
+    for extra in ((), ("--json",)):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o",
+                                str(photo.with_name("r.aez")), "--force", *extra], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip().endswith(
+            "r.aez was written, but its report could not be printed (No space left on device)"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and photo.with_name("r.aez").stat().st_size > 0
 
 
 def test_an_unreadable_input_fails_alone(tmp_path, photo):

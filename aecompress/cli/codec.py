@@ -40,11 +40,20 @@ def _report(out: Path | None):
     return sys.stderr if is_stdio(out) else sys.stdout
 
 
-def _print(line: str, out: Path | None) -> None:
-    if _report(out) is sys.stderr:
-        print(line, file=sys.stderr, flush=True)
-    else:
-        progress.print_line(line)
+def _print(line: str, out: Path | None, plain: bool = False) -> None:
+    """A file's report line (plain: as is, for JSON), after the file itself was written: a report
+    that cannot be printed (a full disk behind standard output) says so, and that the file is there."""
+    try:
+        if plain or _report(out) is sys.stderr:
+            print(line, file=_report(out), flush=True)
+        else:
+            progress.print_line(line)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        from ..errors import AecError
+
+        raise AecError(f"{out} was written, but its report could not be printed ({exc.strerror or exc})") from None
 
 
 @app.command()
@@ -85,7 +94,7 @@ def encode(
         # --quiet prints no report, so the reconstruction and its metrics are skipped
         r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
         if as_json:
-            print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), flush=True, file=_report(out))
+            _print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
             for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
                 print(one_line(f"aecompress: note: {r['input']}: {n}"), file=sys.stderr, flush=True)
         elif not quiet:
@@ -124,7 +133,7 @@ def decode(
             raise AecError(error)
         r = decode_file(path, out, pkg, force, device, threads, cache=found)
         if as_json:
-            print(json.dumps(r), flush=True, file=_report(out))
+            _print(json.dumps(r), out, plain=True)
         elif not quiet:
             _print(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, {r['seconds']:.2f} s, {r['provider']}",
                    out)
