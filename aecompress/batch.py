@@ -113,7 +113,10 @@ def _scan(root: Path, recursive: bool, exclude: Path | None) -> tuple[list[Path]
                                  and (exclude is None or os.path.realpath(d / n) != str(exclude)))
             found += [d / f for f in sorted(filenames) if is_image_name(d / f) and _is_file(d / f)]
     else:
-        found = sorted(p for p in root.iterdir() if _is_file(p) and is_image_name(p))
+        try:
+            found = sorted(p for p in root.iterdir() if _is_file(p) and is_image_name(p))
+        except OSError as exc:                      # an unreadable folder fails alone, as under -r
+            errors.append((root, f"{root}: cannot read this folder ({exc.strerror or exc})"))
     return found, errors
 
 

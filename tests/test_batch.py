@@ -340,3 +340,22 @@ def test_an_output_link_to_another_input_is_refused(tmp_path, env):
     s = run_batch([tmp_path / "in"], tmp_path / "out", force=True)
     assert (s.done, s.failed) == (1, 1) and "an input of this run" in s.results[0].error
     assert (tmp_path / "in" / "b.png").read_bytes() == before
+
+
+def test_an_unreadable_input_folder_fails_alone_without_r(tmp_path, env, monkeypatch):
+    """Without -r too, a folder that cannot be listed is one failure and the other inputs go on (it
+    stopped the whole run)."""
+    make_tree(tmp_path / "ok", ["a.png"])
+    (tmp_path / "locked").mkdir()
+    real = Path.iterdir
+
+    def iterdir(self):                                   # root lists every folder: fail one as a user would
+        if self == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    s = run_batch([tmp_path / "locked", tmp_path / "ok"], tmp_path / "out")
+    assert (s.done, s.failed) == (1, 1)
+    assert [r.error for r in s.results if r.status == "failed"] == [
+        f"{tmp_path / 'locked'}: cannot read this folder (Permission denied)"]
