@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from aecompress.denoise import ENSEMBLES
+
 ORG, APP = "aecompress", "aecompress-gui"
 ENV = "AECOMPRESS_GUI_SETTINGS"
 
@@ -20,6 +22,29 @@ def _qsettings() -> QSettings:
     if path:
         return QSettings(path, QSettings.Format.IniFormat)
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORG, APP)
+
+
+class _Setting:
+    """One persisted value, as a property of Settings: read with its kind, the default when missing or
+    unreadable, clamped to [lo, hi] or kept to `choices`; written as its kind."""
+
+    def __init__(self, key: str, default, kind=str, lo=None, hi=None, choices=None, doc: str | None = None):
+        self.key, self.default, self.kind = key, default, kind
+        self.lo, self.hi, self.choices = lo, hi, choices
+        self.__doc__ = doc
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        v = obj._get(self.key, self.default, self.kind)
+        if self.choices is not None and v not in self.choices:
+            return self.default
+        if self.lo is not None:
+            v = min(max(v, self.lo), self.hi)
+        return list(v) if isinstance(v, list) else v      # a fresh list: the default is shared
+
+    def __set__(self, obj, v) -> None:
+        obj._set(self.key, self.kind(v))
 
 
 class Settings:
@@ -57,139 +82,32 @@ class Settings:
         self._set(f"folders/{which}", str(p if p.is_dir() else p.parent))
 
     # compression
-    @property
-    def model(self) -> str:
-        return self._get("compress/model", "photo")
+    model = _Setting("compress/model", "photo")
+    quality = _Setting("compress/quality", 75, int, lo=1, hi=100)
+    rate_mode = _Setting("compress/rate_mode", 0, int, choices=(0, 1, 2),
+                         doc="0: quality, 1: target bits per pixel, 2: target file size.")
+    target_bpp = _Setting("compress/target_bpp", 0.5, float, lo=0.01, hi=24.0)
+    target_kb = _Setting("compress/target_kb", 20.0, float, lo=0.1, hi=1_000_000.0)
+    extra_models = _Setting("models/extra", [], list, doc='Package folders the user added with "Add model folder...".')
 
-    @model.setter
-    def model(self, v: str) -> None:
-        self._set("compress/model", v)
-
-    @property
-    def quality(self) -> int:
-        return min(max(self._get("compress/quality", 75, int), 1), 100)
-
-    @quality.setter
-    def quality(self, v: int) -> None:
-        self._set("compress/quality", int(v))
-
-    @property
-    def rate_mode(self) -> int:
-        """0: quality, 1: target bits per pixel, 2: target file size."""
-        v = self._get("compress/rate_mode", 0, int)
-        return v if v in (0, 1, 2) else 0
-
-    @rate_mode.setter
-    def rate_mode(self, v: int) -> None:
-        self._set("compress/rate_mode", int(v))
-
-    @property
-    def target_bpp(self) -> float:
-        return min(max(self._get("compress/target_bpp", 0.5, float), 0.01), 24.0)
-
-    @target_bpp.setter
-    def target_bpp(self, v: float) -> None:
-        self._set("compress/target_bpp", float(v))
-
-    @property
-    def target_kb(self) -> float:
-        return min(max(self._get("compress/target_kb", 20.0, float), 0.1), 1_000_000.0)
-
-    @target_kb.setter
-    def target_kb(self, v: float) -> None:
-        self._set("compress/target_kb", float(v))
-
-    @property
-    def denoise_strength(self) -> int:
-        return min(max(self._get("denoise/strength", 100, int), 0), 100)
-
-    @denoise_strength.setter
-    def denoise_strength(self, v: int) -> None:
-        self._set("denoise/strength", int(v))
-
-    @property
-    def batch_action(self) -> int:
-        """0: compress the images of the queue, 1: denoise them."""
-        v = self._get("batch/action", 0, int)
-        return v if v in (0, 1) else 0
-
-    @batch_action.setter
-    def batch_action(self, v: int) -> None:
-        self._set("batch/action", int(v))
-
-    @property
-    def extra_models(self) -> list[str]:
-        """Package folders the user added with "Add model folder..."."""
-        return self._get("models/extra", [], list)
-
-    @extra_models.setter
-    def extra_models(self, v: list[str]) -> None:
-        self._set("models/extra", list(v))
-
-    @property
-    def device(self) -> str:
-        v = self._get("runtime/device", "auto")
-        return v if v in ("auto", "cpu", "cuda") else "auto"
-
-    @device.setter
-    def device(self, v: str) -> None:
-        self._set("runtime/device", v)
-
-    @property
-    def threads(self) -> int:
-        """CPU threads per model (aecompress --threads); 0: onnxruntime's default."""
-        return min(max(self._get("runtime/threads", 0, int), 0), 256)
-
-    @threads.setter
-    def threads(self, v: int) -> None:
-        self._set("runtime/threads", int(v))
+    # runtime
+    device = _Setting("runtime/device", "auto", choices=("auto", "cpu", "cuda"))
+    threads = _Setting("runtime/threads", 0, int, lo=0, hi=256,
+                       doc="CPU threads per model (aecompress --threads); 0: onnxruntime's default.")
 
     # denoising
-    @property
-    def denoise_auto(self) -> bool:
-        return self._get("denoise/auto", True, bool)
-
-    @denoise_auto.setter
-    def denoise_auto(self, v: bool) -> None:
-        self._set("denoise/auto", bool(v))
-
-    @property
-    def denoise_sigma(self) -> int:
-        return min(max(self._get("denoise/sigma", 25, int), 0), 75)
-
-    @denoise_sigma.setter
-    def denoise_sigma(self, v: int) -> None:
-        self._set("denoise/sigma", int(v))
-
-    @property
-    def denoise_ensemble(self) -> int:
-        """Runs of the model per image, averaged over flips and rotations (aecompress denoise --ensemble)."""
-        from aecompress.denoise import ENSEMBLES
-
-        v = self._get("denoise/ensemble", 1, int)
-        return v if v in ENSEMBLES else 1
-
-    @denoise_ensemble.setter
-    def denoise_ensemble(self, v: int) -> None:
-        self._set("denoise/ensemble", int(v))
+    denoise_strength = _Setting("denoise/strength", 100, int, lo=0, hi=100)
+    denoise_auto = _Setting("denoise/auto", True, bool)
+    denoise_sigma = _Setting("denoise/sigma", 25, int, lo=0, hi=75)
+    denoise_ensemble = _Setting("denoise/ensemble", 1, int, choices=ENSEMBLES,
+                                doc="Runs of the model per image, averaged over flips and rotations "
+                                    "(aecompress denoise --ensemble).")
 
     # batch
-    @property
-    def skip_existing(self) -> bool:
-        return self._get("batch/skip_existing", True, bool)
-
-    @skip_existing.setter
-    def skip_existing(self, v: bool) -> None:
-        self._set("batch/skip_existing", bool(v))
-
-    @property
-    def batch_output(self) -> str:
-        """Output folder for batches; empty means "next to each input"."""
-        return self._get("batch/output", "")
-
-    @batch_output.setter
-    def batch_output(self, v: str) -> None:
-        self._set("batch/output", v)
+    batch_action = _Setting("batch/action", 0, int, choices=(0, 1),
+                            doc="0: compress the images of the queue, 1: denoise them.")
+    skip_existing = _Setting("batch/skip_existing", True, bool)
+    batch_output = _Setting("batch/output", "", doc='Output folder for batches; empty means "next to each input".')
 
     # window
     @property
@@ -201,14 +119,7 @@ class Settings:
     def geometry(self, v: QByteArray) -> None:
         self._set("window/geometry", v)
 
-    @property
-    def compare_mode(self) -> str:
-        v = self._get("window/compare_mode", "split")
-        return v if v in ("split", "side") else "split"
-
-    @compare_mode.setter
-    def compare_mode(self, v: str) -> None:
-        self._set("window/compare_mode", v)
+    compare_mode = _Setting("window/compare_mode", "split", choices=("split", "side"))
 
     def sync(self) -> None:
         self.qs.sync()
