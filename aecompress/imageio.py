@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import rgb16
 from .errors import AecError
 from .fsutil import check_writable, refuse_device, write_bytes_atomic
 
@@ -85,7 +86,7 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
     a = np.asarray(im)
     if a.ndim == 2:
         a = a[:, :, None]
-    # Pillow reads 16-bit RGB PNGs as 8-bit RGB; 16-bit greyscale is handled above.
+    # Pillow reads 16-bit colour PNG and TIFF as 8-bit RGB(A): read_image takes those from rgb16
     return np.ascontiguousarray(a), im.mode, 8
 
 
@@ -155,10 +156,14 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
+                deep = rgb16.is_deep(im)
+                # Pillow turns a TIFF upright as it loads it (and drops the tag): the stored orientation
+                stored = im.getexif().get(0x0112, 1) if deep and fmt == "TIFF" else None
                 im.load()
                 icc = im.info.get("icc_profile")
                 exif = im.getexif()
-                if exif.get(0x0112, 1) != 1:
+                orientation = exif.get(0x0112, 1)
+                if orientation != 1:
                     from PIL import ImageOps          # only when there is a rotation to apply (~6 ms import)
 
                     im = ImageOps.exif_transpose(im)
@@ -172,6 +177,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 if im.mode == "CMYK":
                     im = _convert_cmyk(im, icc, "RGB")
                 arr, mode, bits = _to_array(im)
+                if deep:
+                    arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation)
     except AecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -188,11 +195,30 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     return Picture(arr, mode, bits, fmt, exif_bytes, icc, info, frames)
 
 
+def _deep_pixels(path: Path, data: bytes | None, fmt: str, arr: np.ndarray, bits: int,
+                 orientation: int) -> tuple[np.ndarray, int]:
+    """The 16-bit samples of a 16-bit colour PNG or TIFF that Pillow read as 8-bit (arr), or arr itself
+    unless the other reader gives exactly Pillow's pixels in their high bytes (same layout, same
+    orientation)."""
+    try:
+        a = rgb16.read(path.read_bytes() if data is None else data, fmt, arr.shape[2], orientation)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # noqa: BLE001 - a layout the 16-bit readers do not take: Pillow's 8 bits stand
+        return arr, bits
+    if a is None or a.shape != arr.shape:
+        return arr, bits
+    for y in range(0, a.shape[0], 256):               # in bands: a whole shifted copy is 6 bytes a pixel
+        if not np.array_equal(a[y:y + 256] >> 8, arr[y:y + 256]):
+            return arr, bits
+    return a, 16
+
+
 def to_rgb8(pic: Picture) -> np.ndarray:
     """(H, W, 3) uint8: greyscale replicated, alpha dropped, 16-bit rounded to 8-bit."""
     a = pic.pixels
     if a.dtype == np.uint16:
-        a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        a = rgb16.narrow(a)
     if pic.mode in ("L", "LA"):
         a = np.repeat(a[:, :, :1], 3, axis=2)
     else:
@@ -215,7 +241,7 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.dtype == np.uint16:
-        return Image.fromarray(a.astype(np.uint16) if a.ndim == 2 else (a >> 8).astype(np.uint8))
+        return Image.fromarray(a if a.ndim == 2 else rgb16.narrow(a))
     im = Image.fromarray(np.ascontiguousarray(a))
     if mode and im.mode != mode:
         im = im.convert(mode)
@@ -294,6 +320,8 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
 
 def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int, png_level: int,
              exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
+    if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
+        return io.BytesIO(rgb16.encode(pixels, format, exif, icc, source, png_level))
     im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
     buf = io.BytesIO()
     im.save(buf, format=format, **kwargs)

@@ -3,7 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from aecompress.imageio import read_image
+import pytest
+
+from aecompress.imageio import read_image, save_image
 
 from .conftest import smooth_image
 
@@ -67,3 +69,72 @@ def test_a_float_image_with_nan_reads_quietly(tmp_path):
         warnings.simplefilter("error")
         pic = read_image(tmp_path / "f.tif")
     assert pic.pixels[3, 4].max() == 0 and pic.pixels[11, 9].max() == 255
+
+
+def _rgb16_file(path, pixels, fmt, orientation=1, **meta):
+    """A 16-bit colour PNG or TIFF written by libraries other than ours (OpenCV-free: imagecodecs
+    and tifffile directly), with an EXIF orientation when asked."""
+    import imagecodecs
+    import tifffile
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    if fmt == "PNG":
+        from aecompress.rgb16 import _chunk
+
+        png = bytes(imagecodecs.png_encode(pixels))
+        path.write_bytes(png[:33] + _chunk(b"eXIf", exif.tobytes()[6:]) + png[33:])
+    else:
+        tifffile.imwrite(path, pixels, photometric="rgb", compression=meta.get("compression"),
+                         extrasamples=("unassalpha",) if pixels.shape[2] == 4 else None,
+                         extratags=[(274, "H", 1, orientation, True)], metadata=None)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_colour_is_read_at_16_bits_and_oriented(tmp_path, fmt, channels):
+    """Pillow narrows 16-bit colour to 8 bits; read_image keeps all 16, oriented as Pillow orients
+    the narrowed pixels (checked for every EXIF orientation against Pillow's own exif_transpose)."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(channels)
+    a = rng.integers(0, 65536, (5, 7, channels), dtype=np.uint16)
+    for orientation in range(1, 9):
+        p = tmp_path / f"o{orientation}.{fmt.lower()}"
+        _rgb16_file(p, a, fmt, orientation, compression="lzw")
+        pic = read_image(p)
+        with Image.open(p) as im:
+            narrowed = np.asarray(ImageOps.exif_transpose(im))
+        assert pic.bits == 16 and pic.pixels.dtype == np.uint16, orientation
+        assert pic.mode == ("RGBA" if channels == 4 else "RGB")
+        assert np.array_equal(pic.pixels >> 8, narrowed), orientation
+        if orientation == 1:
+            assert np.array_equal(pic.pixels, a)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("PNG", "png"), ("TIFF", "tif")])
+def test_16_bit_colour_is_written_at_16_bits_with_its_metadata(tmp_path, fmt, suffix):
+    from PIL import ImageCms
+
+    a = np.random.default_rng(1).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0131] = "TestCam", "darktable"       # Make, Software
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    source = {"source_mode": "RGB", "dpi": (300, 300), "xmp": xmp, "compression": "tiff_lzw"}
+    save_image(tmp_path / f"o.{suffix}", a, exif=exif.tobytes(), icc=icc, format=fmt, source=source)
+    pic = read_image(tmp_path / f"o.{suffix}")
+    assert pic.bits == 16 and np.array_equal(pic.pixels, a) and pic.icc == icc
+    with Image.open(tmp_path / f"o.{suffix}") as im:
+        assert im.format == fmt and im.size == (9, 6)
+        assert im.getexif().get(0x010F) == "TestCam" and im.getexif().get(0x0131) == "darktable"
+        assert round(im.info["dpi"][0]) == 300
+        assert xmp in (im.info.get("xmp") or b"")
+        if fmt == "TIFF":
+            assert im.info["compression"] == "tiff_lzw"
+
+
+def test_16_bit_colour_goes_to_8_bit_formats_rounded(tmp_path):
+    a = np.full((4, 4, 3), 255, np.uint16)                    # 0.992 on the 8-bit scale (dropping the low byte: 0)
+    save_image(tmp_path / "o.bmp", a)
+    assert np.all(np.asarray(Image.open(tmp_path / "o.bmp")) == 1)

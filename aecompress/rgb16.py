@@ -1,0 +1,138 @@
+"""16-bit colour PNG and TIFF files, which Pillow can only hold as 8-bit RGB.
+
+Pillow reads a 16-bit RGB or RGBA PNG or TIFF as 8 bits a sample, so a photo developed to 16-bit
+and denoised would come back with half its precision gone. imageio.read_image asks `is_deep` first
+and takes such pixels from here (libpng through imagecodecs for PNG, tifffile for TIFF) while Pillow
+still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels back here, with the
+metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
+
+TIFF output writes EXIF's first-directory tags (make, model, date, artist, copyright, ...); the
+EXIF and GPS sub-directories (exposure settings, location) are not written.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from .errors import AecError
+
+FORMATS = ("PNG", "TIFF")
+
+# Pillow's TIFF compression names -> tifffile's; anything else is written uncompressed
+_TIFF_COMPRESSION = {"tiff_lzw": "lzw", "tiff_adobe_deflate": "zlib", "tiff_deflate": "zlib",
+                     "packbits": "packbits", "zstd": "zstd", "lzma": "lzma", "webp": None, "jpeg": None}
+
+# EXIF tags of a TIFF's first directory that describe the photo (not its pixel layout), as ASCII
+_TIFF_TEXT_TAGS = (269, 270, 271, 272, 285, 305, 306, 315, 316, 33432)  # 270/305/306 go by name
+
+
+def is_deep(im: Image.Image) -> bool:
+    """Whether an opened (not yet loaded) PNG or TIFF stores 16-bit colour that Pillow narrows to 8 bits."""
+    if im.format not in FORMATS or im.mode not in ("RGB", "RGBA") or not im.tile:
+        return False
+    args = im.tile[0][3]
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(raw, str) and ";16" in raw
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """The EXIF orientation applied to (H, W, C) pixels, as PIL.ImageOps.exif_transpose does."""
+    return {
+        2: lambda: a[:, ::-1],
+        3: lambda: a[::-1, ::-1],
+        4: lambda: a[::-1],
+        5: lambda: a.transpose(1, 0, 2),
+        6: lambda: np.rot90(a, -1),
+        7: lambda: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda: np.rot90(a, 1),
+    }.get(orientation, lambda: a)()
+
+
+def read(data: bytes, fmt: str, channels: int, orientation: int = 1) -> np.ndarray | None:
+    """(H, W, channels) uint16 pixels of a 16-bit colour PNG or TIFF (first page), oriented; None when
+    its layout is not plain 16-bit RGB(A) (the caller then keeps Pillow's 8-bit reading)."""
+    if fmt == "PNG":
+        import imagecodecs
+
+        a = imagecodecs.png_decode(data)
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            a = page.asarray()
+            if page.axes.startswith("S") and a.ndim == 3:      # planar: one plane per sample
+                a = np.moveaxis(a, 0, -1)
+    if a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] < channels:
+        return None
+    return np.ascontiguousarray(_orient(a[:, :, :channels], orientation))
+
+
+def narrow(a: np.ndarray) -> np.ndarray:
+    """16-bit samples rounded to 8 bits (Pillow's own narrowing drops the low byte)."""
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def encode(a: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None, source: dict | None,
+           png_level: int) -> bytes:
+    """A 16-bit colour PNG or TIFF of (H, W, 3 or 4) uint16 pixels with the source's metadata."""
+    source = source or {}
+    if fmt == "PNG":
+        return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), png_level)
+    if fmt == "TIFF":
+        return _tiff(a, exif, icc, source)
+    raise AecError(f"16-bit colour cannot be written as {fmt}")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, level: int) -> bytes:
+    import imagecodecs
+
+    png = bytes(imagecodecs.png_encode(np.ascontiguousarray(a), level=level))
+    # metadata chunks go straight after IHDR (signature 8 bytes + IHDR 25), before the pixel data
+    extra = b""
+    if icc:
+        extra += _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
+    if dpi:
+        ppm = [max(1, round(float(d) / 0.0254)) for d in dpi]
+        extra += _chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    if exif:
+        body = exif[6:] if exif.startswith(b"Exif\0\0") else exif
+        extra += _chunk(b"eXIf", body)
+    if xmp:
+        text = xmp if isinstance(xmp, bytes) else str(xmp).encode()
+        extra += _chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + text)
+    return png[:33] + extra + png[33:]
+
+
+def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> bytes:
+    import tifffile
+
+    tags, text = [], {}
+    if exif:
+        ex = Image.Exif()
+        ex.load(exif)
+        text = {tag: ex[tag] for tag in _TIFF_TEXT_TAGS if isinstance(ex.get(tag), str) and ex[tag].isascii()}
+    # tifffile writes these three itself (its own name as the software unless told otherwise)
+    named = {"description": text.pop(270, None), "software": text.pop(305, False), "datetime": text.pop(306, None)}
+    tags = [(tag, "s", 0, value, True) for tag, value in text.items()]
+    if source.get("xmp"):
+        xmp = source["xmp"] if isinstance(source["xmp"], bytes) else str(source["xmp"]).encode()
+        tags.append((700, "B", len(xmp), xmp, True))
+    kwargs: dict = {}
+    if source.get("dpi"):
+        kwargs.update(resolution=tuple(float(d) for d in source["dpi"]), resolutionunit="INCH")
+    compression = _TIFF_COMPRESSION.get(source.get("compression"))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.ascontiguousarray(a), photometric="rgb", planarconfig="contig",
+                     extrasamples=("unassalpha",) if a.shape[2] == 4 else None, compression=compression,
+                     iccprofile=icc or None, extratags=tags, metadata=None, **named, **kwargs)
+    return buf.getvalue()
