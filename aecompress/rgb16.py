@@ -6,6 +6,7 @@ and takes such pixels from here (libpng through imagecodecs for PNG, tifffile fo
 still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels back here, with the
 metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
 
+Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`).
 TIFF output writes EXIF's first-directory tags (make, model, date, artist, copyright, ...); the
 EXIF and GPS sub-directories (exposure settings, location) are not written.
 """
@@ -13,6 +14,7 @@ EXIF and GPS sub-directories (exposure settings, location) are not written.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
 
@@ -59,10 +61,13 @@ def read(data: bytes, fmt: str, channels: int, orientation: int = 1) -> np.ndarr
     if fmt == "PNG":
         import imagecodecs
 
+        if data[28:29] != b"\0":
+            # Adam7 interlaced (IHDR's last byte): imagecodecs' libpng decodes it right but prints a
+            # warning on the process' standard error, which one-line output cannot have
+            return None
         a = imagecodecs.png_decode(data)
     else:
-        import tifffile
-
+        tifffile = _tifffile()
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
             a = page.asarray()
@@ -113,8 +118,20 @@ def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, level: 
     return png[:33] + extra + png[33:]
 
 
-def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> bytes:
+def _tifffile():
+    """tifffile, with its log quiet: its warnings would reach standard error through Python's
+    last-resort handler, in the middle of one-line output."""
     import tifffile
+
+    log = logging.getLogger("tifffile")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+    return tifffile
+
+
+def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> bytes:
+    tifffile = _tifffile()
 
     tags, text = [], {}
     if exif:

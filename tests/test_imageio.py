@@ -138,3 +138,26 @@ def test_16_bit_colour_goes_to_8_bit_formats_rounded(tmp_path):
     a = np.full((4, 4, 3), 255, np.uint16)                    # 0.992 on the 8-bit scale (dropping the low byte: 0)
     save_image(tmp_path / "o.bmp", a)
     assert np.all(np.asarray(Image.open(tmp_path / "o.bmp")) == 1)
+
+
+def test_interlaced_16_bit_png_reads_quietly_at_8_bits(tmp_path, capfd):
+    """libpng (through imagecodecs) prints a warning on standard error for Adam7 files: those stay
+    with Pillow's 8-bit reading, and nothing is printed."""
+    import struct
+    import zlib
+
+    from aecompress.rgb16 import _chunk
+
+    a = np.random.default_rng(2).integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    raw = b""
+    for y0, x0, dy, dx in [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
+                           (1, 0, 2, 1)]:                      # the seven Adam7 passes, unfiltered rows
+        sub = a[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.astype(">u2").tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", 11, 9, 16, 2, 0, 0, 1)
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    (tmp_path / "i.png").write_bytes(png)
+    pic = read_image(tmp_path / "i.png")
+    assert pic.bits == 8 and np.array_equal(pic.pixels, (a >> 8).astype(np.uint8))
+    assert capfd.readouterr().err == ""
