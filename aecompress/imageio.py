@@ -73,7 +73,9 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
         top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
         a = np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8)
         return a[:, :, None], "L", 8
-    if mode == "1":
+    if mode in ("L", "RGB") and "transparency" in im.info:
+        im = im.convert(mode[0] + "A" if mode == "L" else "RGBA")   # a colour key (tRNS) as alpha
+    elif mode == "1":
         im = im.convert("L")
     elif mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -106,18 +108,54 @@ def icc_colour_space(icc: bytes | None) -> bytes | None:
     return bytes(icc[16:20]) if icc and len(icc) >= 20 else None
 
 
-def _source_info(im: Image.Image, fmt: str | None) -> dict:
+def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     """What writing a processed copy in the source's own format and mode needs (denoise keeps them):
-    source_mode, and when present TIFF compression, dpi, xmp and a palette."""
+    source_mode, and when present TIFF compression, dpi, XMP, PNG text, a palette and its
+    transparency, a JPEG's quantization tables, chroma subsampling and progressive mode, whether a
+    WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
     info: dict = {"source_mode": im.mode}
     if fmt == "TIFF" and im.info.get("compression") not in (None, "raw"):
         info["compression"] = im.info["compression"]
     for key in ("dpi", "xmp"):
         if im.info.get(key):
             info[key] = im.info[key]
-    if im.mode == "P" and "transparency" not in im.info:
+    if fmt == "TIFF" and not info.get("xmp") and getattr(im, "tag_v2", {}).get(700):
+        info["xmp"] = im.tag_v2[700]
+    text = {k: v for k, v in (getattr(im, "text", None) or {}).items() if k != "XML:com.adobe.xmp"} if fmt == "PNG" else {}
+    if text:
+        info["png_text"] = text
+    if im.mode == "P":
         info["palette"] = im.getpalette()
+        if "transparency" in im.info:
+            info["transparency"] = im.info["transparency"]
+    if fmt == "JPEG" and getattr(im, "quantization", None):
+        from PIL import JpegImagePlugin
+
+        info["qtables"] = {k: list(v) for k, v in im.quantization.items()}
+        sampling = JpegImagePlugin.get_sampling(im)
+        if sampling >= 0:
+            info["subsampling"] = sampling
+        if im.info.get("progressive") or im.info.get("progression"):
+            info["progressive"] = True
+    if fmt == "WEBP" and encoded is not None and _webp_lossless(encoded):
+        info["lossless"] = True
     return info
+
+
+def _webp_lossless(encoded) -> bool:
+    """Whether a WebP file codes its picture losslessly (a VP8L chunk), walking its RIFF chunks."""
+    f = io.BytesIO(encoded) if isinstance(encoded, (bytes, bytearray)) else open(encoded, "rb")
+    with f:
+        if f.read(12)[8:] != b"WEBP":
+            return False
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            kind, size = head[:4], int.from_bytes(head[4:], "little")
+            if kind in (b"VP8L", b"VP8 ", b"ANMF"):
+                return kind == b"VP8L"
+            f.seek(size + (size & 1), 1)
 
 
 def _convert_cmyk(im: Image.Image, icc: bytes | None, to: str) -> Image.Image:
@@ -158,8 +196,9 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 deep = rgb16.is_deep(im)
                 # Pillow turns a TIFF upright as it loads it (and drops the tag): the stored orientation
-                stored = im.getexif().get(0x0112, 1) if deep and fmt == "TIFF" else None
+                stored = im.getexif().get(0x0112, 1) if fmt == "TIFF" else None
                 im.load()
+                info = _source_info(im, fmt, path if data is None else data)
                 icc = im.info.get("icc_profile")
                 exif = im.getexif()
                 orientation = exif.get(0x0112, 1)
@@ -173,7 +212,10 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     for tag in _TIFF_LAYOUT_TAGS & set(exif):
                         del exif[tag]
                 exif_bytes = exif.tobytes() if exif else None
-                info = _source_info(im, fmt)
+                if orientation != 1:
+                    info.update((k, v) for k, v in _source_info(im, fmt).items() if k in ("xmp", "dpi"))
+                if (stored or orientation) in (5, 6, 7, 8) and info.get("dpi"):
+                    info["dpi"] = tuple(info["dpi"])[::-1]      # turned a quarter: width and height swap
                 if im.mode == "CMYK":
                     im = _convert_cmyk(im, icc, "RGB")
                 arr, mode, bits = _to_array(im)
@@ -226,6 +268,28 @@ def to_rgb8(pic: Picture) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def to_srgb(rgb: np.ndarray, icc: bytes | None) -> tuple[np.ndarray, str | None]:
+    """(H, W, 3) uint8 pixels described by an RGB ICC profile, converted to sRGB (perceptual intent),
+    and the profile's name; the pixels as they are and None when there is no RGB profile, when it
+    is sRGB in effect (216 probe colours move by at most one level), or when it cannot be read."""
+    if icc_colour_space(icc) != b"RGB ":
+        return rgb, None
+    from PIL import ImageCms
+
+    try:
+        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        transform = ImageCms.buildTransform(prof, ImageCms.createProfile("sRGB"), "RGB", "RGB")
+        probe = np.stack(np.meshgrid(*[np.arange(0, 256, 51, dtype=np.uint8)] * 3), axis=-1).reshape(1, -1, 3)
+        moved = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform)).astype(np.int16)
+        if np.abs(moved - probe).max() <= 1:
+            return rgb, None
+        name = " ".join((ImageCms.getProfileDescription(prof) or "").split()) or "its ICC profile"
+        out = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
+    except Exception:  # noqa: BLE001 - a damaged profile: the numbers as they are
+        return rgb, None
+    return out, name
+
+
 def to_channels8(pic: Picture, channels: int) -> np.ndarray:
     """(H, W, channels) uint8 for a model with 1 or 3 input channels."""
     rgb = to_rgb8(pic)
@@ -251,30 +315,97 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
 _CMYK_FORMATS = ("JPEG", "TIFF")
 
 
+_ONE_BIT_FORMATS = ("PNG", "TIFF", "BMP", "PPM", "GIF", "PCX", "XBM", "IM")
+_PALETTE_FORMATS = ("PNG", "GIF", "BMP", "TIFF")
+_QUALITY_FORMATS = ("JPEG", "WEBP", "AVIF")
+
+
 def _restore_mode(im: Image.Image, fmt: str, source: dict, icc: bytes | None) -> Image.Image:
     """Back to the source's mode where the output format can hold it: CMYK (through the ICC profile
-    it was read with) and palette images (mapped onto their own palette, without dithering)."""
+    it was read with), 1-bit (thresholded at the middle, without dithering) and palette images
+    (mapped onto their own palette without dithering, transparent entries kept)."""
     src = source.get("source_mode")
     if src == "CMYK" and im.mode == "RGB" and fmt in _CMYK_FORMATS:
         return _convert_cmyk(im, icc, "CMYK")
-    if src == "P" and im.mode == "RGB" and source.get("palette") and fmt in ("PNG", "GIF", "BMP", "TIFF"):
-        pal = Image.new("P", (1, 1))
-        pal.putpalette(source["palette"])
-        return im.quantize(palette=pal, dither=Image.Dither.NONE)
+    if src == "1" and im.mode == "L" and fmt in _ONE_BIT_FORMATS:
+        return im.convert("1", dither=Image.Dither.NONE)
+    if src == "P" and source.get("palette") and fmt in _PALETTE_FORMATS:
+        if im.mode == "RGB" and "transparency" not in source:
+            pal = Image.new("P", (1, 1))
+            pal.putpalette(source["palette"])
+            return im.quantize(palette=pal, dither=Image.Dither.NONE)
+        if im.mode == "RGBA" and "transparency" in source:
+            return _to_palette_with_alpha(im, source["palette"], source["transparency"]) or im
     return im
+
+
+def _to_palette_with_alpha(im: Image.Image, palette: list, transparency) -> Image.Image | None:
+    """RGBA pixels onto a palette whose entries carry alpha (a single transparent index, or PNG's
+    per-entry alpha table): each pixel takes the nearest colour among the entries of its own alpha.
+    None when a pixel's alpha is no entry's (the alpha was not the palette's)."""
+    n = len(palette) // 3
+    alpha_of = np.full(n, 255, np.uint8)
+    if isinstance(transparency, int):
+        if not 0 <= transparency < n:
+            return None
+        alpha_of[transparency] = 0
+    else:
+        t = np.frombuffer(bytes(transparency), np.uint8)[:n]
+        alpha_of[: t.size] = t
+    a = np.asarray(im)
+    rgb, alpha = Image.fromarray(np.ascontiguousarray(a[:, :, :3])), a[:, :, 3]
+    index = np.zeros(alpha.shape, np.uint8)
+    for value in np.unique(alpha):
+        entries = np.flatnonzero(alpha_of == value)
+        if entries.size == 0:
+            return None
+        where = alpha == value
+        if entries.size == 1:
+            index[where] = entries[0]
+            continue
+        # a palette of just these entries, padded with the first (a padded index means the same colour)
+        lut = np.concatenate([entries, np.full(256 - entries.size, entries[0])])
+        pal = Image.new("P", (1, 1))
+        pal.putpalette(np.asarray(palette, np.uint8).reshape(-1, 3)[lut].ravel().tolist())
+        nearest = np.asarray(rgb.quantize(palette=pal, dither=Image.Dither.NONE))
+        index[where] = lut[nearest[where]]
+    out = Image.fromarray(index, "P")
+    out.putpalette(palette)
+    out.info["transparency"] = transparency
+    return out
 
 
 def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None, icc: bytes | None,
               quality: int, png_level: int, source: dict | None = None) -> tuple[Image.Image, dict]:
     im = from_array(pixels, mode)
     kwargs: dict = {}
+    source = source or {}
     if source:
         im = _restore_mode(im, fmt, source, icc)
         if fmt == "TIFF" and source.get("compression"):
             kwargs["compression"] = source["compression"]
-        for key in ("dpi", "xmp"):
-            if source.get(key) is not None:
-                kwargs[key] = source[key]
+        if source.get("dpi") is not None:
+            kwargs["dpi"] = source["dpi"]
+        if source.get("xmp"):
+            xmp = source["xmp"]
+            if fmt == "PNG":                  # Pillow's PNG and TIFF writers take no xmp= of their own
+                from PIL.PngImagePlugin import PngInfo
+
+                kwargs["pnginfo"] = PngInfo()
+                kwargs["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace")
+                                           if isinstance(xmp, bytes) else str(xmp), zip=False)
+            elif fmt == "TIFF":
+                kwargs["tiffinfo"] = {700: xmp if isinstance(xmp, bytes) else str(xmp).encode()}
+            else:
+                kwargs["xmp"] = xmp
+        if fmt == "PNG" and source.get("png_text"):
+            from PIL.PngImagePlugin import PngInfo
+
+            info = kwargs.setdefault("pnginfo", PngInfo())
+            for key, value in source["png_text"].items():
+                info.add_text(key, value)
+        if im.mode == "P" and "transparency" in im.info:
+            kwargs["transparency"] = im.info["transparency"]
     if exif:
         kwargs["exif"] = exif
     if icc and icc_colour_space(icc) == _ICC_SPACES.get(im.mode, icc_colour_space(icc)):
@@ -282,11 +413,26 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
     if fmt == "JPEG":
         if im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGB")
-        kwargs["quality"] = quality
-    if fmt == "WEBP":
+        if source.get("qtables") and source.get("source_mode") in ("RGB", "L", "CMYK", "YCbCr"):
+            # the source's own quantization tables and chroma subsampling: its quality, as it was
+            # chosen (a q95 4:4:4 photo stays that; cjpeg or ImageMagick keep it alike)
+            kwargs["qtables"] = source["qtables"]
+            if "subsampling" in source and im.mode == "RGB":
+                kwargs["subsampling"] = source["subsampling"]
+        else:
+            kwargs["quality"] = quality
+        if source.get("progressive"):
+            kwargs["progressive"] = True
+    elif fmt == "WEBP" and source.get("lossless"):
+        kwargs.update(lossless=True, exact=True)     # exact: colour under transparent pixels kept too
+    elif fmt in _QUALITY_FORMATS or (fmt == "TIFF" and kwargs.get("compression") == "jpeg"):
         kwargs["quality"] = quality
     if fmt == "PNG":
         kwargs["compress_level"] = png_level
+    if fmt == "ICO":
+        if max(im.size) > 256:
+            raise AecError(f"an ICO image is at most 256x256 pixels, this one is {im.width}x{im.height}")
+        kwargs["sizes"] = [im.size]
     return im, kwargs
 
 

@@ -60,3 +60,32 @@ def run_on_terminal(args: list, env: dict | None = None, cwd=None, timeout: floa
     p.wait(timeout=timeout)
     os.close(master)
     return p.returncode, seen.decode(errors="replace")
+
+
+def linear_rgb_profile() -> bytes:
+    """A minimal ICC v2 display profile: sRGB's primaries with a linear tone curve ("linear sRGB"), so
+    a value v in it is sRGB's encoding of v/255 as light (128 -> about 188). Pillow can only create
+    sRGB itself, and a test of colour conversion needs another RGB space."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    desc = b"linear sRGB\0"
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(desc)) + desc + b"\0" * 79),
+            (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(0.4360747, 0.2225045, 0.0139322)),
+            (b"gXYZ", xyz(0.3850649, 0.7168786, 0.0971045)), (b"bXYZ", xyz(0.1430804, 0.0606169, 0.7141733))]
+    tags += [(sig, b"curv\0\0\0\0" + struct.pack(">I", 0)) for sig in (b"rTRC", b"gTRC", b"bTRC")]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, data in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    body += b"\0" * (-len(body) % 4)
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249))
+    header += b"\0" * (128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body

@@ -775,3 +775,22 @@ def test_an_output_that_is_another_input_is_refused(tmp_path, photo):
     assert (tmp_path / "out" / "cat.png").is_symlink() and photo.read_bytes()[:4] == b"\x89PNG"
     assert aez.read_bytes() == before
 
+
+
+def test_colour_in_another_rgb_space_is_coded_as_srgb(tmp_path):
+    """.aez files hold sRGB: an image tagged with another RGB profile is converted before coding
+    (and the report says so), so it decodes with the colours it showed; an sRGB profile is not."""
+    from PIL import ImageCms
+
+    from .conftest import linear_rgb_profile
+
+    grey = np.full((64, 96, 3), 128, np.uint8)                 # linear light 0.5: sRGB 188
+    Image.fromarray(grey).save(tmp_path / "lin.png", icc_profile=linear_rgb_profile())
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(grey).save(tmp_path / "s.png", icc_profile=srgb)
+    r = run("encode", tmp_path / "lin.png", tmp_path / "s.png", "-q", "90")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("colours converted from linear sRGB to sRGB") == 1, r.stdout
+    assert run("decode", tmp_path / "lin.aez", tmp_path / "s.aez", "-o", tmp_path / "dec").returncode == 0
+    assert abs(float(np.asarray(Image.open(tmp_path / "dec" / "lin.png")).mean()) - 188) < 3
+    assert abs(float(np.asarray(Image.open(tmp_path / "dec" / "s.png")).mean()) - 128) < 3

@@ -161,3 +161,95 @@ def test_interlaced_16_bit_png_reads_quietly_at_8_bits(tmp_path, capfd):
     pic = read_image(tmp_path / "i.png")
     assert pic.bits == 8 and np.array_equal(pic.pixels, (a >> 8).astype(np.uint8))
     assert capfd.readouterr().err == ""
+
+
+# ------------------------------------------------- rewriting a file the way it was (denoise's output)
+def _rewrite(src, dst, pixels=None):
+    """What `aecompress denoise` does around the network: read, then write in the source's way."""
+    pic = read_image(src)
+    save_image(dst, pic.pixels if pixels is None else pixels, mode=pic.mode, exif=pic.exif, icc=pic.icc,
+               format=pic.format, source=pic.info)
+    return pic
+
+
+def test_jpeg_keeps_its_quantization_subsampling_and_progressive_mode(tmp_path):
+    from PIL import JpegImagePlugin
+
+    img = Image.fromarray(smooth_image(64, 80))
+    for name, kw in [("a.jpg", dict(quality=97, subsampling=0, progressive=True)),
+                     ("b.jpg", dict(quality=50, subsampling=2)), ("c.jpg", dict(quality=90, subsampling=1))]:
+        img.save(tmp_path / name, **kw)
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / name) as a, Image.open(tmp_path / f"out-{name}") as b:
+            assert b.quantization == a.quantization, name
+            assert JpegImagePlugin.get_sampling(b) == kw["subsampling"], name
+            assert bool(b.info.get("progressive")) == bool(kw.get("progressive")), name
+
+
+def test_lossless_webp_stays_lossless(tmp_path):
+    rgba = np.concatenate([smooth_image(30, 40), np.full((30, 40, 1), 7, np.uint8)], axis=2)
+    rgba[:5, :5, 3] = 0                                        # colour under transparent pixels kept too
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "l.webp", lossless=True, exact=True)
+    Image.fromarray(smooth_image(30, 40)).save(tmp_path / "q.webp", quality=80)
+    _rewrite(tmp_path / "l.webp", tmp_path / "out-l.webp")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out-l.webp")), rgba)
+    assert b"VP8L" in (tmp_path / "out-l.webp").read_bytes()
+    _rewrite(tmp_path / "q.webp", tmp_path / "out-q.webp")
+    assert b"VP8L" not in (tmp_path / "out-q.webp").read_bytes()
+
+
+def test_xmp_and_png_text_are_kept(tmp_path):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="r"/><!-- kept --></x:xmpmeta>'
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    info.add_text("Title", "a cat")
+    img = Image.fromarray(smooth_image(20, 30))
+    img.save(tmp_path / "x.png", pnginfo=info)
+    img.save(tmp_path / "x.tif", tiffinfo={700: xmp})
+    for name in ("x.png", "x.tif"):
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / f"out-{name}") as im:
+            kept = im.info.get("xmp") if name.endswith("png") else im.tag_v2.get(700)
+            assert b"<!-- kept -->" in (kept.encode() if isinstance(kept, str) else kept or b""), name
+    assert Image.open(tmp_path / "out-x.png").text["Title"] == "a cat"
+
+
+def test_one_bit_and_palette_images_keep_their_mode(tmp_path):
+    bits = smooth_image(24, 32)[:, :, 0] > 128
+    Image.fromarray(bits).save(tmp_path / "b.tif", compression="group4")
+    Image.fromarray(bits).save(tmp_path / "b.png")
+    pal = Image.fromarray(smooth_image(24, 32)).quantize(16)
+    pal.save(tmp_path / "t.png", transparency=3)                        # one transparent index
+    pal.save(tmp_path / "u.png", transparency=bytes([0, 128] + [255] * 14))  # an alpha table
+    for name in ("b.tif", "b.png", "t.png", "u.png"):
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / name) as a, Image.open(tmp_path / f"out-{name}") as b:
+            assert b.mode == a.mode and np.array_equal(np.asarray(b), np.asarray(a)), name
+            assert b.info.get("transparency") == a.info.get("transparency"), name
+            assert b.info.get("compression") == a.info.get("compression"), name
+
+
+def test_colour_key_transparency_reads_as_alpha(tmp_path):
+    rgb = smooth_image(10, 12)
+    rgb[:3, :3] = 0
+    Image.fromarray(rgb).save(tmp_path / "k.png", transparency=(0, 0, 0))
+    pic = read_image(tmp_path / "k.png")
+    assert pic.mode == "RGBA" and pic.has_alpha
+    assert np.all(pic.pixels[:3, :3, 3] == 0) and np.all(pic.pixels[3:, 3:, 3] == 255)
+
+
+def test_rotation_swaps_dpi_and_ico_keeps_its_size(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(smooth_image(20, 30)).save(tmp_path / "r.jpg", dpi=(300, 150), exif=exif)
+    pic = _rewrite(tmp_path / "r.jpg", tmp_path / "out-r.jpg")
+    assert pic.pixels.shape[:2] == (30, 20)
+    with Image.open(tmp_path / "out-r.jpg") as im:
+        assert im.size == (20, 30) and tuple(round(d) for d in im.info["dpi"]) == (150, 300)
+    Image.fromarray(smooth_image(60, 100)).save(tmp_path / "i.ico", sizes=[(100, 60)])
+    _rewrite(tmp_path / "i.ico", tmp_path / "out-i.ico")
+    assert Image.open(tmp_path / "out-i.ico").size == (100, 60)
+    with pytest.raises(Exception, match="at most 256x256"):
+        save_image(tmp_path / "big.ico", smooth_image(300, 20))
