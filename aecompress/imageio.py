@@ -451,6 +451,9 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     fmt = format or Image.EXTENSION.get(path.suffix.lower()) or Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
+    if format is None and pixels.ndim == 3 and pixels.shape[2] >= 3:
+        # Pillow writes by mode (colour: P6) whatever the name; .pgm and .pbm name greyscale and bitmap
+        mode = {".pgm": "L", ".pbm": "1"}.get(path.suffix.lower(), mode)
     check_writable(path, force)
     try:
         buf = _encoded(pixels, fmt, mode, quality, png_level, exif, icc, source)

@@ -253,3 +253,10 @@ def test_rotation_swaps_dpi_and_ico_keeps_its_size(tmp_path):
     assert Image.open(tmp_path / "out-i.ico").size == (100, 60)
     with pytest.raises(Exception, match="at most 256x256"):
         save_image(tmp_path / "big.ico", smooth_image(300, 20))
+
+
+def test_pgm_and_pbm_names_get_grey_and_bitmap_files(tmp_path):
+    img = smooth_image(12, 16)
+    for name, mode in [("g.pgm", "L"), ("b.pbm", "1"), ("c.ppm", "RGB")]:
+        save_image(tmp_path / name, img)
+        assert Image.open(tmp_path / name).mode == mode, name
