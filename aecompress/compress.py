@@ -51,6 +51,10 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
         notes.append("16-bit samples reduced to 8 bits")
     if pic.frames > 1:
         notes.append(f"animated image: only the first of its {pic.frames} frames is coded")
+    if pic.info.get("extra_images"):
+        notes.append("the JPEG's extra image (an HDR gain map, a depth map or a second view) is not coded"
+                     if pic.info["extra_images"] == 1 else
+                     f"the JPEG's {pic.info['extra_images']} extra images (HDR gain map, depth map, views) are not coded")
     if codec.channels == 1 and pic.mode not in ("L", "LA"):
         notes.append("colour converted to greyscale (the model is greyscale)")
     if pic.mode in ("RGB", "RGBA") and icc_colour_space(pic.icc) == b"RGB ":

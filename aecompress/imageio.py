@@ -192,6 +192,11 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
             with Image.open(path if data is None else io.BytesIO(data)) as im:
                 fmt = im.format
                 frames = int(getattr(im, "n_frames", 1) or 1)
+                extra = 0
+                if fmt == "MPO":
+                    # a JPEG with more images after it (an Ultra HDR photo's gain map, a depth map,
+                    # a stereo camera's second view): the first is the picture
+                    fmt, extra, frames = "JPEG", frames - 1, 1
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 deep = rgb16.is_deep(im)
@@ -234,6 +239,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
         raise AecError(f"{path}: cannot read image ({reason})") from None
     if arr.size == 0:
         raise AecError(f"{path}: image is empty")
+    if extra:
+        info["extra_images"] = extra
     return Picture(arr, mode, bits, fmt, exif_bytes, icc, info, frames)
 
 

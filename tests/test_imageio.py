@@ -260,3 +260,16 @@ def test_pgm_and_pbm_names_get_grey_and_bitmap_files(tmp_path):
     for name, mode in [("g.pgm", "L"), ("b.pbm", "1"), ("c.ppm", "RGB")]:
         save_image(tmp_path / name, img)
         assert Image.open(tmp_path / name).mode == mode, name
+
+
+def test_a_jpeg_with_extra_images_is_its_first_picture(tmp_path):
+    """Phones save Ultra HDR photos as a JPEG followed by a gain map (Pillow: MPO, 2 frames); they
+    are photos, not animations: read as the JPEG they display as."""
+    img = Image.fromarray(smooth_image(40, 60))
+    img.save(tmp_path / "u.jpg", format="MPO", save_all=True, append_images=[img.resize((15, 10))], quality=90)
+    assert Image.open(tmp_path / "u.jpg").format == "MPO"
+    pic = read_image(tmp_path / "u.jpg")
+    assert (pic.format, pic.frames, pic.info["extra_images"], pic.pixels.shape) == ("JPEG", 1, 1, (40, 60, 3))
+    _rewrite(tmp_path / "u.jpg", tmp_path / "out.jpg")
+    with Image.open(tmp_path / "out.jpg") as out, Image.open(tmp_path / "u.jpg") as src:
+        assert out.format == "JPEG" and out.quantization == src.quantization
