@@ -18,8 +18,9 @@ from .errors import AecError
 from .fsutil import check_writable, refuse_device, write_bytes_atomic
 
 MAX_PIXELS = 400_000_000       # refuse anything larger (about 20000 x 20000)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
-                  ".pbm", ".tga"}
+# what a folder scan picks up: photo and still-image formats Pillow reads (AVIF: Pillow 11.3 and later)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".gif",
+                  ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".jp2", ".j2k", ".qoi"}
 
 
 def is_image_name(p: Path) -> bool:

@@ -410,3 +410,19 @@ def test_cli_keeps_16_bit_colour(tmp_path, env):
         assert err(pic.pixels) < err(dirty) / 2, name
     with Image.open(tmp_path / "out" / "n.tif") as im:
         assert im.info["compression"] == "tiff_adobe_deflate"
+
+
+def test_folder_scans_pick_up_avif_and_jfif(tmp_path, env):
+    from PIL import features
+
+    img = Image.fromarray(noisy(smooth_image(32, 48), 10))
+    img.save(tmp_path / "a.jfif", format="JPEG", quality=90)
+    names = ["a.jfif"]
+    if features.check("avif"):
+        img.save(tmp_path / "b.avif", quality=90)
+        names.append("b.avif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    r = run_cli(["denoise", tmp_path, "-o", tmp_path / "out", "--json"], env)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    assert Image.open(tmp_path / "out" / "a.jfif").format == "JPEG"
