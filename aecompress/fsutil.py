@@ -149,8 +149,10 @@ def chmod_as_created(path: Path, mode: int = 0o666) -> None:
 def _describe(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return f"no space left on device while writing {path}"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return f"cannot write {path}: permission denied"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {path}: read-only file system"
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):          # a file where a folder should be
         blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:

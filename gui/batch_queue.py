@@ -353,7 +353,9 @@ class BatchTab(QWidget):
             return None
 
         self._rows = [i for i, _, _ in plan]
-        self.summary.setText(f"Working on {len(plan)} file{'s' if len(plan) != 1 else ''}\u2026")
+        files = f"{len(plan)} file{'s' if len(plan) != 1 else ''}"
+        self.summary.setText(f"Working on {files}\u2026")
+        self.statusMessage.emit(f"Batch: working on {files}\u2026")      # not "press Start" any more
         self._t0 = time.perf_counter()
         self._job = self.work.submit(job, name="batch", progress=self._progress, done=lambda _: self._ended(False),
                                      error=self._batch_failed, cancelled=lambda: self._ended(True),

@@ -23,7 +23,7 @@ from aecompress.compress import encode_picture, in_mode, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
 from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
-from aecompress.imageio import Picture, read_image, save_image, to_rgb8
+from aecompress.imageio import IMAGE_SUFFIXES, Picture, read_image, save_image, to_rgb8
 from aecompress.ladder import resolution_name
 from aecompress.metrics import ms_ssim, psnr
 
@@ -34,7 +34,8 @@ from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, n
 from .workers import WorkQueue
 
 DEBOUNCE_MS = 150
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif *.ppm *.pgm *.tga)"
+IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))         # what aecompress reads and writes
+IMAGE_FILTER = f"Images ({' '.join('*' + s for s in IMAGE_EXTENSIONS)})"
 
 
 def human_bytes(n: int) -> str:
@@ -109,9 +110,12 @@ class CompressTab(QWidget):
     providerUsed = Signal(str)
     addFolderRequested = Signal()
 
-    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, parent: QWidget | None = None):
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
+                 parent: QWidget | None = None):
+        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
+        cancelled: closing the window waits for them)."""
         super().__init__(parent)
-        self.runtime, self.settings, self.work = runtime, settings, work
+        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
         self.source: Source | None = None
         self.prepared: Prepared | None = None
         self.result: Result | None = None
@@ -425,9 +429,9 @@ class CompressTab(QWidget):
                 return None
         path = Path(path)
         data = self.result.data
-        self.work.submit(lambda token, emit: write_bytes_atomic(path, data, force=True), name="save",
-                         done=lambda _: self.statusMessage.emit(f"Saved {path} ({human_bytes(len(data))})"),
-                         error=self._failed)
+        self.saves.submit(lambda token, emit: write_bytes_atomic(path, data, force=True), name="save",
+                          done=lambda _: self.statusMessage.emit(f"Saved {path} ({human_bytes(len(data))})"),
+                          error=self.errorOccurred.emit)
         return path
 
     def save_image(self, path: str | Path | None = None) -> Path | None:
@@ -435,7 +439,7 @@ class CompressTab(QWidget):
             return None
         if path is None:
             path = ask_save_path(self, self.settings, "Save reconstruction", f"{self.source.stem}-compressed.png",
-                                 IMAGE_FILTER, ".png")
+                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)
@@ -443,6 +447,6 @@ class CompressTab(QWidget):
             path = path.with_suffix(".png")
         mode = self.prepared.picture.mode if self.prepared is not None else "RGB"
         recon = in_mode(self.result.recon, mode)                # as `aecompress decode` writes it
-        self.work.submit(lambda token, emit: save_image(path, recon, force=True), name="save",
-                         done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
+        self.saves.submit(lambda token, emit: save_image(path, recon, force=True), name="save",
+                          done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self.errorOccurred.emit)
         return path

@@ -22,7 +22,7 @@ from aecompress.imageio import read_image, save_image, to_channels8
 from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_FILTER, size_text
+from .compress_tab import IMAGE_EXTENSIONS, IMAGE_FILTER, size_text
 from .runtime import APP_MODEL_HINT, Runtime, provider_text
 from .settings import Settings
 from .widgets import ResultGrid, SidePanel, ask_save_path, group, note_label
@@ -45,9 +45,12 @@ class DecompressTab(QWidget):
     statusMessage = Signal(str)
     providerUsed = Signal(str)
 
-    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, parent: QWidget | None = None):
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
+                 parent: QWidget | None = None):
+        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
+        cancelled: closing the window waits for them)."""
         super().__init__(parent)
-        self.runtime, self.settings, self.work = runtime, settings, work
+        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
         self.decoded: Decoded | None = None
         self.path: Path | None = None             # the file opened last (decoded or not)
         self._job = None
@@ -210,13 +213,13 @@ class DecompressTab(QWidget):
             return None
         if path is None:
             path = ask_save_path(self, self.settings, "Save decoded image", self.decoded.path.stem + ".png",
-                                 IMAGE_FILTER, ".png")
+                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
         pixels = self.decoded.pixels
-        self.work.submit(lambda token, emit: save_image(path, pixels, force=True), name="save",
-                         done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
+        self.saves.submit(lambda token, emit: save_image(path, pixels, force=True), name="save",
+                          done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self.errorOccurred.emit)
         return path

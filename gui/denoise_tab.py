@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushBu
 from aecompress.imageio import Picture, save_image, to_rgb8
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_FILTER, Source, load_source
+from .compress_tab import IMAGE_EXTENSIONS, IMAGE_FILTER, Source, load_source
 from .runtime import Runtime, provider_text
 from .settings import Settings
 from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
@@ -56,9 +56,12 @@ class DenoiseTab(QWidget):
     providerUsed = Signal(str)
     addFolderRequested = Signal()
 
-    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, parent: QWidget | None = None):
+    def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
+                 parent: QWidget | None = None):
+        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
+        cancelled: closing the window waits for them)."""
         super().__init__(parent)
-        self.runtime, self.settings, self.work = runtime, settings, work
+        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
         self.source: Source | None = None
         self.result: Denoised | None = None
         self._stale = False           # the model, ensemble or noise level changed since `result`; a new run is on
@@ -73,7 +76,8 @@ class DenoiseTab(QWidget):
         self.panel.view.placeholder = ("Drop a noisy photo here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
         self.model = ModelPicker(runtime, "denoiser", self)
-        self.model.modelChanged.connect(lambda _k: self.run())
+        self.model.select(settings.denoise_model)
+        self.model.modelChanged.connect(self._model_changed)
         self.model.addFolderRequested.connect(self.addFolderRequested)
         self.ensemble = QComboBox(self)
         for n, label in ((1, "1 run (fastest)"), (2, "2 runs, averaged"), (4, "4 runs, averaged"),
@@ -166,10 +170,18 @@ class DenoiseTab(QWidget):
             self.sigma_note.setText("This model finds the noise level itself; the value is recorded only. "
                                     "Use Strength to denoise less.")
 
-    def _noise_changed(self, *_):
+    def _model_changed(self, key: str) -> None:
+        self.settings.denoise_model = key
+        self.run()
+
+    def keep_settings(self) -> None:
+        """Store the noise level now, not when its timer fires (the window is closing)."""
         self._noise_timer.stop()
         self.settings.denoise_auto = self.auto.isChecked()
         self.settings.denoise_sigma = self.sigma.value()
+
+    def _noise_changed(self, *_):
+        self.keep_settings()
         self._noise_controls()
         if self.source is not None:
             self.run()
@@ -330,14 +342,15 @@ class DenoiseTab(QWidget):
             if r.picture.frames > 1:
                 suffix = ".png"
             path = ask_save_path(self, self.settings, "Save denoised image", f"{self.source.stem}.denoised{suffix}",
-                                 IMAGE_FILTER, ".png")
+                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
         pic, shown = r.picture, r.shown
-        self.work.submit(lambda token, emit: save_image(path, shown, force=True, mode=pic.mode, exif=pic.exif,
-                                                        icc=pic.icc, source=pic.info),
-                         name="save", done=lambda _: self.statusMessage.emit(f"Saved {path}"), error=self._failed)
+        self.saves.submit(lambda token, emit: save_image(path, shown, force=True, mode=pic.mode, exif=pic.exif,
+                                                         icc=pic.icc, source=pic.info),
+                          name="save", done=lambda _: self.statusMessage.emit(f"Saved {path}"),
+                          error=self.errorOccurred.emit)
         return path

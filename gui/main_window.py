@@ -2,11 +2,13 @@
 the device choice, the execution provider in the status bar, and error messages in the window.
 
 Files dropped or opened are routed by type: one .aez file to Decompress, one image to Compress (or
-Denoise when that tab is showing), several files to the Batch queue.
+Denoise when that tab is showing), several files (or any, while the Batch tab shows) to the Batch
+queue, which then compresses or denoises images like the tab that was showing.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -77,13 +79,15 @@ class MainWindow(QMainWindow):
                                           self.settings.threads or None)
         self.work = WorkQueue(self, threads=1)           # interactive work, one step at a time
         self.batch_work = WorkQueue(self, threads=1)     # the batch queue, beside it
+        self.saves = WorkQueue(self, threads=1)          # files the user saves: never cancelled, finished on quit
         self.setWindowTitle("aecompress")
         self.setAcceptDrops(True)
         self._closing = False
+        self._named = None              # the tab whose file the window title names
 
-        self.compress = CompressTab(self.runtime, self.settings, self.work, self)
-        self.decompress = DecompressTab(self.runtime, self.settings, self.work, self)
-        self.denoise = DenoiseTab(self.runtime, self.settings, self.work, self)
+        self.compress = CompressTab(self.runtime, self.settings, self.work, self.saves, self)
+        self.decompress = DecompressTab(self.runtime, self.settings, self.work, self.saves, self)
+        self.denoise = DenoiseTab(self.runtime, self.settings, self.work, self.saves, self)
         self.batch = BatchTab(self.runtime, self.settings, self.batch_work, self._batch_options, self)
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
@@ -96,6 +100,8 @@ class MainWindow(QMainWindow):
             tab.errorOccurred.connect(self.show_error)
             tab.statusMessage.connect(self.show_status)
             tab.providerUsed.connect(self.set_provider)
+        for tab in (self.compress, self.decompress, self.denoise):
+            tab.errorOccurred.connect(lambda _m, t=tab: self._tab_failed(t))
         for tab in (self.compress, self.denoise):
             tab.addFolderRequested.connect(lambda: self.add_model_folder())
         mode = self.settings.compare_mode
@@ -117,8 +123,8 @@ class MainWindow(QMainWindow):
         geo = self.settings.geometry
         if geo is None or not self.restoreGeometry(geo):
             self.resize(1180, 760)
-        self.work.busyChanged.connect(self._busy_changed)
-        self.batch_work.busyChanged.connect(self._busy_changed)
+        for q in (self.work, self.batch_work, self.saves):
+            q.busyChanged.connect(self._busy_changed)
 
     # -- chrome ----------------------------------------------------------------------------------
     def _build_status_bar(self) -> None:
@@ -193,7 +199,7 @@ class MainWindow(QMainWindow):
         self._set_mode(mode)
 
     def _busy_changed(self, _busy: bool) -> None:
-        self.busy_bar.setVisible(self.work.busy or self.batch_work.busy)
+        self.busy_bar.setVisible(self.work.busy or self.batch_work.busy or self.saves.busy)
 
     def _batch_options(self) -> dict:
         return {"codec": self.compress.model.currentText(), "codec_key": self.compress.model.key() or "photo",
@@ -203,11 +209,23 @@ class MainWindow(QMainWindow):
 
     # -- messages --------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
+        if self._closing:                         # a save failing while the app quits: no window to show it
+            print(f"aecompress: {message}", file=sys.stderr, flush=True)
         self.banner.show_message(message)
         self.statusBar().showMessage(f"Error: {message}", 10_000)
 
     def show_status(self, message: str) -> None:
         self.statusBar().showMessage(message)
+
+    def _name_in_title(self, name: str, tab: QWidget) -> None:
+        self._named = tab
+        self.setWindowTitle(f"{name} \u2014 aecompress")
+
+    def _tab_failed(self, tab: QWidget) -> None:
+        """A file that could not be opened leaves nothing on screen: the title stops naming it."""
+        if tab is self._named and tab.panel.view.before is None:
+            self._named = None
+            self.setWindowTitle("aecompress")
 
     def set_provider(self, provider: str) -> None:
         """'Provider: CPU' in the status bar (short: the status message needs the room), the exact
@@ -248,7 +266,7 @@ class MainWindow(QMainWindow):
 
     # -- opening ---------------------------------------------------------------------------------
     def open_paths(self, paths: list[str | Path]) -> None:
-        """One image or .aez goes to its tab, several files to the batch queue."""
+        """One image or .aez goes to its tab, several files (or any, on the Batch tab) to the batch queue."""
         paths = [Path(p) for p in paths]
         files = [p for p in paths if not p.is_dir()]
         for d in (p for p in paths if p.is_dir()):      # a folder stands for its images and .aez files
@@ -259,21 +277,23 @@ class MainWindow(QMainWindow):
             return
         self.banner.hide()
         self.settings.set_folder("open", files[0])
-        if len(files) > 1:
+        showing = self.tabs.currentWidget()
+        if len(files) > 1 or showing is self.batch:
+            if showing in (self.compress, self.denoise) and not self.batch.running:
+                self.batch.action.setCurrentIndex(1 if showing is self.denoise else 0)
             self.batch.add_paths(files)
             self.tabs.setCurrentWidget(self.batch)
-            self.show_status(f"{len(files)} files added to the batch queue: press Start")
+            n = len(files)
+            self.show_status(f"{n} file{'s' if n != 1 else ''} added to the batch queue: press Start")
             return
         p = files[0]
-        self.setWindowTitle(f"{p.name} \u2014 aecompress")
         if p.suffix.lower() == ".aez":
-            self.tabs.setCurrentWidget(self.decompress)
-            self.decompress.open_path(p)
-        elif self.tabs.currentWidget() is self.denoise:
-            self.denoise.open_path(p)
+            tab = self.decompress
         else:
-            self.tabs.setCurrentWidget(self.compress)
-            self.compress.open_path(p)
+            tab = self.denoise if showing is self.denoise else self.compress
+        self._name_in_title(p.name, tab)
+        self.tabs.setCurrentWidget(tab)
+        tab.open_path(p)
 
     def open_picture(self, img: QImage, name: str = "pasted image") -> None:
         if img.isNull():
@@ -281,12 +301,10 @@ class MainWindow(QMainWindow):
             return
         self.banner.hide()
         pic = picture_from_qimage(img)
-        self.setWindowTitle(f"{name} \u2014 aecompress")
-        if self.tabs.currentWidget() is self.denoise:
-            self.denoise.open_picture(pic, name)
-        else:
-            self.tabs.setCurrentWidget(self.compress)
-            self.compress.open_picture(pic, name)
+        tab = self.denoise if self.tabs.currentWidget() is self.denoise else self.compress
+        self._name_in_title(name, tab)
+        self.tabs.setCurrentWidget(tab)
+        tab.open_picture(pic, name)
 
     def open_dialog(self) -> None:
         names, _ = QFileDialog.getOpenFileNames(self, "Open images or .aez files", self.settings.folder("open"),
@@ -384,7 +402,9 @@ class MainWindow(QMainWindow):
 
     # -- closing ---------------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Cancel all work, wait for the model step in flight (with the window already gone), quit."""
+        """Cancel all work, finish the saves and wait for the model step in flight (with the window
+        already gone), quit."""
+        self.denoise.keep_settings()
         self.settings.geometry = self.saveGeometry()
         self.settings.sync()
         self.hide()
@@ -392,10 +412,15 @@ class MainWindow(QMainWindow):
         event.accept()
 
     def shutdown(self) -> None:
-        """Cancel every job and wait for the workers (also run when the application quits)."""
+        """Cancel every job but the saves, which are finished, and wait for the workers (also run when
+        the application quits). A save that fails now is reported on standard error."""
         self._closing = True
+        self.denoise.keep_settings()
         self.batch.cancel()
-        if not all(q.shutdown(CLOSE_WAIT_MS) for q in (self.work, self.batch_work)):
+        for q in (self.work, self.batch_work):           # stop them first: they share the CPU with the saves
+            q.cancel_all()
+        saved = self.saves.finish(CLOSE_WAIT_MS)
+        if not (all(q.shutdown(CLOSE_WAIT_MS) for q in (self.work, self.batch_work)) and saved):
             print("aecompress: work still running at exit", flush=True)
 
 

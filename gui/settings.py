@@ -6,6 +6,7 @@ or at $AECOMPRESS_GUI_SETTINGS when that is set (tests point it at a temporary f
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def _qsettings() -> QSettings:
 
 class _Setting:
     """One persisted value, as a property of Settings: read with its kind, the default when missing or
-    unreadable, clamped to [lo, hi] or kept to `choices`; written as its kind."""
+    unreadable (NaN and infinities included), clamped to [lo, hi] or kept to `choices`; written as
+    its kind."""
 
     def __init__(self, key: str, default, kind=str, lo=None, hi=None, choices=None, doc: str | None = None):
         self.key, self.default, self.kind = key, default, kind
@@ -40,6 +42,8 @@ class _Setting:
         if self.choices is not None and v not in self.choices:
             return self.default
         if self.lo is not None:
+            if not math.isfinite(v):                # min/max would let NaN through, and make inf the maximum
+                return self.default
             v = min(max(v, self.lo), self.hi)
         return list(v) if isinstance(v, list) else v      # a fresh list: the default is shared
 
@@ -96,6 +100,7 @@ class Settings:
                        doc="CPU threads per model (aecompress --threads); 0: onnxruntime's default.")
 
     # denoising
+    denoise_model = _Setting("denoise/model", "", doc="The denoiser (package name or added folder); empty: the first.")
     denoise_strength = _Setting("denoise/strength", 100, int, lo=0, hi=100)
     denoise_auto = _Setting("denoise/auto", True, bool)
     denoise_sigma = _Setting("denoise/sigma", 25, int, lo=0, hi=75)

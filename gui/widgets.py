@@ -108,14 +108,17 @@ def group(title: str, *widgets: QWidget, parent: QWidget | None = None) -> QGrou
 
 
 class SidePanel(QScrollArea):
-    """The column of controls at the right of a tab, scrollable on small screens."""
+    """The column of controls at the right of a tab, scrollable on small screens.
 
-    def __init__(self, parent: QWidget | None = None, width: int = 320):
+    Its width is `lines` line heights of its font (322 px with the usual 9 pt font), so a larger
+    desktop font widens it instead of cutting its values off at the right."""
+
+    def __init__(self, parent: QWidget | None = None, lines: float = 23):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setFixedWidth(width)
+        self.setFixedWidth(round(lines * self.fontMetrics().height()))
         self.inner = QWidget(self)
         self.inner.setObjectName("sidePanel")
         self.layout_ = QVBoxLayout(self.inner)

@@ -6,7 +6,8 @@ to hand intermediate results to the UI. Every callback (progress, done, error, c
 the UI thread: the worker's signals are received by the WorkQueue, a QObject living there.
 
 Model calls themselves cannot be interrupted, so cancelling takes effect at the next step; closing
-the window cancels everything and waits for the step in flight (see MainWindow.closeEvent).
+the window cancels everything and waits for the step in flight (see MainWindow.closeEvent), except
+saves: they have a queue of their own, which closing lets finish.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QRunnable, QThreadPool, Signal, Slot
 
 from aecompress.errors import AecError
 
@@ -151,6 +152,13 @@ class WorkQueue(QObject):
         """Cancel everything and wait for the step in flight; True if all workers stopped."""
         self.cancel_all()
         return self.pool.waitForDone(timeout_ms)
+
+    def finish(self, timeout_ms: int = -1) -> bool:
+        """Run every job to its end, queued ones included, then their callbacks (on the calling, UI,
+        thread: the event loop may not run again); True if all finished in time."""
+        done = self.pool.waitForDone(timeout_ms)
+        QCoreApplication.sendPostedEvents(self)
+        return done
 
     # -- on the UI thread ------------------------------------------------------------------------
     def _pop(self, job_id: int) -> Job | None:

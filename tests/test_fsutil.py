@@ -56,6 +56,17 @@ def test_a_file_where_a_folder_should_be_is_named(tmp_path):
         write_bytes_atomic(tmp_path / "notdir" / "a.bin", b"data")
 
 
+def test_write_errors_say_what_went_wrong(tmp_path):
+    import errno
+
+    from aecompress.fsutil import _describe
+
+    f = tmp_path / "a.bin"
+    assert _describe(OSError(errno.EROFS, "Read-only file system"), f) == f"cannot write {f}: read-only file system"
+    assert _describe(OSError(errno.EACCES, "Permission denied"), f) == f"cannot write {f}: permission denied"
+    assert _describe(OSError(errno.ENOSPC, "No space left"), f) == f"no space left on device while writing {f}"
+
+
 def test_first_writers_of_one_run(tmp_path):
     (tmp_path / "out").mkdir()
     outs = [tmp_path / "out" / "a.aez", tmp_path / "out" / "b.aez", tmp_path / "out" / ".." / "out" / "a.aez", None,

@@ -22,7 +22,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QFont, QGuiApplication  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
@@ -249,12 +249,14 @@ def test_drop_corrupt_file_shows_message(qtbot, window, crops, tmp_path, shots, 
     qtbot.waitUntil(lambda: window.banner.text != "" and not window.work.busy, timeout=WAIT)
     assert expect in window.banner.text
     assert window.isVisible()
+    assert window.windowTitle() == "aecompress"            # not the name of a file that is not shown
     if name == "broken.aez":
         shots(window, "error")
     # the window still works afterwards
     drop(window, [crops[0]])
     assert window.banner.text == ""
     wait_result(qtbot, window.compress)
+    assert window.windowTitle() == "crop0.png \u2014 aecompress"
 
 
 def test_missing_model_is_a_message(qtbot, window, crops, tmp_path):
@@ -323,7 +325,9 @@ def test_batch_completes_with_errors_listed_per_file(qtbot, window, crops, tmp_p
     assert window.tabs.currentWidget() is tab and len(tab.items) == 4
     out = tmp_path / "out"
     tab.out_edit.setText(str(out))
+    assert window.statusBar().currentMessage() == "4 files added to the batch queue: press Start"
     tab.start()
+    assert window.statusBar().currentMessage() == "Batch: working on 4 files\u2026"
     qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
     st = [it.status for it in tab.items]
     assert st == [DONE, DONE, FAILED, DONE]
@@ -871,3 +875,152 @@ def test_short_window_scrolls_the_side_panel_instead_of_hiding_lines(qtbot, sett
     assert side.verticalScrollBar().maximum() > 0
     shots(win, "compress-short-window")
     win.close()
+
+
+# -- a second QA pass: saves on quit, drops per tab, settings kept, large fonts, save names ----------
+
+def test_saves_do_not_wait_for_measurements_and_finish_before_the_app_quits(qtbot, settings, crops, tmp_path,
+                                                                             capsys):
+    win = make_window(qtbot, settings)
+    tab = win.compress
+    tab.open_path(crops[0])
+    r = wait_result(qtbot, tab)
+    gate = hold(win.work)                      # a slow step in flight (MS-SSIM of a large image)
+    first = tab.save_aez(tmp_path / "first.aez")
+    qtbot.waitUntil(first.exists, timeout=10_000)          # written at once, not after the measurement
+    assert win.work.busy
+    gate.set()
+    # saves still waiting when the window closes are written before the app quits, not dropped
+    qtbot.waitUntil(lambda: not win.work.busy and not win.saves.busy, timeout=WAIT)
+    gate = hold(win.saves)
+    img = tab.save_image(tmp_path / "queued.png")
+    (tmp_path / "notdir").write_bytes(b"x")
+    tab.save_aez(tmp_path / "notdir" / "fails.aez")
+    threading.Timer(0.3, gate.set).start()
+    win.close()
+    np.testing.assert_array_equal(np.asarray(Image.open(img)), r.recon)
+    assert decode_bytes(first.read_bytes(), device="cpu")[0].shape == r.recon.shape
+    assert "notdir is not a folder" in capsys.readouterr().err     # no window left to show it in
+
+
+def test_drops_go_to_the_batch_queue_like_the_tab_showing(qtbot, window, crops, tmp_path):
+    batch = window.batch
+    window.tabs.setCurrentWidget(window.denoise)
+    drop(window, [crops[0].parent])            # a folder dropped on Denoise: its images are to be denoised
+    assert window.tabs.currentWidget() is batch and len(batch.items) == len(crops)
+    assert batch.action.currentText() == "Denoise images" and window.settings.batch_action == 1
+    assert {batch.table.item(r, 1).text() for r in range(len(crops))} == {"Denoise"}
+    aez = tmp_path / "one.aez"
+    encode_file(crops[0], aez, open_codec("photo", "cpu", 2))
+    extra = tmp_path / "extra.png"
+    extra.write_bytes(crops[1].read_bytes())
+    for k, p in enumerate((extra, aez)):       # one file dropped on the Batch tab joins the queue
+        drop(window, [p])
+        assert window.tabs.currentWidget() is batch and len(batch.items) == len(crops) + k + 1
+        assert batch.items[-1].path == p and window.statusBar().currentMessage().startswith("1 file added")
+    assert batch.table.item(len(batch.items) - 1, 1).text() == "Decompress"
+    assert window.compress.source is None and window.decompress.path is None and not window.work.busy
+    window.tabs.setCurrentWidget(window.compress)
+    drop(window, crops[:2])                    # from Compress: compressed
+    assert batch.action.currentText() == "Compress images"
+
+
+def test_denoiser_model_is_kept_between_runs(qtbot, settings, blur_denoiser):
+    win = make_window(qtbot, settings)
+    installed = win.denoise.model.key()
+    win.add_model_folder(blur_denoiser)
+    added = str(blur_denoiser.resolve())
+    assert win.denoise.model.key() == added != installed
+    win.close()
+    again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
+    win2 = MainWindow(again, Runtime("cpu", again.extra_models, 2))
+    qtbot.addWidget(win2)
+    assert win2.denoise.model.key() == added
+    picker = win2.denoise.model
+    picker.activated.emit(picker.findData(installed))       # the user picks the installed one again
+    assert again.denoise_model == installed
+    win2.close()
+
+
+def test_noise_level_set_just_before_closing_is_kept(qtbot, settings):
+    win = make_window(qtbot, settings)
+    win.denoise.auto.setChecked(False)
+    win.denoise.sigma_spin.setValue(50)        # typed: saved when the value rests, or when the window closes
+    win.close()
+    again = Settings(QSettings(settings.qs.fileName(), QSettings.Format.IniFormat))
+    assert again.denoise_sigma == 50 and again.denoise_auto is False
+
+
+def test_numbers_that_are_not_finite_in_the_settings_file_are_defaults(settings):
+    for raw in ("nan", "inf", "-inf", "NaN"):
+        settings.qs.setValue("compress/target_kb", raw)
+        settings.qs.setValue("compress/target_bpp", raw)
+        assert settings.target_kb == 20.0 and settings.target_bpp == 0.5, raw
+    settings.qs.setValue("compress/target_kb", "5e9")
+    assert settings.target_kb == 1_000_000.0               # a finite number out of range is still clamped
+
+
+def test_side_panel_follows_the_font_size(qtbot, settings, crops):
+    def side_panel(tab):
+        side = tab.grid.parentWidget()
+        while type(side).__name__ != "SidePanel":
+            side = side.parentWidget()
+        return side
+
+    win = make_window(qtbot, settings)
+    width = side_panel(win.compress).width()
+    win.close()
+    app = QApplication.instance()
+    normal = app.font()
+    big = QFont(normal)
+    big.setPointSizeF(normal.pointSizeF() * 1.5)           # a desktop with a larger font
+    app.setFont(big)
+    try:
+        win = make_window(qtbot, settings)
+        tab = win.compress
+        tab.open_path(crops[0])
+        qtbot.waitUntil(lambda: tab.result is not None and tab.result.ms_ssim is not None and not win.work.busy,
+                        timeout=WAIT)
+        qtbot.wait(50)
+        side = side_panel(tab)
+        assert side.width() > 1.4 * width
+        assert side.inner.minimumSizeHint().width() <= side.inner.width() <= side.viewport().width()    # none cut off
+        assert tab.grid.text("provider") == "CPUExecutionProvider"
+        win.close()
+    finally:
+        app.setFont(normal)
+
+
+def test_save_names_with_a_dot_get_an_image_extension(qtbot, window, crops, blur_denoiser, tmp_path, monkeypatch):
+    answer = []
+    monkeypatch.setattr("gui.widgets.QFileDialog.getSaveFileName", lambda *a, **k: (str(tmp_path / answer[-1]), ""))
+    tab = window.compress
+    tab.open_path(crops[0])
+    wait_result(qtbot, tab)
+    aez = tmp_path / "in.aez"
+    encode_file(crops[1], aez, open_codec("photo", "cpu", 2))
+    window.decompress.open_path(aez)
+    window.add_model_folder(blur_denoiser)
+    window.denoise.open_path(crops[2])
+    qtbot.waitUntil(lambda: window.decompress.decoded is not None and window.denoise.result is not None
+                    and not window.work.busy, timeout=WAIT)
+    saved = []
+    for save, typed, expect in ((tab.save_image, "rgb_v1.2", "rgb_v1.2.png"),
+                                (tab.save_image, "kept.jpg", "kept.jpg"),
+                                (window.decompress.save_image, "decoded.v2", "decoded.v2.png"),
+                                (window.denoise.save_image, "crop2.denoised", "crop2.denoised.png")):
+        answer.append(typed)
+        saved.append(save())
+        assert saved[-1] == tmp_path / expect
+    qtbot.waitUntil(lambda: not window.saves.busy, timeout=WAIT)
+    assert window.banner.text == "" and all(p.exists() for p in saved)
+
+
+def test_file_dialog_filters_list_every_image_type():
+    from aecompress.imageio import IMAGE_SUFFIXES
+    from gui.compress_tab import IMAGE_FILTER
+    from gui.main_window import OPEN_FILTER
+
+    for s in IMAGE_SUFFIXES:
+        assert f"*{s} " in IMAGE_FILTER[:-1] + " " and f"*{s} " in OPEN_FILTER
+    assert "*.pnm" in IMAGE_FILTER and "*.pbm" in IMAGE_FILTER and "*.aez)" in OPEN_FILTER
