@@ -23,7 +23,7 @@ from aecompress.compress import encode_picture, in_mode, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
 from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
-from aecompress.imageio import IMAGE_SUFFIXES, Picture, read_image, save_image, to_rgb8
+from aecompress.imageio import IMAGE_SUFFIXES, Picture, read_image, save_image, to_rgb8, to_srgb
 from aecompress.ladder import resolution_name
 from aecompress.metrics import ms_ssim, psnr
 
@@ -72,9 +72,11 @@ class Source:
 
 
 def load_source(src: Source) -> tuple[Picture, list[QImage]]:
-    """Read the picture (on a worker) and make its display image (as a pyramid, see compare.pyramid)."""
+    """Read the picture (on a worker) and make its display image (as a pyramid, see compare.pyramid),
+    in sRGB: a photo in another RGB space (Display P3, Adobe RGB) shows as it looks, and as its
+    reconstruction (coded in sRGB) shows."""
     pic = src.picture if src.picture is not None else read_image(src.path)
-    return pic, pyramid(to_qimage(to_rgb8(pic)))
+    return pic, pyramid(to_qimage(to_srgb(to_rgb8(pic), pic.icc)[0]))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox, QWidget
 
-from aecompress.imageio import Picture, save_image, to_rgb8
+from aecompress.imageio import Picture, save_image, to_rgb8, to_srgb
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_EXTENSIONS, IMAGE_FILTER, Source, load_source
@@ -35,7 +35,9 @@ def blend(noisy: np.ndarray, denoised: np.ndarray, strength: float) -> np.ndarra
 
 
 def _display(pic: Picture, pixels: np.ndarray) -> np.ndarray:
-    return to_rgb8(Picture(pixels, pic.mode, pic.bits))
+    """What the screen shows of pixels in the picture's mode and colour space: 8-bit sRGB (the
+    original beside it is shown so too: compress_tab.load_source)."""
+    return to_srgb(to_rgb8(Picture(pixels, pic.mode, pic.bits)), pic.icc)[0]
 
 
 @dataclass

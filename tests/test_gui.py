@@ -1024,3 +1024,18 @@ def test_file_dialog_filters_list_every_image_type():
     for s in IMAGE_SUFFIXES:
         assert f"*{s} " in IMAGE_FILTER[:-1] + " " and f"*{s} " in OPEN_FILTER
     assert "*.pnm" in IMAGE_FILTER and "*.pbm" in IMAGE_FILTER and "*.aez)" in OPEN_FILTER
+
+
+def test_pictures_in_another_rgb_space_show_in_srgb(qtbot, window, tmp_path):
+    """The original is shown converted to sRGB, as its reconstruction (coded in sRGB) is: a photo
+    tagged with another profile would otherwise show one colour left of the divider and another
+    right of it."""
+    from .conftest import linear_rgb_profile
+
+    src = tmp_path / "lin.png"
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(src, icc_profile=linear_rgb_profile())
+    drop(window, [src])
+    wait_result(qtbot, window.compress)
+    view = window.compress.panel.view
+    assert abs(view.before.pixelColor(10, 10).red() - 188) <= 1
+    assert abs(view.after.pixelColor(10, 10).red() - 188) <= 3
