@@ -245,8 +245,12 @@ def reference_metrics(out, noisy, ref: Path) -> dict:
         kind = {1: "greyscale", 2: "greyscale+alpha", 3: "colour", 4: "colour+alpha"}.get(a.shape[2], f"{a.shape[2]}-channel")
         return f"{a.shape[1]}x{a.shape[0]} {kind}" + (" 16-bit" if a.dtype.itemsize == 2 else "")
 
-    if clean.shape != out.shape or clean.dtype != out.dtype:
+    if clean.shape != out.shape:
         raise AecError(f"reference {ref} is {describe(clean)}, the output is {describe(out)}: not scored")
+    if clean.dtype != out.dtype:            # 8 and 16 bits: scored on the 8-bit scale
+        from .rgb16 import narrow
+
+        out, noisy, clean = (narrow(a) if a.dtype.itemsize == 2 else a for a in (out, noisy, clean))
     return {"psnr": round(psnr(out, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4),
             "ssim": round(ssim(out, clean), 5),
             "psnr_input": round(psnr(noisy, clean, 65535.0 if clean.dtype.itemsize == 2 else 255.0), 4)}

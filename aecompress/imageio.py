@@ -53,7 +53,8 @@ class Picture:
         return self.mode in ("LA", "RGBA")
 
 
-def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
+def _to_array(im: Image.Image, keyed: bool = True) -> tuple[np.ndarray, str, int]:
+    """keyed: read a colour-key transparency (PNG tRNS on RGB or greyscale) as an alpha channel."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         a = np.asarray(im).astype(np.uint16)
@@ -74,9 +75,13 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, str, int]:
         top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
         a = np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8)
         return a[:, :, None], "L", 8
-    if mode in ("L", "RGB") and "transparency" in im.info:
-        im = im.convert(mode[0] + "A" if mode == "L" else "RGBA")   # a colour key (tRNS) as alpha
-    elif mode == "1":
+    if keyed and mode in ("L", "RGB") and "transparency" in im.info:
+        # a colour key as alpha, when it keys any pixel (a low-bit-depth greyscale key, which Pillow
+        # does not scale with the pixels, keys none)
+        keyed_im = im.convert("LA" if mode == "L" else "RGBA")
+        if int(np.asarray(keyed_im.getchannel("A")).min()) < 255:
+            im = keyed_im
+    if mode == "1":
         im = im.convert("L")
     elif mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -122,7 +127,10 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
             info[key] = im.info[key]
     if fmt == "TIFF" and not info.get("xmp") and getattr(im, "tag_v2", {}).get(700):
         info["xmp"] = im.tag_v2[700]
-    text = {k: v for k, v in (getattr(im, "text", None) or {}).items() if k != "XML:com.adobe.xmp"} if fmt == "PNG" else {}
+    # not XMP (kept as such) nor ImageMagick's raw profiles (EXIF, XMP, ICC, IPTC as hex text), which
+    # would contradict what is rewritten (an EXIF orientation already applied to the pixels)
+    text = {k: v for k, v in (getattr(im, "text", None) or {}).items()
+            if k != "XML:com.adobe.xmp" and not k.startswith("Raw profile type")} if fmt == "PNG" else {}
     if text:
         info["png_text"] = text
     if im.mode == "P":
@@ -132,12 +140,23 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     if fmt == "JPEG" and getattr(im, "quantization", None):
         from PIL import JpegImagePlugin
 
-        info["qtables"] = {k: list(v) for k, v in im.quantization.items()}
+        # Pillow gives the i-th table to the i-th component (the last to the rest): one per component,
+        # in component order, keeps which component had which table
+        layer = getattr(im, "layer", None) or []
+        if layer and all(c[3] in im.quantization for c in layer):
+            tables = [list(im.quantization[c[3]]) for c in layer]
+            while len(tables) > 1 and tables[-1] == tables[-2]:
+                tables.pop()
+            info["qtables"] = tables
+        else:
+            info["qtables"] = [list(v) for _, v in sorted(im.quantization.items())]
         sampling = JpegImagePlugin.get_sampling(im)
         if sampling >= 0:
             info["subsampling"] = sampling
         if im.info.get("progressive") or im.info.get("progression"):
             info["progressive"] = True
+    if fmt == "ICO" and im.info.get("sizes"):
+        info["ico_sizes"] = sorted(im.info["sizes"])
     if fmt == "WEBP" and encoded is not None and _webp_lossless(encoded):
         info["lossless"] = True
     return info
@@ -224,7 +243,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     info["dpi"] = tuple(info["dpi"])[::-1]      # turned a quarter: width and height swap
                 if im.mode == "CMYK":
                     im = _convert_cmyk(im, icc, "RGB")
-                arr, mode, bits = _to_array(im)
+                arr, mode, bits = _to_array(im, keyed=not deep)     # a 16-bit key is not Pillow's 8 bits
                 if deep:
                     arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation)
     except AecError:
@@ -313,7 +332,9 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.dtype == np.uint16:
-        return Image.fromarray(a if a.ndim == 2 else rgb16.narrow(a))
+        if a.ndim == 2 and mode != "1":
+            return Image.fromarray(a)               # 16-bit greyscale stays 16-bit
+        a = rgb16.narrow(a)
     im = Image.fromarray(np.ascontiguousarray(a))
     if mode and im.mode != mode:
         im = im.convert(mode)
@@ -331,55 +352,60 @@ _QUALITY_FORMATS = ("JPEG", "WEBP", "AVIF")
 def _restore_mode(im: Image.Image, fmt: str, source: dict, icc: bytes | None) -> Image.Image:
     """Back to the source's mode where the output format can hold it: CMYK (through the ICC profile
     it was read with), 1-bit (thresholded at the middle, without dithering) and palette images
-    (mapped onto their own palette without dithering, transparent entries kept)."""
+    (each pixel onto the nearest entry of its own palette, transparent entries kept)."""
     src = source.get("source_mode")
     if src == "CMYK" and im.mode == "RGB" and fmt in _CMYK_FORMATS:
         return _convert_cmyk(im, icc, "CMYK")
     if src == "1" and im.mode == "L" and fmt in _ONE_BIT_FORMATS:
         return im.convert("1", dither=Image.Dither.NONE)
-    if src == "P" and source.get("palette") and fmt in _PALETTE_FORMATS:
-        if im.mode == "RGB" and "transparency" not in source:
-            pal = Image.new("P", (1, 1))
-            pal.putpalette(source["palette"])
-            return im.quantize(palette=pal, dither=Image.Dither.NONE)
-        if im.mode == "RGBA" and "transparency" in source:
-            return _to_palette_with_alpha(im, source["palette"], source["transparency"]) or im
+    if (src == "P" and source.get("palette") and fmt in _PALETTE_FORMATS
+            and im.mode == ("RGBA" if "transparency" in source else "RGB")):
+        return _to_palette(im, source["palette"], source.get("transparency")) or im
     return im
 
 
-def _to_palette_with_alpha(im: Image.Image, palette: list, transparency) -> Image.Image | None:
-    """RGBA pixels onto a palette whose entries carry alpha (a single transparent index, or PNG's
-    per-entry alpha table): each pixel takes the nearest colour among the entries of its own alpha.
+def _nearest(colours: np.ndarray, entries: np.ndarray) -> np.ndarray:
+    """For (N, 3) uint8 colours, the index of the nearest of (K, 3) entries (squared distance; the
+    first of equals). Exact, unlike Pillow's quantize(palette=), which finds an approximate one."""
+    packed = colours.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    unique, inverse = np.unique(packed, return_inverse=True)
+    rgb = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1).astype(np.int32)
+    e = entries.astype(np.int32)
+    best = np.empty(unique.size, np.intp)
+    for i in range(0, unique.size, 8192):                    # bounded memory: 8192 x K distances a step
+        d = ((rgb[i:i + 8192, None, :] - e[None, :, :]) ** 2).sum(axis=2)
+        best[i:i + 8192] = d.argmin(axis=1)
+    return best[inverse.ravel()]
+
+
+def _to_palette(im: Image.Image, palette: list, transparency=None) -> Image.Image | None:
+    """RGB or RGBA pixels onto a palette. With transparency (a single transparent index, or PNG's
+    per-entry alpha table), each pixel takes the nearest colour among the entries of its own alpha;
     None when a pixel's alpha is no entry's (the alpha was not the palette's)."""
-    n = len(palette) // 3
+    entries = np.asarray(palette, np.uint8)[: len(palette) // 3 * 3].reshape(-1, 3)
+    n = len(entries)
     alpha_of = np.full(n, 255, np.uint8)
     if isinstance(transparency, int):
         if not 0 <= transparency < n:
             return None
         alpha_of[transparency] = 0
-    else:
+    elif transparency is not None:
         t = np.frombuffer(bytes(transparency), np.uint8)[:n]
         alpha_of[: t.size] = t
     a = np.asarray(im)
-    rgb, alpha = Image.fromarray(np.ascontiguousarray(a[:, :, :3])), a[:, :, 3]
-    index = np.zeros(alpha.shape, np.uint8)
+    rgb = a[:, :, :3].reshape(-1, 3)
+    alpha = a[:, :, 3].ravel() if im.mode == "RGBA" else np.full(rgb.shape[0], 255, np.uint8)
+    index = np.zeros(rgb.shape[0], np.uint8)
     for value in np.unique(alpha):
-        entries = np.flatnonzero(alpha_of == value)
-        if entries.size == 0:
+        allowed = np.flatnonzero(alpha_of == value)
+        if allowed.size == 0:
             return None
         where = alpha == value
-        if entries.size == 1:
-            index[where] = entries[0]
-            continue
-        # a palette of just these entries, padded with the first (a padded index means the same colour)
-        lut = np.concatenate([entries, np.full(256 - entries.size, entries[0])])
-        pal = Image.new("P", (1, 1))
-        pal.putpalette(np.asarray(palette, np.uint8).reshape(-1, 3)[lut].ravel().tolist())
-        nearest = np.asarray(rgb.quantize(palette=pal, dither=Image.Dither.NONE))
-        index[where] = lut[nearest[where]]
-    out = Image.fromarray(index, "P")
+        index[where] = allowed[_nearest(rgb[where], entries[allowed])]
+    out = Image.fromarray(index.reshape(a.shape[:2]), "P")
     out.putpalette(palette)
-    out.info["transparency"] = transparency
+    if transparency is not None:
+        out.info["transparency"] = transparency
     return out
 
 
@@ -411,7 +437,7 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
 
             info = kwargs.setdefault("pnginfo", PngInfo())
             for key, value in source["png_text"].items():
-                info.add_text(key, value)
+                info.add_text(key, value, zip=len(value) > 1024)
         if im.mode == "P" and "transparency" in im.info:
             kwargs["transparency"] = im.info["transparency"]
     if exif:
@@ -440,7 +466,7 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
     if fmt == "ICO":
         if max(im.size) > 256:
             raise AecError(f"an ICO image is at most 256x256 pixels, this one is {im.width}x{im.height}")
-        kwargs["sizes"] = [im.size]
+        kwargs["sizes"] = [im.size] + [tuple(z) for z in source.get("ico_sizes", []) if max(z) < max(im.size)]
     return im, kwargs
 
 
@@ -459,9 +485,10 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     fmt = format or Image.EXTENSION.get(path.suffix.lower()) or Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
-    if format is None and pixels.ndim == 3 and pixels.shape[2] >= 3:
+    if format is None:
         # Pillow writes by mode (colour: P6) whatever the name; .pgm and .pbm name greyscale and bitmap
-        mode = {".pgm": "L", ".pbm": "1"}.get(path.suffix.lower(), mode)
+        colour = pixels.ndim == 3 and pixels.shape[2] >= 3
+        mode = {".pgm": "L" if colour else mode, ".pbm": "1"}.get(path.suffix.lower(), mode)
     check_writable(path, force)
     try:
         buf = _encoded(pixels, fmt, mode, quality, png_level, exif, icc, source)
@@ -478,7 +505,7 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
 def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int, png_level: int,
              exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
     if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
-        return io.BytesIO(rgb16.encode(pixels, format, exif, icc, source, png_level))
+        return rgb16.encode(pixels, format, exif, icc, source, png_level)
     im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
     buf = io.BytesIO()
     im.save(buf, format=format, **kwargs)

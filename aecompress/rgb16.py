@@ -65,7 +65,7 @@ def read(data: bytes, fmt: str, channels: int, orientation: int = 1) -> np.ndarr
             # Adam7 interlaced (IHDR's last byte): imagecodecs' libpng decodes it right but prints a
             # warning on the process' standard error, which one-line output cannot have
             return None
-        a = imagecodecs.png_decode(data)
+        a = imagecodecs.png_decode(_pixel_chunks(data))
     else:
         tifffile = _tifffile()
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -78,17 +78,36 @@ def read(data: bytes, fmt: str, channels: int, orientation: int = 1) -> np.ndarr
     return np.ascontiguousarray(_orient(a[:, :, :channels], orientation))
 
 
+def _pixel_chunks(png: bytes) -> bytes:
+    """The PNG with only IHDR, IDAT and IEND: libpng prints warnings on standard error for
+    chunks it finds wanting (an ICC profile with another illuminant, a known-incorrect sRGB profile),
+    and the metadata comes from Pillow anyway."""
+    out, pos = [png[:8]], 8
+    while pos + 8 <= len(png):
+        size = int.from_bytes(png[pos:pos + 4], "big")
+        kind = png[pos + 4:pos + 8]
+        end = pos + 12 + size
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            out.append(png[pos:end])
+        if kind == b"IEND":
+            break
+        pos = end
+    return b"".join(out)
+
+
 def narrow(a: np.ndarray) -> np.ndarray:
     """16-bit samples rounded to 8 bits (Pillow's own narrowing drops the low byte)."""
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def encode(a: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None, source: dict | None,
-           png_level: int) -> bytes:
+           png_level: int) -> io.BytesIO:
     """A 16-bit colour PNG or TIFF of (H, W, 3 or 4) uint16 pixels with the source's metadata."""
     source = source or {}
+    if icc and icc[16:20] != b"RGB ":
+        icc = None                          # never a profile of another colour space
     if fmt == "PNG":
-        return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), png_level)
+        return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), source.get("png_text") or {}, png_level)
     if fmt == "TIFF":
         return _tiff(a, exif, icc, source)
     raise AecError(f"16-bit colour cannot be written as {fmt}")
@@ -98,10 +117,10 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, level: int) -> bytes:
+def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, text: dict, level: int) -> io.BytesIO:
     import imagecodecs
 
-    png = bytes(imagecodecs.png_encode(np.ascontiguousarray(a), level=level))
+    png = memoryview(imagecodecs.png_encode(np.ascontiguousarray(a), level=level))
     # metadata chunks go straight after IHDR (signature 8 bytes + IHDR 25), before the pixel data
     extra = b""
     if icc:
@@ -113,9 +132,17 @@ def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, level: 
         body = exif[6:] if exif.startswith(b"Exif\0\0") else exif
         extra += _chunk(b"eXIf", body)
     if xmp:
-        text = xmp if isinstance(xmp, bytes) else str(xmp).encode()
-        extra += _chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + text)
-    return png[:33] + extra + png[33:]
+        packet = xmp if isinstance(xmp, bytes) else str(xmp).encode()
+        extra += _chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + packet)
+    for key, value in text.items():
+        body = value.encode()
+        packed = len(body) > 1024
+        extra += _chunk(b"iTXt", key.encode("latin-1", "replace")[:79] + b"\0" + bytes([packed, 0]) + b"\0\0"
+                        + (zlib.compress(body) if packed else body))
+    out = io.BytesIO()
+    for part in (png[:33], extra, png[33:]):           # one copy of the pixel data, not three
+        out.write(part)
+    return out
 
 
 def _tifffile():
@@ -130,7 +157,7 @@ def _tifffile():
     return tifffile
 
 
-def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> bytes:
+def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> io.BytesIO:
     tifffile = _tifffile()
 
     tags, text = [], {}
@@ -152,4 +179,4 @@ def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) ->
     tifffile.imwrite(buf, np.ascontiguousarray(a), photometric="rgb", planarconfig="contig",
                      extrasamples=("unassalpha",) if a.shape[2] == 4 else None, compression=compression,
                      iccprofile=icc or None, extratags=tags, metadata=None, **named, **kwargs)
-    return buf.getvalue()
+    return buf

@@ -426,3 +426,22 @@ def test_folder_scans_pick_up_avif_and_jfif(tmp_path, env):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     assert Image.open(tmp_path / "out" / "a.jfif").format == "JPEG"
+
+
+def test_reference_of_another_bit_depth_is_scored_on_the_8_bit_scale(tmp_path, env):
+    from aecompress.imageio import save_image
+    from aecompress.metrics import psnr
+
+    clean = smooth_image(40, 48)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref").mkdir()
+    Image.fromarray(clean).save(tmp_path / "ref" / "a.png")
+    save_image(tmp_path / "in" / "a.png", noisy(clean, 20).astype(np.uint16) * 257)
+    r = run_cli(["denoise", tmp_path / "in", "-o", tmp_path / "out", "--reference", tmp_path / "ref", "--json"], env)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.splitlines()[0])
+    from aecompress.imageio import read_image
+    from aecompress.rgb16 import narrow
+
+    out = narrow(read_image(tmp_path / "out" / "a.png").pixels)       # the 16-bit output, rounded to 8 bits
+    assert res["psnr"] == pytest.approx(psnr(out, clean), abs=0.05) and res["psnr"] > res["psnr_input"]

@@ -273,3 +273,128 @@ def test_a_jpeg_with_extra_images_is_its_first_picture(tmp_path):
     _rewrite(tmp_path / "u.jpg", tmp_path / "out.jpg")
     with Image.open(tmp_path / "out.jpg") as out, Image.open(tmp_path / "u.jpg") as src:
         assert out.format == "JPEG" and out.quantization == src.quantization
+
+
+# ------------------------------------------------- review findings on the rewrite path
+def test_palette_rewrite_keeps_every_index(tmp_path):
+    """Unchanged pixels go back to exactly their own palette entries (Pillow's quantize(palette=)
+    finds only an approximate nearest colour: 9% of a 256-colour photo's indices moved)."""
+    photo = Image.fromarray(smooth_image(48, 64, seed=3)).quantize(256)
+    grey = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (8, 1)), "L").convert("P")
+    photo.save(tmp_path / "p.png")
+    photo.save(tmp_path / "pt.png", transparency=5)
+    grey.save(tmp_path / "g.png", transparency=0)
+    for name in ("p.png", "pt.png", "g.png"):
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / name) as a, Image.open(tmp_path / f"out-{name}") as b:
+            assert b.mode == "P" and np.array_equal(np.asarray(b), np.asarray(a)), name
+
+
+def _jpeg_with_table_ids(path, ids):
+    """A JPEG whose components use the quantization tables numbered `ids` (Pillow writes 0, 1, ...):
+    its DQT table numbers and frame header selectors renumbered in place."""
+    img = Image.fromarray(smooth_image(32, 40))
+    img.save(path, qtables=[[10] * 64, [40] * 64], subsampling=2)
+    b = bytearray(path.read_bytes())
+    i = 2
+    while i < len(b):
+        marker, size = b[i + 1], int.from_bytes(b[i + 2:i + 4], "big")
+        if marker == 0xDB:
+            j = i + 4
+            while j < i + 2 + size:
+                b[j] = (b[j] & 0xF0) | ids[b[j] & 0x0F]
+                j += 65
+        elif marker == 0xC0:
+            for c in range(b[i + 9]):
+                b[i + 12 + 3 * c] = ids[b[i + 12 + 3 * c]]
+            break
+        i += 2 + size
+    path.write_bytes(bytes(b))
+
+
+def test_jpeg_rewrite_keeps_which_component_has_which_table(tmp_path):
+    _jpeg_with_table_ids(tmp_path / "j.jpg", {0: 0, 1: 2})
+    with Image.open(tmp_path / "j.jpg") as src:
+        assert sorted(src.quantization) == [0, 2]
+        chroma = list(src.quantization[2])
+    _rewrite(tmp_path / "j.jpg", tmp_path / "out.jpg")
+    with Image.open(tmp_path / "out.jpg") as out:
+        tables = [list(out.quantization[c[3]]) for c in out.layer]
+    assert tables[1] == tables[2] == chroma and tables[0] != chroma
+
+
+def test_rewrite_drops_stale_raw_profiles_and_compresses_long_text(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    info = PngInfo()
+    info.add_text("Raw profile type exif", "\nexif\n      20\n" + exif.tobytes().hex(), zip=True)
+    info.add_text("Comment", "x" * 20000, zip=True)
+    Image.fromarray(smooth_image(20, 30)).save(tmp_path / "r.png", pnginfo=info)
+    _rewrite(tmp_path / "r.png", tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as out:
+        assert "Raw profile type exif" not in out.text and out.text["Comment"] == "x" * 20000
+    assert (tmp_path / "out.png").stat().st_size < 4 * (tmp_path / "r.png").stat().st_size
+
+
+def test_ico_keeps_all_its_sizes(tmp_path):
+    Image.fromarray(smooth_image(64, 64)).save(tmp_path / "m.ico", sizes=[(16, 16), (32, 32), (64, 64)])
+    _rewrite(tmp_path / "m.ico", tmp_path / "out.ico")
+    assert sorted(Image.open(tmp_path / "out.ico").info["sizes"]) == [(16, 16), (32, 32), (64, 64)]
+
+
+def test_pbm_of_greyscale_and_pgm_of_16_bit_colour(tmp_path):
+    save_image(tmp_path / "g.pbm", smooth_image(12, 16)[:, :, :1])
+    save_image(tmp_path / "c.pgm", smooth_image(12, 16).astype(np.uint16) * 257)
+    assert Image.open(tmp_path / "g.pbm").mode == "1" and Image.open(tmp_path / "c.pgm").mode == "L"
+
+
+def test_keys_that_key_nothing_add_no_alpha(tmp_path):
+    """A 16-bit colour key (Pillow compares it with its 8-bit pixels) and a 2-bit greyscale key
+    (Pillow scales the pixels, not the key) key no pixel: no all-opaque alpha channel appears, and
+    the 16-bit file still reads at 16 bits."""
+    from aecompress.rgb16 import _chunk
+
+    a = np.random.default_rng(5).integers(0, 65536, (6, 8, 3), dtype=np.uint16)
+    save_image(tmp_path / "k16.png", a)
+    png = (tmp_path / "k16.png").read_bytes()
+    (tmp_path / "k16.png").write_bytes(png[:33] + _chunk(b"tRNS", a[0, 0].astype(">u2").tobytes()) + png[33:])
+    pic = read_image(tmp_path / "k16.png")
+    assert (pic.mode, pic.bits) == ("RGB", 16) and np.array_equal(pic.pixels, a)
+    import struct
+    import zlib
+
+    rows = b"".join(b"\0\xaa" for _ in range(4))                # 4 x 4 pixels of 2-bit value 2, filter 0
+    png = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 2, 0, 0, 0, 0))
+           + _chunk(b"tRNS", struct.pack(">H", 2)) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+    (tmp_path / "g.png").write_bytes(png)
+    assert read_image(tmp_path / "g.png").mode == "L"
+
+
+def test_16_bit_png_with_an_odd_icc_profile_reads_quietly(tmp_path, capfd):
+    """libpng warns on standard error about ICC profiles it finds wanting (here: a greyscale profile
+    on colour pixels); the 16-bit decoder gets only the pixel chunks."""
+    from PIL import ImageCms
+
+    from aecompress.rgb16 import _chunk
+    import zlib
+
+    a = np.random.default_rng(6).integers(0, 65536, (6, 8, 3), dtype=np.uint16)
+    save_image(tmp_path / "i.png", a)
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[16:20] = b"GRAY"
+    png = (tmp_path / "i.png").read_bytes()
+    (tmp_path / "i.png").write_bytes(png[:33] + _chunk(b"iCCP", b"x\0\0" + zlib.compress(bytes(icc))) + png[33:])
+    pic = read_image(tmp_path / "i.png")
+    assert pic.bits == 16 and np.array_equal(pic.pixels, a)
+    assert capfd.readouterr().err == ""
+
+
+def test_16_bit_png_keeps_its_text(tmp_path):
+    a = np.random.default_rng(7).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    save_image(tmp_path / "t.png", a, source={"png_text": {"Title": "tiles", "Comment": "y" * 3000}})
+    with Image.open(tmp_path / "t.png") as im:
+        im.load()
+        assert im.text["Title"] == "tiles" and im.text["Comment"] == "y" * 3000
+    assert read_image(tmp_path / "t.png").bits == 16
