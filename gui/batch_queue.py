@@ -54,6 +54,31 @@ def destination(src: Path, action: str, folder: Path | None) -> Path:
     return output_for(src, folder, folder is not None, suffix)
 
 
+def _rate(o: dict) -> tuple[str, float]:
+    return o.get("rate") or ("quality", float(o["quality"]))
+
+
+def _rate_words(o: dict) -> str:
+    """How the Compress tab's rate setting reads in the batch's note: each file gets it."""
+    mode, value = _rate(o)
+    if mode == "bpp":
+        return f"at {value:g} bits per pixel (each file)"
+    if mode == "size":
+        return f"at {value / 1000:g} kB (each file)"
+    return f"at quality {value:g}"
+
+
+def _rate_arguments(o: dict) -> dict:
+    """encode_file's arguments for the rate set in the Compress tab, as `aecompress encode` takes
+    -q, --bpp or --size."""
+    mode, value = _rate(o)
+    if mode == "bpp":
+        return {"target_bpp": value}
+    if mode == "size":
+        return {"target_size": int(value)}
+    return {"quality": value}
+
+
 class BatchTab(QWidget):
     errorOccurred = Signal(str)
     statusMessage = Signal(str)
@@ -212,7 +237,7 @@ class BatchTab(QWidget):
         for r, item in enumerate(self.items):
             self.table.item(r, 1).setText(self._action(item).capitalize())
         o = self.options()
-        self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d at quality {o['quality']}; "
+        self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d {_rate_words(o)}; "
                                    f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d"
                                    + (f" averaged over {o['ensemble']} runs" if o.get("ensemble", 1) > 1 else "")
                                    + " (set in those tabs), with the noise level found in each image and at "
@@ -336,7 +361,7 @@ class BatchTab(QWidget):
                         if action == "compress":
                             if codec is None:
                                 codec = open_codec(o["codec_key"], device, threads)
-                            r = encode_file(src, out, codec, force=True, quality=o["quality"])
+                            r = encode_file(src, out, codec, force=True, **_rate_arguments(o))
                             msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
                         else:

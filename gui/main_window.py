@@ -203,7 +203,8 @@ class MainWindow(QMainWindow):
 
     def _batch_options(self) -> dict:
         return {"codec": self.compress.model.currentText(), "codec_key": self.compress.model.key() or "photo",
-                "quality": self.compress.quality.value(), "denoiser": self.denoise.model.key(),
+                "quality": self.compress.quality.value(), "rate": self.compress.rate(),
+                "denoiser": self.denoise.model.key(),
                 "ensemble": self.denoise.ensemble.currentData(),
                 "denoiser_label": self.denoise.model.currentText() if self.denoise.model.key() else ""}
 

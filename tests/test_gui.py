@@ -1039,3 +1039,22 @@ def test_pictures_in_another_rgb_space_show_in_srgb(qtbot, window, tmp_path):
     view = window.compress.panel.view
     assert abs(view.before.pixelColor(10, 10).red() - 188) <= 1
     assert abs(view.after.pixelColor(10, 10).red() - 188) <= 3
+
+
+def test_batch_compresses_at_the_target_set_in_the_compress_tab(qtbot, window, crops, tmp_path):
+    """A target file size in the Compress tab is each batch file's target, as `encode --size` does
+    (the batch used the quality slider's value whatever the mode)."""
+    window.compress.rate_mode.setCurrentIndex(2)                # target file size
+    window.compress.size_kb.setValue(1.5)
+    drop(window, crops[:2])
+    tab = window.batch
+    assert "1.5 kB (each file)" in tab.settings_note.text()
+    tab.out_edit.setText(str(tmp_path / "out"))
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [DONE, DONE]
+    codec = open_codec("photo", "cpu", 2)
+    for crop in crops[:2]:
+        got = (tmp_path / "out" / crop.with_suffix(".aez").name).read_bytes()
+        want = encode_picture(read_image(crop), codec, target_size=1500).data
+        assert got == want and len(got) <= 1500
