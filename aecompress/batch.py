@@ -209,8 +209,10 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
 # ---------------------------------------------------------------- one file
 
 def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | None = None, sigma=None,
-                 ref: Path | None = None, cancel: Callable[[], bool] | None = None, ensemble: int = 1) -> dict:
-    """Read, denoise and atomically write one image, keeping format, size, mode, EXIF and ICC profile."""
+                 ref: Path | None = None, cancel: Callable[[], bool] | None = None, ensemble: int = 1,
+                 quality: int | None = None) -> dict:
+    """Read, denoise and atomically write one image, keeping format, size, mode, EXIF and ICC profile.
+    quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_writable
     from .imageio import read_image, save_image
@@ -226,7 +228,8 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
                               cancel=cancel, ensemble=ensemble)
     if cancel is not None and cancel():
         raise KeyboardInterrupt
-    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format, source=pic.info)
+    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format, source=pic.info,
+               quality=quality)
     if ref is not None:
         try:
             info.update(reference_metrics(out, pic.pixels, ref))
@@ -289,7 +292,7 @@ def _as_cancel(cancel) -> Callable[[], bool]:
 def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | None = None, recursive: bool = False,
               skip_existing: bool = False, force: bool = False, jobs: int = 1, tile: int | None = None, sigma=None,
               ensemble: int = 1, reference: str | Path | None = None, model: str | Path = DEFAULT_DENOISER,
-              device: str = "auto",
+              device: str = "auto", quality: int | None = None,
               threads: int | None = None, engine: str = "local", address: str | None = None,
               progress: Callable[[JobResult, BatchSummary], None] | None = None,
               cancel: Callable[[], bool] | threading.Event | None = None,
@@ -348,7 +351,8 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     runner = _run_ray if engine == "ray" else _run_local
     try:
         runner(todo, report, is_cancelled, model=model, device=device, threads=threads, jobs=jobs, tile=tile,
-               sigma=sigma, ensemble=ensemble, force=force, skip_existing=skip_existing, address=address)
+               sigma=sigma, ensemble=ensemble, force=force, skip_existing=skip_existing, address=address,
+               quality=quality)
     except KeyboardInterrupt:
         summary.cancelled = True
         summary.seconds = time.perf_counter() - t0
@@ -359,7 +363,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 
 
 def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-               skip_existing, address=None) -> None:
+               skip_existing, address=None, quality=None) -> None:
     stop = threading.Event()
 
     def cancelled() -> bool:
@@ -378,7 +382,7 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             if skip_existing:
                 _remove_stale_parts(job.dst)
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
-                                cancel=cancelled, ensemble=ensemble)
+                                cancel=cancelled, ensemble=ensemble, quality=quality)
             return _result(job, info, seconds=time.perf_counter() - t)
         except AecError as exc:
             return _result(job, error=str(exc), seconds=time.perf_counter() - t)
@@ -457,7 +461,7 @@ class _RayWorker:
         self.pkg.session("denoise")
 
     def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma,
-                ensemble: int = 1) -> dict:
+                ensemble: int = 1, quality: int | None = None) -> dict:
         t = time.perf_counter()
         work = Path(tempfile.mkdtemp(dir=self.dir))
         try:
@@ -470,7 +474,7 @@ class _RayWorker:
                 ref_path.write_bytes(ref)
             try:
                 info = denoise_file(src, dst, self.pkg, force=True, tile=tile, sigma=sigma, ref=ref_path,
-                                    ensemble=ensemble)
+                                    ensemble=ensemble, quality=quality)
             except AecError as exc:
                 return {"error": str(exc).replace(str(src), name), "seconds": time.perf_counter() - t}
             except Exception as exc:  # noqa: BLE001
@@ -486,7 +490,7 @@ class _RayWorker:
 
 
 def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-             skip_existing, address=None) -> None:
+             skip_existing, address=None, quality=None) -> None:
     try:
         import ray
     except ImportError:
@@ -551,7 +555,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     report(_result(job, error=f"{job.src}: cannot read ({exc.strerror or exc})"))
                     continue
                 fut = a.process.remote(str(job.src), data, str(job.ref) if job.ref else None, ref, tile, sigma,
-                                       ensemble)
+                                       ensemble, quality)
                 running[fut] = (job, a)
 
         submit()

@@ -347,6 +347,7 @@ _CMYK_FORMATS = ("JPEG", "TIFF")
 _ONE_BIT_FORMATS = ("PNG", "TIFF", "BMP", "PPM", "GIF", "PCX", "XBM", "IM")
 _PALETTE_FORMATS = ("PNG", "GIF", "BMP", "TIFF")
 _QUALITY_FORMATS = ("JPEG", "WEBP", "AVIF")
+DEFAULT_QUALITY = 95
 
 
 def _restore_mode(im: Image.Image, fmt: str, source: dict, icc: bytes | None) -> Image.Image:
@@ -410,7 +411,7 @@ def _to_palette(im: Image.Image, palette: list, transparency=None) -> Image.Imag
 
 
 def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None, icc: bytes | None,
-              quality: int, png_level: int, source: dict | None = None) -> tuple[Image.Image, dict]:
+              quality: int | None, png_level: int, source: dict | None = None) -> tuple[Image.Image, dict]:
     im = from_array(pixels, mode)
     kwargs: dict = {}
     source = source or {}
@@ -447,20 +448,22 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
     if fmt == "JPEG":
         if im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGB")
-        if source.get("qtables") and source.get("source_mode") in ("RGB", "L", "CMYK", "YCbCr"):
+        if quality is None and source.get("qtables") and source.get("source_mode") in ("RGB", "L", "CMYK", "YCbCr"):
             # the source's own quantization tables and chroma subsampling: its quality, as it was
             # chosen (a q95 4:4:4 photo stays that; cjpeg or ImageMagick keep it alike)
             kwargs["qtables"] = source["qtables"]
             if "subsampling" in source and im.mode == "RGB":
                 kwargs["subsampling"] = source["subsampling"]
         else:
-            kwargs["quality"] = quality
+            kwargs["quality"] = DEFAULT_QUALITY if quality is None else quality
+            if "subsampling" in source and im.mode == "RGB":
+                kwargs["subsampling"] = source["subsampling"]
         if source.get("progressive"):
             kwargs["progressive"] = True
     elif fmt == "WEBP" and source.get("lossless"):
         kwargs.update(lossless=True, exact=True)     # exact: colour under transparent pixels kept too
     elif fmt in _QUALITY_FORMATS or (fmt == "TIFF" and kwargs.get("compression") == "jpeg"):
-        kwargs["quality"] = quality
+        kwargs["quality"] = DEFAULT_QUALITY if quality is None else quality
     if fmt == "PNG":
         kwargs["compress_level"] = png_level
     if fmt == "ICO":
@@ -472,8 +475,11 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
 
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
                exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
-               quality: int = 95, png_level: int = 1, source: dict | None = None) -> None:
+               quality: int | None = None, png_level: int = 1, source: dict | None = None) -> None:
     """Write pixels atomically in the format the extension (or `format`) names.
+
+    quality: of a lossy format (JPEG, lossy WebP, AVIF, JPEG-in-TIFF); None: a JPEG source's own
+    quantization tables for a JPEG, else DEFAULT_QUALITY. A lossless source stays lossless.
 
     source: a Picture's `info` from read_image, to write a processed copy the way the source was
     (its CMYK or palette mode, TIFF compression, dpi and XMP), as `aecompress denoise` does.
@@ -502,7 +508,7 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     write_bytes_atomic(path, buf.getbuffer(), force)
 
 
-def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int, png_level: int,
+def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | None, png_level: int,
              exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
     if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
         return rgb16.encode(pixels, format, exif, icc, source, png_level)

@@ -445,3 +445,22 @@ def test_reference_of_another_bit_depth_is_scored_on_the_8_bit_scale(tmp_path, e
 
     out = narrow(read_image(tmp_path / "out" / "a.png").pixels)       # the 16-bit output, rounded to 8 bits
     assert res["psnr"] == pytest.approx(psnr(out, clean), abs=0.05) and res["psnr"] > res["psnr_input"]
+
+
+def test_quality_option_sets_lossy_outputs(tmp_path, env):
+    """-q sets the quality of lossy outputs; without it a JPEG keeps its own tables."""
+    img = Image.fromarray(noisy(smooth_image(48, 64), 10))
+    img.save(tmp_path / "a.jpg", quality=40, subsampling=0)
+    img.save(tmp_path / "b.webp", quality=90)
+    for args, out in [([], "keep"), (["-q", "90"], "q90")]:
+        r = run_cli(["denoise", tmp_path / "a.jpg", tmp_path / "b.webp", "-o", tmp_path / out, *args], env)
+        assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "a.jpg") as src, Image.open(tmp_path / "keep" / "a.jpg") as keep, \
+            Image.open(tmp_path / "q90" / "a.jpg") as q90:
+        assert keep.quantization == src.quantization
+        assert sum(q90.quantization[0]) < sum(src.quantization[0]) / 2           # finer steps
+        from PIL import JpegImagePlugin
+        assert JpegImagePlugin.get_sampling(q90) == 0                           # subsampling kept
+    assert (tmp_path / "q90" / "b.webp").stat().st_size < (tmp_path / "keep" / "b.webp").stat().st_size
+    r = run_cli(["denoise", tmp_path / "a.jpg", "-q", "0"], env)
+    assert r.exit_code != 0

@@ -50,6 +50,9 @@ def denoise(
     sigma: Optional[str] = typer.Option(None, "--sigma", help="'auto' to estimate and report the noise level, or a known level (0-255 scale). The default model is blind and needs neither."),
     ensemble: int = typer.Option(1, "--ensemble", help="Average the model over 1, 2, 4 or 8 flipped/rotated copies: "
                                                        "N times slower, a cleaner result (x8: about +0.2-0.3 dB)."),
+    quality: Optional[int] = typer.Option(None, "-q", "--quality", min=1, max=100,
+                                          help="Quality of lossy outputs (JPEG, lossy WebP, AVIF). Default: a JPEG keeps "
+                                               "its own quantization tables (its quality), others 95."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean images with the same relative paths: report PSNR and SSIM."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Denoiser model package name or folder (default: denoise)."),
     engine: str = typer.Option("local", "--engine", help="local or ray."),
@@ -141,8 +144,8 @@ def denoise(
             bar.start()
         try:
             summary = run_batch(job_list, skip_existing=skip_existing, force=force, jobs=jobs, tile=tile, sigma=sig,
-                                ensemble=ensemble, model=model, device=device, threads=threads, engine=engine,
-                                address=address, progress=on_result, cancel=cancel, on_start=on_start)
+                                ensemble=ensemble, quality=quality, model=model, device=device, threads=threads,
+                                engine=engine, address=address, progress=on_result, cancel=cancel, on_start=on_start)
         finally:
             if bar is not None:
                 bar.stop()
