@@ -281,6 +281,8 @@ class CompressTab(QWidget):
             if self._enc_job is not None:     # its result would be for the value before
                 self._enc_job.cancel()
             self._debounce.start()
+        elif self.source is not None and self._prep_job is not None and self._prep_job.cancelled:
+            self.prepare()                    # its analysis was stopped (Esc): run it again
 
     def rate(self) -> tuple[str, float]:
         i = self.rate_mode.currentIndex()

@@ -176,6 +176,7 @@ class MainWindow(QMainWindow):
         act(f, "Add &model folder\u2026", lambda: self.add_model_folder())
         self.remove_models_action = act(f, "&Remove added model folder\u2026", lambda: self.remove_model_folder())
         self.remove_models_action.setEnabled(bool(self.runtime.extra_folders))
+        act(f, "S&top", self.stop, QKeySequence(Qt.Key.Key_Escape))
         f.addSeparator()
         act(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         v = self.menuBar().addMenu("&View")
@@ -185,6 +186,20 @@ class MainWindow(QMainWindow):
         act(v, "&Actual size (1:1)", lambda: self._panel() and self._panel().view.actual_size(), "1")
         h = self.menuBar().addMenu("&Help")
         act(h, "&About aecompress", self.about)
+
+    def stop(self) -> None:
+        """Esc: stop the work in progress (the image being analysed, compressed, decoded or denoised,
+        at its next step; on the Batch tab, the batch, as its Cancel button does)."""
+        if self.tabs.currentWidget() is self.batch:
+            if self.batch.running:
+                self.batch.cancel()
+            return
+        if not self.work.busy:
+            return
+        self.work.cancel_all()
+        for tab in (self.compress, self.decompress, self.denoise):
+            tab.panel.view.set_busy("")
+        self.show_status("Stopped")
 
     def _panel(self):
         tab = self.tabs.currentWidget()

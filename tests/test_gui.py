@@ -1058,3 +1058,19 @@ def test_batch_compresses_at_the_target_set_in_the_compress_tab(qtbot, window, c
         got = (tmp_path / "out" / crop.with_suffix(".aez").name).read_bytes()
         want = encode_picture(read_image(crop), codec, target_size=1500).data
         assert got == want and len(got) <= 1500
+
+
+def test_escape_stops_the_work_in_progress(qtbot, window, cat_png):
+    from PySide6.QtTest import QTest
+
+    gate = hold(window.work)                     # the image's analysis waits behind this
+    drop(window, [cat_png])
+    tab = window.compress
+    assert window.work.busy and tab.panel.view._busy
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    gate.set()
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    assert tab.result is None and tab.panel.view._busy == ""
+    assert window.statusBar().currentMessage() == "Stopped"
+    tab.quality.setValue(60)                     # the image is still there: a new setting runs again
+    qtbot.waitUntil(lambda: tab.result is not None and not window.work.busy, timeout=WAIT)
