@@ -367,15 +367,16 @@ def _restore_mode(im: Image.Image, fmt: str, source: dict, icc: bytes | None) ->
 
 def _nearest(colours: np.ndarray, entries: np.ndarray) -> np.ndarray:
     """For (N, 3) uint8 colours, the index of the nearest of (K, 3) entries (squared distance; the
-    first of equals). Exact, unlike Pillow's quantize(palette=), which finds an approximate one."""
+    first of equals). Exact, unlike Pillow's quantize(palette=), which finds an approximate one:
+    |e|^2 - 2 c.e in float32 is integer arithmetic below 2^24, so a matrix product ranks exactly."""
     packed = colours.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
     unique, inverse = np.unique(packed, return_inverse=True)
-    rgb = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1).astype(np.int32)
-    e = entries.astype(np.int32)
+    rgb = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1).astype(np.float32)
+    e = entries.astype(np.float32)
+    e2 = (e * e).sum(axis=1)
     best = np.empty(unique.size, np.intp)
-    for i in range(0, unique.size, 8192):                    # bounded memory: 8192 x K distances a step
-        d = ((rgb[i:i + 8192, None, :] - e[None, :, :]) ** 2).sum(axis=2)
-        best[i:i + 8192] = d.argmin(axis=1)
+    for i in range(0, unique.size, 16384):                   # bounded memory: 16384 x K scores a step
+        best[i:i + 16384] = (e2[None, :] - 2 * (rgb[i:i + 16384] @ e.T)).argmin(axis=1)
     return best[inverse.ravel()]
 
 
@@ -491,6 +492,8 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     fmt = format or Image.EXTENSION.get(path.suffix.lower()) or Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise AecError(f"{path}: unknown image format '{path.suffix}'")
+    if fmt == "MPO":
+        fmt = "JPEG"                    # one picture: a JPEG (Pillow's MPO writer ignores quality and tables)
     if format is None:
         # Pillow writes by mode (colour: P6) whatever the name; .pgm and .pbm name greyscale and bitmap
         colour = pixels.ndim == 3 and pixels.shape[2] >= 3

@@ -34,7 +34,18 @@ from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, n
 from .workers import WorkQueue
 
 DEBOUNCE_MS = 150
-IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))         # what aecompress reads and writes
+IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))         # what folder scans pick up: the Open filter
+
+
+def _writable_extensions() -> tuple[str, ...]:
+    """Every extension Pillow can write (.ico, .pcx, ... too): a save name with one keeps it."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE))
+
+
+SAVE_EXTENSIONS = _writable_extensions()
 IMAGE_FILTER = f"Images ({' '.join('*' + s for s in IMAGE_EXTENSIONS)})"
 
 
@@ -443,7 +454,7 @@ class CompressTab(QWidget):
             return None
         if path is None:
             path = ask_save_path(self, self.settings, "Save reconstruction", f"{self.source.stem}-compressed.png",
-                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
+                                 IMAGE_FILTER, ".png", SAVE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)

@@ -18,11 +18,11 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
 
 from aecompress.compress import decode_bytes, file_info
 from aecompress.errors import AecError, UnknownModelError
-from aecompress.imageio import read_image, save_image, to_channels8
+from aecompress.imageio import read_image, save_image, to_channels8, to_rgb8, to_srgb
 from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_EXTENSIONS, IMAGE_FILTER, size_text
+from .compress_tab import IMAGE_FILTER, SAVE_EXTENSIONS, size_text
 from .runtime import APP_MODEL_HINT, Runtime, provider_text
 from .settings import Settings
 from .widgets import ResultGrid, SidePanel, ask_save_path, group, note_label
@@ -187,7 +187,8 @@ class DecompressTab(QWidget):
 
         def job(token, emit):
             pic = read_image(original)
-            ref = to_channels8(pic, dec.pixels.shape[2] if dec.pixels.shape[2] in (1, 3) else 3)
+            # in sRGB, as the encoder coded it: a photo in another RGB space beside its decode
+            ref = (to_channels8(pic, 1) if dec.pixels.shape[2] == 1 else to_srgb(to_rgb8(pic), pic.icc)[0])
             if ref.shape != dec.pixels.shape:
                 raise AecError(f"{original.name} is {pic.width}\u00d7{pic.height}, the decoded image is "
                                f"{dec.pixels.shape[1]}\u00d7{dec.pixels.shape[0]}")
@@ -213,7 +214,7 @@ class DecompressTab(QWidget):
             return None
         if path is None:
             path = ask_save_path(self, self.settings, "Save decoded image", self.decoded.path.stem + ".png",
-                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
+                                 IMAGE_FILTER, ".png", SAVE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushBu
 from aecompress.imageio import Picture, save_image, to_rgb8, to_srgb
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
-from .compress_tab import IMAGE_EXTENSIONS, IMAGE_FILTER, Source, load_source
+from .compress_tab import IMAGE_FILTER, SAVE_EXTENSIONS, Source, load_source
 from .runtime import Runtime, provider_text
 from .settings import Settings
 from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
@@ -344,7 +344,7 @@ class DenoiseTab(QWidget):
             if r.picture.frames > 1:
                 suffix = ".png"
             path = ask_save_path(self, self.settings, "Save denoised image", f"{self.source.stem}.denoised{suffix}",
-                                 IMAGE_FILTER, ".png", IMAGE_EXTENSIONS)
+                                 IMAGE_FILTER, ".png", SAVE_EXTENSIONS)
             if path is None:
                 return None
         path = Path(path)

@@ -1008,12 +1008,15 @@ def test_save_names_with_a_dot_get_an_image_extension(qtbot, window, crops, blur
     for save, typed, expect in ((tab.save_image, "rgb_v1.2", "rgb_v1.2.png"),
                                 (tab.save_image, "kept.jpg", "kept.jpg"),
                                 (window.decompress.save_image, "decoded.v2", "decoded.v2.png"),
-                                (window.denoise.save_image, "crop2.denoised", "crop2.denoised.png")):
+                                (window.denoise.save_image, "crop2.denoised", "crop2.denoised.png"),
+                                (window.denoise.save_image, "icon.denoised.ico", "icon.denoised.ico"),
+                                (window.decompress.save_image, "old.pcx", "old.pcx")):
         answer.append(typed)
         saved.append(save())
         assert saved[-1] == tmp_path / expect
     qtbot.waitUntil(lambda: not window.saves.busy, timeout=WAIT)
     assert window.banner.text == "" and all(p.exists() for p in saved)
+    assert Image.open(saved[-2]).format == "ICO" and Image.open(saved[-1]).format == "PCX"
 
 
 def test_file_dialog_filters_list_every_image_type():
@@ -1039,6 +1042,16 @@ def test_pictures_in_another_rgb_space_show_in_srgb(qtbot, window, tmp_path):
     view = window.compress.panel.view
     assert abs(view.before.pixelColor(10, 10).red() - 188) <= 1
     assert abs(view.after.pixelColor(10, 10).red() - 188) <= 3
+    # Decompress > Compare with the original: measured in sRGB, as the encoder's report is
+    aez = window.compress.save_aez(tmp_path / "lin.aez")
+    qtbot.waitUntil(lambda: aez.exists() and not window.saves.busy, timeout=WAIT)
+    tab = window.decompress
+    tab.open_path(aez)
+    qtbot.waitUntil(lambda: tab.decoded is not None and not window.work.busy, timeout=WAIT)
+    tab.compare_with(src)
+    qtbot.waitUntil(lambda: tab.metrics.text("psnr") not in ("", "-", "\u2013") and not window.work.busy,
+                    timeout=WAIT)
+    assert float(tab.metrics.text("psnr").split()[0]) > 35
 
 
 def test_batch_compresses_at_the_target_set_in_the_compress_tab(qtbot, window, crops, tmp_path):

@@ -398,3 +398,15 @@ def test_16_bit_png_keeps_its_text(tmp_path):
         im.load()
         assert im.text["Title"] == "tiles" and im.text["Comment"] == "y" * 3000
     assert read_image(tmp_path / "t.png").bits == 16
+
+
+def test_saving_under_an_mpo_name_writes_a_jpeg_at_the_quality_asked(tmp_path):
+    img = Image.fromarray(smooth_image(32, 48))
+    img.save(tmp_path / "s.mpo", format="MPO", save_all=True, append_images=[img], quality=60)
+    _rewrite(tmp_path / "s.mpo", tmp_path / "kept.mpo")
+    save_image(tmp_path / "q95.mpo", smooth_image(32, 48))
+    with Image.open(tmp_path / "s.mpo") as src, Image.open(tmp_path / "kept.mpo") as kept:
+        assert kept.format == "JPEG" and kept.quantization[0] == src.quantization[0]
+    img.save(tmp_path / "ref.jpg", quality=95)
+    with Image.open(tmp_path / "q95.mpo") as q, Image.open(tmp_path / "ref.jpg") as ref:
+        assert q.quantization[0] == ref.quantization[0]
