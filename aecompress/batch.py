@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AecError
+from .errors import AecError, extra_hint
 from .fsutil import STDOUT_ALIASES, first_writers, interrupts_deferred, is_stdio, part_prefix
 from .imageio import is_image_name
 from .package import DEFAULT_DENOISER, load_package
@@ -494,7 +494,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
     try:
         import ray
     except ImportError:
-        raise AecError("--engine ray needs Ray: pip install 'aecompress[cluster]'") from None
+        raise AecError(f"--engine ray needs Ray: {extra_hint('cluster')}") from None
     from .fsutil import write_bytes_atomic
 
     # Ray installs its own SIGTERM handler in init (and a native one that dumps a stack), and shutdown

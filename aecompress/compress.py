@@ -96,6 +96,8 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         analysis = codec.analyse(pixels, check)
     mode, bits, dropped = pic.mode, pic.bits, pic.has_alpha
     top = codec.span
+    if top == 0 and (quality, target_bpp, target_size, target_psnr) != (None, None, None, None):
+        notes.append(f"model {codec.pkg.name} codes at one rate: -q, --bpp, --size and --psnr change nothing")
     ref_px = in_mode(pixels, mode)          # PSNR is measured in the layout the decoder writes
 
     def run(position: float):
@@ -313,7 +315,12 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         pic, in_size = read_image(in_name, source), len(source)
     else:
         pic, in_size, in_name = read_image(inp), inp.stat().st_size, str(inp)
-    enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr, reconstruct=metrics)
+    try:
+        enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr, reconstruct=metrics)
+    except AecError as exc:         # "too large", "takes 28x28 images": say which image
+        if in_name in str(exc):
+            raise
+        raise type(exc)(f"{in_name}: {exc}") from None
     if is_stdio(out):
         write_stdout(enc.data)
         size, out_name = len(enc.data), STDOUT_NAME
@@ -334,7 +341,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
         "provider": codec.pkg.provider,
     }
     extras = {"bytes": size, "width": pic.width, "height": pic.height,
-              "quality": round(codec.position_to_quality(enc.position), 2), "scale": enc.scale,
+              "quality": round(codec.position_to_quality(enc.position), 1), "scale": enc.scale,
               "model": codec.pkg.name, "notes": enc.notes}
     return {**report, "_extra": extras}
 
@@ -378,7 +385,7 @@ def file_info(path: Path, extra: list[ModelPackage] | None = None) -> dict:
     try:
         codec = Codec(find_by_id(header.model_id, extra))
         info["model"] = codec.pkg.name
-        info["quality"] = round(codec.position_to_quality(codec.ladder.position(header.scale, header.quality)), 2)
+        info["quality"] = round(codec.position_to_quality(codec.ladder.position(header.scale, header.quality)), 1)
     except AecError:
         info["model"] = None
     return info

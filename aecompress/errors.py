@@ -1,6 +1,12 @@
 """The one exception type users see: a one-line message and a non-zero exit code."""
 
 
+def extra_hint(extra: str) -> str:
+    """How to install an optional part: the extra's name and the command in a checkout (the project
+    is installed from its checkout or a wheel built from it, not from a package index)."""
+    return f"install the {extra} extra (pip install -e '.[{extra}]' in the aecompress checkout)"
+
+
 class AecError(Exception):
     """An error caused by input, environment or configuration, reported as one line without a traceback."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AecError, ModelError, NonFiniteOutput
+from .errors import AecError, ModelError, NonFiniteOutput, extra_hint
 from .fsutil import interrupts_deferred
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,14 +38,15 @@ def installed_runtimes() -> list[str]:
 def _ort():
     if len(installed_runtimes()) > 1:
         raise AecError("both onnxruntime and onnxruntime-gpu are installed and clash; "
-                       "pip uninstall -y onnxruntime onnxruntime-gpu, then install aecompress[cpu] or aecompress[gpu]")
+                       "pip uninstall -y onnxruntime onnxruntime-gpu, then install the cpu or the gpu extra "
+                       "(pip install -e '.[cpu]' in the aecompress checkout)")
     try:
         # a Ctrl-C or `kill` while its C module initialises comes out as ImportError ("initialization
         # failed"): held until the import is over, it is delivered as itself
         with interrupts_deferred():
             import onnxruntime as ort
     except ImportError:
-        raise AecError("onnxruntime is not installed: pip install 'aecompress[cpu]' (or [gpu] for CUDA)") from None
+        raise AecError(f"onnxruntime is not installed: {extra_hint('cpu')}, or the gpu extra for CUDA") from None
     ort.set_default_logger_severity(3)
     return ort
 
@@ -112,7 +113,7 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not have_cuda:
-        raise AecError("CUDA was requested but this onnxruntime has no CUDA provider (install aecompress[gpu])")
+        raise AecError(f"CUDA was requested but this onnxruntime has no CUDA provider: {extra_hint('gpu')}")
     wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not os.environ.get("AECOMPRESS_NO_CUDA"))
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
     try:

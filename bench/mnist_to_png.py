@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args()
+    if not a.csv.is_file():
+        raise SystemExit(f"mnist_to_png: {a.csv} not found (the MNIST subset of ../shared/data; name it with --csv)")
     images, labels = read_mnist_csv(a.csv, a.limit)
     n = write_pngs(images, labels, a.out)
     print(f"{n} digits written to {a.out}/0..9/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-MISSING = "aecompress: the desktop app needs PySide6: pip install 'aecompress[gui]'"
+MISSING = "aecompress: the desktop app needs PySide6: install the gui extra (pip install -e '.[gui]' in the aecompress checkout)"
 
 STYLE = """
 QWidget#sidePanel { background: palette(window); }

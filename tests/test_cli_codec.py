@@ -794,3 +794,15 @@ def test_colour_in_another_rgb_space_is_coded_as_srgb(tmp_path):
     assert run("decode", tmp_path / "lin.aez", tmp_path / "s.aez", "-o", tmp_path / "dec").returncode == 0
     assert abs(float(np.asarray(Image.open(tmp_path / "dec" / "lin.png")).mean()) - 188) < 3
     assert abs(float(np.asarray(Image.open(tmp_path / "dec" / "s.png")).mean()) - 128) < 3
+
+
+def test_small_report_and_naming_details(photo, tmp_path):
+    """-q 45 reports q 45 (the header stores the level to 1/4096: it read back as 45.01); a decode
+    to a name without an extension is a PNG; an image too large for .aez is named in the error."""
+    r = run("encode", photo, "-q", "45", "-o", tmp_path / "c.aez")
+    assert r.returncode == 0 and " q 45 " in r.stdout.replace(",", " "), r.stdout
+    assert run("decode", tmp_path / "c.aez", "-o", tmp_path / "noext").returncode == 0
+    assert Image.open(tmp_path / "noext").format == "PNG"
+    Image.fromarray(np.zeros((1, 262145, 3), np.uint8)).save(tmp_path / "wide.png")
+    r = run("encode", tmp_path / "wide.png", "-o", tmp_path / "w.aez")
+    assert r.returncode == 1 and r.stderr.startswith(f"aecompress: error: {tmp_path / 'wide.png'}: "), r.stderr

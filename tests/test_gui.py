@@ -624,9 +624,9 @@ def test_cli_and_script_without_pyside(monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "PySide6", None)
     assert main([]) == 1
-    assert "pip install 'aecompress[gui]'" in capsys.readouterr().err
+    assert "pip install -e '.[gui]'" in capsys.readouterr().err
     res = CliRunner().invoke(app, ["gui"])
-    assert isinstance(res.exception, AecError) and "pip install 'aecompress[gui]'" in str(res.exception)
+    assert isinstance(res.exception, AecError) and "pip install -e '.[gui]'" in str(res.exception)
 
 
 # -- what a QA pass found: bad model folders, inputs in the queue, stale results, save names ---------

@@ -105,7 +105,7 @@ main()
 
     r = no_torch("train", "dense", "--data", str(data), "--out", str(tmp_path / "x"))
     assert r.returncode != 0
-    assert "pip install 'aecompress[train]'" in r.stderr and "Traceback" not in r.stderr
+    assert "pip install -e '.[train]'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -360,3 +360,24 @@ def test_bad_input(tmp_path, digits500, monkeypatch):
     with pytest.raises(AecError, match="diverged.*lower --lr"):
         quiet(small(digits500, tmp_path / "nan"))
     assert not (tmp_path / "nan").exists()
+
+
+def test_a_one_rate_model_says_that_quality_options_change_nothing(digits500, tmp_path):
+    """A dense codec has one rate: `-q 40` gave the same file as the default, silently."""
+    import subprocess
+    import sys
+
+    from aecompress.train.export_dense import export_dense_codec, training_summary
+
+    r = quiet(small(digits500, tmp_path / "run", steps=30))
+    export_dense_codec(r.model, tmp_path / "one", "one", r.val_images[:8], training_summary(r))
+    img = next((digits500 / "3").iterdir())
+    outs = []
+    for args in ([], ["-q", "40"]):
+        out = tmp_path / f"d{len(args)}.aez"
+        r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(img), "-m", str(tmp_path / "one"),
+                            "-o", str(out), *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append((out.read_bytes(), r.stdout))
+    assert outs[0][0] == outs[1][0]
+    assert "codes at one rate" in outs[1][1] and "codes at one rate" not in outs[0][1]

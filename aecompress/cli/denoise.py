@@ -80,7 +80,7 @@ def denoise(
         raise ModelError(f"model '{pkg.name}' is a {pkg.kind}, not a denoiser")
     if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
         print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
-              f"(--sigma {sig:g} is recorded only)", file=sys.stderr)
+              f"(--sigma {sig:g} is not used)", file=sys.stderr)
     job_list = plan_jobs(inputs, output, recursive, reference)
     if not job_list:
         raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))

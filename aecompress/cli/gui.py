@@ -14,12 +14,12 @@ from . import app
 def gui(files: Optional[List[Path]] = typer.Argument(
         None, help="Images or .aez files to open (several go to the batch queue).")) -> None:
     """Open the desktop app: drop photos on it to compress, decompress or denoise them."""
-    from ..errors import AecError
+    from ..errors import AecError, extra_hint
 
     try:
         import PySide6  # noqa: F401
     except ImportError:
-        raise AecError("the desktop app needs PySide6: pip install 'aecompress[gui]'") from None
+        raise AecError(f"the desktop app needs PySide6: {extra_hint('gui')}") from None
     import signal
 
     from gui.app import main

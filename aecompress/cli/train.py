@@ -18,9 +18,9 @@ import numpy as np
 import typer
 
 from . import app
-from ..errors import AecError
+from ..errors import AecError, extra_hint
 
-TRAIN_EXTRA = "pip install 'aecompress[train]'"
+TRAIN_EXTRA = extra_hint("train")
 
 # dense-only options and their defaults (used to refuse them for `train conv`)
 _DENSE_DEFAULTS = {"latent": 32, "hidden": "512,256", "activation": "elu", "linear": False, "tied": False,
