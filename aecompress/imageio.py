@@ -147,9 +147,11 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
             tables = [list(im.quantization[c[3]]) for c in layer]
             while len(tables) > 1 and tables[-1] == tables[-2]:
                 tables.pop()
-            info["qtables"] = tables
         else:
-            info["qtables"] = [list(v) for _, v in sorted(im.quantization.items())]
+            tables = [list(v) for _, v in sorted(im.quantization.items())]
+        # steps above 255 (12-bit precision tables) are not baseline: libjpeg writes them with a
+        # "Caution" on standard error; at 255 the step is finer, never coarser
+        info["qtables"] = [[min(int(v), 255) for v in t] for t in tables]
         sampling = JpegImagePlugin.get_sampling(im)
         if sampling >= 0:
             info["subsampling"] = sampling

@@ -410,3 +410,11 @@ def test_saving_under_an_mpo_name_writes_a_jpeg_at_the_quality_asked(tmp_path):
     img.save(tmp_path / "ref.jpg", quality=95)
     with Image.open(tmp_path / "q95.mpo") as q, Image.open(tmp_path / "ref.jpg") as ref:
         assert q.quantization[0] == ref.quantization[0]
+
+
+def test_coarse_jpeg_tables_are_rewritten_quietly(tmp_path, capfd):
+    Image.fromarray(smooth_image(16, 16)).save(tmp_path / "c.jpg", qtables=[[300] * 64, [400] * 64])
+    capfd.readouterr()
+    _rewrite(tmp_path / "c.jpg", tmp_path / "out.jpg")
+    assert capfd.readouterr().err == ""
+    assert Image.open(tmp_path / "out.jpg").quantization[0][0] == 255
