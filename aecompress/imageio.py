@@ -6,6 +6,7 @@ Pixels travel through the package as numpy arrays of shape (H, W, C), uint8 or u
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from . import rgb16
+from .cstderr import quiet
 from .errors import AecError
 from .fsutil import check_writable, refuse_device, write_bytes_atomic
 
@@ -27,6 +29,10 @@ def is_image_name(p: Path) -> bool:
     """Whether a file's name says it is an image a folder scan should pick up (hidden files are not)."""
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow logs some read errors ("More samples per pixel than can be decoded") through `logging`, which
+# without a handler prints them on standard error beside the one-line error read_image raises
+logging.getLogger("PIL").addHandler(logging.NullHandler())
+logging.getLogger("PIL").propagate = False
 
 
 @dataclass
@@ -100,11 +106,13 @@ def _to_array(im: Image.Image, keyed: bool = True) -> tuple[np.ndarray, str, int
 
 # Baseline TIFF tags that describe a file's pixel layout rather than the photo. Pillow's getexif()
 # returns a TIFF's whole first IFD; written into another file these would contradict its pixels (a
-# CMYK or float TIFF's PhotometricInterpretation or SampleFormat on an 8-bit RGB output).
+# CMYK or float TIFF's PhotometricInterpretation or SampleFormat on an 8-bit RGB output). The
+# resolution tags too: dpi is written from the picture's info (a bogus ResolutionUnit, copied, made
+# libtiff refuse the whole file).
 _TIFF_LAYOUT_TAGS = frozenset({
-    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 292, 293, 317, 318, 319,
-    320, 322, 323, 324, 325, 332, 334, 338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520, 521,
-    529, 530, 531, 532, 700, 34377, 34675})
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283, 284, 292, 293,
+    296, 317, 318, 319, 320, 322, 323, 324, 325, 332, 334, 338, 339, 340, 341, 347, 512, 513, 514, 515,
+    517, 518, 519, 520, 521, 529, 530, 531, 532, 700, 34377, 34675})
 
 _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "CMYK": b"CMYK"}
 
@@ -125,6 +133,8 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     for key in ("dpi", "xmp"):
         if im.info.get(key):
             info[key] = im.info[key]
+    if "dpi" in info and not all(np.isfinite(float(d)) and float(d) > 0 for d in info["dpi"]):
+        del info["dpi"]                  # a resolution of 1/0 reads as NaN, which no writer takes
     if fmt == "TIFF" and not info.get("xmp") and getattr(im, "tag_v2", {}).get(700):
         info["xmp"] = im.tag_v2[700]
     # not XMP (kept as such) nor ImageMagick's raw profiles (EXIF, XMP, ICC, IPTC as hex text), which
@@ -208,7 +218,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     if data is None:
         refuse_device(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore", UserWarning)        # e.g. Pillow's multi-line note on corrupt EXIF
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path if data is None else io.BytesIO(data)) as im:
@@ -222,6 +232,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 deep = rgb16.is_deep(im)
+                planar = deep and fmt == "TIFF" and getattr(im, "tag_v2", {}).get(284) == 2
                 # Pillow turns a TIFF upright as it loads it (and drops the tag): the stored orientation
                 stored = im.getexif().get(0x0112, 1) if fmt == "TIFF" else None
                 im.load()
@@ -239,6 +250,13 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     for tag in _TIFF_LAYOUT_TAGS & set(exif):
                         del exif[tag]
                 exif_bytes = exif.tobytes() if exif else None
+                if exif_bytes and exif_bytes[6:10] in (b"II+\0", b"MM\0+"):
+                    # a BigTIFF's directory, which no EXIF reader (nor Pillow's TIFF writer) takes:
+                    # its tags again, in a classic one
+                    classic = Image.Exif()
+                    for tag, value in exif.items():
+                        classic[tag] = value
+                    exif_bytes = classic.tobytes()
                 if orientation != 1:
                     info.update((k, v) for k, v in _source_info(im, fmt).items() if k in ("xmp", "dpi"))
                 if (stored or orientation) in (5, 6, 7, 8) and info.get("dpi"):
@@ -247,7 +265,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     im = _convert_cmyk(im, icc, "RGB")
                 arr, mode, bits = _to_array(im, keyed=not deep)     # a 16-bit key is not Pillow's 8 bits
                 if deep:
-                    arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation)
+                    arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation, planar)
     except AecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -267,7 +285,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
 
 
 def _deep_pixels(path: Path, data: bytes | None, fmt: str, arr: np.ndarray, bits: int,
-                 orientation: int) -> tuple[np.ndarray, int]:
+                 orientation: int, planar: bool = False) -> tuple[np.ndarray, int]:
     """The 16-bit samples of a 16-bit colour PNG or TIFF that Pillow read as 8-bit (arr), or arr itself
     unless the other reader gives exactly Pillow's pixels in their high bytes (same layout, same
     orientation)."""
@@ -279,6 +297,8 @@ def _deep_pixels(path: Path, data: bytes | None, fmt: str, arr: np.ndarray, bits
         return arr, bits
     if a is None or a.shape != arr.shape:
         return arr, bits
+    if planar:                      # Pillow misreads uncompressed planar 16-bit colour: nothing to check against
+        return a, 16
     for y in range(0, a.shape[0], 256):               # in bands: a whole shifted copy is 6 bytes a pixel
         if not np.array_equal(a[y:y + 256] >> 8, arr[y:y + 256]):
             return arr, bits
@@ -516,12 +536,13 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
 
 def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | None, png_level: int,
              exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
-    if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
-        return rgb16.encode(pixels, format, exif, icc, source, png_level)
-    im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
-    buf = io.BytesIO()
-    im.save(buf, format=format, **kwargs)
-    return buf
+    with quiet():                    # libtiff and libjpeg print their complaints on descriptor 2
+        if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
+            return rgb16.encode(pixels, format, exif, icc, source, png_level)
+        im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
+        buf = io.BytesIO()
+        im.save(buf, format=format, **kwargs)
+        return buf
 
 
 def image_bytes(pixels: np.ndarray, format: str = "PNG", mode: str | None = None, quality: int = 95,

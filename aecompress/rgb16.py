@@ -37,6 +37,9 @@ def is_deep(im: Image.Image) -> bool:
     """Whether an opened (not yet loaded) PNG or TIFF stores 16-bit colour that Pillow narrows to 8 bits."""
     if im.format not in FORMATS or im.mode not in ("RGB", "RGBA") or not im.tile:
         return False
+    if im.format == "TIFF":             # planar files' tiles name one plane ("R"): ask the directory
+        bits = getattr(im, "tag_v2", {}).get(258)
+        return isinstance(bits, tuple) and len(bits) >= 3 and all(b == 16 for b in bits)
     args = im.tile[0][3]
     raw = args[0] if isinstance(args, tuple) and args else args
     return isinstance(raw, str) and ";16" in raw

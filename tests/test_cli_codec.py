@@ -806,3 +806,41 @@ def test_small_report_and_naming_details(photo, tmp_path):
     Image.fromarray(np.zeros((1, 262145, 3), np.uint8)).save(tmp_path / "wide.png")
     r = run("encode", tmp_path / "wide.png", "-o", tmp_path / "w.aez")
     assert r.returncode == 1 and r.stderr.startswith(f"aecompress: error: {tmp_path / 'wide.png'}: "), r.stderr
+
+
+def _patch_tiff_tag(path, tag, value):
+    """Overwrite the (inline, SHORT or LONG) value of one tag in a little-endian TIFF's first directory."""
+    import struct
+
+    b = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", b, 4)[0]
+    for i in range(struct.unpack_from("<H", b, ifd)[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", b, at)[0] == tag:
+            kind = struct.unpack_from("<H", b, at + 2)[0]
+            struct.pack_into("<H" if kind == 3 else "<I", b, at + 8, value)
+    path.write_bytes(bytes(b))
+
+
+def test_image_libraries_print_nothing_of_their_own(tmp_path):
+    """libtiff (inside Pillow) prints on descriptor 2 for damaged or odd TIFFs, and Pillow logs some
+    read errors: the command line says one line of its own, or nothing on success."""
+    import tifffile
+
+    a = smooth_image(32, 48)
+    tifffile.imwrite(tmp_path / "lzw.tif", a, photometric="rgb", compression="lzw", metadata=None,
+                     resolution=(300, 300), resolutionunit="INCH")
+    whole = (tmp_path / "lzw.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "unit.tif").write_bytes(whole)
+    _patch_tiff_tag(tmp_path / "unit.tif", 296, 65535)              # ResolutionUnit: no such unit
+    (tmp_path / "spp.tif").write_bytes(whole)
+    _patch_tiff_tag(tmp_path / "spp.tif", 277, 5000)                # SamplesPerPixel
+    r = run("encode", tmp_path / "cut.tif", "-o", tmp_path / "cut.aez")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run("encode", tmp_path / "spp.tif", "-o", tmp_path / "spp.aez")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run("encode", tmp_path / "unit.tif", "-o", tmp_path / "unit.aez")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run("denoise", tmp_path / "unit.tif", "-o", tmp_path / "unit-d.tif")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -418,3 +418,30 @@ def test_coarse_jpeg_tables_are_rewritten_quietly(tmp_path, capfd):
     _rewrite(tmp_path / "c.jpg", tmp_path / "out.jpg")
     assert capfd.readouterr().err == ""
     assert Image.open(tmp_path / "out.jpg").quantization[0][0] == 255
+
+
+def test_odd_tiffs_read_and_rewrite(tmp_path):
+    """Planar 16-bit colour (Pillow misreads it uncompressed), a BigTIFF (its EXIF bytes had a
+    header no writer takes) and a resolution of 1/0 (dpi NaN)."""
+    import tifffile
+
+    a = np.random.default_rng(8).integers(0, 65536, (12, 20, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(a, -1, 0), photometric="rgb", planarconfig="separate",
+                     metadata=None)
+    pic = read_image(tmp_path / "planar.tif")
+    assert pic.bits == 16 and np.array_equal(pic.pixels, a)
+    tifffile.imwrite(tmp_path / "big.tif", (a >> 8).astype(np.uint8), photometric="rgb", bigtiff=True)
+    _rewrite(tmp_path / "big.tif", tmp_path / "big-out.tif")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "big-out.tif")), (a >> 8).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "r0.tif", a, photometric="rgb", resolution=(300, 300), metadata=None)
+    import struct
+
+    b = bytearray((tmp_path / "r0.tif").read_bytes())         # X/YResolution's denominators set to 0
+    ifd = struct.unpack_from("<I", b, 4)[0]
+    for i in range(struct.unpack_from("<H", b, ifd)[0]):
+        tag, _, _, at = struct.unpack_from("<HHII", b, ifd + 2 + 12 * i)
+        if tag in (282, 283):
+            struct.pack_into("<I", b, at + 4, 0)
+    (tmp_path / "r0.tif").write_bytes(bytes(b))
+    _rewrite(tmp_path / "r0.tif", tmp_path / "r0-out.tif")
+    assert read_image(tmp_path / "r0-out.tif").bits == 16

@@ -28,10 +28,12 @@ def _on_sigterm(signum, frame):
 def main() -> None:
     import signal
 
+    from ..cstderr import guard
     from ..errors import AecError, Terminated
     from .common import ignore_interrupts
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    guard()                                       # image libraries' own lines stay off standard error
     try:
         app()
     except AecError as exc:
