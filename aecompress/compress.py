@@ -304,9 +304,11 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
 
 def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality: float | None = None,
                 target_bpp: float | None = None, target_size: int | None = None,
-                target_psnr: float | None = None, metrics: bool = True) -> dict:
+                target_psnr: float | None = None, metrics: bool = True,
+                check: Callable[[], None] | None = None) -> dict:
     """Encode one image file; the report's psnr and ms_ssim are None with metrics=False (then the
-    reconstruction is not made at all: `aecompress encode --quiet`, like cwebp without -print_psnr)."""
+    reconstruction is not made at all: `aecompress encode --quiet`, like cwebp without -print_psnr).
+    check: as encode_picture's (called between steps; may raise to cancel, before anything is written)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
         raise AecError(f"{out} exists (use --force to overwrite)")
@@ -316,7 +318,8 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     else:
         pic, in_size, in_name = read_image(inp), inp.stat().st_size, str(inp)
     try:
-        enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr, reconstruct=metrics)
+        enc = encode_picture(pic, codec, quality, target_bpp, target_size, target_psnr, reconstruct=metrics,
+                             check=check)
     except AecError as exc:         # "too large", "takes 28x28 images": say which image
         if in_name in str(exc):
             raise

@@ -27,7 +27,7 @@ from aecompress.fsutil import first_writers
 from .compress_tab import IMAGE_FILTER
 from .runtime import APP_MODEL_HINT, Runtime
 from .settings import Settings
-from .workers import WorkQueue
+from .workers import Cancelled, WorkQueue
 
 WAITING, WORKING, DONE, SKIPPED, FAILED, CANCELLED = "Waiting", "Working", "Done", "Skipped", "Failed", "Cancelled"
 FINISHED = (DONE, SKIPPED)
@@ -361,7 +361,7 @@ class BatchTab(QWidget):
                         if action == "compress":
                             if codec is None:
                                 codec = open_codec(o["codec_key"], device, threads)
-                            r = encode_file(src, out, codec, force=True, **_rate_arguments(o))
+                            r = encode_file(src, out, codec, force=True, check=token.check, **_rate_arguments(o))
                             msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
                         else:
@@ -369,6 +369,8 @@ class BatchTab(QWidget):
                                             extra=extra, hint=APP_MODEL_HINT, cache=found)
                             msg = f"{r['width']}\u00d7{r['height']}, {r['seconds']:.1f} s \u2192 {out.name}"
                         emit((i, DONE, msg, r.get("provider")))
+                    except Cancelled:
+                        raise                         # within a file (a target search): the batch stops
                     except AecError as exc:
                         emit((i, FAILED, str(exc)))
                     except MemoryError:
@@ -422,7 +424,8 @@ class BatchTab(QWidget):
         self.finished.emit(self.items)
 
     def cancel(self) -> None:
-        """Stop after the file in progress (denoising stops within the file); outputs are never partial."""
+        """Stop after the file in progress (denoising and a target search stop within the file); outputs
+        are never partial."""
         if self._job is not None:
             self._job.cancel()
             self.summary.setText("Cancelling after the current file\u2026")

@@ -1087,3 +1087,35 @@ def test_escape_stops_the_work_in_progress(qtbot, window, cat_png):
     assert window.statusBar().currentMessage() == "Stopped"
     tab.quality.setValue(60)                     # the image is still there: a new setting runs again
     qtbot.waitUntil(lambda: tab.result is not None and not window.work.busy, timeout=WAIT)
+
+
+def test_batch_cancel_stops_a_target_search_within_the_file(qtbot, window, crops, tmp_path, monkeypatch):
+    """Cancel during a file's target search stops it there (the search took the whole file before):
+    the file is cancelled, not written."""
+    import gui.batch_queue as bq
+
+    pressed = threading.Event()
+    real = bq.encode_file
+
+    def encode_after_cancel(*a, **k):                 # the search starts once Cancel was pressed
+        pressed.wait(WAIT / 1000)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bq, "encode_file", encode_after_cancel)
+    window.compress.rate_mode.setCurrentIndex(1)       # target bits per pixel
+    tab = window.batch
+    tab.add_paths([crops[0]])
+    tab.out_edit.setText(str(tmp_path / "out"))
+    shown = tab._progress
+
+    def progress(payload):
+        shown(payload)
+        if payload[1] == bq.WORKING and tab.cancel_btn.isEnabled():
+            tab.cancel_btn.click()
+            pressed.set()
+
+    tab._progress = progress
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    assert [it.status for it in tab.items] == [CANCELLED]
+    assert not (tmp_path / "out" / crops[0].with_suffix(".aez").name).exists()
