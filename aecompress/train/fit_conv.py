@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -313,8 +312,9 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             if step % cfg.val_every == 0:
                 rows = evaluate(model, val_crops)
                 history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})
-                log(json.dumps({"step": step, "sec": round(time.time() - t0), "lr": lr, **{k: round(v, 5) for k, v in last.items()},
-                                "val": [(round(v["bpp"], 3), round(v["psnr"], 2)) for v in rows]}))
+                train = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                val = " ".join(f"{v['bpp']:.3f}/{v['psnr']:.2f}" for v in rows)
+                log(f"step {step}, {time.time() - t0:.0f} s, lr {lr:.3g}: {train}; validation bpp/PSNR by level: {val}")
             if whole_start is not None and cfg.whole_every and step % cfg.whole_every == 0 and progress() < 1.0:
                 _, bd = check_whole()
                 log(f"step {step}: whole photos " + ("not comparable" if bd is None else f"{bd:+.2f}%")
@@ -340,8 +340,8 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     log(f"done: {step} steps in {seconds:.0f} s")
     if photos:
         bd = whole.get("bd_rate_vs_start")
-        log(f"whole photos ({len(photos)}, est. bpp and PSNR per level): "
-            + json.dumps([(round(v["bpp"], 3), round(v["psnr"], 2)) for v in whole["end"]])
+        log(f"whole photos ({len(photos)}, estimated bpp/PSNR by level): "
+            + " ".join(f"{v['bpp']:.3f}/{v['psnr']:.2f}" for v in whole["end"])
             + ("" if bd is None else f"; BD-rate against the starting weights {bd:+.1f}%"
                + (" (worse: judge with bench/rd.py before shipping)" if bd > 0 else "")))
     if whole_start is None:
