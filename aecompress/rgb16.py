@@ -6,8 +6,8 @@ and takes such pixels from here (libpng through imagecodecs for PNG, tifffile fo
 still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels back here, with the
 metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
 
-Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`).
-TIFF output writes EXIF's first-directory tags (make, model, date, artist, copyright, ...); the
+Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`), and so does a file whose 16 bits
+do not match Pillow's 8 (imageio._deep_pixels checks). TIFF output writes EXIF's first-directory tags (make, model, date, artist, copyright, ...); the
 EXIF and GPS sub-directories (exposure settings, location) are not written.
 """
 
@@ -38,8 +38,10 @@ def is_deep(im: Image.Image) -> bool:
     if im.format not in FORMATS or im.mode not in ("RGB", "RGBA") or not im.tile:
         return False
     if im.format == "TIFF":             # planar files' tiles name one plane ("R"): ask the directory
-        bits = getattr(im, "tag_v2", {}).get(258)
-        return isinstance(bits, tuple) and len(bits) >= 3 and all(b == 16 for b in bits)
+        tags = getattr(im, "tag_v2", {})
+        bits = tags.get(258)
+        return (tags.get(262) == 2 and isinstance(bits, tuple) and len(bits) >= 3    # RGB, 16 bits a sample
+                and all(b == 16 for b in bits))
     args = im.tile[0][3]
     raw = args[0] if isinstance(args, tuple) and args else args
     return isinstance(raw, str) and ";16" in raw
