@@ -356,6 +356,9 @@ def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
     if a.dtype == np.uint16:
         if a.ndim == 2 and mode != "1":
             return Image.fromarray(a)               # 16-bit greyscale stays 16-bit
+        if mode == "L":                             # 16-bit colour to greyscale: 16-bit greyscale (.pgm)
+            y = a[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            return Image.fromarray(np.clip(np.round(y), 0, 65535).astype(np.uint16))
         a = rgb16.narrow(a)
     im = Image.fromarray(np.ascontiguousarray(a))
     if mode and im.mode != mode:

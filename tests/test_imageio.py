@@ -347,7 +347,8 @@ def test_ico_keeps_all_its_sizes(tmp_path):
 def test_pbm_of_greyscale_and_pgm_of_16_bit_colour(tmp_path):
     save_image(tmp_path / "g.pbm", smooth_image(12, 16)[:, :, :1])
     save_image(tmp_path / "c.pgm", smooth_image(12, 16).astype(np.uint16) * 257)
-    assert Image.open(tmp_path / "g.pbm").mode == "1" and Image.open(tmp_path / "c.pgm").mode == "L"
+    assert Image.open(tmp_path / "g.pbm").mode == "1"
+    assert read_image(tmp_path / "c.pgm").bits == 16 and read_image(tmp_path / "c.pgm").mode == "L"
 
 
 def test_keys_that_key_nothing_add_no_alpha(tmp_path):
