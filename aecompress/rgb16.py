@@ -6,9 +6,10 @@ and takes such pixels from here (libpng through imagecodecs for PNG, tifffile fo
 still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels back here, with the
 metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
 
-Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`), and so does a file whose 16 bits
-do not match Pillow's 8 (imageio._deep_pixels checks). TIFF output writes EXIF's first-directory tags (make, model, date, artist, copyright, ...); the
-EXIF and GPS sub-directories (exposure settings, location) are not written.
+Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`), and so does a file whose 16
+bits do not match Pillow's 8 (imageio._deep_pixels checks). TIFF output writes EXIF's
+first-directory tags (make, model, date, artist, copyright, ...) and its EXIF and GPS directories
+(exposure settings, location), appended after the image (`_attach`).
 """
 
 from __future__ import annotations
@@ -162,17 +163,37 @@ def _tifffile():
     return tifffile
 
 
+# EXIF's own and GPS directories: tifffile will not write their pointer tags, so it writes a
+# placeholder tag one below each (nothing else sorts between), which _attach renames and points at the
+# directory appended after the image
+_SUB_IFDS = {34664: (34665, 0x8769), 34852: (34853, 0x8825)}     # placeholder: (pointer tag, EXIF key)
+
+
 def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> io.BytesIO:
+    from PIL import TiffImagePlugin
+
     tifffile = _tifffile()
 
-    tags, text = [], {}
+    text: dict = {}
+    subs: dict = {}
     if exif:
         ex = Image.Exif()
         ex.load(exif)
         text = {tag: ex[tag] for tag in _TIFF_TEXT_TAGS if isinstance(ex.get(tag), str) and ex[tag].isascii()}
+        for placeholder, (tag, key) in _SUB_IFDS.items():
+            try:
+                ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II", group=tag)
+                for k, v in ex.get_ifd(key).items():
+                    ifd[k] = v
+                if len(ifd):
+                    ifd.tobytes(0)                  # a directory Pillow cannot write is left out
+                    subs[placeholder] = (tag, ifd)
+            except Exception:  # noqa: BLE001 - odd EXIF values: that directory is not kept
+                continue
     # tifffile writes these three itself (its own name as the software unless told otherwise)
     named = {"description": text.pop(270, None), "software": text.pop(305, False), "datetime": text.pop(306, None)}
     tags = [(tag, "s", 0, value, True) for tag, value in text.items()]
+    tags += [(placeholder, "I", 1, 0, True) for placeholder in subs]
     if source.get("xmp"):
         xmp = source["xmp"] if isinstance(source["xmp"], bytes) else str(source["xmp"]).encode()
         tags.append((700, "B", len(xmp), xmp, True))
@@ -183,5 +204,32 @@ def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) ->
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.ascontiguousarray(a), photometric="rgb", planarconfig="contig",
                      extrasamples=("unassalpha",) if a.shape[2] == 4 else None, compression=compression,
-                     iccprofile=icc or None, extratags=tags, metadata=None, **named, **kwargs)
+                     iccprofile=icc or None, extratags=tags, metadata=None, byteorder="<", bigtiff=False,
+                     **named, **kwargs)
+    if subs:
+        _attach(buf, subs)
     return buf
+
+
+def _attach(buf: io.BytesIO, subs: dict) -> None:
+    """Append each directory to the little-endian TIFF in buf and turn its placeholder entry in the
+    first directory into the pointer to it (a LONG offset, as EXIF writers do)."""
+    view = buf.getbuffer()
+    first = struct.unpack_from("<I", view, 4)[0]
+    entries = {}
+    for i in range(struct.unpack_from("<H", view, first)[0]):
+        at = first + 2 + 12 * i
+        code = struct.unpack_from("<H", view, at)[0]
+        if code in subs:
+            entries[code] = at
+    del view                                            # the buffer grows below
+    for placeholder, at in entries.items():
+        tag, ifd = subs[placeholder]
+        buf.seek(0, io.SEEK_END)
+        if buf.tell() % 2:
+            buf.write(b"\0")                           # directories start on a word boundary
+        pos = buf.tell()
+        buf.write(ifd.tobytes(pos))
+        buf.seek(at)
+        buf.write(struct.pack("<HHII", tag, 4, 1, pos))
+    buf.seek(0)

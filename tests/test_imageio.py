@@ -446,3 +446,26 @@ def test_odd_tiffs_read_and_rewrite(tmp_path):
     (tmp_path / "r0.tif").write_bytes(bytes(b))
     _rewrite(tmp_path / "r0.tif", tmp_path / "r0-out.tif")
     assert read_image(tmp_path / "r0-out.tif").bits == 16
+
+
+def test_16_bit_tiff_keeps_exif_and_gps_directories(tmp_path):
+    """Exposure settings and location live in EXIF's own directories, which tifffile does not write:
+    they are appended and pointed at, and read back as they were (Pillow and tifffile both read the file)."""
+    import tifffile
+    from PIL.TiffImagePlugin import IFDRational
+
+    a = np.random.default_rng(9).integers(0, 65536, (6, 8, 3), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    shot = exif.get_ifd(0x8769)
+    shot[0x829A], shot[0x8827], shot[0x9003] = IFDRational(1, 250), 400, "2024:05:06 07:08:09"
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (IFDRational(48, 1), IFDRational(51, 1), IFDRational(30, 1))
+    save_image(tmp_path / "e.tif", a, exif=exif.tobytes(), format="TIFF", source={"compression": "tiff_lzw"})
+    with Image.open(tmp_path / "e.tif") as im:
+        back = im.getexif()
+        assert back[0x010F] == "TestCam"
+        assert back.get_ifd(0x8769)[0x829A] == IFDRational(1, 250) and back.get_ifd(0x8769)[0x8827] == 400
+        assert back.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
+        assert back.get_ifd(0x8825)[1] == "N" and back.get_ifd(0x8825)[2] == (48, 51, 30)
+    assert np.array_equal(tifffile.imread(tmp_path / "e.tif"), a) and read_image(tmp_path / "e.tif").bits == 16
