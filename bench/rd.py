@@ -62,7 +62,7 @@ def whole_process_seconds(model: str, sample: Path) -> dict:
     `decode` on a 768x512 crop, new processes (bench/speed.py, which also compares models)."""
     from speed import measure, summarise
 
-    s = summarise(measure({"ours": model}, sample, runs=3))["ours"]
+    s = summarise(measure({"ours": (model, None)}, sample, runs=3))["ours"]
     return {"encode_s": s["encode_median_s"], "encode_quiet_s": s["encode_quiet_median_s"],
             "decode_s": s["decode_median_s"], "total_s": s["encode_decode_median_s"],
             "quiet_total_s": s["quiet_encode_decode_median_s"], "size": [768, 512]}
