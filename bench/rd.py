@@ -62,6 +62,8 @@ def whole_process_seconds(model: str, sample: Path) -> dict:
     `decode` on a 768x512 crop, new processes (bench/speed.py, which also compares models)."""
     from speed import measure, summarise
 
+    if Path(model).is_dir():              # measure runs in a temporary folder: a relative path would miss
+        model = str(Path(model).resolve())
     s = summarise(measure({"ours": (model, None)}, sample, runs=3))["ours"]
     return {"encode_s": s["encode_median_s"], "encode_quiet_s": s["encode_quiet_median_s"],
             "decode_s": s["decode_median_s"], "total_s": s["encode_decode_median_s"],
