@@ -21,7 +21,7 @@ from .codec import Analysis, Codec
 from .errors import AecError, ModelError
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
                      write_stdout)
-from .imageio import (Picture, icc_colour_space, image_bytes, read_image, save_image, to_channels8, to_rgb8,
+from .imageio import (Picture, image_bytes, read_image, save_image, srgb_conversion, to_channels8, to_rgb8,
                       to_srgb)
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
@@ -57,13 +57,13 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
                      f"the JPEG's {pic.info['extra_images']} extra images (HDR gain map, depth map, views) are not coded")
     if codec.channels == 1 and pic.mode not in ("L", "LA"):
         notes.append("colour converted to greyscale (the model is greyscale)")
-    if pic.mode in ("RGB", "RGBA") and icc_colour_space(pic.icc) == b"RGB ":
+    if pic.mode in ("RGB", "RGBA") and srgb_conversion(pic.icc):
         # .aez files hold sRGB (they carry no profile): a photo in another RGB space (Display P3,
-        # Adobe RGB) is converted, else it would decode with washed-out or shifted colours
+        # Adobe RGB) is converted, else it would decode with washed-out or shifted colours; an sRGB
+        # profile (most cameras') costs no copy of the pixels
         srgb, profile = to_srgb(to_rgb8(pic), pic.icc)
-        if profile:
-            notes.append(f"colours converted from {profile} to sRGB (.aez files hold sRGB)")
-            pic = Picture(srgb, "RGB", 8)
+        notes.append(f"colours converted from {profile} to sRGB (.aez files hold sRGB)")
+        pic = Picture(srgb, "RGB", 8)
     return to_channels8(pic, codec.channels), notes
 
 

@@ -5,6 +5,7 @@ Pixels travel through the package as numpy arrays of shape (H, W, C), uint8 or u
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import warnings
@@ -317,26 +318,46 @@ def to_rgb8(pic: Picture) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def to_srgb(rgb: np.ndarray, icc: bytes | None) -> tuple[np.ndarray, str | None]:
-    """(H, W, 3) uint8 pixels described by an RGB ICC profile, converted to sRGB (perceptual intent),
-    and the profile's name; the pixels as they are and None when there is no RGB profile, when it
-    is sRGB in effect (216 probe colours move by at most one level), or when it cannot be read."""
-    if icc_colour_space(icc) != b"RGB ":
-        return rgb, None
+@functools.lru_cache(maxsize=8)
+def _srgb_transform(icc: bytes):
+    """(LittleCMS transform to sRGB, profile name) for an RGB ICC profile that is not sRGB in effect
+    (216 probe colours move by more than one level), else None; built once per profile."""
     from PIL import ImageCms
 
     try:
         prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        transform = ImageCms.buildTransform(prof, ImageCms.createProfile("sRGB"), "RGB", "RGB")
+        # NOCACHE: the transform is shared between threads (the GUI's display and coding), and
+        # LittleCMS's one-pixel cache is not thread-safe
+        transform = ImageCms.buildTransform(prof, ImageCms.createProfile("sRGB"), "RGB", "RGB",
+                                            flags=ImageCms.Flags.NOCACHE)
         probe = np.stack(np.meshgrid(*[np.arange(0, 256, 51, dtype=np.uint8)] * 3), axis=-1).reshape(1, -1, 3)
         moved = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform)).astype(np.int16)
-        if np.abs(moved - probe).max() <= 1:
-            return rgb, None
-        name = " ".join((ImageCms.getProfileDescription(prof) or "").split()) or "its ICC profile"
-        out = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
     except Exception:  # noqa: BLE001 - a damaged profile: the numbers as they are
+        return None
+    if np.abs(moved - probe).max() <= 1:
+        return None
+    return transform, " ".join((ImageCms.getProfileDescription(prof) or "").split()) or "its ICC profile"
+
+
+def srgb_conversion(icc: bytes | None) -> str | None:
+    """The name of an RGB ICC profile whose pixels to_srgb would convert; None when it would not."""
+    found = _srgb_transform(bytes(icc)) if icc_colour_space(icc) == b"RGB " else None
+    return found[1] if found else None
+
+
+def to_srgb(rgb: np.ndarray, icc: bytes | None) -> tuple[np.ndarray, str | None]:
+    """(H, W, 3) uint8 pixels described by an RGB ICC profile, converted to sRGB (perceptual intent),
+    and the profile's name; the pixels as they are and None when there is no RGB profile, when it
+    is sRGB in effect, or when it cannot be read."""
+    found = _srgb_transform(bytes(icc)) if icc_colour_space(icc) == b"RGB " else None
+    if found is None:
         return rgb, None
-    return out, name
+    from PIL import ImageCms
+
+    try:
+        return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), found[0])), found[1]
+    except Exception:  # noqa: BLE001
+        return rgb, None
 
 
 def to_channels8(pic: Picture, channels: int) -> np.ndarray:
