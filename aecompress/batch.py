@@ -55,6 +55,12 @@ class JobResult:
     provider: str | None = None
     reference_error: str | None = None     # the output was written, but --reference could not score it
 
+    def as_dict(self) -> dict:
+        """The result as `denoise --json` prints it: `input` and `output` name the files, as in
+        `encode --json`."""
+        d = asdict(self)
+        return {"input": d.pop("src"), "output": d.pop("dst"), **d}
+
 
 @dataclass
 class BatchSummary:
@@ -92,7 +98,7 @@ class BatchSummary:
                 "not_started": self.not_started, "cancelled": self.cancelled, "seconds": round(self.seconds, 3),
                 "mean_psnr": self.mean("psnr"), "mean_ssim": self.mean("ssim"),
                 "mean_psnr_input": self.mean("psnr_input"),
-                "results": [asdict(r) for r in self.results]}
+                "results": [r.as_dict() for r in self.results]}
 
 
 # ---------------------------------------------------------------- planning

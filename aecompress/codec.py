@@ -127,11 +127,11 @@ class Codec:
     # -- geometry -----------------------------------------------------------------------------
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim != 3 or pixels.shape[2] != self.channels:
-            raise AecError(f"model '{self.pkg.name}' takes {self.channels}-channel images")
+            raise ModelError(f"model '{self.pkg.name}' takes {self.channels}-channel images")
         h, w = pixels.shape[:2]
         fixed = self._fixed_size
         if fixed and (h, w) != fixed:
-            raise AecError(f"model '{self.pkg.name}' takes {fixed[1]}x{fixed[0]} images, not {w}x{h}")
+            raise ModelError(f"model '{self.pkg.name}' takes {fixed[1]}x{fixed[0]} images, not {w}x{h}")
         m = self.pad_multiple
         ph, pw = -h % m, -w % m
         if ph or pw:

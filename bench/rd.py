@@ -118,7 +118,8 @@ def plot(result: dict, path: Path) -> None:
         psnr_db = np.array([p["psnr"] for p in curves[c]])
         ssim_db = -10 * np.log10(1 - np.array([p["ms_ssim"] for p in curves[c]]))
         style = dict(lw=2.6, ms=4, zorder=10, color="black") if c == "ours" else dict(lw=1.2, ms=3)
-        label = f"aecompress ({result['model']})" if c == "ours" else c
+        label = (f"aecompress ({result.get('model_name', result['model'])}, id {result['model_id'][:8]})"
+                 if c == "ours" else c)
         axes[0].plot(bpp, psnr_db, "o-", label=label, **style)
         axes[1].plot(bpp, ssim_db, "o-", label=label, **style)
     axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)",
@@ -244,7 +245,7 @@ def main() -> None:
         record(codec.pkg.path, args.folder, files, curves["ours"], bd, proc)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"folder": str(args.folder), "images": [f.name for f in files], "model": args.model,
-              "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+              "model_name": codec.pkg.name, "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
               "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
     (args.out / "rd.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "rd.png")

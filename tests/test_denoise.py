@@ -294,12 +294,13 @@ def test_cli_reference_reports_psnr_ssim(tmp_path, env):
     results, summary = lines[:-1], lines[-1]["summary"]
     assert len(results) == 2 and summary["done"] == 2
     for res in results:
-        rel = Path(res["src"]).relative_to(tmp_path / "noisy")
+        rel = Path(res["input"]).relative_to(tmp_path / "noisy")
+        assert Path(res["output"]) == tmp_path / "out" / rel
         out = np.asarray(Image.open(tmp_path / "out" / rel))
         clean = np.asarray(Image.open(tmp_path / "clean" / rel))
         assert res["psnr"] == pytest.approx(psnr(out, clean), abs=1e-3)
         assert res["ssim"] == pytest.approx(ssim(out, clean), abs=1e-4)
-        assert res["psnr_input"] == pytest.approx(psnr(np.asarray(Image.open(res["src"])), clean), abs=1e-3)
+        assert res["psnr_input"] == pytest.approx(psnr(np.asarray(Image.open(res["input"])), clean), abs=1e-3)
     assert summary["mean_psnr"] == pytest.approx(np.mean([x["psnr"] for x in results]), abs=1e-3)
 
 

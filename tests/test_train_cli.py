@@ -98,8 +98,9 @@ main()
 
     r = no_torch("score", str(out), str(data / "7"), "--json")
     assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == len(list((data / "7").glob("*.png")))
+    assert {Path(row["input"]).parent for row in rows} == {data / "7"}
     errs = [row["mse"] for row in rows]
     assert errs == sorted(errs, reverse=True)
 
@@ -144,6 +145,10 @@ def test_cli_bad_input(trained, tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(big)
     fails("28x28", "score", str(out), str(big))
+    # an image the model cannot take is a model mismatch (exit 4, as documented), in one line
+    r = run("encode", "-m", str(out), str(big), "-o", str(tmp_path / "big.aez"))
+    assert r.returncode == 4 and "takes 28x28 images, not 30x40" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "big.aez").exists()
     # an existing package is replaced only with --force (files made with it need it)
     before = (out / "manifest.json").read_bytes()
     fails("use --force", "train", "dense", "--data", str(data), "--out", str(out), "--steps", "2")

@@ -64,7 +64,6 @@ def denoise(
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors and the summary of failures."),
 ) -> None:
     """Remove noise from photos: blind model, tiled, resumable batches with atomic writes."""
-    from dataclasses import asdict
 
     from ..batch import plan_jobs, run_batch
     from ..denoise import ENSEMBLES
@@ -117,13 +116,13 @@ def denoise(
 
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
-            print(json.dumps(asdict(r)), flush=True)
+            print(json.dumps(r.as_dict()), flush=True)
         if r.reference_error:
             say(f"aecompress: warning: {one_line(r.reference_error)}", err=True)
         if r.status == "failed":
             say(f"aecompress: error: {one_line(r.error)}", err=True)
         elif as_json:
-            print(json.dumps(asdict(r)), flush=True)
+            print(json.dumps(r.as_dict()), flush=True)
         elif not quiet:
             say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
         if bar is not None and started:   # rate and time left are those of real work, skips left out

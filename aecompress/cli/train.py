@@ -471,7 +471,8 @@ def embed_cmd(
 def score_cmd(
     package: str = typer.Argument(..., help="model package (folder or installed name)"),
     images: List[Path] = typer.Argument(..., help="images or folders"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object per image (input, mse, psnr, bytes), "
+                                 "worst first, instead of a table"),
     quality: Optional[float] = typer.Option(None, help="quality 1-100 the images are coded at (default: the best)"),
 ) -> None:
     """Reconstruction error of each image through the codec, worst first (an anomaly score)."""
@@ -486,12 +487,13 @@ def score_cmd(
         a = codec.analyse(px)
         data, st = codec.code(a, position, "L" if codec.channels == 1 else "RGB")
         rec = codec.reconstruct(st, a.height, a.width)
-        rows.append({"path": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)})
+        rows.append({"input": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)})
     rows.sort(key=lambda r: -r["mse"])
-    if as_json:
-        print(json.dumps(rows, indent=1))
+    if as_json:                       # one object a line, as encode --json and denoise --json print
+        for r in rows:
+            print(json.dumps(r))
         return
-    width = max(len(r["path"]) for r in rows)
+    width = max(len(r["input"]) for r in rows)
     print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
     for r in rows:
-        print(f"{r['path']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
+        print(f"{r['input']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
