@@ -182,14 +182,85 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = Non
             pool.shutdown(cancel_futures=True)
 
 
-def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray) -> float | None:
-    """Bjontegaard delta rate of curve 2 against curve 1, in percent (negative: 2 needs fewer bits)."""
-    lr1, lr2 = np.log(r1), np.log(r2)
-    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
-    if hi <= lo or len(r1) < 4 or len(r2) < 4:
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivatives of the monotone piecewise-cubic Hermite interpolant (Fritsch-Carlson, as SciPy's
+    PchipInterpolator chooses them); x strictly increasing, at least 3 points."""
+    h, delta = np.diff(x), np.diff(y) / np.diff(x)
+    d = np.zeros_like(y)
+    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+    same = delta[:-1] * delta[1:] > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d[1:-1] = np.where(same, (w1 + w2) / (w1 / delta[:-1] + w2 / delta[1:]), 0.0)
+
+    def end(h0, h1, m0, m1):
+        e = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+        if np.sign(e) != np.sign(m0):
+            return 0.0
+        if np.sign(m0) != np.sign(m1) and abs(e) > abs(3 * m0):
+            return 3 * m0
+        return e
+
+    d[0] = end(h[0], h[1], delta[0], delta[1])
+    d[-1] = end(h[-1], h[-2], delta[-1], delta[-2])
+    return d
+
+
+def _pchip_mean(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    """Mean over [lo, hi] of the PCHIP interpolant of (x, y), lo and hi within x's range: exact,
+    since Simpson's rule is exact on each cubic piece."""
+    d = _pchip_slopes(x, y)
+    knots = np.unique(np.clip(np.concatenate([[lo, hi], x]), lo, hi))
+    a, b = knots[:-1], knots[1:]
+    k = np.clip(np.searchsorted(x, (a + b) / 2, side="right") - 1, 0, len(x) - 2)   # each piece's interval
+    hk = x[k + 1] - x[k]
+
+    def cubic(t):
+        s = (t - x[k]) / hk
+        return ((2 * s**3 - 3 * s**2 + 1) * y[k] + (s**3 - 2 * s**2 + s) * hk * d[k]
+                + (-2 * s**3 + 3 * s**2) * y[k + 1] + (s**3 - s**2) * hk * d[k + 1])
+
+    area = ((b - a) / 6 * (cubic(a) + 4 * cubic((a + b) / 2) + cubic(b))).sum()
+    return float(area / (hi - lo))
+
+
+MIN_BD_OVERLAP = 1.0     # dB of quality two curves must share for a BD-rate to mean anything
+
+
+def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray, method: str = "cubic",
+            min_overlap: float = MIN_BD_OVERLAP) -> float | None:
+    """Bjontegaard delta rate of curve 2 against curve 1, in percent (negative: 2 needs fewer bits).
+
+    log-rate as a function of quality, averaged over the quality interval both curves cover.
+    method "cubic": one cubic polynomial fitted to each curve (Bjontegaard's VCEG-M33);
+    "pchip": a monotone piecewise-cubic interpolation through the points (the JVET/CompressAI
+    variant, which follows a curve that saturates more faithfully than one cubic). Points with
+    non-finite quality (an exact decode's infinite PSNR) or no rate are left out. None when a
+    curve has too few points or the curves share less than `min_overlap` of quality."""
+    def clean(r, p):
+        r, p = np.asarray(r, np.float64), np.asarray(p, np.float64)
+        keep = np.isfinite(p) & np.isfinite(r) & (r > 0)
+        return np.log(r[keep]), p[keep]
+
+    lr1, p1 = clean(r1, p1)
+    lr2, p2 = clean(r2, p2)
+    if len(p1) < 4 or len(p2) < 4:
         return None
-    f1 = np.polyfit(p1, lr1, 3)
-    f2 = np.polyfit(p2, lr2, 3)
-    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
-    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
-    return float((np.exp((i2 - i1) / (hi - lo)) - 1) * 100)
+    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
+    if hi - lo < min_overlap:
+        return None
+    if method == "cubic":
+        def mean(p, lr):
+            f = np.polyint(np.polyfit(p, lr, 3))
+            return (np.polyval(f, hi) - np.polyval(f, lo)) / (hi - lo)
+    elif method == "pchip":
+        def mean(p, lr):
+            order = np.argsort(p, kind="stable")
+            p, lr = p[order], lr[order]
+            u, first = np.unique(p, return_index=True)          # equal qualities: keep one point
+            if len(u) < 3:
+                return np.nan
+            return _pchip_mean(u, lr[first], lo, hi)
+    else:
+        raise ValueError(f"unknown BD-rate method {method!r}")
+    d = mean(p2, lr2) - mean(p1, lr1)
+    return None if not np.isfinite(d) else float((np.exp(d) - 1) * 100)

@@ -157,7 +157,7 @@ def test_sigma_estimate_in_ballpark(sigma):
 
 
 def test_residual_limit_keeps_clean_images(pkg):
-    from aecompress.denoise import denoise_array, estimate_sigma, limit_residual
+    from aecompress.denoise import RESIDUAL_LIMIT, denoise_array, estimate_sigma, limit_residual
     from aecompress.metrics import psnr
 
     clean = smooth_image(64, 80)
@@ -165,7 +165,7 @@ def test_residual_limit_keeps_clean_images(pkg):
     out = wrecked.astype(np.uint8)
     f = limit_residual(clean, out, estimate_sigma(clean), 255.0)
     rms = np.sqrt(np.mean((clean.astype(float) - out) ** 2))
-    assert f < 0.1 and rms <= max(estimate_sigma(clean), 0.5) + 0.6
+    assert f < 0.1 and rms <= RESIDUAL_LIMIT * max(estimate_sigma(clean), 0.5) + 0.6
     den, info = denoise_array(clean, pkg)
     assert info["residual_scale"] <= 1.0 and psnr(den, clean) > 40
     noisy_in = noisy(clean, 30)

@@ -93,3 +93,39 @@ def test_ms_ssim_can_be_cancelled(pair):
 
     with pytest.raises(KeyboardInterrupt):
         ms_ssim(a, b, check=cancel)
+
+
+@pytest.mark.parametrize("method", ["cubic", "pchip"])
+def test_bd_rate_known_answers(method):
+    from aecompress.metrics import bd_rate
+
+    p = np.linspace(25, 35, 13)
+    r = np.exp((p - 20) / 4) * (1 + 0.02 * np.sin(p))           # a saturating, slightly wavy curve
+    assert bd_rate(r, p, 0.9 * r, p, method) == pytest.approx(-10.0, abs=1e-9)
+    assert bd_rate(r, p, 1.2 * r, p, method) == pytest.approx(20.0, abs=1e-9)
+    assert bd_rate(0.9 * r, p, r, p, method) == pytest.approx(100 / 0.9 - 100, abs=1e-9)
+    # points in any order; an exact decode's infinite PSNR is left out, not a crash
+    order = np.random.default_rng(1).permutation(13)
+    assert bd_rate(r[order], p[order], 0.9 * r, p, method) == pytest.approx(-10.0, abs=1e-9)
+    p_inf = np.r_[p, np.inf]
+    assert bd_rate(np.r_[r, 99.0], p_inf, 0.9 * r, p, method) == pytest.approx(-10.0, abs=1e-9)
+    # too few points, or curves that barely overlap, give no number rather than a wild one
+    assert bd_rate(r, p, r[:3], p[:3], method) is None
+    assert bd_rate(r, p, r, p + 9.5, method) is None
+    assert bd_rate(r, p, r, p + 8.5, method) is not None
+
+
+def test_bd_rate_pchip_follows_scipy():
+    from scipy.interpolate import PchipInterpolator
+
+    from aecompress.metrics import _pchip_mean
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        x = np.unique(rng.uniform(20, 40, rng.integers(3, 14)))
+        if len(x) < 3:
+            continue
+        y = np.cumsum(rng.uniform(-0.2, 1.0, len(x)))           # non-monotone now and then
+        lo, hi = np.sort(rng.uniform(x[0], x[-1], 2))
+        ref = PchipInterpolator(x, y).integrate(lo, hi) / (hi - lo)
+        assert _pchip_mean(x, y, lo, hi) == pytest.approx(ref, abs=1e-9)

@@ -366,7 +366,7 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
                     threads: int | None = None, label: str | None = None) -> dict:
     """PSNR of the exported package on val photos: seeded Gaussian noise, blind, plus clean inputs.
     label names the set in the result (default: the folder)."""
-    from ..denoise import denoise_array
+    from ..denoise import RESIDUAL_LIMIT, denoise_array
     from ..metrics import psnr
     from ..package import load_package
 
@@ -387,7 +387,7 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
         res[f"psnr_noisy_sigma{s}"] = round(float(np.mean(noisy_vals)), 3)
     res["psnr_clean_input"] = round(float(np.mean([psnr(denoise_array(im, pkg)[0], im) for im in vs.images])), 3)
     res["how"] = ("blind, seeded Gaussian noise clipped to 8 bits, full images, aecompress.denoise.denoise_array "
-                  "defaults (tile 512, removed residual limited to 1.0 x estimated sigma)")
+                  f"defaults (tile 512, removed residual limited to {RESIDUAL_LIMIT} x estimated sigma)")
     return res
 
 
