@@ -9,7 +9,9 @@ Run on the device machine from the repository root (see docs/training.md, "Train
 
 It expects what `python bench/gpu_stage.py --pack` wrote here beforehand (ignored by git, carried
 to the device): `.gpu/data` (the training photos as JPEG q92-95 4:4:4, small enough to travel),
-`.gpu/val` (8 validation photos for the codec's whole-photo checks), `.gpu/whl` (the constriction
+`.gpu/val` (8 held-out photos for the codec's whole-photo checks, which pick the checkpoint that
+comes back: BSDS photos of the training folder that the pack leaves out, not the validation photos
+the benchmarks report on, which earlier stages used and so were chosen on), `.gpu/whl` (the constriction
 wheel) and `.gpu/xdev` (.aez files encoded on this machine with the SHA-256 of their decoded pixels).
 Both trainers start from the shipped packages (`--init models/...`) and run side by side on the
 one GPU; the slimmed checkpoints (weights, no optimizer state) come back in OUT and are exported
@@ -57,11 +59,13 @@ def pack(bsds_every: int = 2) -> None:
     for d in (data, val, xdev):
         d.mkdir(parents=True, exist_ok=True)
     n = 0
+    held_out = []
     for p in find_images(SHARED / "train" / "photos"):
         q = 95
         if p.name.startswith("bsds_"):         # half of BSDS at q92: the set must travel in 64 MiB
             n += 1
             if n % bsds_every:
+                held_out.append(p)
                 continue
             q = 92
         with Image.open(p) as im:
@@ -69,8 +73,7 @@ def pack(bsds_every: int = 2) -> None:
             if p.suffix.lower() in (".jpg", ".jpeg"):  # as load_folder(jpeg_downscale=True) does
                 im = im.resize((im.width // 2, im.height // 2), Image.LANCZOS)
             im.save(data / f"{p.stem}.jpg", quality=q, subsampling=0)
-    vals = find_images(SHARED / "val" / "photos")
-    for p in vals[:: max(1, len(vals) // 8)][:8]:          # the photos fit_conv's whole-photo check picks
+    for p in held_out[:: max(1, len(held_out) // 8)][:8]:   # the checkpoint's judges: never trained on here
         with Image.open(p) as im:
             im = im.convert("RGB")
             w, h = (min(s, 768) // 64 * 64 for s in im.size)
@@ -95,7 +98,7 @@ def pack(bsds_every: int = 2) -> None:
                 raise SystemExit(f"{aez.name}: 1 and 2 threads decode differently here")
             expected[aez.name] = shas.pop()
     (xdev / "expected.json").write_text(json.dumps(expected, indent=1))
-    print(f"packed {len(list(data.iterdir()))} training photos, {len(list(val.iterdir()))} validation photos, "
+    print(f"packed {len(list(data.iterdir()))} training photos, {len(list(val.iterdir()))} held-out photos, "
           f"{len(expected)} .aez fixtures")
 
 
