@@ -10,8 +10,9 @@ Run on the device machine from the repository root (see docs/training.md, "Train
 It expects what `python bench/gpu_stage.py --pack` wrote here beforehand (ignored by git, carried
 to the device): `.gpu/data` (the training photos as JPEG q92-95 4:4:4, small enough to travel),
 `.gpu/val` (8 held-out photos for the codec's whole-photo checks, which pick the checkpoint that
-comes back: BSDS photos of the training folder that the pack leaves out, not the validation photos
-the benchmarks report on, which earlier stages used and so were chosen on), `.gpu/whl` (the constriction
+comes back: BSDS photos of the training folder that the pack leaves out, so the GPU stages do not
+train on them (the CPU stages 1-7 did), instead of the validation photos the benchmarks report on,
+which earlier stages were chosen on), `.gpu/whl` (the constriction
 wheel) and `.gpu/xdev` (.aez files encoded on this machine with the SHA-256 of their decoded pixels).
 Both trainers start from the shipped packages (`--init models/...`) and run side by side on the
 one GPU; the slimmed checkpoints (weights, no optimizer state) come back in OUT and are exported
@@ -31,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +59,8 @@ def pack(bsds_every: int = 2) -> None:
 
     data, val, xdev = GPU / "data", GPU / "val", GPU / "xdev"
     for d in (data, val, xdev):
-        d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(d, ignore_errors=True)       # a pack made before must not leave files behind
+        d.mkdir(parents=True)
     n = 0
     held_out = []
     for p in find_images(SHARED / "train" / "photos"):
@@ -73,7 +76,7 @@ def pack(bsds_every: int = 2) -> None:
             if p.suffix.lower() in (".jpg", ".jpeg"):  # as load_folder(jpeg_downscale=True) does
                 im = im.resize((im.width // 2, im.height // 2), Image.LANCZOS)
             im.save(data / f"{p.stem}.jpg", quality=q, subsampling=0)
-    for p in held_out[:: max(1, len(held_out) // 8)][:8]:   # the checkpoint's judges: never trained on here
+    for p in held_out[:: max(1, len(held_out) // 8)][:8]:   # the checkpoint's judges: not in this stage's data
         with Image.open(p) as im:
             im = im.convert("RGB")
             w, h = (min(s, 768) // 64 * 64 for s in im.size)
