@@ -267,6 +267,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 arr, mode, bits = _to_array(im, keyed=not deep)     # a 16-bit key is not Pillow's 8 bits
                 if deep:
                     arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation, planar)
+                    if bits == 16 and mode == "RGB":
+                        arr, mode = _key_as_alpha16(arr, im.info.get("transparency"))
     except AecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -283,6 +285,20 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     if extra:
         info["extra_images"] = extra
     return Picture(arr, mode, bits, fmt, exif_bytes, icc, info, frames)
+
+
+def _key_as_alpha16(arr: np.ndarray, key) -> tuple[np.ndarray, str]:
+    """A 16-bit RGB PNG's colour key (tRNS: three 16-bit samples) as an alpha channel, when it keys
+    any pixel, as the 8-bit reading does (_to_array)."""
+    if not (isinstance(key, tuple) and len(key) == 3):
+        return arr, "RGB"
+    keyed = np.ones(arr.shape[:2], dtype=bool)
+    for c in range(3):
+        keyed &= arr[:, :, c] == key[c]
+    if not keyed.any():
+        return arr, "RGB"
+    alpha = np.where(keyed, np.uint16(0), np.uint16(65535))
+    return np.concatenate([arr, alpha[:, :, None]], axis=2), "RGBA"
 
 
 def _deep_pixels(path: Path, data: bytes | None, fmt: str, arr: np.ndarray, bits: int,

@@ -352,16 +352,27 @@ def test_pbm_of_greyscale_and_pgm_of_16_bit_colour(tmp_path):
 
 
 def test_keys_that_key_nothing_add_no_alpha(tmp_path):
-    """A 16-bit colour key (Pillow compares it with its 8-bit pixels) and a 2-bit greyscale key
-    (Pillow scales the pixels, not the key) key no pixel: no all-opaque alpha channel appears, and
-    the 16-bit file still reads at 16 bits."""
+    """A 16-bit colour key is compared with the 16-bit samples (Pillow would compare it with its
+    8-bit ones and key nothing): the pixels it keys become transparent, at 16 bits; a key that keys
+    no pixel, like a 2-bit greyscale key (Pillow scales the pixels, not the key), adds no all-opaque
+    alpha channel."""
     from aecompress.rgb16 import _chunk
 
     a = np.random.default_rng(5).integers(0, 65536, (6, 8, 3), dtype=np.uint16)
+    a[4, 5] = a[0, 0]
     save_image(tmp_path / "k16.png", a)
     png = (tmp_path / "k16.png").read_bytes()
-    (tmp_path / "k16.png").write_bytes(png[:33] + _chunk(b"tRNS", a[0, 0].astype(">u2").tobytes()) + png[33:])
+    for name, key in (("k16.png", a[0, 0]), ("none16.png", np.array([1, 2, 3], np.uint16))):
+        (tmp_path / name).write_bytes(png[:33] + _chunk(b"tRNS", key.astype(">u2").tobytes()) + png[33:])
     pic = read_image(tmp_path / "k16.png")
+    assert (pic.mode, pic.bits) == ("RGBA", 16) and np.array_equal(pic.pixels[:, :, :3], a)
+    assert sorted(zip(*np.nonzero(pic.pixels[:, :, 3] == 0))) == [(0, 0), (4, 5)]
+    assert np.all(pic.pixels[:, :, 3][pic.pixels[:, :, 3] != 0] == 65535)
+    # written back (as denoise writes it): a 16-bit RGBA PNG with the same transparent pixels
+    save_image(tmp_path / "out16.png", pic.pixels, source=pic.info)
+    back = read_image(tmp_path / "out16.png")
+    assert (back.mode, back.bits) == ("RGBA", 16) and np.array_equal(back.pixels, pic.pixels)
+    pic = read_image(tmp_path / "none16.png")
     assert (pic.mode, pic.bits) == ("RGB", 16) and np.array_equal(pic.pixels, a)
     import struct
     import zlib
