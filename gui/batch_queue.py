@@ -177,8 +177,10 @@ class BatchTab(QWidget):
         self._update_controls()
 
     # -- the list --------------------------------------------------------------------------------
-    def add_paths(self, paths: list[str | Path]) -> None:
+    def add_paths(self, paths: list[str | Path]) -> int:
+        """Queue files (folders and files already queued are left out); returns how many were added."""
         known = {i.path.resolve() for i in self.items}
+        added = 0
         for p in paths:
             p = Path(p)
             if p.is_dir() or p.resolve() in known:
@@ -186,9 +188,15 @@ class BatchTab(QWidget):
             known.add(p.resolve())
             self.items.append(Item(p))
             self._add_row(self.items[-1])
+            added += 1
         self._refresh_actions()
         self._update_controls()
         self.table.setCurrentItem(None)
+        return added
+
+    def waiting_images(self) -> int:
+        """Images (not .aez files) queued and not started: the action selector decides what they become."""
+        return sum(i.status == WAITING and not i.is_aez for i in self.items)
 
     def add_dialog(self) -> None:
         names, _ = QFileDialog.getOpenFileNames(self, "Add files", self.settings.folder("open"),

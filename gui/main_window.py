@@ -295,12 +295,21 @@ class MainWindow(QMainWindow):
         self.settings.set_folder("open", files[0])
         showing = self.tabs.currentWidget()
         if len(files) > 1 or showing is self.batch:
+            note = ""
             if showing in (self.compress, self.denoise) and not self.batch.running:
-                self.batch.action.setCurrentIndex(1 if showing is self.denoise else 0)
-            self.batch.add_paths(files)
+                # the tab a drop lands on picks the action, unless images already waiting in the queue
+                # would silently change with it (the action applies to every waiting image)
+                want = 1 if showing is self.denoise else 0
+                if self.batch.action.currentIndex() != want and self.batch.waiting_images():
+                    note = (f"; the queue already holds images to {self.batch.action.currentText().split()[0].lower()}, "
+                            "and these join them (switch the action on the Batch tab to change all)")
+                else:
+                    self.batch.action.setCurrentIndex(want)
+            n = self.batch.add_paths(files)
             self.tabs.setCurrentWidget(self.batch)
-            n = len(files)
-            self.show_status(f"{n} file{'s' if n != 1 else ''} added to the batch queue: press Start")
+            dup = len(files) - n
+            self.show_status(f"{n} file{'s' if n != 1 else ''} added to the batch queue"
+                             + (f" ({dup} already in it)" if dup else "") + note + ": press Start")
             return
         p = files[0]
         if p.suffix.lower() == ".aez":

@@ -920,8 +920,21 @@ def test_drops_go_to_the_batch_queue_like_the_tab_showing(qtbot, window, crops, 
         assert batch.items[-1].path == p and window.statusBar().currentMessage().startswith("1 file added")
     assert batch.table.item(len(batch.items) - 1, 1).text() == "Decompress"
     assert window.compress.source is None and window.decompress.path is None and not window.work.busy
+    # from Compress while images wait to be denoised: they are not switched behind the user's back
     window.tabs.setCurrentWidget(window.compress)
-    drop(window, crops[:2])                    # from Compress: compressed
+    more = [tmp_path / "more1.png", tmp_path / "more2.png"]
+    for p in more:
+        p.write_bytes(crops[2].read_bytes())
+    drop(window, more + [crops[0]])
+    assert batch.action.currentText() == "Denoise images" and len(batch.items) == len(crops) + 4
+    msg = window.statusBar().currentMessage()
+    assert msg.startswith("2 files added to the batch queue (1 already in it); the queue already holds images to "
+                          "denoise") and msg.endswith("press Start")
+    # with no image waiting, the tab the files are dropped on picks the action again
+    batch.table.selectAll()
+    batch.remove_selected()
+    window.tabs.setCurrentWidget(window.compress)
+    drop(window, more)
     assert batch.action.currentText() == "Compress images"
 
 
