@@ -301,8 +301,7 @@ class MainWindow(QMainWindow):
                 # would silently change with it (the action applies to every waiting image)
                 want = 1 if showing is self.denoise else 0
                 if self.batch.action.currentIndex() != want and self.batch.waiting_images():
-                    note = (f"; the queue already holds images to {self.batch.action.currentText().split()[0].lower()}, "
-                            "and these join them (switch the action on the Batch tab to change all)")
+                    note = f"; the queue {self.batch.action.currentText().split()[0].lower()}s its images"
                 else:
                     self.batch.action.setCurrentIndex(want)
             n = self.batch.add_paths(files)
