@@ -72,6 +72,21 @@ def method_ours_limit(pkg, k: float):
     return run
 
 
+def method_ours_unclipped(pkg):
+    """Our network given the unclipped float noise (the literature's protocol): the image as floats
+    straight into the graph, whole (crops are small), no residual limit. Not something a file can
+    carry, so not a path of `aecompress denoise`; for comparing with published numbers only."""
+    sess = pkg.session("denoise")
+    align = int(pkg.manifest.get("align", 8))
+
+    def run(noisy, sigma):
+        h, w = noisy.shape[:2]
+        x = np.pad(noisy, ((0, -h % align), (0, -w % align), (0, 0)), mode="reflect")
+        y = sess(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255))
+        return np.clip(np.round(y[0].transpose(1, 2, 0)[:h, :w] * 255), 0, 255).astype(np.uint8)
+    return run
+
+
 def method_opencv_nlm():
     import cv2
 
@@ -138,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default="ours,ours_x2,ours_x8,opencv_nlm,skimage_nlm,cbm3d",
                     help="ours_xN: our model with `aecompress denoise --ensemble N`; not run by default: "
                          "ours_limitK, ours with the removed residual limited to K x the estimated sigma, and "
-                         "cbm3d_unclipped, CBM3D given the same noise unclipped (the literature's protocol; "
-                         "an 8-bit file cannot hold it)")
+                         "cbm3d_unclipped and ours_unclipped, CBM3D and our network given the same noise "
+                         "unclipped (the literature's protocol; an 8-bit file cannot hold it)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
                     help="also run another denoiser package (e.g. the previous one: prev=runs/denoise_prev)")
@@ -153,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     pkg = load_package(a.model, device="cpu", threads=a.threads)
     makers = {"ours": lambda: method_ours(pkg), "ours_x2": lambda: method_ours(pkg, 2),
               "ours_x8": lambda: method_ours(pkg, 8), "opencv_nlm": method_opencv_nlm,
-              "skimage_nlm": method_skimage_nlm, "cbm3d": method_cbm3d, "cbm3d_unclipped": method_cbm3d}
+              "skimage_nlm": method_skimage_nlm, "cbm3d": method_cbm3d, "cbm3d_unclipped": method_cbm3d,
+              "ours_unclipped": lambda: method_ours_unclipped(pkg)}
     for name in a.methods.split(","):
         if name.startswith("ours_limit"):
             makers[name] = (lambda k: lambda: method_ours_limit(pkg, k))(float(name[len("ours_limit"):]))
