@@ -182,47 +182,6 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, check: Callable[[], None] | None = Non
             pool.shutdown(cancel_futures=True)
 
 
-def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Derivatives of the monotone piecewise-cubic Hermite interpolant (Fritsch-Carlson, as SciPy's
-    PchipInterpolator chooses them); x strictly increasing, at least 3 points."""
-    h, delta = np.diff(x), np.diff(y) / np.diff(x)
-    d = np.zeros_like(y)
-    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
-    same = delta[:-1] * delta[1:] > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d[1:-1] = np.where(same, (w1 + w2) / (w1 / delta[:-1] + w2 / delta[1:]), 0.0)
-
-    def end(h0, h1, m0, m1):
-        e = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
-        if np.sign(e) != np.sign(m0):
-            return 0.0
-        if np.sign(m0) != np.sign(m1) and abs(e) > abs(3 * m0):
-            return 3 * m0
-        return e
-
-    d[0] = end(h[0], h[1], delta[0], delta[1])
-    d[-1] = end(h[-1], h[-2], delta[-1], delta[-2])
-    return d
-
-
-def _pchip_mean(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
-    """Mean over [lo, hi] of the PCHIP interpolant of (x, y), lo and hi within x's range: exact,
-    since Simpson's rule is exact on each cubic piece."""
-    d = _pchip_slopes(x, y)
-    knots = np.unique(np.clip(np.concatenate([[lo, hi], x]), lo, hi))
-    a, b = knots[:-1], knots[1:]
-    k = np.clip(np.searchsorted(x, (a + b) / 2, side="right") - 1, 0, len(x) - 2)   # each piece's interval
-    hk = x[k + 1] - x[k]
-
-    def cubic(t):
-        s = (t - x[k]) / hk
-        return ((2 * s**3 - 3 * s**2 + 1) * y[k] + (s**3 - 2 * s**2 + s) * hk * d[k]
-                + (-2 * s**3 + 3 * s**2) * y[k + 1] + (s**3 - s**2) * hk * d[k + 1])
-
-    area = ((b - a) / 6 * (cubic(a) + 4 * cubic((a + b) / 2) + cubic(b))).sum()
-    return float(area / (hi - lo))
-
-
 MIN_BD_OVERLAP = 1.0     # dB of quality two curves must share for a BD-rate to mean anything
 
 
@@ -233,7 +192,7 @@ def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray, meth
     log-rate as a function of quality, averaged over the quality interval both curves cover.
     method "cubic": one cubic polynomial fitted to each curve (Bjontegaard's VCEG-M33);
     "pchip": a monotone piecewise-cubic interpolation through the points (the JVET/CompressAI
-    variant, which follows a curve that saturates more faithfully than one cubic). Points with
+    variant, which follows a curve that saturates more faithfully than one cubic; needs SciPy). Points with
     non-finite quality (an exact decode's infinite PSNR) or no rate are left out. None when a
     curve has too few points or the curves share less than `min_overlap` of quality."""
     def clean(r, p):
@@ -253,13 +212,13 @@ def bd_rate(r1: np.ndarray, p1: np.ndarray, r2: np.ndarray, p2: np.ndarray, meth
             f = np.polyint(np.polyfit(p, lr, 3))
             return (np.polyval(f, hi) - np.polyval(f, lo)) / (hi - lo)
     elif method == "pchip":
+        from scipy.interpolate import PchipInterpolator     # benchmarks only (the bench and test extras)
+
         def mean(p, lr):
-            order = np.argsort(p, kind="stable")
-            p, lr = p[order], lr[order]
-            u, first = np.unique(p, return_index=True)          # equal qualities: keep one point
+            u, first = np.unique(p, return_index=True)          # sorted; equal qualities: keep one point
             if len(u) < 3:
                 return np.nan
-            return _pchip_mean(u, lr[first], lo, hi)
+            return PchipInterpolator(u, lr[first]).integrate(lo, hi) / (hi - lo)
     else:
         raise ValueError(f"unknown BD-rate method {method!r}")
     d = mean(p2, lr2) - mean(p1, lr1)
