@@ -53,10 +53,11 @@ class Analysis:
 
 
 class Codec:
-    def __init__(self, pkg: ModelPackage, rdoq_lambda: float | None = None):
+    def __init__(self, pkg: ModelPackage, rdoq_lambda: float | None = None, refine: int = 0):
         """rdoq_lambda: weight of squared latent error against bits in the encoder's rounding
-        (0: plain rounding); by default the package manifest's `encoder.rdoq_lambda`, else 0. An
-        encoder setting: it changes neither the format nor the model id."""
+        (0: plain rounding); by default the package manifest's `encoder.rdoq_lambda`, else 0.
+        refine: steps of encoder-side latent refinement (aecompress.refine; 0: none), for packages
+        with a refinement graph. Encoder settings: they change neither the format nor the model id."""
         if pkg.kind != "codec":
             raise ModelError(f"model '{pkg.name}' is a {pkg.kind}, not a codec")
         self.pkg = pkg
@@ -69,6 +70,8 @@ class Codec:
             self.rdoq_lambda = float(pkg.manifest.get("encoder", {}).get("rdoq_lambda", 0.0)
                                      if rdoq_lambda is None else rdoq_lambda)
             self.ladder = Ladder.from_manifest(pkg.manifest, self.levels)
+            self.refine = max(0, int(refine))
+            self._lambdas = [float(v) for v in pkg.manifest.get("architecture", {}).get("lambdas") or ()]
             m = pkg.manifest
             self.pad_multiple = int(m.get("pad_multiple", 1))
             self._tile_align = int(m.get("pad_multiple", 64))
@@ -163,10 +166,37 @@ class Codec:
             if a.pixels is None:
                 raise AecError("this analysis cannot be rescaled (it does not keep its pixels)")
             sub = self.analyse(downscale(a.pixels, scale), check)
-            a.scaled[scale] = Analysis(sub.y, sub.height, sub.width)
+            a.scaled[scale] = Analysis(sub.y, sub.height, sub.width, sub.pixels)   # pixels: for refinement
         return a.scaled[scale]
 
-    def _quantize(self, a: Analysis, level: float) -> dict:
+    def can_refine(self) -> bool:
+        """Whether this model can refine its latents (a hyperprior package with a refinement graph)."""
+        return (self.kind == "hyperprior" and len(self._lambdas) == self.levels
+                and bool(self.pkg.manifest.get("encoder", {}).get("refine_graph")))
+
+    def _lambda(self, level: float) -> float:
+        """The training lambda of a (fractional) level, interpolated geometrically."""
+        lam = self._lambdas
+        level = min(max(level, 0.0), len(lam) - 1)
+        i = min(int(np.floor(level)), len(lam) - 2) if len(lam) > 1 else 0
+        if len(lam) == 1:
+            return lam[0]
+        f = level - i
+        return float(np.exp((1 - f) * np.log(lam[i]) + f * np.log(lam[i + 1])))
+
+    def _refined(self, a: Analysis, yg: np.ndarray, mean: np.ndarray, log_scale: np.ndarray, level: float,
+                 steps: int, check: Callable[[], None] | None) -> np.ndarray:
+        from . import refine
+
+        graph = self.pkg.encoder_session("refine_graph")
+        target = self._to_input(a.pixels)[0].astype(np.float32) * np.float32(1 / 255)
+        scale = np.exp(np.clip(log_scale, np.log(refine.SCALE_MIN), np.log(refine.SCALE_MAX)))
+        inv = self._gain(level, "log_inv_gain")
+        return refine.refine(graph.run, yg.astype(np.float32), mean, scale, inv, target, a.height, a.width,
+                             self._lambda(level), steps, check=check)
+
+    def _quantize(self, a: Analysis, level: float, refine: int = 0,
+                  check: Callable[[], None] | None = None) -> dict:
         gain = self._gain(level, "log_gain")
         if self.kind == "factorized":
             yg = a.y.astype(np.float64) * gain.reshape((-1,) + (1,) * (a.y.ndim - 1))
@@ -174,7 +204,12 @@ class Codec:
         yg = a.y.astype(np.float64) * gain[:, None, None]
         z = self.pkg.session("hyper_analysis")(yg[None].astype(np.float32))[0]
         z_hat = np.round(z).astype(np.int64)
-        mean, idx = self._entropy_params(z_hat)
+        mean, log_scale = self.hyper(z_hat)
+        idx = np.searchsorted(self._t["log_scale_bounds"], log_scale)
+        if refine > 0 and a.pixels is not None and self.can_refine():
+            # the refinement has made the rounding decisions itself: plain rounding keeps them
+            r = self._refined(a, yg, mean, log_scale, level, refine, check) - mean
+            return {"z": z_hat, "q": np.round(r).astype(np.int64), "mean": mean, "idx": idx}
         q = self._round(yg - mean, idx, self.y_tables)
         return {"z": z_hat, "q": q, "mean": mean, "idx": idx}
 
@@ -209,15 +244,17 @@ class Codec:
         return np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
     def code(self, a: Analysis, position: float, mode: str = "RGB", bits: int = 8,
-             alpha_dropped: bool = False) -> tuple[bytes, dict]:
+             alpha_dropped: bool = False, refine: int | None = None,
+             check: Callable[[], None] | None = None) -> tuple[bytes, dict]:
         """Quantize and entropy-code at a position of the quality scale: (.aez bytes, quantized state).
 
         The position picks the resolution and the quality level (see `span`); the state carries
-        what `reconstruct` needs, including the scale."""
+        what `reconstruct` needs, including the scale. refine: steps of latent refinement (None:
+        the codec's own setting); check: called between refinement steps, may raise to cancel."""
         scale, level = self.ladder.at(position)
         level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
         sub = self.analysis_at(a, scale)
-        st = self._quantize(sub, level)
+        st = self._quantize(sub, level, self.refine if refine is None else refine, check)
         enc = Encoder()
         if self.kind == "hyperprior":
             enc.encode(st["z"], self._channel_index(st["z"].shape), self.z_tables)

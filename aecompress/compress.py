@@ -84,13 +84,13 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
 def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, target_bpp: float | None = None,
                    target_size: int | None = None, target_psnr: float | None = None,
                    analysis: Analysis | None = None, reconstruct: bool = True,
-                   check: Callable[[], None] | None = None) -> Encoded:
+                   check: Callable[[], None] | None = None, refine: int | None = None) -> Encoded:
     """Code a picture at a quality or for a target. analysis: this picture's analysis from an
     earlier call (the GUI keeps it while the user moves the target), else computed here.
     reconstruct=False leaves Encoded.recon None unless the search made it anyway (the synthesis and
     the metrics after it are about a third of a whole `encode` process; only reports and previews
     need them). check, when given, is called between steps (every coding of a search, every tile)
-    and may raise to cancel."""
+    and may raise to cancel. refine: steps of latent refinement (None: the codec's setting)."""
     pixels, notes = coding_input(pic, codec)
     if analysis is None:
         analysis = codec.analyse(pixels, check)
@@ -100,10 +100,20 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         notes.append(f"model {codec.pkg.name} codes at one rate: -q, --bpp, --size and --psnr change nothing")
     ref_px = in_mode(pixels, mode)          # PSNR is measured in the layout the decoder writes
 
-    def run(position: float):
+    steps = codec.refine if refine is None else max(0, int(refine))
+    refining = steps > 0 and codec.can_refine()
+    if steps > 0 and not refining:
+        notes.append(f"model {codec.pkg.name} has no refinement graph: --refine changes nothing")
+    targeted = (target_bpp, target_size, target_psnr) != (None, None, None)
+
+    def run(position: float, refine: bool = not targeted):
+        # a target's search codes the image a dozen times, unrefined; its answer is refined after
         if check is not None:
             check()
-        return codec.code(analysis, position, mode, bits, dropped)
+        return codec.code(analysis, position, mode, bits, dropped, refine=steps if refine else 0, check=check)
+
+    def segment(u: float) -> tuple[float, float]:
+        return next(((lo, hi) for lo, hi in segments if lo <= u <= hi), (0.0, float(top)))
 
     def rebuild(st: dict) -> np.ndarray:
         return codec.reconstruct(st, pic.height, pic.width, check)
@@ -139,6 +149,20 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                 _, data, st, recon = max(scored, key=lambda t: t[0])
                 best = data, st
         data, st = best
+        if refining and len(data) <= limit:
+            # refinement buys quality with a few more bits: refined at the position found, or else
+            # at the position whose unrefined size leaves room for the refinement's growth
+            refined = run(st["position"], True)
+            if len(refined[0]) > limit:
+                room = limit * len(data) / len(refined[0])
+                lo, hi = segment(st["position"])
+                found = _search(lo, st["position"], lambda u: u if len(run(u)[0]) <= room else None)
+                refined = run(found[0], True) if found else refined
+            if len(refined[0]) <= limit:               # kept when it is the better of the two
+                rec_r = rebuild(refined[1])
+                recon = rebuild(st) if recon is None else recon
+                if psnr(ref_px, in_mode(rec_r, mode)) > psnr(ref_px, in_mode(recon, mode)):
+                    (data, st), recon = refined, rec_r
     elif target_psnr is not None:
         def attempt(u: float):
             data, st = run(u)
@@ -157,6 +181,20 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                 candidates.append(found[1] if found else (data, st, rec))
         if candidates:
             data, st, recon = min(candidates, key=lambda c: len(c[0]))
+            if refining:
+                # refinement gains PSNR at a position: refined at the position whose unrefined PSNR
+                # falls short of the target by that gain, the file is smaller (kept only if so)
+                d_r, s_r = run(st["position"], True)
+                gain = psnr(ref_px, in_mode(rebuild(s_r), mode)) - psnr(ref_px, in_mode(recon, mode))
+                lo, hi = segment(st["position"])
+                found = _search(lo, st["position"], lambda u: (u,) if psnr(ref_px, in_mode(rebuild(run(u)[1]), mode))
+                                >= target_psnr - max(gain, 0.0) else None, want_high=False)
+                for u in ([found[0]] if found else []) + [st["position"]]:
+                    d_r, s_r = run(u, True) if u != st["position"] else (d_r, s_r)
+                    r_r = rebuild(s_r)
+                    if psnr(ref_px, in_mode(r_r, mode)) >= target_psnr and len(d_r) < len(data):
+                        data, st, recon = d_r, s_r, r_r
+                        break
         else:
             data, st, recon, _ = attempt(float(top))
             notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")
@@ -371,8 +409,8 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
             "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
 
 
-def open_codec(model: str | None, device: str = "auto", threads: int | None = None) -> Codec:
-    return Codec(load_package(model or DEFAULT_CODEC, device, threads))
+def open_codec(model: str | None, device: str = "auto", threads: int | None = None, refine: int = 0) -> Codec:
+    return Codec(load_package(model or DEFAULT_CODEC, device, threads), refine=refine)
 
 
 def file_info(path: Path, extra: list[ModelPackage] | None = None) -> dict:

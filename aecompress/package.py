@@ -98,6 +98,17 @@ class ModelPackage:
             self._sessions[graph] = open_session(self.path / graphs[graph], self.device, self.threads)
         return self._sessions[graph]
 
+    def encoder_session(self, key: str) -> Session | None:
+        """An encoder-only graph named in the manifest's `encoder` table (e.g. `refine_graph`),
+        opened once; None when the package has none. Such graphs do not take part in the model id:
+        the decoder never runs them."""
+        name = self.manifest.get("encoder", {}).get(key)
+        if not name:
+            return None
+        if key not in self._sessions:
+            self._sessions[key] = open_session(self.path / name, self.device, self.threads)
+        return self._sessions[key]
+
     @property
     def provider(self) -> str:
         """Execution provider of the sessions opened so far (CPUExecutionProvider if none yet)."""
@@ -144,6 +155,9 @@ def manifest_problem(m: dict) -> str | None:
         return "graphs is not a table of graph names to file names"
     if not all(inside(v) for v in graphs.values()):
         return "graph files must lie inside the package folder"
+    enc = m.get("encoder", {})
+    if not isinstance(enc, dict) or ("refine_graph" in enc and not inside(enc["refine_graph"])):
+        return "encoder is not a table, or its refine_graph is not a file name inside the package folder"
     if "tables" in m and not inside(m["tables"]):
         return "tables is not a file name inside the package folder"
     channels = m.get("channels", 3)

@@ -155,6 +155,9 @@ def main() -> None:
     ap.add_argument("--record", action="store_true",
                     help="write the measured curve and BD-rates into the model package's manifest")
     ap.add_argument("--replot", action="store_true", help="only redraw OUT/rd.png from OUT/rd.json")
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="also run the model with `encode --refine STEPS` (ours-refineSTEPS, same analysis), and "
+                         "report its BD-rates against the other codecs too")
     args = ap.parse_args()
     if args.replot:
         plot(json.loads((args.out / "rd.json").read_text()), args.out / "rd.png")
@@ -175,6 +178,9 @@ def main() -> None:
         ours["ours-half"].ladder = half_full
     if codec.rdoq_lambda > 0:
         ours["ours-round"] = Codec(codec.pkg, rdoq_lambda=0.0)   # the same model and ladder, plainly rounded
+    refined = f"ours-refine{args.refine}" if args.refine > 0 else None
+    if refined:
+        ours[refined] = Codec(codec.pkg, refine=args.refine)
     for spec in args.compare:                                     # other packages, each with its own analysis
         name, _, model = spec.partition("=")
         ours[name] = open_codec(model or name, "cpu", args.threads)
@@ -229,21 +235,24 @@ def main() -> None:
     def per_image(c, i, k):
         return np.array([rows[c][q][i][k] for q in settings[c]])
 
-    bd = {}
-    for c in codecs[1:]:
-        bd[c] = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr("ours", "bpp"), arr("ours", "psnr")),
-                 "psnr_pchip": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr("ours", "bpp"), arr("ours", "psnr"),
-                                       method="pchip"),
-                 "psnr_interval_db": [round(max(arr(c, "psnr").min(), arr("ours", "psnr").min()), 2),
-                                      round(min(arr(c, "psnr").max(), arr("ours", "psnr").max()), 2)],
-                 "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
-                                       arr("ours", "bpp"), -10 * np.log10(1 - arr("ours", "ms_ssim")))}
-        each = [bd_rate(per_image(c, i, "bpp"), per_image(c, i, "psnr"), per_image("ours", i, "bpp"),
-                        per_image("ours", i, "psnr")) for i in range(len(files))]
-        got = [v for v in each if v is not None]
-        bd[c]["psnr_per_image"] = {"mean": float(np.mean(got)), "median": float(np.median(got)),
-                                   "min": float(np.min(got)), "max": float(np.max(got)),
-                                   "images": len(got), "left_out": len(each) - len(got)} if got else None
+    def bd_of(me: str, c: str) -> dict:
+        """BD-rates of codec `me` against codec c."""
+        v = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr")),
+             "psnr_pchip": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr"), method="pchip"),
+             "psnr_interval_db": [round(max(arr(c, "psnr").min(), arr(me, "psnr").min()), 2),
+                                  round(min(arr(c, "psnr").max(), arr(me, "psnr").max()), 2)],
+             "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
+                                   arr(me, "bpp"), -10 * np.log10(1 - arr(me, "ms_ssim")))}
+        each = [bd_rate(per_image(c, i, "bpp"), per_image(c, i, "psnr"), per_image(me, i, "bpp"),
+                        per_image(me, i, "psnr")) for i in range(len(files))]
+        got = [x for x in each if x is not None]
+        v["psnr_per_image"] = {"mean": float(np.mean(got)), "median": float(np.median(got)),
+                               "min": float(np.min(got)), "max": float(np.max(got)),
+                               "images": len(got), "left_out": len(each) - len(got)} if got else None
+        return v
+
+    bd = {c: bd_of("ours", c) for c in codecs[1:]}
+    bd_refined = {c: bd_of(refined, c) for c in codecs if c not in ("ours", refined)} if refined else None
     timing = {c: {k: float(np.mean(v)) for k, v in times[c].items()} for c in codecs}
     proc = whole_process_seconds(args.model, files[0])
 
@@ -255,13 +264,20 @@ def main() -> None:
     print("\nBD-rate of ours against (negative = ours needs fewer bits at equal quality), averaged curves;"
           "\nPCHIP: piecewise-cubic interpolation instead of one cubic; per image: mean / median (min to max):")
     fmt = lambda x: "n/a" if x is None else f"{x:+.1f}%"  # noqa: E731
-    for c, v in bd.items():
-        lo, hi = v["psnr_interval_db"]
-        e = v["psnr_per_image"]
-        each = "n/a" if e is None else (f"{fmt(e['mean'])} / {fmt(e['median'])} ({fmt(e['min'])} to {fmt(e['max'])}"
-                                        + (f", {e['left_out']} left out" if e["left_out"] else "") + ")")
-        print(f"  {c:10}  PSNR {fmt(v['psnr'])} over {lo:.2f}-{hi:.2f} dB, PCHIP {fmt(v['psnr_pchip'])}, "
-              f"per image {each};  MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
+
+    def show(table: dict) -> None:
+        for c, v in table.items():
+            lo, hi = v["psnr_interval_db"]
+            e = v["psnr_per_image"]
+            each = "n/a" if e is None else (f"{fmt(e['mean'])} / {fmt(e['median'])} ({fmt(e['min'])} to {fmt(e['max'])}"
+                                            + (f", {e['left_out']} left out" if e["left_out"] else "") + ")")
+            print(f"  {c:10}  PSNR {fmt(v['psnr'])} over {lo:.2f}-{hi:.2f} dB, PCHIP {fmt(v['psnr_pchip'])}, "
+                  f"per image {each};  MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
+
+    show(bd)
+    if bd_refined:
+        print(f"\nBD-rate of {refined} (encode --refine {args.refine}) against:")
+        show(bd_refined)
     print("\nmean seconds per image (in-process):")
     for c, v in timing.items():
         print(f"  {c:10}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
@@ -275,6 +291,8 @@ def main() -> None:
     result = {"folder": str(args.folder), "images": [f.name for f in files], "model": args.model,
               "model_name": codec.pkg.name, "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
               "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
+    if refined:
+        result.update(refine_steps=args.refine, refined=refined, bd_rate_of_refined_vs=bd_refined)
     (args.out / "rd.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "rd.png")
     print(f"wrote {args.out / 'rd.json'} and, with matplotlib, {args.out / 'rd.png'}")

@@ -68,6 +68,10 @@ def _rate_words(o: dict) -> str:
     return f"at quality {value:g}"
 
 
+def _refine_words(o: dict) -> str:
+    return f", refined in {o['refine']} steps" if o.get("refine") else ""
+
+
 def _rate_arguments(o: dict) -> dict:
     """encode_file's arguments for the rate set in the Compress tab, as `aecompress encode` takes
     -q, --bpp or --size."""
@@ -245,7 +249,7 @@ class BatchTab(QWidget):
         for r, item in enumerate(self.items):
             self.table.item(r, 1).setText(self._action(item).capitalize())
         o = self.options()
-        self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d {_rate_words(o)}; "
+        self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d {_rate_words(o)}{_refine_words(o)}; "
                                    f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d"
                                    + (f" averaged over {o['ensemble']} runs" if o.get("ensemble", 1) > 1 else "")
                                    + " (set in those tabs), with the noise level found in each image and at "
@@ -368,7 +372,7 @@ class BatchTab(QWidget):
                     try:
                         if action == "compress":
                             if codec is None:
-                                codec = open_codec(o["codec_key"], device, threads)
+                                codec = open_codec(o["codec_key"], device, threads, o.get("refine", 0))
                             r = encode_file(src, out, codec, force=True, check=token.check, **_rate_arguments(o))
                             msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")

@@ -189,7 +189,17 @@ class CompressTab(QWidget):
         self.rate_mode.currentIndexChanged.connect(self._rate_changed)
         self.estimate = QLabel("", self)
         self.estimate.setObjectName("estimate")
-        side.add(group("Quality", self.rate_mode, self.rate_stack, self.estimate))
+        self.refine = QSpinBox(self)
+        self.refine.setRange(0, 200)
+        self.refine.setSingleStep(10)
+        self.refine.setSpecialValueText("off")
+        self.refine.setPrefix("refine ")
+        self.refine.setSuffix(" steps")
+        self.refine.setValue(settings.refine)
+        self.refine.setToolTip("Slower, smaller files: optimise the latent for this image (encode --refine). "
+                               "50 steps take about 20 s for a 768\u00d7512 photo on 2 cores; files decode as usual.")
+        self.refine.valueChanged.connect(self._rate_changed)
+        side.add(group("Quality", self.rate_mode, self.rate_stack, self.refine, self.estimate))
 
         self.grid = ResultGrid([("size", "File size"), ("bpp", "Bits per pixel"), ("ratio", "Compression"),
                                 ("psnr", "PSNR"), ("msssim", "MS-SSIM"), ("quality", "Quality"),
@@ -287,6 +297,7 @@ class CompressTab(QWidget):
         s = self.settings
         s.rate_mode, s.quality, s.target_bpp, s.target_kb = (self.rate_mode.currentIndex(), self.quality.value(),
                                                              self.bpp.value(), self.size_kb.value())
+        s.refine = self.refine.value()
         if self.prepared is not None:
             self._set_stale()
             if self._enc_job is not None:     # its result would be for the value before
@@ -322,6 +333,7 @@ class CompressTab(QWidget):
             self._enc_job.cancel()
         self._set_stale()
         mode, value = self.rate()
+        steps = self.refine.value()
 
         def job(token, emit):
             codec, pic = p.codec, p.picture
@@ -329,7 +341,7 @@ class CompressTab(QWidget):
             notes = list(p.notes)
             if mode == "quality":
                 data, st = codec.code(p.analysis, codec.quality_to_position(value), pic.mode, pic.bits,
-                                      pic.has_alpha)
+                                      pic.has_alpha, refine=steps, check=token.check)
                 t_enc = p.seconds + time.perf_counter() - t0
                 emit(("estimate", len(data)))
                 token.check()
@@ -340,7 +352,7 @@ class CompressTab(QWidget):
             else:
                 enc = encode_picture(pic, codec, target_bpp=value if mode == "bpp" else None,
                                      target_size=int(value) if mode == "size" else None, analysis=p.analysis,
-                                     check=token.check)
+                                     check=token.check, refine=steps)
                 data, recon, position, notes, scale = enc.data, enc.recon, enc.position, enc.notes, enc.scale
                 t_enc, t_dec = p.seconds + time.perf_counter() - t0, 0.0
             if scale != 1:
@@ -355,7 +367,8 @@ class CompressTab(QWidget):
             token.check()
             return replace(res, ms_ssim=ms_ssim(ref_m, rec_m, token.check))
 
-        self._set_busy("Compressing\u2026" if mode == "quality" else "Searching for the target\u2026")
+        self._set_busy(("Compressing" if mode == "quality" else "Searching for the target")
+                       + (f" and refining ({steps} steps)" if steps and p.codec.can_refine() else "") + "\u2026")
         self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,
                                          error=self._failed, cancelled=lambda: None)
 

@@ -219,6 +219,7 @@ class MainWindow(QMainWindow):
     def _batch_options(self) -> dict:
         return {"codec": self.compress.model.currentText(), "codec_key": self.compress.model.key() or "photo",
                 "quality": self.compress.quality.value(), "rate": self.compress.rate(),
+                "refine": self.compress.refine.value(),
                 "denoiser": self.denoise.model.key(),
                 "ensemble": self.denoise.ensemble.currentData(),
                 "denoiser_label": self.denoise.model.currentText() if self.denoise.model.key() else ""}

@@ -92,6 +92,8 @@ class Settings:
                          doc="0: quality, 1: target bits per pixel, 2: target file size.")
     target_bpp = _Setting("compress/target_bpp", 0.5, float, lo=0.01, hi=24.0)
     target_kb = _Setting("compress/target_kb", 20.0, float, lo=0.1, hi=1_000_000.0)
+    refine = _Setting("compress/refine", 0, int, lo=0, hi=200,
+                      doc="Steps of encoder-side latent refinement (encode --refine); 0: off.")
     extra_models = _Setting("models/extra", [], list, doc='Package folders the user added with "Add model folder...".')
 
     # runtime

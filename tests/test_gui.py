@@ -1132,3 +1132,29 @@ def test_batch_cancel_stops_a_target_search_within_the_file(qtbot, window, crops
     qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
     assert [it.status for it in tab.items] == [CANCELLED]
     assert not (tmp_path / "out" / crops[0].with_suffix(".aez").name).exists()
+
+
+def test_refinement_set_in_the_compress_tab_codes_the_preview_and_the_batch(qtbot, window, crops, tmp_path, shots):
+    """The Compress tab's refine steps (encode --refine) code what it shows, persist, and the batch
+    queue compresses with them as the CLI does."""
+    tab = window.compress
+    tab.open_path(crops[1])
+    plain = wait_result(qtbot, tab)
+    tab.refine.setValue(20)
+    refined = wait_result(qtbot, tab, plain)
+    assert window.settings.refine == 20
+    codec = open_codec("photo", "cpu", 2)
+    pic = read_image(crops[1])
+    want, _ = codec.code(codec.analyse(pic.pixels), refined.position, pic.mode, pic.bits, pic.has_alpha, refine=20)
+    assert refined.data == want != plain.data
+    shots(window, "compress-refine")
+    drop(window, crops[2:4])
+    batch = window.batch
+    assert "refined in 20 steps" in batch.settings_note.text()
+    batch.out_edit.setText(str(tmp_path / "out"))
+    batch.start()
+    qtbot.waitUntil(lambda: not batch.running, timeout=WAIT)
+    assert [it.status for it in batch.items] == [DONE, DONE]
+    for crop in crops[2:4]:
+        got = (tmp_path / "out" / crop.with_suffix(".aez").name).read_bytes()
+        assert got == encode_picture(read_image(crop), open_codec("photo", "cpu", 2, refine=20), quality=75).data

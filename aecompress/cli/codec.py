@@ -74,6 +74,10 @@ def encode(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (and skip the reconstruction "
                                                       "that PSNR and MS-SSIM need)."),
+    refine: int = typer.Option(0, "--refine", min=0, max=1000, metavar="STEPS",
+                               help="Slower, smaller files: optimise the latent for this image in STEPS "
+                                    "gradient steps (30 is a good choice; about 0.4 s each for a 768x512 "
+                                    "photo on 2 cores). Files decode as usual."),
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
     from ..compress import encode_file, open_codec, plan_outputs
@@ -86,7 +90,8 @@ def encode(
         if value is not None and not math.isfinite(value):
             raise AecError(f"{flag} must be a finite number, not {value}")
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
-    codec = open_codec(model, device, threads)
+    codec = open_codec(model, device, threads, refine)
+
     def one(job: tuple[Path, Path | None, str | None]) -> dict:
         path, out, error = job
         if error:

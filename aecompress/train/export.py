@@ -253,6 +253,9 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
         y = codec.g_a(ex)
         export_onnx(codec.h_a, y, tmp / "hyper_analysis.onnx")
         export_onnx(_Synthesis(codec.g_s), y, tmp / "synthesis.onnx")
+        from .refine import export_refine              # encode --refine's gradient graph (encoder only)
+
+        export_refine(codec.g_s, tmp / "refine.onnx", codec.config["m"], ch)
         calib_z = []
         with torch.no_grad():
             for im in calib:
@@ -287,7 +290,7 @@ def export_conv_codec(codec: HyperpriorCodec, out: Path, name: str, calib: list[
             "tables": "tables.npz", "downsample": 16, "pad_multiple": 64,
             "latent_channels": codec.config["m"], "levels": codec.levels,
             "overlap": {"analysis": 64, "synthesis": 4},
-            "encoder": {"rdoq_lambda": RDOQ_LAMBDA},
+            "encoder": {"rdoq_lambda": RDOQ_LAMBDA, "refine_graph": "refine.onnx"},
             "architecture": codec.config,
             "description": description, "training": training, "measured": measured or {},
         }

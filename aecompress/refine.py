@@ -1,0 +1,101 @@
+"""Encoder-side refinement of a latent: fewer bits and less error for the same decoder.
+
+The analysis transform predicts a latent in one pass; the latent that minimises the coded file's
+rate-distortion cost for *this* image is usually nearby. `aecompress encode --refine N` searches
+for it with N steps of stochastic Gumbel annealing (SGA; Yang, Bamler and Mandt 2020, "Improving
+inference for neural image compression"): each latent value is a random soft choice between the
+integers below and above it (relative to its predicted mean), sharpening to a hard choice as a
+temperature falls, and Adam follows the gradient of
+
+    bits(y) / pixels + lambda * 255^2 * mse(synthesis(y), image)
+
+with the level's training lambda. Rate and distortion and their gradients come from the model
+package's refinement graph (aecompress/train/refine.py writes it; the runtime has no autograd).
+The hyper-latent z, and with it every mean and scale, stays as the encoder first computed it, and
+the result is rounded to integers as usual, so the file format and the decoder are unchanged and
+decoding stays exact on every machine.
+
+Large latents are refined in tiles (each with a margin of context that is read but not changed)
+so that memory stays bounded; the noise comes from a fixed seed, so an encode is repeatable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+SCALE_MIN, SCALE_MAX = 0.11, 256.0     # the Gaussian tables' range of scales (train/conv.py)
+TILE = 64            # latent cells (1024 pixels) per tile side
+MARGIN = 4           # latent cells of context around a tile
+LEARNING_RATE = 0.01
+TAU_START, TAU_DECAY, TAU_MIN = 0.5, 5.0, 1e-3
+_EPS = 1e-5
+
+
+def temperature(step: int, steps: int) -> float:
+    """The annealing temperature at a step: 0.5 falling exponentially to about 0.003 at the end."""
+    return max(TAU_START * float(np.exp(-TAU_DECAY * step / max(steps, 1))), TAU_MIN)
+
+
+def _soft_round(v: np.ndarray, tau: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SGA's soft rounding of v: floor(v) + w, w in (0, 1) the Gumbel-softmax weight of the upper
+    integer; returns (soft value, d soft / d v)."""
+    f = np.floor(v)
+    d = v - f                                               # distance to the lower integer, [0, 1)
+    dl = np.clip(d, -1 + _EPS, 1 - _EPS)
+    du = np.clip(1 - d, -1 + _EPS, 1 - _EPS)
+    g = rng.gumbel(size=(2,) + v.shape).astype(v.dtype)
+    s = (np.arctanh(dl) - np.arctanh(du)) / tau + g[1] - g[0]   # logit(upper) - logit(lower)
+    w = 1.0 / (1.0 + np.exp(-np.clip(s, -60, 60)))
+    ds_dv = (1.0 / (1.0 - dl * dl) * (np.abs(d) < 1 - _EPS) + 1.0 / (1.0 - du * du) * (np.abs(1 - d) < 1 - _EPS)) / tau
+    return f + w, w * (1.0 - w) * ds_dv
+
+
+def refine(graph: Callable[..., list[np.ndarray]], y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+           inv_gain: np.ndarray, target: np.ndarray, height: int, width: int, lam: float, steps: int,
+           seed: int = 0, check: Callable[[], None] | None = None) -> np.ndarray:
+    """The refined latent (M, h, w) for y (M, h, w), gained, whose integers relative to `mean` are
+    to be coded with Gaussians of `scale`. target: (C, 16h, 16w) float32 in [0, 1], the image the
+    synthesis should produce; only its first height x width pixels count (the rest is padding).
+    graph(y, mean, scale, inv_gain, target, mask) -> [bits, sse, grad_bits, grad_sse] (the package's
+    refinement graph). check is called every step and may raise to cancel."""
+    m, h, w = y.shape
+    out = y.astype(np.float32).copy()
+    if steps <= 0:
+        return out
+    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
+    ig = inv_gain.astype(np.float32).reshape(1, m, 1, 1)
+    pixels = max(1, height * width)
+    dist = np.float32(lam * 255.0 ** 2 / (target.shape[0] * pixels))
+    rate = np.float32(1.0 / pixels)
+    rng = np.random.default_rng(seed)
+    for r0 in range(0, h, TILE):
+        for c0 in range(0, w, TILE):
+            r1, c1 = min(h, r0 + TILE), min(w, c0 + TILE)
+            a0, a1, b0, b1 = max(0, r0 - MARGIN), min(h, r1 + MARGIN), max(0, c0 - MARGIN), min(w, c1 + MARGIN)
+            core = (slice(None), slice(r0 - a0, r1 - a0), slice(c0 - b0, c1 - b0))
+            win = (slice(None), slice(a0, a1), slice(b0, b1))
+            yt, mt, st = out[win].copy(), mean[win], scale[win]
+            tgt = np.ascontiguousarray(target[:, 16 * a0:16 * a1, 16 * b0:16 * b1], dtype=np.float32)
+            mask = np.zeros((1, 1) + tgt.shape[1:], np.float32)
+            mask[0, 0, 16 * (r0 - a0):16 * (r1 - a0), 16 * (c0 - b0):16 * (c1 - b0)] = 1
+            mask[0, 0, max(0, height - 16 * a0):, :] = 0
+            mask[0, 0, :, max(0, width - 16 * b0):] = 0
+            frozen = np.ones(yt.shape, bool)
+            frozen[core] = False
+            mom, vel = np.zeros_like(yt), np.zeros_like(yt)
+            b1_, b2_ = 0.9, 0.999
+            for t in range(steps):
+                if check is not None:
+                    check()
+                soft, dsoft = _soft_round(yt - mt, temperature(t, steps), rng)
+                _, _, gb, gs = graph((mt + soft)[None], mt[None], st[None], ig, tgt[None], mask)
+                g = (rate * gb[0] + dist * gs[0]) * dsoft
+                g[frozen] = 0
+                mom = b1_ * mom + (1 - b1_) * g
+                vel = b2_ * vel + (1 - b2_) * g * g
+                mh, vh = mom / (1 - b1_ ** (t + 1)), vel / (1 - b2_ ** (t + 1))
+                yt -= np.float32(LEARNING_RATE) * mh / (np.sqrt(vh) + np.float32(1e-8))
+            out[:, r0:r1, c0:c1] = yt[core]
+    return out
