@@ -169,10 +169,21 @@ class Codec:
             a.scaled[scale] = Analysis(sub.y, sub.height, sub.width, sub.pixels)   # pixels: for refinement
         return a.scaled[scale]
 
+    def refine_problem(self) -> str | None:
+        """Why this model cannot refine its latents (encode --refine), or None when it can."""
+        if self.kind != "hyperprior":
+            return f"model {self.pkg.name} is a {self.kind} codec; --refine works with hyperprior codecs"
+        name = self.pkg.manifest.get("encoder", {}).get("refine_graph")
+        if not name:
+            return f"model {self.pkg.name} has no refinement graph (python -m aecompress.train.refine adds one)"
+        if not (self.pkg.path / name).is_file():
+            return f"model {self.pkg.name}: its refinement graph {name} is missing"
+        if len(self._lambdas) != self.levels or "log_inv_gain" not in self._t:
+            return f"model {self.pkg.name} records no training lambda per level, which --refine needs"
+        return None
+
     def can_refine(self) -> bool:
-        """Whether this model can refine its latents (a hyperprior package with a refinement graph)."""
-        return (self.kind == "hyperprior" and len(self._lambdas) == self.levels
-                and bool(self.pkg.manifest.get("encoder", {}).get("refine_graph")))
+        return self.refine_problem() is None
 
     def _lambda(self, level: float) -> float:
         """The training lambda of a (fractional) level, interpolated geometrically."""
@@ -189,7 +200,7 @@ class Codec:
         from . import refine
 
         graph = self.pkg.encoder_session("refine_graph")
-        target = self._to_input(a.pixels)[0].astype(np.float32) * np.float32(1 / 255)
+        target = self._to_input(a.pixels)[0]                    # uint8: converted tile by tile
         scale = np.exp(np.clip(log_scale, np.log(refine.SCALE_MIN), np.log(refine.SCALE_MAX)))
         inv = self._gain(level, "log_inv_gain")
         return refine.refine(graph.run, yg.astype(np.float32), mean, scale, inv, target, a.height, a.width,

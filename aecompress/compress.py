@@ -103,7 +103,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     steps = codec.refine if refine is None else max(0, int(refine))
     refining = steps > 0 and codec.can_refine()
     if steps > 0 and not refining:
-        notes.append(f"model {codec.pkg.name} has no refinement graph: --refine changes nothing")
+        notes.append(f"{codec.refine_problem()}: --refine changes nothing")
     targeted = (target_bpp, target_size, target_psnr) != (None, None, None)
 
     def run(position: float, refine: bool = not targeted):
@@ -184,14 +184,16 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
             if refining:
                 # refinement gains PSNR at a position: refined at the position whose unrefined PSNR
                 # falls short of the target by that gain, the file is smaller (kept only if so)
-                d_r, s_r = run(st["position"], True)
-                gain = psnr(ref_px, in_mode(rebuild(s_r), mode)) - psnr(ref_px, in_mode(recon, mode))
+                d_p, s_p = run(st["position"], True)
+                r_p = rebuild(s_p)
+                gain = psnr(ref_px, in_mode(r_p, mode)) - psnr(ref_px, in_mode(recon, mode))
                 lo, hi = segment(st["position"])
                 found = _search(lo, st["position"], lambda u: (u,) if psnr(ref_px, in_mode(rebuild(run(u)[1]), mode))
                                 >= target_psnr - max(gain, 0.0) else None, want_high=False)
-                for u in ([found[0]] if found else []) + [st["position"]]:
-                    d_r, s_r = run(u, True) if u != st["position"] else (d_r, s_r)
-                    r_r = rebuild(s_r)
+                tries = ([found[0]] if found and found[0] != st["position"] else []) + [st["position"]]
+                for u in tries:
+                    d_r, s_r, r_r = (d_p, s_p, r_p) if u == st["position"] else (*run(u, True), None)
+                    r_r = rebuild(s_r) if r_r is None else r_r
                     if psnr(ref_px, in_mode(r_r, mode)) >= target_psnr and len(d_r) < len(data):
                         data, st, recon = d_r, s_r, r_r
                         break

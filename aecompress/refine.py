@@ -56,8 +56,9 @@ def refine(graph: Callable[..., list[np.ndarray]], y: np.ndarray, mean: np.ndarr
            inv_gain: np.ndarray, target: np.ndarray, height: int, width: int, lam: float, steps: int,
            seed: int = 0, check: Callable[[], None] | None = None) -> np.ndarray:
     """The refined latent (M, h, w) for y (M, h, w), gained, whose integers relative to `mean` are
-    to be coded with Gaussians of `scale`. target: (C, 16h, 16w) float32 in [0, 1], the image the
-    synthesis should produce; only its first height x width pixels count (the rest is padding).
+    to be coded with Gaussians of `scale`. target: (C, 16h, 16w) uint8, the image the synthesis
+    should produce (converted tile by tile); only its first height x width pixels count (the rest
+    is padding).
     graph(y, mean, scale, inv_gain, target, mask) -> [bits, sse, grad_bits, grad_sse] (the package's
     refinement graph). check is called every step and may raise to cancel."""
     m, h, w = y.shape
@@ -77,9 +78,10 @@ def refine(graph: Callable[..., list[np.ndarray]], y: np.ndarray, mean: np.ndarr
             core = (slice(None), slice(r0 - a0, r1 - a0), slice(c0 - b0, c1 - b0))
             win = (slice(None), slice(a0, a1), slice(b0, b1))
             yt, mt, st = out[win].copy(), mean[win], scale[win]
-            tgt = np.ascontiguousarray(target[:, 16 * a0:16 * a1, 16 * b0:16 * b1], dtype=np.float32)
-            mask = np.zeros((1, 1) + tgt.shape[1:], np.float32)
-            mask[0, 0, 16 * (r0 - a0):16 * (r1 - a0), 16 * (c0 - b0):16 * (c1 - b0)] = 1
+            tgt = target[:, 16 * a0:16 * a1, 16 * b0:16 * b1].astype(np.float32) * np.float32(1 / 255)
+            # the error counts over the whole window: a core cell also shapes pixels a cell or two
+            # into the margin, which the neighbouring tile, holding this one fixed, cannot repair
+            mask = np.ones((1, 1) + tgt.shape[1:], np.float32)
             mask[0, 0, max(0, height - 16 * a0):, :] = 0
             mask[0, 0, :, max(0, width - 16 * b0):] = 0
             frozen = np.ones(yt.shape, bool)

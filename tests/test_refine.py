@@ -73,23 +73,42 @@ def test_refinement_in_tiles_changes_only_what_it_may(monkeypatch):
                         16 * h - 5, 16 * w - 7, 0.01, steps=40)
     assert len(calls) == 40 * 2 * 3                   # 2 x 3 tiles, 40 steps each
     assert max(c[0][2] for c in calls) <= 4 + 2 * refine.MARGIN
+    # the error counts over each tile's window inside the image (91 x 137 pixels), never on padding:
+    # windows of rows 0-6 (91 pixels inside) and of columns 0-8, 0-9, 4-9 (128, 137, 73 pixels)
+    assert sum(c[1] for c in calls[::40]) == 2 * 91 * (128 + 137 + 73)
     assert np.isfinite(out).all()
     assert (np.abs(out) < np.abs(y) - 0.05).mean() > 0.9          # every tile moved towards the mean
 
 
-def test_rate_targets_hold_with_refinement(cat):
+def test_rate_targets_hold_with_refinement(cat, monkeypatch):
+    """A target's search runs unrefined, then its answer is refined: the target still holds, the
+    refined file is kept only when it is the better one, and refinement really ran."""
     pkg = load_package("photo", "cpu", 2)
     pic = Picture(np.ascontiguousarray(cat[:128, :192]), "RGB", 8)
-    plain, refined = Codec(pkg), Codec(pkg, refine=10)
-    limit = 1200
-    e0 = encode_picture(pic, plain, target_size=limit)
-    e1 = encode_picture(pic, refined, target_size=limit)
-    assert len(e1.data) <= limit and len(e0.data) <= limit
-    assert psnr(pic.pixels, e1.recon) >= psnr(pic.pixels, e0.recon) - 0.05
-    target = psnr(pic.pixels, e0.recon)
-    e2 = encode_picture(pic, refined, target_psnr=target)
-    assert psnr(pic.pixels, e2.recon) >= target
-    assert len(e2.data) <= len(encode_picture(pic, plain, target_psnr=target).data)
+    plain, refined = Codec(pkg), Codec(pkg, refine=30)
+    steps = []
+    code = Codec.code
+
+    def spy(self, *a, **k):
+        steps.append(k.get("refine"))
+        return code(self, *a, **k)
+
+    monkeypatch.setattr(Codec, "code", spy)
+    for limit in (1200, 2500):
+        e0 = encode_picture(pic, plain, target_size=limit)
+        steps.clear()
+        e1 = encode_picture(pic, refined, target_size=limit)
+        assert 30 in steps and steps.count(30) <= 2 and steps.count(0) > 5    # searched unrefined, then refined
+        assert len(e1.data) <= limit and len(e0.data) <= limit
+        assert psnr(pic.pixels, e1.recon) >= psnr(pic.pixels, e0.recon)
+    for target in (31.0, 35.0):
+        e0 = encode_picture(pic, plain, target_psnr=target)
+        steps.clear()
+        e2 = encode_picture(pic, refined, target_psnr=target)
+        assert 30 in steps
+        assert psnr(pic.pixels, e2.recon) >= target and len(e2.data) <= len(e0.data)
+        # and what it returns is what the decoder makes of its file
+        assert np.array_equal(decode_bytes(e2.data, pkg)[0], e2.recon)
 
 
 def test_a_model_without_the_graph_encodes_unrefined_and_says_so(tmp_path, crop):
@@ -104,7 +123,12 @@ def test_a_model_without_the_graph_encodes_unrefined_and_says_so(tmp_path, crop)
     enc = encode_picture(Picture(crop, "RGB", 8), Codec(pkg, refine=10), quality=50)
     base = encode_picture(Picture(crop, "RGB", 8), Codec(pkg), quality=50)
     assert enc.data == base.data
-    assert any("refine" in n for n in enc.notes)
+    assert any("no refinement graph" in n for n in enc.notes)
+    m["encoder"]["refine_graph"] = "refine.onnx"          # named, but the file is not there
+    (copy / "manifest.json").write_text(json.dumps(m))
+    enc = encode_picture(Picture(crop, "RGB", 8), Codec(load_package(copy, "cpu", 2), refine=10), quality=50)
+    assert enc.data == base.data
+    assert any("refine.onnx is missing" in n for n in enc.notes)
 
 
 def test_the_cli_refines_and_reports(tmp_path, cat):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -187,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("packages", nargs="+", type=Path)
     args = ap.parse_args(argv)
     for folder in args.packages:
-        path = add_to_package(folder)
+        try:
+            path = add_to_package(folder)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            print(f"refine: {folder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+            return 1
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
