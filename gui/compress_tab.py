@@ -192,7 +192,7 @@ class CompressTab(QWidget):
         self.refine = QSpinBox(self)
         self.refine.setRange(0, 200)
         self.refine.setSingleStep(10)
-        self.refine.setSpecialValueText("off")
+        self.refine.setSpecialValueText("no refinement (fast)")
         self.refine.setPrefix("refine ")
         self.refine.setSuffix(" steps")
         self.refine.setValue(settings.refine)
