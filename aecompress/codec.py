@@ -117,15 +117,19 @@ class Codec:
     def hyper(self) -> IntegerHyperSynthesis:
         return IntegerHyperSynthesis.from_tables(self._t)
 
+    @staticmethod
+    def _at_level(table, level: float):
+        """A per-level table (first axis: levels) linearly interpolated at a fractional level."""
+        level = min(max(level, 0.0), len(table) - 1)
+        i = min(int(np.floor(level)), len(table) - 2) if len(table) > 1 else 0
+        f = level - i
+        return table[i] if len(table) == 1 else (1 - f) * table[i] + f * table[i + 1]
+
     def _gain(self, level: float, name: str) -> np.ndarray:
         g = self._t.get(name)
         if g is None:
             return np.ones(1, dtype=np.float64)
-        level = min(max(level, 0.0), len(g) - 1)
-        i = min(int(np.floor(level)), len(g) - 2) if len(g) > 1 else 0
-        f = level - i
-        lg = g[i] if len(g) == 1 else (1 - f) * g[i] + f * g[i + 1]
-        return np.exp(lg)
+        return np.exp(self._at_level(g, level))
 
     # -- geometry -----------------------------------------------------------------------------
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
@@ -187,13 +191,7 @@ class Codec:
 
     def _lambda(self, level: float) -> float:
         """The training lambda of a (fractional) level, interpolated geometrically."""
-        lam = self._lambdas
-        level = min(max(level, 0.0), len(lam) - 1)
-        i = min(int(np.floor(level)), len(lam) - 2) if len(lam) > 1 else 0
-        if len(lam) == 1:
-            return lam[0]
-        f = level - i
-        return float(np.exp((1 - f) * np.log(lam[i]) + f * np.log(lam[i + 1])))
+        return float(np.exp(self._at_level(np.log(self._lambdas), level)))
 
     def _refined(self, a: Analysis, yg: np.ndarray, mean: np.ndarray, log_scale: np.ndarray, level: float,
                  steps: int, check: Callable[[], None] | None) -> np.ndarray:
@@ -215,8 +213,7 @@ class Codec:
         yg = a.y.astype(np.float64) * gain[:, None, None]
         z = self.pkg.session("hyper_analysis")(yg[None].astype(np.float32))[0]
         z_hat = np.round(z).astype(np.int64)
-        mean, log_scale = self.hyper(z_hat)
-        idx = np.searchsorted(self._t["log_scale_bounds"], log_scale)
+        mean, log_scale, idx = self._entropy_params(z_hat)
         if refine > 0 and a.pixels is not None and self.can_refine():
             # the refinement has made the rounding decisions itself: plain rounding keeps them
             r = self._refined(a, yg, mean, log_scale, level, refine, check) - mean
@@ -246,10 +243,11 @@ class Codec:
             q[c:c + step] = np.where(c1 < c0, q1, q0)
         return q
 
-    def _entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, log-scale and table index of every latent value, from z_hat (exact everywhere)."""
         mean, log_scale = self.hyper(z_hat)
         idx = np.searchsorted(self._t["log_scale_bounds"], log_scale)
-        return mean, idx
+        return mean, log_scale, idx
 
     def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
@@ -328,7 +326,7 @@ class Codec:
             nz = len(self.z_tables)
             zshape = (nz, hp // 64, wp // 64)
             st["z"] = dec.decode(self._channel_index(zshape), self.z_tables)
-            st["mean"], idx = self._entropy_params(st["z"])
+            st["mean"], _, idx = self._entropy_params(st["z"])
             st["q"] = dec.decode(idx, self.y_tables)
         else:
             shape = self._latent_shape
