@@ -82,11 +82,10 @@ def load_folder(root: Path, mode: str = "RGB", jpeg_downscale: bool = False, max
     return out
 
 
-def random_crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(batch, C, size, size) float32 in [0, 1], random position and flips; small images are padded."""
-    c = images[0].shape[2]
-    out = np.empty((batch, c, size, size), dtype=np.float32)
-    for i in range(batch):
+def random_crops_hwc(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, size, size, C) uint8, random position and flips; small images are reflect-padded."""
+    out = []
+    for _ in range(batch):
         im = images[rng.integers(len(images))]
         h, w = im.shape[:2]
         if h < size or w < size:
@@ -99,5 +98,10 @@ def random_crops(images: list[np.ndarray], batch: int, size: int, rng: np.random
             crop = crop[:, ::-1]
         if rng.random() < 0.5:
             crop = crop[::-1]
-        out[i] = crop.transpose(2, 0, 1) / 255.0
-    return out
+        out.append(crop)
+    return np.stack(out)
+
+
+def random_crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, C, size, size) float32 in [0, 1], random position and flips; small images are padded."""
+    return (random_crops_hwc(images, batch, size, rng).transpose(0, 3, 1, 2) / 255.0).astype(np.float32)

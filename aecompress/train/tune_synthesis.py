@@ -37,7 +37,7 @@ from .. import container
 from ..codec import Codec
 from ..errors import AecError
 from ..package import MANIFEST, load_package
-from .data import load_folder
+from .data import load_folder, random_crops_hwc
 from .hardware import describe, machine
 
 HELD_OUT = 8                     # images at the start of --data kept for the progress check
@@ -49,9 +49,9 @@ def encoder_latents(codec: Codec, crops: np.ndarray, levels: np.ndarray) -> np.n
     at its (fractional) level by the shipped encoder (RDOQ rounding, integer hyper-synthesis)."""
     out = []
     for crop, level in zip(crops, levels):
-        a = codec.analyse(crop)
-        st = codec._quantize(a, container.quantize_level(float(level)))
-        st["level"] = container.quantize_level(float(level))
+        level = container.quantize_level(float(level))           # as stored in a file
+        st = codec._quantize(codec.analyse(crop), level)
+        st["level"] = level
         out.append(codec.latent_from_state(st))
     return np.stack(out)
 
@@ -80,25 +80,6 @@ class TunedDecoder(torch.nn.Module):
         f = f[:, None]
         delta = (1 - f) * (self.log_inv_gain[i0] - self.start[i0]) + f * (self.log_inv_gain[i1] - self.start[i1])
         return torch.clamp(self.g_s(y * torch.exp(delta)[:, :, None, None]), 0.0, 1.0)
-
-
-def crops_of(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(batch, size, size, C) uint8 random crops with flips (small images reflect-padded)."""
-    out = []
-    for _ in range(batch):
-        im = images[rng.integers(len(images))]
-        h, w = im.shape[:2]
-        if h < size or w < size:
-            im = np.pad(im, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
-            h, w = im.shape[:2]
-        y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
-        c = im[y:y + size, x:x + size]
-        if rng.random() < 0.5:
-            c = c[:, ::-1]
-        if rng.random() < 0.5:
-            c = c[::-1]
-        out.append(np.ascontiguousarray(c))
-    return np.stack(out)
 
 
 WEIGHTINGS = ("db", "sqrt", "lambda")
@@ -152,7 +133,7 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
     held, train = images[:held_out], images[held_out:]
 
     check_rng = np.random.default_rng(12345)
-    check_x = crops_of(held, 4 * len(CHECK_LEVELS), max(crop, 128), check_rng)
+    check_x = random_crops_hwc(held, 4 * len(CHECK_LEVELS), max(crop, 128), check_rng)
     check_lv = np.repeat(np.array(CHECK_LEVELS), 4)
     check_y = encoder_latents(codec, check_x, check_lv)
     check_t = _level_tensors(codec, check_lv)
@@ -168,7 +149,7 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
         frac = (time.time() - t0) / budget
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        x = crops_of(train, batch, crop, rng)
+        x = random_crops_hwc(train, batch, crop, rng)
         lv = rng.uniform(lo, hi, size=batch)
         y = torch.from_numpy(encoder_latents(codec, x, lv))
         target = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
