@@ -124,6 +124,12 @@ def wait_result(qtbot, tab, previous=None):
     return tab.result
 
 
+def run_batch(qtbot, tab) -> None:
+    """Press the batch queue's Start and wait until the queue has run to its end."""
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+
+
 # -- compress --------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -340,8 +346,7 @@ def test_batch_completes_with_errors_listed_per_file(qtbot, window, crops, tmp_p
     # again, skipping what exists: only the failed file is retried
     (out / "crop1.aez").unlink()
     tab.items[1].status = "Waiting"
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     assert [it.status for it in tab.items] == [DONE, DONE, FAILED, DONE]
     assert (out / "crop1.aez").exists()
     tab.clear_finished()
@@ -351,8 +356,7 @@ def test_batch_completes_with_errors_listed_per_file(qtbot, window, crops, tmp_p
     tab.skip.setChecked(True)
     tab.add_paths([crops[2]])
     (crops[2].with_suffix(".aez")).write_bytes(b"x")
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     assert [it.status for it in tab.items] == [FAILED, SKIPPED]
 
 
@@ -377,8 +381,7 @@ def test_batch_asks_before_overwriting_and_never_writes_one_name_twice(qtbot, wi
     assert (out / "pic.aez").read_bytes() == b"the user's file"
     assert [it.status for it in tab.items] == ["Waiting", "Waiting"]
     monkeypatch.setattr(tab, "confirm_overwrite", lambda existing: asked.append(existing) or True)
-    tab.start()                                              # yes: replaced, and b/pic.png does not overwrite it
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)                                              # yes: replaced, and b/pic.png does not overwrite it
     assert [it.status for it in tab.items] == [DONE, FAILED]
     assert "also the output of pic.png" in tab.items[1].message
     assert container.read_header((out / "pic.aez").read_bytes()).width == 80
@@ -403,8 +406,7 @@ def test_batch_can_be_cancelled(qtbot, window, crops, tmp_path):
             tab.cancel_btn.click()
 
     tab._progress = progress
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     del tab._progress
     st = [it.status for it in tab.items]
     assert CANCELLED in st and st.count(DONE) < 6
@@ -412,8 +414,7 @@ def test_batch_can_be_cancelled(qtbot, window, crops, tmp_path):
     done = {it.output.name for it in tab.items if it.status == DONE}
     assert {p.name for p in (tmp_path / "out").iterdir()} == done      # no partial files
     # the rest can be finished later
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     assert all(it.status == DONE for it in tab.items)
 
 
@@ -489,8 +490,7 @@ def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots, monkeypatch)
     window.batch.action.setCurrentIndex(1)
     assert "averaged over 8 runs" in window.batch.settings_note.text()
     window.batch.add_paths([src])
-    window.batch.start()
-    qtbot.waitUntil(lambda: not window.batch.running, timeout=WAIT)
+    run_batch(qtbot, window.batch)
     assert window.batch.items[0].status == DONE, window.batch.items[0].message
     assert (tmp_path / "noisy.denoised.png").exists() and seen == [8]
 
@@ -674,8 +674,7 @@ def test_batch_never_writes_over_a_file_of_the_queue(qtbot, window, crops, tmp_p
     tab = window.batch
     tab.skip.setChecked(False)
     tab.add_paths([png, aez])                  # cat.png -> cat.aez and cat.aez -> cat.png: each the other's input
-    tab.start()                                # (no overwrite question: nothing that may be replaced exists)
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)                                # (no overwrite question: nothing that may be replaced exists)
     assert [it.status for it in tab.items] == [FAILED, FAILED]
     assert all("inputs are never overwritten" in it.message for it in tab.items)
     assert {p: p.read_bytes() for p in (png, aez)} == before
@@ -795,8 +794,7 @@ def test_file_from_an_added_model_decodes_once_its_folder_is_added(qtbot, window
     # the batch queue finds it among the added folders too
     window.batch.add_paths([f])
     window.batch.out_edit.setText(str(tmp_path / "out"))
-    window.batch.start()
-    qtbot.waitUntil(lambda: not window.batch.running, timeout=WAIT)
+    run_batch(qtbot, window.batch)
     assert window.batch.items[0].status == DONE, window.batch.items[0].message
     assert (tmp_path / "out" / "x.png").exists()
 
@@ -1076,8 +1074,7 @@ def test_batch_compresses_at_the_target_set_in_the_compress_tab(qtbot, window, c
     tab = window.batch
     assert "1.5 kB (each file)" in tab.settings_note.text()
     tab.out_edit.setText(str(tmp_path / "out"))
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     assert [it.status for it in tab.items] == [DONE, DONE]
     codec = open_codec("photo", "cpu", 2)
     for crop in crops[:2]:
@@ -1128,8 +1125,7 @@ def test_batch_cancel_stops_a_target_search_within_the_file(qtbot, window, crops
             pressed.set()
 
     tab._progress = progress
-    tab.start()
-    qtbot.waitUntil(lambda: not tab.running, timeout=WAIT)
+    run_batch(qtbot, tab)
     assert [it.status for it in tab.items] == [CANCELLED]
     assert not (tmp_path / "out" / crops[0].with_suffix(".aez").name).exists()
 
@@ -1152,8 +1148,7 @@ def test_refinement_set_in_the_compress_tab_codes_the_preview_and_the_batch(qtbo
     batch = window.batch
     assert "refined in 20 steps" in batch.settings_note.text()
     batch.out_edit.setText(str(tmp_path / "out"))
-    batch.start()
-    qtbot.waitUntil(lambda: not batch.running, timeout=WAIT)
+    run_batch(qtbot, batch)
     assert [it.status for it in batch.items] == [DONE, DONE]
     for crop in crops[2:4]:
         got = (tmp_path / "out" / crop.with_suffix(".aez").name).read_bytes()
