@@ -65,6 +65,11 @@ def _to_array(im: Image.Image, keyed: bool = True) -> tuple[np.ndarray, str, int
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         a = np.asarray(im).astype(np.uint16)
+        key = im.info.get("transparency")
+        if keyed and isinstance(key, int) and 0 <= key <= 65535:
+            hit = a == key                  # a 16-bit grey key, compared with the 16-bit samples
+            if hit.any():
+                return np.stack([a, np.where(hit, np.uint16(0), np.uint16(65535))], axis=2), "LA", 16
         return a[:, :, None], "L", 16
     if mode == "I":
         # 32-bit integers say nothing about their range: 8-bit data stored wide stays 8-bit (it read
@@ -233,6 +238,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 deep = rgb16.is_deep(im)
+                grey_alpha = deep and rgb16.is_grey_alpha(im)      # both ask the tiles, which load() drops
                 planar = deep and fmt == "TIFF" and getattr(im, "tag_v2", {}).get(284) == 2
                 # Pillow turns a TIFF upright as it loads it (and drops the tag): the stored orientation
                 stored = im.getexif().get(0x0112, 1) if fmt == "TIFF" else None
@@ -265,6 +271,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 if im.mode == "CMYK":
                     im = _convert_cmyk(im, icc, "RGB")
                 arr, mode, bits = _to_array(im, keyed=not deep)     # a 16-bit key is not Pillow's 8 bits
+                if grey_alpha and mode == "RGBA":
+                    arr, mode = arr[:, :, [0, 3]], "LA"     # 16-bit grey + alpha, which Pillow opens as RGBA
                 if deep:
                     arr, bits = _deep_pixels(path, data, fmt, arr, bits, stored or orientation, planar)
                     if bits == 16 and mode == "RGB":
@@ -577,7 +585,8 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
 def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | None, png_level: int,
              exif: bytes | None = None, icc: bytes | None = None, source: dict | None = None) -> io.BytesIO:
     with quiet():                    # libtiff and libjpeg print their complaints on descriptor 2
-        if pixels.dtype == np.uint16 and pixels.ndim == 3 and pixels.shape[2] in (3, 4) and format in rgb16.FORMATS:
+        if (pixels.dtype == np.uint16 and pixels.ndim == 3 and format in rgb16.FORMATS
+                and (pixels.shape[2] in (3, 4) or (pixels.shape[2] == 2 and format == "PNG"))):
             return rgb16.encode(pixels, format, exif, icc, source, png_level)
         im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
         buf = io.BytesIO()

@@ -1,9 +1,9 @@
-"""16-bit colour PNG and TIFF files, which Pillow can only hold as 8-bit RGB.
+"""16-bit colour PNG and TIFF files (and 16-bit grey + alpha PNGs), which Pillow can only hold as 8 bits.
 
-Pillow reads a 16-bit RGB or RGBA PNG or TIFF as 8 bits a sample, so a photo developed to 16-bit
-and denoised would come back with half its precision gone. imageio.read_image asks `is_deep` first
+Pillow reads a 16-bit RGB or RGBA PNG or TIFF as 8 bits a sample (a 16-bit grey + alpha PNG as 8-bit
+RGBA), so a photo developed to 16-bit and denoised would come back with half its precision gone. imageio.read_image asks `is_deep` first
 and takes such pixels from here (libpng through imagecodecs for PNG, tifffile for TIFF) while Pillow
-still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels back here, with the
+still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels (PNG also (H, W, 2)) back here, with the
 metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
 
 Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`), and so does a file whose 16
@@ -46,6 +46,15 @@ def is_deep(im: Image.Image) -> bool:
     args = im.tile[0][3]
     raw = args[0] if isinstance(args, tuple) and args else args
     return isinstance(raw, str) and ";16" in raw
+
+
+def is_grey_alpha(im: Image.Image) -> bool:
+    """Whether an opened PNG stores 16-bit grey with alpha (which Pillow opens as 8-bit RGBA)."""
+    if im.format != "PNG" or not im.tile:
+        return False
+    args = im.tile[0][3]
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(raw, str) and raw.startswith("LA;16")
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -108,9 +117,10 @@ def narrow(a: np.ndarray) -> np.ndarray:
 
 def encode(a: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None, source: dict | None,
            png_level: int) -> io.BytesIO:
-    """A 16-bit colour PNG or TIFF of (H, W, 3 or 4) uint16 pixels with the source's metadata."""
+    """A 16-bit colour PNG or TIFF of (H, W, 3 or 4) uint16 pixels, or a 16-bit grey + alpha PNG of
+    (H, W, 2), with the source's metadata."""
     source = source or {}
-    if icc and icc[16:20] != b"RGB ":
+    if icc and icc[16:20] != (b"GRAY" if a.shape[2] == 2 else b"RGB "):
         icc = None                          # never a profile of another colour space
     if fmt == "PNG":
         return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), source.get("png_text") or {}, png_level)

@@ -351,6 +351,34 @@ def test_pbm_of_greyscale_and_pgm_of_16_bit_colour(tmp_path):
     assert read_image(tmp_path / "c.pgm").bits == 16 and read_image(tmp_path / "c.pgm").mode == "L"
 
 
+def test_16_bit_grey_with_alpha_or_a_key_keeps_16_bits_and_its_transparency(tmp_path):
+    """A 16-bit grey + alpha PNG (which Pillow opens as 8-bit RGBA) reads as 16-bit LA and is written
+    back as one; a 16-bit grey PNG's key (tRNS, one 16-bit sample) keys the pixels with that sample
+    as a 16-bit alpha channel, and a key that keys no pixel adds none."""
+    import imagecodecs
+
+    rng = np.random.default_rng(7)
+    la = rng.integers(0, 65536, (9, 11, 2), dtype=np.uint16)
+    (tmp_path / "la16.png").write_bytes(imagecodecs.png_encode(la))
+    pic = read_image(tmp_path / "la16.png")
+    assert (pic.mode, pic.bits) == ("LA", 16) and np.array_equal(pic.pixels, la)
+    save_image(tmp_path / "out.png", pic.pixels, source=pic.info)
+    back = read_image(tmp_path / "out.png")
+    assert (back.mode, back.bits) == ("LA", 16) and np.array_equal(back.pixels, la)
+
+    g = la[:, :, 0].copy()
+    g[5, 6] = g[0, 0]
+    Image.fromarray(g).save(tmp_path / "k.png", transparency=int(g[0, 0]))
+    pic = read_image(tmp_path / "k.png")
+    assert (pic.mode, pic.bits) == ("LA", 16) and np.array_equal(pic.pixels[:, :, 0], g)
+    assert sorted(zip(*np.nonzero(pic.pixels[:, :, 1] == 0))) == [(0, 0), (5, 6)]
+    assert np.all(pic.pixels[:, :, 1][pic.pixels[:, :, 1] != 0] == 65535)
+    unused = next(v for v in range(65536) if not (g == v).any())
+    Image.fromarray(g).save(tmp_path / "none.png", transparency=unused)
+    pic = read_image(tmp_path / "none.png")
+    assert (pic.mode, pic.bits) == ("L", 16) and np.array_equal(pic.pixels[:, :, 0], g)
+
+
 def test_keys_that_key_nothing_add_no_alpha(tmp_path):
     """A 16-bit colour key is compared with the 16-bit samples (Pillow would compare it with its
     8-bit ones and key nothing): the pixels it keys become transparent, at 16 bits; a key that keys
