@@ -246,11 +246,19 @@ class Codec:
     def _entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, log-scale and table index of every latent value, from z_hat (exact everywhere)."""
         mean, log_scale = self.hyper(z_hat)
-        idx = np.searchsorted(self._t["log_scale_bounds"], log_scale)
+        bounds = self._t["log_scale_bounds"]
+        if len(bounds) >= 256:
+            return mean, log_scale, np.searchsorted(bounds, log_scale)
+        # one byte a value (18 million on a 24-megapixel photo), found in blocks of channels so
+        # that no full-size 8-byte index array exists
+        idx = np.empty(log_scale.shape, dtype=np.uint8)
+        step = max(1, RDOQ_BLOCK // max(1, log_scale[0].size))
+        for c in range(0, log_scale.shape[0], step):
+            idx[c:c + step] = np.searchsorted(bounds, log_scale[c:c + step])
         return mean, log_scale, idx
 
     def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        return np.broadcast_to(np.arange(shape[0], dtype=np.uint8 if shape[0] <= 256 else np.int64).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
     def code(self, a: Analysis, position: float, mode: str = "RGB", bits: int = 8,
              alpha_dropped: bool = False, refine: int | None = None,
@@ -281,7 +289,12 @@ class Codec:
         inv = self._gain(st["level"], "log_inv_gain")
         if self.kind == "factorized":
             return (st["q"] * inv.reshape((-1,) + (1,) * (st["q"].ndim - 1))).astype(np.float32)
-        return ((st["q"] + st["mean"]) * inv[:, None, None]).astype(np.float32)
+        q, mean = st["q"], st["mean"]
+        inv = np.broadcast_to(inv, (q.shape[0],))
+        y = np.empty(q.shape, dtype=np.float32)
+        for c in range(q.shape[0]):         # a channel at a time: no full-size float64 temporaries
+            y[c] = (q[c] + mean[c]) * inv[c]
+        return y
 
     def synthesize(self, y_hat: np.ndarray, height: int, width: int,
                    check: Callable[[], None] | None = None) -> np.ndarray:
@@ -300,9 +313,13 @@ class Codec:
 
     def reconstruct(self, st: dict, height: int, width: int, check: Callable[[], None] | None = None) -> np.ndarray:
         """The decoded image at (height, width): synthesised at the coded scale, then upsampled."""
-        scale = st.get("scale", 1)
+        return self.render(self.latent_from_state(st), st.get("scale", 1), height, width, check)
+
+    def render(self, y_hat: np.ndarray, scale: float, height: int, width: int,
+               check: Callable[[], None] | None = None) -> np.ndarray:
+        """The image at (height, width) from the latent coded at `scale`."""
         sw, sh = scaled_size(width, height, scale)
-        x = self.synthesize(self.latent_from_state(st), sh, sw, check)
+        x = self.synthesize(y_hat, sh, sw, check)
         return upscale(x, width, height) if scale != 1 else x
 
     def decode(self, data: bytes, check: Callable[[], None] | None = None) -> tuple[np.ndarray, Header]:
@@ -320,31 +337,39 @@ class Codec:
         m = self.pad_multiple
         cw, ch = scaled_size(header.width, header.height, header.scale)
         hp, wp = ch + (-ch % m), cw + (-cw % m)
-        _check_memory(DECODE_BYTES_PER_PIXEL * max(hp * wp, header.width * header.height), header)
+        _check_memory(DECODE_FIXED_BYTES + DECODE_BYTES_PER_PIXEL * max(hp * wp, header.width * header.height),
+                      header)
         st: dict = {"level": header.quality, "scale": header.scale}
         if self.kind == "hyperprior":
             nz = len(self.z_tables)
             zshape = (nz, hp // 64, wp // 64)
             st["z"] = dec.decode(self._channel_index(zshape), self.z_tables)
-            st["mean"], _, idx = self._entropy_params(st["z"])
+            st["mean"], log_scale, idx = self._entropy_params(st["z"])
+            del log_scale
             st["q"] = dec.decode(idx, self.y_tables)
+            del idx
         else:
             shape = self._latent_shape
             if shape is None:
                 raise ModelError(f"model '{self.pkg.name}': its manifest has no latent_shape")
             st["q"] = dec.decode(self._channel_index(shape), self.z_tables)
+        y_hat = self.latent_from_state(st)
+        del st                  # the integers and the means go before the synthesis needs its memory
         try:
-            return self.reconstruct(st, header.height, header.width, check), header
+            return self.render(y_hat, header.scale, header.height, header.width, check), header
         except NonFiniteOutput:
             # the model encodes finite images; a checksummed file whose latent overflows it was
             # damaged before its checksum was made, or made to harm
             raise CorruptFileError("payload is damaged (its latent is far out of the model's range)") from None
 
 
-# A decode holds the whole latent and its entropy parameters while the synthesis runs in tiles: its
-# peak grows with the pixels, so a header may ask for more memory than the machine has. Measured
-# (CLI decode peaks): about 56 bytes a pixel over a fixed ~250 MB (1.2 GB for a 24-megapixel photo).
-DECODE_BYTES_PER_PIXEL = 64
+# A decode holds the whole latent (one byte of table index, four of integer and, until the integers
+# are decoded, eight of mean a value: a value per two pixels) and the uint8 image while the synthesis
+# runs in tiles, so its peak grows with the pixels and a header may ask for more memory than the
+# machine has. Measured (CLI decode peaks, 2026-12-06): 489 MB for 6 and 843 MB for 24 megapixels,
+# about 20 bytes a pixel over a fixed ~370 MB (the synthesis tile's working memory, the libraries).
+DECODE_FIXED_BYTES = 400 << 20
+DECODE_BYTES_PER_PIXEL = 24
 
 
 def _available_memory() -> int | None:

@@ -108,13 +108,13 @@ def test_float_drift_never_reaches_the_entropy_coder(cat, monkeypatch, quality):
 
     monkeypatch.setattr(drifting.pkg, "session", session)
     captured = {}
-    orig_reconstruct = drifting.reconstruct
+    orig_latent = drifting.latent_from_state
 
-    def reconstruct(state, h, w, check=None):
+    def latent_from_state(state):
         captured.update(state)
-        return orig_reconstruct(state, h, w, check)
+        return orig_latent(state)
 
-    monkeypatch.setattr(drifting, "reconstruct", reconstruct)
+    monkeypatch.setattr(drifting, "latent_from_state", latent_from_state)
     pixels, _ = drifting.decode(data)
     assert np.array_equal(captured["q"], st["q"]) and np.array_equal(captured["z"], st["z"])
     assert np.array_equal(captured["mean"], st["mean"])
@@ -199,7 +199,7 @@ def test_a_header_that_asks_for_more_memory_than_is_free_is_refused(monkeypatch)
     data = container.pack(header, container.join_payload(b"", b""))
     assert len(data) < 40
     monkeypatch.setattr(codec_module, "_available_memory", lambda: 4 << 30)
-    with pytest.raises(AecError, match=r"20000x20000 image needs about 23.9 GB of memory, and 4.0 GB is free"):
+    with pytest.raises(AecError, match=r"20000x20000 image needs about 9.4 GB of memory, and 4.0 GB is free"):
         decode_bytes(data, c.pkg)
     small = container.pack(container.Header(c.pkg.model_id, 640, 480, 3, "RGB", 8, "hyperprior", 2.0, False),
                            container.join_payload(b"", b""))

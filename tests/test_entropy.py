@@ -103,13 +103,31 @@ def test_symbols_enter_the_coder_table_by_table_in_raster_order():
     idx[idx == 1] = 2                                      # one table unused
     vals = np.round(rng.normal(0, 2, size=idx.shape)).astype(np.int64)
     vals = np.clip(vals, -5, 5)                            # no escapes
-    enc = Encoder()
-    enc.encode(vals, idx, t)
-    stream, _ = enc.finish()
     ref = constriction.stream.queue.RangeEncoder()
     for k in np.unique(idx):
         ref.encode((vals[idx == k] - t.minimum[k]).astype(np.int32), t.model(k))
-    assert stream == ref.get_compressed().astype("<u4").tobytes()
+    for dtype in (np.int64, np.int32, np.uint8):           # the codec hands over one byte a value
+        enc = Encoder()
+        enc.encode(vals, idx.astype(dtype), t)
+        stream, _ = enc.finish()
+        assert stream == ref.get_compressed().astype("<u4").tobytes(), dtype
+        np.testing.assert_array_equal(Decoder(stream, b"").decode(idx.astype(dtype), t), vals)
+
+
+def test_groups_sort_narrow_keys_in_the_same_order():
+    """The table-by-table order is the same whatever integer type holds the indices (the sort runs
+    on the narrowest that holds them); negative indices are refused."""
+    from aecompress.entropy import _groups
+
+    rng = np.random.default_rng(4)
+    for top in (3, 300, 70000):
+        idx = rng.integers(0, top, size=5000)
+        want = [(t, np.flatnonzero(idx == t)) for t in np.unique(idx)]
+        got = list(_groups(idx))
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
+    with pytest.raises(ValueError):
+        list(_groups(np.array([1, -1, 2])))
 
 
 def test_table_bits_predict_the_coded_size():
