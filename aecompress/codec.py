@@ -218,11 +218,11 @@ class Codec:
             # the refinement has made the rounding decisions itself: plain rounding keeps them
             r = self._refined(a, yg, mean, log_scale, level, refine, check) - mean
             return {"z": z_hat, "q": np.round(r).astype(np.int64), "mean": mean, "idx": idx}
-        q = self._round(yg - mean, idx, self.y_tables)
+        q = self._round(yg, idx, self.y_tables, mean)
         return {"z": z_hat, "q": q, "mean": mean, "idx": idx}
 
-    def _round(self, r: np.ndarray, idx: np.ndarray, tables: TableSet) -> np.ndarray:
-        """Quantize r (latent minus its predicted mean) to integers.
+    def _round(self, r: np.ndarray, idx: np.ndarray, tables: TableSet, mean: np.ndarray | None = None) -> np.ndarray:
+        """Quantize r - mean (the latent minus its predicted mean; r itself without a mean) to integers.
 
         Rate-distortion optimised quantization: each value goes to whichever of its two nearest
         integers costs less in lambda * (r - q)^2 + bits(q), with the bits read off the very tables
@@ -231,11 +231,13 @@ class Codec:
         model: docs/codec.md). The decoder is unaffected: it reads integers."""
         lam = self.rdoq_lambda
         if lam <= 0:
-            return np.round(r).astype(np.int64)
+            return np.round(r if mean is None else r - mean).astype(np.int64)
         q = np.empty(r.shape, dtype=np.int64)
         step = max(1, RDOQ_BLOCK // max(1, r[0].size))
         for c in range(0, r.shape[0], step):          # blocks of channels: bounded temporaries on 24 MP
             rc, ic = r[c:c + step], idx[c:c + step]
+            if mean is not None:
+                rc = rc - mean[c:c + step]
             q0 = np.floor(rc).astype(np.int64)
             q1 = q0 + 1
             c0 = lam * (rc - q0) ** 2 + tables.bits(q0, ic)
@@ -246,6 +248,9 @@ class Codec:
     def _entropy_params(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, log-scale and table index of every latent value, from z_hat (exact everywhere)."""
         mean, log_scale = self.hyper(z_hat)
+        # the means on their own: they are kept (the decoder's reconstruction needs them), the
+        # log-scales, the other half of the hyper-synthesis' output, are not
+        mean = mean.copy()
         bounds = self._t["log_scale_bounds"]
         if len(bounds) >= 256:
             return mean, log_scale, np.searchsorted(bounds, log_scale)
