@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox,
-                               QStackedWidget, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSlider, QSpinBox, QStackedWidget,
+                               QWidget)
 
 from aecompress.codec import Analysis, Codec
 from aecompress.compress import encode_picture, in_mode, output_for
@@ -30,7 +30,7 @@ from aecompress.metrics import ms_ssim, psnr
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .runtime import Runtime, provider_text
 from .settings import Settings
-from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
+from .widgets import ImageTab, ResultGrid, SidePanel, ask_save_path, group, note_label, row
 from .workers import WorkQueue
 
 DEBOUNCE_MS = 150
@@ -117,18 +117,10 @@ class Result:
     rate: tuple = ()               # the CompressTab.rate() it was made for
 
 
-class CompressTab(QWidget):
-    errorOccurred = Signal(str)
-    statusMessage = Signal(str)
-    providerUsed = Signal(str)
-    addFolderRequested = Signal()
-
+class CompressTab(ImageTab):
     def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
                  parent: QWidget | None = None):
-        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
-        cancelled: closing the window waits for them)."""
-        super().__init__(parent)
-        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
+        super().__init__(runtime, settings, work, saves, parent)
         self.source: Source | None = None
         self.prepared: Prepared | None = None
         self.result: Result | None = None
@@ -143,10 +135,7 @@ class CompressTab(QWidget):
         self.panel = ComparePanel(self, ("Original", "Compressed"))
         side = SidePanel(self)
 
-        self.model = ModelPicker(runtime, "codec", self)
-        self.model.select(settings.model)
-        self.model.modelChanged.connect(self._model_changed)
-        self.model.addFolderRequested.connect(self.addFolderRequested)
+        self.model = self.model_picker("codec", settings.model)
         side.add(group("Model", self.model))
 
         self.rate_mode = QComboBox(self)
@@ -161,11 +150,7 @@ class CompressTab(QWidget):
         self.quality.valueChanged.connect(self.quality_spin.setValue)
         self.quality_spin.valueChanged.connect(self.quality.setValue)
         self.quality.valueChanged.connect(self._rate_changed)
-        qrow = QWidget(self)
-        ql = QHBoxLayout(qrow)
-        ql.setContentsMargins(0, 0, 0, 0)
-        ql.addWidget(self.quality, 1)
-        ql.addWidget(self.quality_spin)
+        qrow = row(self, self.quality, self.quality_spin)
         self.bpp = QDoubleSpinBox(self)
         self.bpp.setRange(0.01, 24.0)
         self.bpp.setDecimals(2)
@@ -215,19 +200,8 @@ class CompressTab(QWidget):
         self.save_img_btn.setToolTip("Save the reconstruction as PNG, JPEG, WebP, ...")
         self.save_aez_btn.clicked.connect(lambda: self.save_aez())
         self.save_img_btn.clicked.connect(lambda: self.save_image())
-        row = QWidget(self)
-        rl = QHBoxLayout(row)
-        rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.save_aez_btn)
-        rl.addWidget(self.save_img_btn)
-        side.add(row)
-        side.finish()
-
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.panel, 1)
-        lay.addWidget(side)
+        side.add(row(self, self.save_aez_btn, self.save_img_btn))
+        self.lay_out(self.panel, side)
         self._update_buttons()
 
     # -- input -----------------------------------------------------------------------------------

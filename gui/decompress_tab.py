@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
+from PySide6.QtWidgets import QFileDialog, QPushButton, QWidget
 
 from aecompress.compress import decode_bytes, file_info
 from aecompress.errors import AecError, UnknownModelError
@@ -25,7 +24,7 @@ from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, SAVE_EXTENSIONS, size_text
 from .runtime import APP_MODEL_HINT, Runtime, provider_text
 from .settings import Settings
-from .widgets import ResultGrid, SidePanel, ask_save_path, group, note_label
+from .widgets import ImageTab, ResultGrid, SidePanel, ask_save_path, group, note_label
 from .workers import WorkQueue
 
 
@@ -40,17 +39,10 @@ class Decoded:
     model: str
 
 
-class DecompressTab(QWidget):
-    errorOccurred = Signal(str)
-    statusMessage = Signal(str)
-    providerUsed = Signal(str)
-
+class DecompressTab(ImageTab):
     def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
                  parent: QWidget | None = None):
-        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
-        cancelled: closing the window waits for them)."""
-        super().__init__(parent)
-        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
+        super().__init__(runtime, settings, work, saves, parent)
         self.decoded: Decoded | None = None
         self.path: Path | None = None             # the file opened last (decoded or not)
         self._job = None
@@ -77,12 +69,7 @@ class DecompressTab(QWidget):
         self.save_btn.setObjectName("primary")
         self.save_btn.clicked.connect(lambda: self.save_image())
         side.add(self.save_btn)
-        side.finish()
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.panel, 1)
-        lay.addWidget(side)
+        self.lay_out(self.panel, side)
         self._update_buttons()
 
     def open_path(self, path: str | Path) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QPushButton, QSlider, QSpinBox, QWidget
 
 from aecompress.imageio import Picture, save_image, to_rgb8, to_srgb
 
@@ -21,7 +21,7 @@ from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, SAVE_EXTENSIONS, Source, load_source
 from .runtime import Runtime, provider_text
 from .settings import Settings
-from .widgets import ModelPicker, ResultGrid, SidePanel, ask_save_path, group, note_label
+from .widgets import ImageTab, ResultGrid, SidePanel, ask_save_path, group, note_label, row
 from .workers import WorkQueue
 
 
@@ -52,18 +52,10 @@ class Denoised:
     diff: list[QImage]
 
 
-class DenoiseTab(QWidget):
-    errorOccurred = Signal(str)
-    statusMessage = Signal(str)
-    providerUsed = Signal(str)
-    addFolderRequested = Signal()
-
+class DenoiseTab(ImageTab):
     def __init__(self, runtime: Runtime, settings: Settings, work: WorkQueue, saves: WorkQueue,
                  parent: QWidget | None = None):
-        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
-        cancelled: closing the window waits for them)."""
-        super().__init__(parent)
-        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
+        super().__init__(runtime, settings, work, saves, parent)
         self.source: Source | None = None
         self.result: Denoised | None = None
         self._stale = False           # the model, ensemble or noise level changed since `result`; a new run is on
@@ -77,10 +69,7 @@ class DenoiseTab(QWidget):
         self.panel.view.diff_label = "Removed noise (\u00d7 8)"
         self.panel.view.placeholder = ("Drop a noisy photo here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
-        self.model = ModelPicker(runtime, "denoiser", self)
-        self.model.select(settings.denoise_model)
-        self.model.modelChanged.connect(self._model_changed)
-        self.model.addFolderRequested.connect(self.addFolderRequested)
+        self.model = self.model_picker("denoiser", settings.denoise_model)
         self.ensemble = QComboBox(self)
         for n, label in ((1, "1 run (fastest)"), (2, "2 runs, averaged"), (4, "4 runs, averaged"),
                          (8, "8 runs, averaged (cleanest)")):
@@ -102,11 +91,7 @@ class DenoiseTab(QWidget):
         self.sigma_spin.setValue(settings.denoise_sigma)
         self.sigma.valueChanged.connect(self.sigma_spin.setValue)
         self.sigma_spin.valueChanged.connect(self.sigma.setValue)
-        srow = QWidget(self)
-        sl = QHBoxLayout(srow)
-        sl.setContentsMargins(0, 0, 0, 0)
-        sl.addWidget(self.sigma, 1)
-        sl.addWidget(self.sigma_spin)
+        srow = row(self, self.sigma, self.sigma_spin)
         self.sigma_note = note_label("", self)
         self.auto.toggled.connect(self._noise_changed)
         self._noise_timer = QTimer(self)
@@ -124,11 +109,7 @@ class DenoiseTab(QWidget):
         self.strength_label = QLabel(f"{settings.denoise_strength}%", self)
         self.strength_label.setMinimumWidth(40)
         self.strength.valueChanged.connect(self._strength_changed)
-        strow = QWidget(self)
-        stl = QHBoxLayout(strow)
-        stl.setContentsMargins(0, 0, 0, 0)
-        stl.addWidget(self.strength, 1)
-        stl.addWidget(self.strength_label)
+        strow = row(self, self.strength, self.strength_label)
         side.add(group("Strength", strow, note_label("How much of the denoised result to use; lower keeps more "
                                                      "of the original grain.", self)))
 
@@ -139,13 +120,7 @@ class DenoiseTab(QWidget):
         self.save_btn.setObjectName("primary")
         self.save_btn.clicked.connect(lambda: self.save_image())
         side.add(self.save_btn)
-        side.finish()
-
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.panel, 1)
-        lay.addWidget(side)
+        self.lay_out(self.panel, side)
         self._noise_controls()
         self._update_buttons()
 

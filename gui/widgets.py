@@ -1,13 +1,13 @@
-"""Small widgets the tabs share: the model picker, the side panel, a grid of result numbers, and
-where a save dialog's answer points."""
+"""What the tabs share: their base class (ImageTab), the model picker, the side panel, a grid of
+result numbers, a row of a slider and its box, and where a save dialog's answer points."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QLabel, QMessageBox,
-                               QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QMessageBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
 
 from .runtime import Runtime
 from .settings import Settings
@@ -133,6 +133,53 @@ class SidePanel(QScrollArea):
 
     def finish(self) -> None:
         self.layout_.addStretch(1)
+
+
+def row(parent: QWidget, stretched: QWidget, *others: QWidget) -> QWidget:
+    """A borderless row: `stretched` takes the width the others leave (a slider and its box)."""
+    w = QWidget(parent)
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(stretched, 1)
+    for o in others:
+        lay.addWidget(o)
+    return w
+
+
+class ImageTab(QWidget):
+    """A tab of the main window: a picture panel at the left, a side panel of controls at the
+    right, and the signals the window listens to."""
+
+    errorOccurred = Signal(str)
+    statusMessage = Signal(str)
+    providerUsed = Signal(str)
+    addFolderRequested = Signal()
+
+    def __init__(self, runtime: Runtime, settings: Settings, work, saves, parent: QWidget | None = None):
+        """`work` runs the image work, `saves` writes files (never behind a measurement, and never
+        cancelled: closing the window waits for them)."""
+        super().__init__(parent)
+        self.runtime, self.settings, self.work, self.saves = runtime, settings, work, saves
+
+    def model_picker(self, kind: str, selected: str) -> "ModelPicker":
+        """The picker of `kind` packages, showing `selected`; a choice calls `_model_changed`."""
+        picker = ModelPicker(self.runtime, kind, self)
+        picker.select(selected)
+        picker.modelChanged.connect(self._model_changed)
+        picker.addFolderRequested.connect(self.addFolderRequested)
+        return picker
+
+    def _model_changed(self, key: str) -> None:
+        pass
+
+    def lay_out(self, panel: QWidget, side: "SidePanel") -> None:
+        """The panel, then the finished side panel at the right."""
+        side.finish()
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(panel, 1)
+        lay.addWidget(side)
 
 
 def note_label(text: str = "", parent: QWidget | None = None) -> QLabel:
