@@ -145,8 +145,9 @@ def _groups(table_index: np.ndarray):
     order: the order in which symbols enter and leave the range coder. One stable sort instead of a
     mask per table (and no np.unique, which imports numpy.ma: ~10 ms of every start), on the
     narrowest unsigned type that holds the indices: numpy sorts 8- and 16-bit keys stably by radix,
-    about ten times as fast as 64-bit ones (0.03 s of a 768x512 photo's 0.3 million, 3.5 s of a
-    24-megapixel photo's 18 million), and in the same order."""
+    about ten times as fast as 64-bit ones (measured on a loaded 2-core Xeon: 0.3 million keys 29 ms
+    -> 4 ms, 18 million 3.8 s -> 0.33 s; a 768x512 photo has 0.2 million, a 24-megapixel one 12
+    million), and in the same order."""
     flat = np.asarray(table_index).ravel()
     if flat.size == 0:
         return
