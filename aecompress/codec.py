@@ -263,7 +263,8 @@ class Codec:
         return mean, log_scale, idx
 
     def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.broadcast_to(np.arange(shape[0], dtype=np.uint8 if shape[0] <= 256 else np.int64).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        index = np.arange(shape[0], dtype=np.uint8 if shape[0] <= 256 else np.int64)
+        return np.broadcast_to(index.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
 
     def code(self, a: Analysis, position: float, mode: str = "RGB", bits: int = 8,
              alpha_dropped: bool = False, refine: int | None = None,

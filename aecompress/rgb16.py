@@ -1,10 +1,11 @@
 """16-bit colour PNG and TIFF files (and 16-bit grey + alpha PNGs), which Pillow can only hold as 8 bits.
 
-Pillow reads a 16-bit RGB or RGBA PNG or TIFF as 8 bits a sample (a 16-bit grey + alpha PNG as 8-bit
-RGBA), so a photo developed to 16-bit and denoised would come back with half its precision gone. imageio.read_image asks `is_deep` first
-and takes such pixels from here (libpng through imagecodecs for PNG, tifffile for TIFF) while Pillow
-still reads the metadata; save_image writes (H, W, 3 or 4) uint16 pixels (PNG also (H, W, 2)) back here, with the
-metadata the 8-bit writer keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
+Pillow reads a 16-bit RGB or RGBA PNG or TIFF as 8 bits a sample (a 16-bit grey + alpha PNG as
+8-bit RGBA), so a photo developed to 16-bit and denoised would come back with half its precision
+gone. imageio.read_image asks `is_deep` first and takes such pixels from here (libpng through
+imagecodecs for PNG, tifffile for TIFF) while Pillow still reads the metadata; save_image writes
+(H, W, 3 or 4) uint16 pixels (PNG also (H, W, 2)) back here, with the metadata the 8-bit writer
+keeps (ICC profile, EXIF, dpi, XMP; TIFF: its compression).
 
 Interlaced 16-bit colour PNGs stay with Pillow's 8 bits (see `read`), and so does a file whose 16
 bits do not match Pillow's 8 (imageio._deep_pixels checks). TIFF output writes EXIF's

@@ -200,7 +200,7 @@ class CompressTab(ImageTab):
         self.save_img_btn.setToolTip("Save the reconstruction as PNG, JPEG, WebP, ...")
         self.save_aez_btn.clicked.connect(lambda: self.save_aez())
         self.save_img_btn.clicked.connect(lambda: self.save_image())
-        side.add(row(self, self.save_aez_btn, self.save_img_btn))
+        side.add(row(self, self.save_aez_btn, self.save_img_btn, stretch_first=False))
         self.lay_out(self.panel, side)
         self._update_buttons()
 

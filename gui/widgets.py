@@ -135,14 +135,14 @@ class SidePanel(QScrollArea):
         self.layout_.addStretch(1)
 
 
-def row(parent: QWidget, stretched: QWidget, *others: QWidget) -> QWidget:
-    """A borderless row: `stretched` takes the width the others leave (a slider and its box)."""
+def row(parent: QWidget, *widgets: QWidget, stretch_first: bool = True) -> QWidget:
+    """A borderless row of widgets. With stretch_first the first takes the width the others leave (a
+    slider and its box); without, the layout shares it out (a row of buttons)."""
     w = QWidget(parent)
     lay = QHBoxLayout(w)
     lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(stretched, 1)
-    for o in others:
-        lay.addWidget(o)
+    for i, x in enumerate(widgets):
+        lay.addWidget(x, 1 if stretch_first and i == 0 else 0)
     return w
 
 
