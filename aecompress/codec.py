@@ -331,7 +331,7 @@ class Codec:
     def decode(self, data: bytes, check: Callable[[], None] | None = None) -> tuple[np.ndarray, Header]:
         """check is called between synthesis tiles and may raise to cancel."""
         header, payload = container.unpack(data)
-        if header.model_id != self.pkg.model_id[:container.ID_BYTES]:
+        if not self.pkg.decodes(header.model_id):
             raise ModelError(f"file was made with another model (id {header.model_id.hex()}, "
                              f"'{self.pkg.name}' is {self.pkg.model_id[:container.ID_BYTES].hex()})")
         if header.codec != self.kind or header.channels != self.channels:

@@ -243,7 +243,7 @@ def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "au
             pkg = find_by_id(header.model_id, extra, device, threads, hint)
             if cache is not None:
                 cache[header.model_id] = pkg
-    elif pkg.model_id[: container.ID_BYTES] != header.model_id:
+    elif not pkg.decodes(header.model_id):
         raise ModelError(f"model '{pkg.name}' does not match this file (file needs model id {header.model_id.hex()})")
     codec = Codec(pkg)
     pixels, header = codec.decode(data, check)

@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 FORMAT = "aecompress-model/1"
 # Manifest keys that describe provenance, measurements or encoder-only choices: they do not change
 # what a decoder computes from a file.
-NON_CODING_KEYS = {"description", "training", "measured", "notes", "license", "encoder", "quality_anchor"}
+NON_CODING_KEYS = {"description", "training", "measured", "notes", "license", "encoder", "quality_anchor", "decodes"}
 DEFAULT_CODEC = "photo"
 DEFAULT_DENOISER = "denoise"
 
@@ -77,6 +77,14 @@ class ModelPackage:
             except OSError:
                 raise ModelError(f"model package {self.path}: {name} is missing") from None
         return h.digest()[:16]
+
+    def decodes(self, model_id: bytes) -> bool:
+        """Whether files made with model id `model_id` (as stored: a prefix of the hash) decode with
+        this package: its own, or one of the earlier packages the manifest's `decodes` lists (an
+        encoder-only retraining, aecompress.train.tune_analysis, keeps everything a decoder
+        computes, so the files of the package it started from decode to the same pixels)."""
+        ids = [self.model_id] + [bytes.fromhex(h) for h in self.manifest.get("decodes", [])]
+        return any(len(i) >= len(model_id) and i[: len(model_id)] == model_id for i in ids)
 
     @cached_property
     def tables(self) -> dict[str, np.ndarray]:
@@ -139,6 +147,13 @@ REQUIRED_GRAPHS = {("codec", "hyperprior"): ("analysis", "hyper_analysis", "synt
                    ("denoiser", None): ("denoise",)}
 
 
+def _is_id(h: str) -> bool:
+    try:
+        return 8 <= len(bytes.fromhex(h)) <= 32
+    except ValueError:
+        return False
+
+
 def manifest_problem(m: dict) -> str | None:
     """What is wrong with the shape of a manifest, or None: the fields every command reads must
     have their types, so a bad package is refused when it is found rather than failing later."""
@@ -158,6 +173,9 @@ def manifest_problem(m: dict) -> str | None:
     enc = m.get("encoder", {})
     if not isinstance(enc, dict) or ("refine_graph" in enc and not inside(enc["refine_graph"])):
         return "encoder is not a table, or its refine_graph is not a file name inside the package folder"
+    dec = m.get("decodes", [])
+    if not isinstance(dec, list) or not all(isinstance(h, str) and _is_id(h) for h in dec):
+        return "decodes is not a list of model ids (hexadecimal)"
     if "tables" in m and not inside(m["tables"]):
         return "tables is not a file name inside the package folder"
     channels = m.get("channels", 3)
@@ -213,14 +231,20 @@ MODEL_HINT = "pass it with -m"
 
 def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
                threads: int | None = None, hint: str = MODEL_HINT) -> ModelPackage:
-    """The codec package whose content hash starts with model_id (only codecs make .aez files);
+    """The codec package whose content hash starts with model_id, or that decodes that model's files
+    (ModelPackage.decodes; only codecs make .aez files);
     hint ends the error when none does (what to do about it where the caller runs)."""
+    found = []
     for pkg in (extra or []) + installed_packages():
         if pkg.kind != "codec":
             continue
         try:
-            if pkg.model_id[: len(model_id)] == model_id:
+            if pkg.model_id[: len(model_id)] == model_id:          # the model that made it comes first
                 return ModelPackage(pkg.path, pkg.manifest, device, threads)
+            if pkg.decodes(model_id):
+                found.append(pkg)
         except ModelError:
             continue
+    if found:
+        return ModelPackage(found[0].path, found[0].manifest, device, threads)
     raise UnknownModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")

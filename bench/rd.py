@@ -137,8 +137,10 @@ def plot(result: dict, path: Path) -> None:
     for a in axes:
         a.grid(alpha=0.3)
         a.set_xlim(0, 2.2)
-    axes[0].legend(loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = 1 + (len(labels) - 1) // 5                       # below the panels, clear of the curves
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -177,6 +177,45 @@ def test_info_finds_a_package_given_with_m(tmp_path, photo):
     assert d["model"] == "mine" and d["quality"] == 75
 
 
+def test_a_file_finds_the_package_that_lists_its_model_id(tmp_path, photo):
+    """A package retrained on the encoder side only (train.tune_analysis) lists the ids whose files
+    it decodes: decode and info find it for such a file, and models shows the ids."""
+    import shutil
+
+    from aecompress.package import load_package
+
+    from .conftest import ROOT
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "models" / "photo", old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["name"] = "old"                              # another manifest: another model id, not installed
+    (old / "manifest.json").write_text(json.dumps(m))
+    aez = tmp_path / "x.aez"
+    assert run("encode", photo, "-m", old, "-o", aez, "--quiet").returncode == 0
+    assert run("decode", aez, "-o", tmp_path / "none.png").returncode != 0       # no package has its id
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "photo", models / "new")
+    m = json.loads((models / "new" / "manifest.json").read_text())
+    m["name"] = "new"
+    m["decodes"] = [load_package(old).model_id.hex()]
+    (models / "new" / "manifest.json").write_text(json.dumps(m))
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    r = cli("decode", aez, "-o", tmp_path / "back.png")
+    assert r.returncode == 0, r.stderr
+    direct = cli("decode", aez, "-m", old, "-o", tmp_path / "direct.png")
+    assert direct.returncode == 0, direct.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "back.png")), np.asarray(Image.open(tmp_path / "direct.png")))
+    assert json.loads(cli("info", aez, "--json").stdout)["model"] == "new"
+    listed = {r["name"]: r for r in json.loads(cli("models", "--json").stdout)}
+    assert listed["new"]["decodes"] == [load_package(old).model_id[:8].hex()]
+
+
 def test_no_overwrite_without_force(photo):
     out = photo.with_suffix(".aez")
     out.write_bytes(b"precious")

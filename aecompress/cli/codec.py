@@ -179,6 +179,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         m = p.manifest
         rows.append({"name": p.name, "kind": p.kind, "codec": m.get("codec"), "channels": p.channels,
                      "path": str(p.path), "model_id": p.model_id[:8].hex(),
+                     "decodes": [h[:16] for h in m.get("decodes", [])],
                      "description": m.get("description", ""), "measured": m.get("measured", {})})
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -195,7 +196,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     t.add_column("model id", no_wrap=True)
     t.add_column("measured", ratio=1)
     for r in rows:
-        t.add_row(r["name"], f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), r["model_id"],
+        ids = "\n".join([r["model_id"]] + [f"(and {h})" for h in r["decodes"]])   # older ids whose files it decodes
+        t.add_row(r["name"], f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), ids,
                   _measured_summary(r["measured"]))
     console = Console()
     console.print(t)
