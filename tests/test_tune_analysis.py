@@ -39,6 +39,7 @@ def test_tuning_keeps_the_decoder_and_lowers_the_cost_it_trained_on(tmp_path):
     assert new.model_id != old.model_id
     man = json.loads((out / "manifest.json").read_text())
     assert man["training"]["stages"][-1] == record and "measured" not in man
+    assert man["training"]["steps"] == old.manifest["training"]["steps"] + 60
     assert man["decodes"][0] == old.model_id.hex()
     # the decoder side is untouched; the encoder side changed
     for name in ("synthesis.onnx", "refine.onnx"):

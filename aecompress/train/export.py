@@ -214,6 +214,22 @@ class _Synthesis(nn.Module):
         return torch.clamp(self.g_s(y), 0.0, 1.0)
 
 
+def add_stage(man: dict, record: dict, schedule: str) -> None:
+    """Record a fine-tuning stage in a package manifest: the stage appended to its training stages,
+    the totals (steps, seconds or minutes) and the schedule's description extended; the old
+    `measured` dropped, since it measured the package before the stage (bench/rd.py measures again)."""
+    tr = man.setdefault("training", {})
+    tr.setdefault("stages", []).append(record)
+    tr["steps"] = int(tr.get("steps", 0)) + int(record["steps"])
+    if "seconds" in tr:
+        tr["seconds"] = int(tr["seconds"]) + record["seconds"]
+    if "minutes" in tr:
+        tr["minutes"] = round(float(tr["minutes"]) + record["seconds"] / 60, 1)
+    if "schedule" in tr:
+        tr["schedule"] += f"; then {schedule}"
+    man.pop("measured", None)
+
+
 def _write_package_atomically(out: Path, build) -> Path:
     """Run build(tmp) on a temporary folder beside `out`, then swap it into place: a failed export
     never leaves a half-written package, and an existing package is replaced only by a complete one."""

@@ -117,7 +117,7 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
     `held_out` only measure progress) coded at levels drawn uniformly from `levels` (default: the
     whole scale); write the new package to `out` and return the stage record added to its manifest.
     `data` says in the record what the images are."""
-    from .export import _Synthesis, _write_package_atomically, export_onnx
+    from .export import _Synthesis, _write_package_atomically, add_stage, export_onnx
     from .from_package import codec_from_package
     from .refine import export_refine
 
@@ -195,16 +195,8 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
             t = {k: z[k] for k in z.files}
         t["log_inv_gain"] = model.log_inv_gain.detach().numpy().astype(t["log_inv_gain"].dtype)
         np.savez_compressed(tmp / man["tables"], **t)
-        man.setdefault("training", {}).setdefault("stages", []).append(record)
-        tr = man["training"]
-        tr["steps"] = int(tr.get("steps", 0)) + step
-        if "seconds" in tr:
-            tr["seconds"] = int(tr["seconds"]) + record["seconds"]
-        if "minutes" in tr:
-            tr["minutes"] = round(float(tr["minutes"]) + record["seconds"] / 60, 1)
-        if "schedule" in tr:
-            tr["schedule"] += f"; then the synthesis tuned on the encoder's latents: {record['schedule']} from lr {lr:g} over {minutes:g} minutes"
-        man.pop("measured", None)                 # measured again for the new decoder (bench/rd.py)
+        add_stage(man, record, f"the synthesis tuned on the encoder's latents: {record['schedule']} from lr {lr:g} "
+                               f"over {minutes:g} minutes")
         (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
 
     _write_package_atomically(Path(out), build)
