@@ -230,6 +230,32 @@ def add_stage(man: dict, record: dict, schedule: str) -> None:
     man.pop("measured", None)
 
 
+def write_stage_package(src: Path, out: Path, record: dict, schedule: str, tables: dict[str, np.ndarray],
+                        export_graphs, edit_manifest=None) -> Path:
+    """Write `out`: the package `src` after a fine-tuning stage. Its files are copied, then
+    export_graphs(tmp, manifest) writes the graphs the stage changed over them, the arrays in
+    `tables` replace those of the same name (keeping their dtype), edit_manifest(manifest) may change
+    the manifest, and the stage is recorded (add_stage). Atomic, as every export."""
+    src = Path(src)
+
+    def build(tmp: Path) -> None:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        man = json.loads((src / MANIFEST).read_text())
+        if edit_manifest is not None:
+            edit_manifest(man)
+        export_graphs(tmp, man)
+        with np.load(src / man["tables"]) as z:
+            t = {k: z[k] for k in z.files}
+        t.update({k: np.asarray(v).astype(t[k].dtype) for k, v in tables.items()})
+        np.savez_compressed(tmp / man["tables"], **t)
+        add_stage(man, record, schedule)
+        (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
+
+    return _write_package_atomically(Path(out), build)
+
+
 def _write_package_atomically(out: Path, build) -> Path:
     """Run build(tmp) on a temporary folder beside `out`, then swap it into place: a failed export
     never leaves a half-written package, and an existing package is replaced only by a complete one."""

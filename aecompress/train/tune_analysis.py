@@ -25,9 +25,7 @@ runtime's rounding) on a fixed set of held-out crops.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import AecError
-from ..package import MANIFEST, load_package
+from ..package import load_package
 from .conv import HyperpriorCodec
 from .data import load_folder, random_crops_hwc
 from .hardware import describe, machine
@@ -134,7 +132,7 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
     first `held_out` only measure progress) coded at levels drawn uniformly from `levels` (default:
     the whole scale); write the new package to `out` and return the stage
     record added to its manifest. `data` says in the record what the images are."""
-    from .export import _write_package_atomically, add_stage, export_onnx
+    from .export import export_onnx, write_stage_package
     from .from_package import codec_from_package
 
     if rate not in RATES:
@@ -143,10 +141,10 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     package = Path(package)
-    start_id = load_package(package, device="cpu").model_id
+    start = load_package(package, device="cpu")
+    start_id = start.model_id
     codec, _ = codec_from_package(package)
-    man = json.loads((package / MANIFEST).read_text())
-    rdoq_lambda = float(man.get("encoder", {}).get("rdoq_lambda", 0.0)) if rounding == "rdoq" else 0.0
+    rdoq_lambda = float(start.manifest.get("encoder", {}).get("rdoq_lambda", 0.0)) if rounding == "rdoq" else 0.0
     model = TunedEncoder(codec.train(), rdoq_lambda)
     if len(images) <= held_out:
         raise ValueError(f"{data}: {len(images)} images; fine-tuning needs more than {held_out}")
@@ -200,27 +198,19 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
               "loss": f"bpp + lambda * 255^2 * MSE, rate {rate!r}, rounding {rounding!r}",
               "hardware": describe("CPU", threads, machine=machine()), "history": history}
 
-    def build(tmp: Path) -> None:
-        for f in package.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        man = json.loads((package / MANIFEST).read_text())
-        # the decoder is the same: the files of the package it started from decode as before
-        man["decodes"] = [start_id.hex()] + [h for h in man.get("decodes", []) if h != start_id.hex()]
-        g = man["graphs"]
+    def export_graphs(tmp: Path, man: dict) -> None:
         codec.eval()
         ex = torch.rand(1, codec.config["channels"], 128, 192)
-        export_onnx(codec.g_a, ex, tmp / g["analysis"])
-        export_onnx(codec.h_a, codec.g_a(ex), tmp / g["hyper_analysis"])
-        with np.load(package / man["tables"]) as z:
-            tables = {k: z[k] for k in z.files}
-        tables["log_gain"] = codec.log_gain.detach().numpy().astype(tables["log_gain"].dtype)
-        np.savez_compressed(tmp / man["tables"], **tables)
-        add_stage(man, record, f"the encoder tuned for the fixed decoder: cosine from lr {lr:g} "
-                               f"over {minutes:g} minutes")
-        (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
+        export_onnx(codec.g_a, ex, tmp / man["graphs"]["analysis"])
+        export_onnx(codec.h_a, codec.g_a(ex), tmp / man["graphs"]["hyper_analysis"])
 
-    _write_package_atomically(Path(out), build)
+    def list_start(man: dict) -> None:
+        # the decoder is the same: the files of the package it started from decode as before
+        man["decodes"] = [start_id.hex()] + [h for h in man.get("decodes", []) if h != start_id.hex()]
+
+    write_stage_package(package, out, record, f"the encoder tuned for the fixed decoder: cosine from lr {lr:g} "
+                        f"over {minutes:g} minutes", {"log_gain": codec.log_gain.detach().numpy()}, export_graphs,
+                        list_start)
     log(f"wrote {out} ({step} steps)")
     return record
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ import torch
 from .. import container
 from ..codec import Codec
 from ..errors import AecError
-from ..package import MANIFEST, load_package
+from ..package import load_package
 from .data import load_folder, random_crops_hwc
 from .hardware import describe, machine
 
@@ -117,7 +115,7 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
     `held_out` only measure progress) coded at levels drawn uniformly from `levels` (default: the
     whole scale); write the new package to `out` and return the stage record added to its manifest.
     `data` says in the record what the images are."""
-    from .export import _Synthesis, _write_package_atomically, add_stage, export_onnx
+    from .export import _Synthesis, export_onnx, write_stage_package
     from .from_package import codec_from_package
     from .refine import export_refine
 
@@ -180,26 +178,16 @@ def tune(package: Path, out: Path, images: list[np.ndarray], data: str, minutes:
               "loss": f"mean over crops of w * log(MSE), weighting {weighting!r}", "hardware": describe("CPU", threads, machine=machine()),
               "held_out_gain_db": history[-1]["gain_db"] if history else None, "history": history}
 
-    def build(tmp: Path) -> None:
-        for f in pkg.path.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        man = json.loads((pkg.path / MANIFEST).read_text())
+    def export_graphs(tmp: Path, man: dict) -> None:
         g_s = model.g_s.eval()
-        y0 = torch.from_numpy(check_y[:1])
-        export_onnx(_Synthesis(g_s), y0, tmp / man["graphs"]["synthesis"])
+        export_onnx(_Synthesis(g_s), torch.from_numpy(check_y[:1]), tmp / man["graphs"]["synthesis"])
         refine_name = man.get("encoder", {}).get("refine_graph")
         if refine_name:
             export_refine(g_s, tmp / refine_name, man["architecture"]["m"], man["channels"])
-        with np.load(pkg.path / man["tables"]) as z:
-            t = {k: z[k] for k in z.files}
-        t["log_inv_gain"] = model.log_inv_gain.detach().numpy().astype(t["log_inv_gain"].dtype)
-        np.savez_compressed(tmp / man["tables"], **t)
-        add_stage(man, record, f"the synthesis tuned on the encoder's latents: {record['schedule']} from lr {lr:g} "
-                               f"over {minutes:g} minutes")
-        (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
 
-    _write_package_atomically(Path(out), build)
+    write_stage_package(pkg.path, out, record, f"the synthesis tuned on the encoder's latents: {record['schedule']} "
+                        f"from lr {lr:g} over {minutes:g} minutes",
+                        {"log_inv_gain": model.log_inv_gain.detach().numpy()}, export_graphs)
     log(f"wrote {out} ({step} steps)")
     return record
 
