@@ -158,6 +158,10 @@ class Codec:
             ov = self._overlap["analysis"]
             y = run_tiled(g_a, x, ANALYSIS_TILE, ov, scale=1 / 16, align=self._tile_align,
                           check=check)
+            if max(x.shape[-2:]) > ANALYSIS_TILE:
+                # a tiled image is a large one: what the session keeps of its tiles' memory would
+                # sit beside everything that follows (the synthesis of a report included)
+                self.pkg.release("analysis")
         else:
             y = g_a(x)
         return Analysis(y[0], pixels.shape[0], pixels.shape[1], pixels)
@@ -218,6 +222,9 @@ class Codec:
             # the refinement has made the rounding decisions itself: plain rounding keeps them
             r = self._refined(a, yg, mean, log_scale, level, refine, check) - mean
             return {"z": z_hat, "q": np.round(r).astype(np.int64), "mean": mean, "idx": idx}
+        # the log-scales are a view of the hyper-synthesis' whole float64 output (twice the size
+        # of the means, 192 MB on a 24-megapixel photo): let it go before rounding needs memory
+        del log_scale
         q = self._round(yg, idx, self.y_tables, mean)
         return {"z": z_hat, "q": q, "mean": mean, "idx": idx}
 

@@ -49,6 +49,7 @@ class ModelPackage:
     device: str = "auto"
     threads: int | None = None
     _sessions: dict = field(default_factory=dict, repr=False)
+    _provider: str | None = field(default=None, repr=False)      # of the sessions opened so far
 
     @property
     def name(self) -> str:
@@ -104,7 +105,15 @@ class ModelPackage:
             if graph not in graphs:
                 raise ModelError(f"model package {self.name} has no '{graph}' graph")
             self._sessions[graph] = open_session(self.path / graphs[graph], self.device, self.threads)
+            self._provider = self._provider or self._sessions[graph].provider
         return self._sessions[graph]
+
+    def release(self, graph: str) -> None:
+        """Close a graph's session; the next use opens it again (tens of milliseconds). ONNX
+        Runtime keeps the first memory region of a session's largest run for the session's life
+        (about 180 MB after a 1024-pixel tile of the photo codec's analysis), so a graph that has
+        done its part on a large image is let go rather than held beside the next one."""
+        self._sessions.pop(graph, None)
 
     def encoder_session(self, key: str) -> Session | None:
         """An encoder-only graph named in the manifest's `encoder` table (e.g. `refine_graph`),
@@ -115,14 +124,13 @@ class ModelPackage:
             return None
         if key not in self._sessions:
             self._sessions[key] = open_session(self.path / name, self.device, self.threads)
+            self._provider = self._provider or self._sessions[key].provider
         return self._sessions[key]
 
     @property
     def provider(self) -> str:
         """Execution provider of the sessions opened so far (CPUExecutionProvider if none yet)."""
-        for s in self._sessions.values():
-            return s.provider
-        return "CPUExecutionProvider"
+        return self._provider or "CPUExecutionProvider"
 
 
 def read_manifest(folder: Path) -> dict:

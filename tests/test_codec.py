@@ -135,6 +135,23 @@ def test_tiled_transforms_leave_no_seams(monkeypatch, photo_codec):
     assert np.array_equal(pixels, tiled.recon)
 
 
+def test_a_tiled_analysis_lets_its_session_go(monkeypatch, photo_codec):
+    # a large (tiled) image's analysis session is closed after use, so the memory onnxruntime
+    # keeps of its tiles is not held beside the synthesis; the next image opens it again
+    img = smooth_image(300, 330, seed=4)
+    photo_codec.analyse(img)
+    assert "analysis" in photo_codec.pkg._sessions            # one tile: kept for the next image
+    monkeypatch.setattr(codec_mod, "ANALYSIS_TILE", 128)
+    first = encode_picture(_pic(img), photo_codec, quality=70)
+    assert "analysis" not in photo_codec.pkg._sessions
+    assert "synthesis" in photo_codec.pkg._sessions
+    again = encode_picture(_pic(img), photo_codec, quality=70)
+    assert again.data == first.data and np.array_equal(again.recon, first.recon)
+    assert photo_codec.pkg.provider == "CPUExecutionProvider"
+    pixels, _, _ = decode_bytes(first.data)
+    assert np.array_equal(pixels, first.recon)
+
+
 def _codec_with_rdoq(lam: float) -> Codec:
     """The photo codec at full resolution only (positions are levels), with this RDOQ lambda."""
     from aecompress.ladder import Ladder
