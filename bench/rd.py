@@ -122,11 +122,17 @@ def plot(result: dict, path: Path) -> None:
     curves = result["curves"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     order = [c for c in curves if c != "ours"] + ["ours"]
+    # each codec keeps its colour from plot to plot, whatever other series a run adds
+    palette = plt.get_cmap("tab10").colors
+    fixed = {"JPEG": palette[0], "WEBP": palette[2], "AVIF": palette[3], "ours-full": palette[1],
+             "ours-half": palette[4], "ours-round": palette[7]}
+    spare = iter([palette[i] for i in (5, 6, 8, 9)] + list(plt.get_cmap("Dark2").colors))
     for c in order:
         bpp = np.array([p["bpp"] for p in curves[c]])
         psnr_db = np.array([p["psnr"] for p in curves[c]])
         ssim_db = -10 * np.log10(1 - np.array([p["ms_ssim"] for p in curves[c]]))
-        style = dict(lw=2.6, ms=4, zorder=10, color="black") if c == "ours" else dict(lw=1.2, ms=3)
+        style = (dict(lw=2.6, ms=4, zorder=10, color="black") if c == "ours"
+                 else dict(lw=1.2, ms=3, color=fixed.get(c) or next(spare)))
         label = (f"aecompress ({result.get('model_name', result['model'])}, id {result['model_id'][:8]})"
                  if c == "ours" else c)
         axes[0].plot(bpp, psnr_db, "o-", label=label, **style)
