@@ -5,8 +5,10 @@ and takes colour input. Greyscale images are replicated to three channels (a vie
 and the three outputs averaged back to one. Alpha channels pass through untouched; 16-bit images are
 denoised at 16-bit precision.
 
-After the network, the removed residual is limited to 1.25 times the noise level estimated from the
-image (`limit_residual`): a safety net against a blind network that over-smooths fine texture on clean
+After the network, the share of the removed residual that is kept follows the noise level estimated
+from the image (`residual_gain`, a curve in the manifest: a blind network removes a little more than
+the noise at light noise), and the removed residual is limited to 1.25 times that level
+(`limit_residual`): a safety net against a blind network that over-smooths fine texture on clean
 photos (the shipped one does not: docs/denoise.md).
 
 Memory: the image is held as integers (input, one padded copy, output), and the float work happens
@@ -70,6 +72,20 @@ def estimate_sigma(pixels: np.ndarray) -> float:
         hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) * 0.5
         sig.append(_median(np.abs(hh).ravel()) / 0.6745)
     return float(np.mean(sig)) * scale
+
+
+def residual_gain(pkg: ModelPackage, sigma_hat: float) -> float:
+    """The share of its residual a blind denoiser should remove at an estimated noise level.
+
+    A blind network trained on noise from none to heavy removes, at light noise, somewhat more than
+    the noise: it cannot tell weak noise from fine texture, and learns the average behaviour. A
+    manifest's `residual_gain` ({"sigma": [...], "gain": [...]}, fitted on training photos by
+    `python -m aecompress.train.residual_gain`) gives the least-squares share at each estimated
+    level, interpolated linearly and held at the ends; 1.0 without one."""
+    g = pkg.manifest.get("residual_gain")
+    if not g:
+        return 1.0
+    return float(np.interp(sigma_hat, g["sigma"], g["gain"]))
 
 
 def limit_residual(noisy: np.ndarray, out: np.ndarray, sigma_hat: float, peak: float,
@@ -160,13 +176,16 @@ def denoise_array(pixels: np.ndarray, pkg: ModelPackage, sigma: float | str | No
                 sigma = float(sigma)
             except ValueError:
                 raise AecError(f"--sigma must be 'auto' or a number, not '{sigma}'") from None
+    est = estimate_sigma(colour) if sigma == "auto" or guard else None
     if sigma == "auto":
-        info["sigma_estimate"] = round(estimate_sigma(colour), 2)
+        info["sigma_estimate"] = round(est, 2)
         info["sigma"] = info["sigma_estimate"]
     elif sigma is not None:
         if not (0 <= float(sigma) <= 255):
             raise AecError(f"--sigma must be between 0 and 255, not {sigma}")
         info["sigma"] = float(sigma)
+
+    gain = residual_gain(pkg, est) if guard else 1.0
 
     align = int(pkg.manifest.get("align", 8))
     h, w = colour.shape[:2]
@@ -191,6 +210,9 @@ def denoise_array(pixels: np.ndarray, pkg: ModelPackage, sigma: float | str | No
             y *= np.float32(1 / ensemble)
         if grey:
             y = y.mean(axis=1, keepdims=True)
+        if gain < 1.0:                 # remove that share of the residual, before rounding
+            t = t[:, :1] if grey else t
+            y = t + np.float32(gain) * (y - t)
         y = np.clip(y, 0, 1) * np.float32(peak)
         return y if float_output else np.round(y).astype(out_dtype)
 
@@ -199,9 +221,8 @@ def denoise_array(pixels: np.ndarray, pkg: ModelPackage, sigma: float | str | No
     out = run_tiled(fn, x, tile_size, _overlap(pkg, align), align=align, out_channels=1 if grey else 3)
     y = out[0].transpose(1, 2, 0)[:h, :w]
     if guard:
-        est = info["sigma_estimate"] if info["sigma_estimate"] is not None else estimate_sigma(colour[:h, :w])
-        src = colour[:h, :w]
-        info["residual_scale"] = limit_residual(src, y, est, peak)
+        f = limit_residual(colour[:h, :w], y, est, peak)
+        info["residual_scale"] = round(gain * f, 4)
     if has_alpha:
         y = np.concatenate([y, a[:, :, -1:].astype(out_dtype)], axis=2)
     y = np.ascontiguousarray(y)

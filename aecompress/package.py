@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -162,6 +163,18 @@ def _is_id(h: str) -> bool:
         return False
 
 
+def _gain_curve_problem(g) -> bool:
+    """Whether a denoiser's residual_gain ({"sigma": [...], "gain": [...]}) is malformed."""
+    if not isinstance(g, dict):
+        return True
+    s, v = g.get("sigma"), g.get("gain")
+    if not (isinstance(s, list) and isinstance(v, list) and len(s) == len(v) >= 1):
+        return True
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in s + v):
+        return True
+    return any(b <= a for a, b in zip(s, s[1:])) or any(not 0 < x <= 1 for x in v)
+
+
 def manifest_problem(m: dict) -> str | None:
     """What is wrong with the shape of a manifest, or None: the fields every command reads must
     have their types, so a bad package is refused when it is found rather than failing later."""
@@ -184,6 +197,8 @@ def manifest_problem(m: dict) -> str | None:
     dec = m.get("decodes", [])
     if not isinstance(dec, list) or not all(isinstance(h, str) and _is_id(h) for h in dec):
         return "decodes is not a list of model ids (hexadecimal)"
+    if "residual_gain" in m and _gain_curve_problem(m["residual_gain"]):
+        return "residual_gain is not a table of increasing sigmas and gains between 0 and 1"
     if "tables" in m and not inside(m["tables"]):
         return "tables is not a file name inside the package folder"
     channels = m.get("channels", 3)

@@ -465,3 +465,88 @@ def test_quality_option_sets_lossy_outputs(tmp_path, env):
     assert (tmp_path / "q90" / "b.webp").stat().st_size < (tmp_path / "keep" / "b.webp").stat().st_size
     r = run_cli(["denoise", tmp_path / "a.jpg", "-q", "0"], env)
     assert r.exit_code != 0
+
+
+def _with_manifest(pkg, **changes):
+    from aecompress.package import ModelPackage
+
+    return ModelPackage(pkg.path, {**pkg.manifest, **changes}, "cpu", 2)
+
+
+def test_residual_gain_removes_its_share_of_the_residual(pkg):
+    from aecompress.denoise import denoise_array, estimate_sigma, residual_gain
+
+    clean = smooth_image(96, 128, seed=5)
+    x = noisy(clean, 6, seed=1)
+    plain = _with_manifest(pkg, residual_gain=None)
+    half = _with_manifest(pkg, residual_gain={"sigma": [0.0, 100.0], "gain": [0.5, 0.5]})
+    ramp = _with_manifest(pkg, residual_gain={"sigma": [0.0, 10.0], "gain": [0.2, 1.0]})
+    est = estimate_sigma(x)
+    assert residual_gain(plain, est) == 1.0
+    assert residual_gain(ramp, est) == pytest.approx(0.2 + 0.08 * est) and residual_gain(ramp, 50) == 1.0
+    full, info1 = denoise_array(x, plain, float_output=True)
+    out, info = denoise_array(x, half, float_output=True)
+    # half of what the network removes, before rounding (the residual limit is not reached here)
+    assert info1["residual_scale"] == 1.0 and info["residual_scale"] == 0.5
+    assert np.allclose(out, x + 0.5 * (full - x), atol=1e-3)
+    out8, _ = denoise_array(x, half)
+    assert np.abs(out8.astype(float) - (x + 0.5 * (full - x))).max() <= 0.5 + 1e-3
+    # greyscale images take the same share
+    g = x[:, :, :1]
+    gf, _ = denoise_array(g, plain, float_output=True)
+    gh, _ = denoise_array(g, half, float_output=True)
+    assert np.allclose(gh, g + 0.5 * (gf - g), atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [{"sigma": [0, 5], "gain": [0.5]}, {"sigma": [5, 0], "gain": [0.5, 1]},
+                                 {"sigma": [0, 5], "gain": [0.0, 1]}, {"sigma": [0, 5], "gain": [0.5, 1.5]},
+                                 [0.5], {"sigma": [0, "x"], "gain": [0.5, 1]}])
+def test_a_malformed_residual_gain_is_a_malformed_manifest(bad):
+    from aecompress.package import manifest_problem
+
+    m = {"kind": "denoiser", "graphs": {"denoise": "denoise.onnx"}}
+    assert manifest_problem(m) is None
+    assert "residual_gain" in manifest_problem({**m, "residual_gain": bad})
+
+
+def test_the_gain_curve_fit_recovers_a_known_curve():
+    from aecompress.train.residual_gain import KNOTS, fit_curve
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 40, 3000)
+    true = np.interp(s, [0, 10, 20], [0.6, 0.9, 1.0])
+    den = rng.uniform(1e3, 1e4, s.size)
+    num = true * den * (1 + 0.05 * rng.standard_normal(s.size))     # <n, r> = g <r, r>, noisy
+    g = fit_curve(s, num, den)
+    assert np.all(np.diff(g) >= 0) and g.max() <= 1.0
+    assert np.allclose(g, np.interp(KNOTS, [0, 10, 20], [0.6, 0.9, 1.0]), atol=0.03)
+    # a network that removes exactly the noise everywhere gets no curve to speak of
+    assert np.allclose(fit_curve(s, den.copy(), den), 1.0)
+
+
+def test_residual_gain_tool_writes_a_package_with_the_curve(pkg_dir, tmp_path):
+    pytest.importorskip("torch")
+    from aecompress.denoise import denoise_array
+    from aecompress.train import residual_gain
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(80, 96, seed=10 + i)).save(data / f"wiki_{i:03d}.png")
+    Image.fromarray(smooth_image(80, 96, seed=20)).save(data / "bsds_000.png")      # not a clean reference
+    out = tmp_path / "tuned"
+    residual_gain.main([str(pkg_dir), str(out), "--data", str(data), "--samples", "12", "--crop", "64",
+                        "--threads", "1", "--val", str(tmp_path / "none")])
+    m = json.loads((out / "manifest.json").read_text())
+    curve = m["residual_gain"]
+    assert curve["sigma"] == list(residual_gain.KNOTS) and all(0 < g <= 1 for g in curve["gain"])
+    assert curve["gain"] == sorted(curve["gain"])
+    assert m["training"]["residual_gain_fit"]["images"] == 2 and m["training"]["residual_gain_fit"]["crops"] == 12
+    for f in pkg_dir.iterdir():                     # the network is the same file
+        if f.name != "manifest.json":
+            assert (out / f.name).read_bytes() == f.read_bytes()
+    tuned = load_package(out, device="cpu", threads=1)
+    den, info = denoise_array(noisy(smooth_image(64, 64), 10), tuned)
+    assert den.shape == (64, 64, 3) and 0 < info["residual_scale"] <= 1
+    with pytest.raises(SystemExit):                 # an existing output is not replaced without --force
+        residual_gain.main([str(pkg_dir), str(out), "--data", str(data), "--val", str(tmp_path / "none")])

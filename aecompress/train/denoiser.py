@@ -387,7 +387,9 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
         res[f"psnr_noisy_sigma{s}"] = round(float(np.mean(noisy_vals)), 3)
     res["psnr_clean_input"] = round(float(np.mean([psnr(denoise_array(im, pkg)[0], im) for im in vs.images])), 3)
     res["how"] = ("blind, seeded Gaussian noise clipped to 8 bits, full images, aecompress.denoise.denoise_array "
-                  f"defaults (tile 512, removed residual limited to {RESIDUAL_LIMIT} x estimated sigma)")
+                  f"defaults (tile 512, removed residual limited to {RESIDUAL_LIMIT} x estimated sigma"
+                  + (", and scaled by the manifest's residual_gain at the estimated sigma)"
+                     if pkg.manifest.get("residual_gain") else ")"))
     return res
 
 
