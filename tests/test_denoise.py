@@ -522,6 +522,10 @@ def test_the_gain_curve_fit_recovers_a_known_curve():
     assert np.allclose(g, np.interp(KNOTS, [0, 10, 20], [0.6, 0.9, 1.0]), atol=0.03)
     # a network that removes exactly the noise everywhere gets no curve to speak of
     assert np.allclose(fit_curve(s, den.copy(), den), 1.0)
+    # knots no crop came near take their neighbours' value, not an arbitrary one
+    some = s > 5
+    g = fit_curve(s[some], num[some], den[some])
+    assert np.allclose(g[:2], g[2], atol=1e-6) and abs(g[2] - 0.72) < 0.03      # knot 4 still sees s in (5, 6)
 
 
 def test_residual_gain_tool_writes_a_package_with_the_curve(pkg_dir, tmp_path):

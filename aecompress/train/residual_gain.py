@@ -5,8 +5,8 @@
                                              [--seed 0] [--threads N] [--val ../shared/data/val/photos]
 
 A blind network trained on noise from none to heavy cannot tell weak noise from fine texture, so at
-light noise it removes somewhat more than the noise. This tool runs the package (torch-free, through
-the runtime) on training crops whose references are clean (by default the Wikimedia, Debian and
+light noise it removes somewhat more than the noise. This tool runs the package through the runtime
+(onnxruntime; torch only makes the training's noise) on training crops whose references are clean (by default the Wikimedia, Debian and
 bundled photos: BSDS was decoded from JPEGs and keeps their grain, which the network learned to keep
 too) with the training's own noise mix (`train.denoiser.degrade`: Gaussian,
 Poisson-Gaussian, JPEG'd, greyscale; more light noise than training draws, so that the low end is
@@ -65,7 +65,11 @@ def fit_curve(sigma_hat: np.ndarray, num: np.ndarray, den: np.ndarray, knots=KNO
     phi = hats(sigma_hat, knots)
     a = (phi * den[:, None]).T @ phi
     b = phi.T @ num
-    a += np.eye(len(knots)) * 1e-9 * max(np.trace(a), 1.0)     # knots no crop fell near: held by neighbours
+    # a faint pull towards 1 (no change): a knot no crop fell near gets 1 from it, and then the
+    # value of its neighbours from the monotone fit below, in which it weighs next to nothing
+    eps = 1e-9 * max(np.trace(a), 1.0)
+    a += np.eye(len(knots)) * eps
+    b = b + eps
     g = np.linalg.solve(a, b)
     g = np.clip(g, 0.05, 1.0)
     return np.clip(_non_decreasing(g, np.diag(a)), 0.05, 1.0)
