@@ -178,7 +178,8 @@ def test_denoiser_fine_tunes_from_a_package_with_batch_workers(tmp_path):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     pkg = denoiser.export_package(model, tmp_path / "pkg", training={"steps": 9, "minutes": 1.0, "stages": [
-        {"run": "runs/d1", "steps": 9, "minutes": 1.0}]}, measure=False)
+        {"run": "runs/d1", "steps": 9, "minutes": 1.0}], "data": "first photos", "hardware": "first machine"},
+        measure=False)
     rebuilt, man = denoiser_from_package(pkg)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values()))
     _photos(tmp_path / "imgs", seed=5, size=(96, 96))
@@ -192,6 +193,10 @@ def test_denoiser_fine_tunes_from_a_package_with_batch_workers(tmp_path):
     training = json.loads((tmp_path / "out" / "manifest.json").read_text())["training"]
     assert [s["run"] for s in training["stages"]] == ["runs/d1", str(tmp_path / "run")]
     assert training["steps"] == 11 and training["stages"][-1]["init"] == str(pkg)
+    # what the package said of its training is kept, this stage's added after it, and recorded with the stage
+    assert training["data"].startswith("first photos; then ") and str(tmp_path / "imgs") in training["data"]
+    assert training["hardware"].startswith("first machine; then ")
+    assert str(tmp_path / "imgs") in training["stages"][-1]["data"]
 
 
 def test_prefetched_batches_train_exactly_as_inline_ones(tmp_path):

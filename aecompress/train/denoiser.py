@@ -491,11 +491,12 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
                             f"noise up), Adam, cosine lr {state.get('lr', 1e-3):g} over the time budget; a stage "
                             "that names no loss used MSE")
     # fine-tuning stages: follow the chain of --init checkpoints back to the first run
-    chain, st, path, earlier = [], state, Path(checkpoint), []
+    chain, st, path, earlier, prior = [], state, Path(checkpoint), [], {}
     while True:
         chain.append((path, st))
         if st.get("init_package"):                       # started from a model package: its recorded stages
-            earlier = (st["init_package"].get("training") or {}).get("stages") or []
+            prior = st["init_package"].get("training") or {}
+            earlier = prior.get("stages") or []
             break
         if not st.get("init"):
             break
@@ -509,6 +510,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
              "p_jpeg": s.get("p_jpeg", 0.15), **({"bf16": True} if s.get("bf16") else {}),
              **({"loss": s["loss"]} if s.get("loss", "mse") != "mse" else {}),
              "batch": s.get("batch"), "crop": s.get("crop"), **({"device": s["device"]} if s.get("device") else {}),
+             "data": f"{s.get('data') or '../shared/data/train/photos'}: {s.get('images', '?')} photos",
              **({"init": str(s["init_package"]["path"])} if s.get("init_package")
                 else {"init": str(Path(s["init"]).parent)} if s.get("init") else {})}
             for p, s in chain]
@@ -517,6 +519,10 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
                                     + sum(s["seconds"] for _, s in chain) / 60, 1)
         training["noise"] += ("; each later stage starts from the previous weights with its own cosine schedule "
                               "and shares of clean inputs (p_clean), sigma U(0,8) inputs (p_low) and JPEG (p_jpeg)")
+        # the package it started from describes the training before: kept, this run's added after it
+        for key in ("data", "images", "batch", "crop", "hardware", "loss"):
+            if prior.get(key) not in (None, "") and str(prior[key]) != str(training.get(key)):
+                training[key] = f"{prior[key]}; then {training.get(key)}"
     return export_package(model, out, name or out.name, training, measure=measure, measure_limit=measure_limit,
                           val_dir=val_dir, measure_label=measure_label)
 
