@@ -239,9 +239,7 @@ def write_stage_package(src: Path, out: Path, record: dict, schedule: str, table
     src = Path(src)
 
     def build(tmp: Path) -> None:
-        for f in src.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+        _copy_files(src, tmp)
         man = json.loads((src / MANIFEST).read_text())
         if edit_manifest is not None:
             edit_manifest(man)
@@ -252,6 +250,21 @@ def write_stage_package(src: Path, out: Path, record: dict, schedule: str, table
         np.savez_compressed(tmp / man["tables"], **t)
         add_stage(man, record, schedule)
         (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
+
+    return _write_package_atomically(Path(out), build)
+
+
+def _copy_files(src: Path, dst: Path) -> None:
+    for f in Path(src).iterdir():
+        if f.is_file():
+            shutil.copy2(f, dst / f.name)
+
+
+def write_package_copy(src: Path, out: Path, manifest: dict) -> Path:
+    """Write `out`: the package `src` with another manifest (its graphs and tables as they are). Atomic."""
+    def build(tmp: Path) -> None:
+        _copy_files(src, tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return _write_package_atomically(Path(out), build)
 

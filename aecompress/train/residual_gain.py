@@ -21,8 +21,8 @@ what it was fitted on in its manifest; the network is unchanged.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -30,8 +30,8 @@ import numpy as np
 
 from ..denoise import denoise_array, estimate_sigma
 from ..errors import AecError
-from ..package import MANIFEST, load_package, read_manifest
-from .export import _write_package_atomically
+from ..package import MANIFEST, load_package
+from .export import write_package_copy
 from .hardware import cpu_name
 
 KNOTS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0)
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     print("gains:", gain_l)
     for r in rows:
         print(r)
-    src = Path(pkg.path)
-    man = read_manifest(src)
+    man = copy.deepcopy(pkg.manifest)
     man["residual_gain"] = {"sigma": sigma, "gain": gain_l}
     man.setdefault("training", {})["residual_gain_fit"] = {
         "tool": "python -m aecompress.train.residual_gain",
@@ -176,13 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     man.pop("measured", None)
 
-    def build(tmp: Path) -> None:
-        for p in src.iterdir():
-            if p.is_file() and p.name != MANIFEST:
-                shutil.copy2(p, tmp / p.name)
-        (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
-
-    _write_package_atomically(args.out, build)
+    write_package_copy(pkg.path, args.out, man)
     print(f"wrote {args.out} ({minutes:.1f} min)")
     if args.val.is_dir():
         from ..fsutil import write_bytes_atomic
