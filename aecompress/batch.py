@@ -12,8 +12,10 @@ session), and reports every finished job to a progress callback. Semantics share
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -459,12 +461,23 @@ class _RayWorker:
 
     def __init__(self, name: str, files: dict[str, bytes], device: str, threads: int | None):
         self.dir = Path(tempfile.mkdtemp(prefix="aec-ray-"))
-        pkg_dir = self.dir / "pkg" / name
-        pkg_dir.mkdir(parents=True)
-        for n, data in files.items():
-            (pkg_dir / n).write_bytes(data)
-        self.pkg = load_package(pkg_dir, device=device, threads=threads)
-        self.pkg.session("denoise")
+        # the driver calls close() at the end of a batch; a worker that is killed instead (Ctrl-C,
+        # Ray shutting down) still removes its copy of the model when its process exits
+        atexit.register(self.close)
+        try:
+            pkg_dir = self.dir / "pkg" / name
+            pkg_dir.mkdir(parents=True)
+            for n, data in files.items():
+                (pkg_dir / n).write_bytes(data)
+            self.pkg = load_package(pkg_dir, device=device, threads=threads)
+            self.pkg.session("denoise")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Remove this worker's copy of the model package and its scratch files."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma,
                 ensemble: int = 1, quality: int | None = None) -> dict:
@@ -585,6 +598,11 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     continue
                 report(_result(job, res["info"], seconds=res["seconds"]))
             submit()
+        if not is_cancelled():
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=30)
+            except Exception:  # noqa: BLE001 - a worker that died has nothing more to remove
+                pass
     finally:
         if started:
             ray.shutdown()

@@ -246,8 +246,15 @@ def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
         sig.signal(sig.SIGTERM, old)
 
 
+def ray_scratch() -> set[str]:
+    import glob
+    import tempfile
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "aec-ray-*")))
+
+
 def test_ray_engine_matches_local(tmp_path, env):
     pytest.importorskip("ray")
+    scratch = ray_scratch()
     make_tree(tmp_path / "in")
     (tmp_path / "in" / "bad.png").write_bytes(b"garbage")
     local = run_batch([tmp_path / "in"], tmp_path / "local", recursive=True, jobs=1)
@@ -258,6 +265,8 @@ def test_ray_engine_matches_local(tmp_path, env):
     assert (s.done, s.skipped, s.failed) == (4, 1, 1)
     assert "bad.png" in [r for r in s.results if r.status == "failed"][0].error
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    # each worker's copy of the model is removed at the end (they piled up in /tmp, 1.8 MB a worker)
+    assert ray_scratch() <= scratch
 
 
 def test_second_ctrl_c_while_workers_stop_does_not_abort(tmp_path, env):
