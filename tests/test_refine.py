@@ -141,13 +141,18 @@ def test_the_cli_refines_and_reports(tmp_path, cat):
     src = tmp_path / "c.png"
     Image.fromarray(np.ascontiguousarray(cat[:128, :128])).save(src)
     out = {}
-    for steps in (0, 15):
-        dst = tmp_path / f"c{steps}.aez"
+    for steps, q in ((0, 55), (0, 60), (15, 60)):
+        dst = tmp_path / f"c{steps}_{q}.aez"
         p = subprocess.run([sys.executable, "-m", "aecompress", "encode", src, "-o", dst, "--refine", str(steps),
-                            "--json", "-q", "60"], capture_output=True, text=True, timeout=120)
+                            "--json", "-q", str(q)], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
-        out[steps] = json.loads(p.stdout)
-    assert out[15]["psnr"] > out[0]["psnr"]
+        out[steps, q] = json.loads(p.stdout)
+    # the refined file lies above the plain curve: more PSNR than its bits buy unrefined (measured:
+    # 0.254 bpp 32.07 dB, where plain q55 gives 0.252 bpp 31.81 dB and q60 0.303 bpp 32.51 dB)
+    (b0, p0), (b1, p1) = ((out[0, q]["bpp"], out[0, q]["psnr"]) for q in (55, 60))
+    r = out[15, 60]
+    assert b0 <= r["bpp"] < b1
+    assert r["psnr"] > np.interp(r["bpp"], [b0, b1], [p0, p1]) + 0.05
     p = subprocess.run([sys.executable, "-m", "aecompress", "encode", src, "-o", tmp_path / "x.aez", "--refine", "-3"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "Traceback" not in p.stderr
