@@ -1,7 +1,7 @@
 """Probe: how many `encode --refine` steps pay, and with which search schedule, against WebP and
 against plain encoding.
 
-    python bench/probes/refine_steps.py [DIR] [--limit 4] [--start 0] [--steps 0 50 100 200]
+    python bench/probes/refine_steps.py [DIR] [--limit 4] [--start 0 | --images NAME ...] [--steps 0 50 100 200]
                                         [--qualities 5 10 20 30 50 70 90 100] [--model photo]
                                         [--schedule NAME=LR,cos|const,TAU0,DECAY ...] [--no-webp]
                                         [--out bench/results/probe_refine_steps.json]
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--start", type=int, default=0, help="take every len/limit-th photo from this index on "
                     "(another sample of the folder)")
+    ap.add_argument("--images", nargs="+", default=None, metavar="NAME", help="these photos of DIR instead")
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 100, 200])
     ap.add_argument("--qualities", type=int, nargs="+", default=[5, 10, 20, 30, 50, 70, 90, 100])
     ap.add_argument("--schedule", action="append", default=[], metavar="NAME=LR,cos|const,TAU0,DECAY")
@@ -53,7 +54,10 @@ def main() -> None:
     args = ap.parse_args()
 
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-    files = files[args.start:: max(1, len(files) // args.limit)][: args.limit]
+    if args.images:
+        files = [f for f in files if f.name in args.images]
+    else:
+        files = files[args.start:: max(1, len(files) // args.limit)][: args.limit]
     base = open_codec(args.model, "cpu", None)
     schedules: dict[str, refine.Schedule | None] = {"": None}
     for spec in args.schedule:
