@@ -150,19 +150,21 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                 best = data, st
         data, st = best
         if refining and len(data) <= limit:
-            # refinement buys quality with a few more bits: refined at the position found, or else
-            # at the position whose unrefined size leaves room for the refinement's growth
-            refined = run(st["position"], True)
-            if len(refined[0]) > limit:
-                room = limit * len(data) / len(refined[0])
-                lo, hi = segment(st["position"])
-                found = _search(lo, st["position"], lambda u: u if len(run(u)[0]) <= room else None)
-                refined = run(found[0], True) if found else refined
-            if len(refined[0]) <= limit:               # kept when it is the better of the two
-                rec_r = rebuild(refined[1])
-                recon = rebuild(st) if recon is None else recon
-                if psnr(ref_px, in_mode(rec_r, mode)) > psnr(ref_px, in_mode(recon, mode)):
-                    (data, st), recon = refined, rec_r
+            # refinement changes the file's size at a position (it may spend fewer bits, or buy
+            # quality with more): refined at the position whose unrefined size, scaled by that
+            # change, fills the limit, else at the position found; kept when better than unrefined
+            at = run(st["position"], True)
+            room = limit * len(data) / len(at[0])
+            lo, hi = segment(st["position"])
+            found = _search(lo, hi, lambda u: u if len(run(u)[0]) <= room else None)
+            tries = ([run(found[0], True)] if found and found[0] != st["position"] else []) + [at]
+            for refined in tries:
+                if len(refined[0]) <= limit:
+                    rec_r = rebuild(refined[1])
+                    recon = rebuild(st) if recon is None else recon
+                    if psnr(ref_px, in_mode(rec_r, mode)) > psnr(ref_px, in_mode(recon, mode)):
+                        (data, st), recon = refined, rec_r
+                    break
     elif target_psnr is not None:
         def attempt(u: float):
             data, st = run(u)
@@ -182,14 +184,15 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
         if candidates:
             data, st, recon = min(candidates, key=lambda c: len(c[0]))
             if refining:
-                # refinement gains PSNR at a position: refined at the position whose unrefined PSNR
-                # falls short of the target by that gain, the file is smaller (kept only if so)
+                # refinement changes the PSNR at a position (up, or down for fewer bits): refined at
+                # the position whose unrefined PSNR misses the target by that change, when the file
+                # is smaller (kept only if so)
                 d_p, s_p = run(st["position"], True)
                 r_p = rebuild(s_p)
                 gain = psnr(ref_px, in_mode(r_p, mode)) - psnr(ref_px, in_mode(recon, mode))
                 lo, hi = segment(st["position"])
-                found = _search(lo, st["position"], lambda u: (u,) if psnr(ref_px, in_mode(rebuild(run(u)[1]), mode))
-                                >= target_psnr - max(gain, 0.0) else None, want_high=False)
+                found = _search(lo, hi, lambda u: (u,) if psnr(ref_px, in_mode(rebuild(run(u)[1]), mode))
+                                >= target_psnr - gain else None, want_high=False)
                 tries = ([found[0]] if found and found[0] != st["position"] else []) + [st["position"]]
                 for u in tries:
                     d_r, s_r, r_r = (d_p, s_p, r_p) if u == st["position"] else (*run(u, True), None)
