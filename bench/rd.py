@@ -1,6 +1,7 @@
 """Rate-distortion benchmark: our codec against JPEG, WebP and AVIF (all through Pillow), side by side.
 
-    python bench/rd.py [FOLDER] [-m photo] [--limit N] [--out bench/results]
+    python bench/rd.py [FOLDER] [-m photo] [--limit N [--offset K]] [--refine STEPS] [--out bench/results]
+    python bench/rd.py --merge A/rd.json B/rd.json --out DIR    (runs on disjoint images, as one)
 
 For every image and setting it measures bpp from the real file bytes, RGB PSNR and MS-SSIM of the
 decoded image, and encode/decode seconds. Curves are averaged per setting over the images (as
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -151,11 +153,153 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def average_curves(rows: dict, codecs: list[str]) -> dict:
+    """Per codec, the per-setting mean of the images' bpp, PSNR and MS-SSIM, sorted by bpp."""
+    curves = {}
+    for c in codecs:
+        pts = []
+        for q, lst in rows[c].items():
+            pts.append({"setting": int(q), "bpp": float(np.mean([r["bpp"] for r in lst])),
+                        "psnr": float(np.mean([r["psnr"] for r in lst])),
+                        "ms_ssim": float(np.mean([r["ms_ssim"] for r in lst]))})
+        curves[c] = sorted(pts, key=lambda p: p["bpp"])
+    return curves
+
+
+def bd_table(curves: dict, me: str, against: list[str], rows: dict | None = None,
+             settings: dict | None = None, n_images: int = 0) -> dict:
+    """BD-rates of codec `me` against each codec in `against`: of the averaged curves (cubic and
+    PCHIP, PSNR and MS-SSIM) and, when the per-image rows are given, per image."""
+    def arr(c, k):
+        return np.array([p[k] for p in curves[c]])
+
+    def per_image(c, i, k):
+        return np.array([rows[c][q][i][k] for q in settings[c]])
+
+    table = {}
+    for c in against:
+        v = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr")),
+             "psnr_pchip": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr"), method="pchip"),
+             "psnr_interval_db": [round(max(arr(c, "psnr").min(), arr(me, "psnr").min()), 2),
+                                  round(min(arr(c, "psnr").max(), arr(me, "psnr").max()), 2)],
+             "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
+                                   arr(me, "bpp"), -10 * np.log10(1 - arr(me, "ms_ssim")))}
+        v["psnr_per_image"] = None
+        if rows is not None:
+            each = [bd_rate(per_image(c, i, "bpp"), per_image(c, i, "psnr"), per_image(me, i, "bpp"),
+                            per_image(me, i, "psnr")) for i in range(n_images)]
+            got = [x for x in each if x is not None]
+            if got:
+                v["psnr_per_image"] = {"mean": float(np.mean(got)), "median": float(np.median(got)),
+                                       "min": float(np.min(got)), "max": float(np.max(got)),
+                                       "images": len(got), "left_out": len(each) - len(got)}
+        table[c] = v
+    return table
+
+
+def summarise(rows: dict, settings: dict, codecs: list[str], refined: str | None, n_images: int):
+    """Averaged curves, BD-rates of ours against every other codec and, with a refined series, its own."""
+    curves = average_curves(rows, codecs)
+    bd = bd_table(curves, "ours", codecs[1:], rows, settings, n_images)
+    bd_refined = (bd_table(curves, refined, [c for c in codecs if c not in ("ours", refined)], rows, settings,
+                           n_images) if refined else None)
+    return curves, bd, bd_refined
+
+
+def report(result: dict) -> None:
+    """Print a result's table, BD-rates and timings."""
+    curves, proc = result["curves"], result["whole_process_768x512"]
+    print(f"\n{len(result['images'])} images from {result['folder']}\n")
+    print(f"{'codec':10} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+    for c, pts in curves.items():
+        for p in pts:
+            print(f"{c:10} {p['setting']:>7} {p['bpp']:7.3f} {p['psnr']:7.2f} {p['ms_ssim']:8.4f}")
+    print("\nBD-rate of ours against (negative = ours needs fewer bits at equal quality), averaged curves;"
+          "\nPCHIP: piecewise-cubic interpolation instead of one cubic; per image: mean / median (min to max):")
+    fmt = lambda x: "n/a" if x is None else f"{x:+.1f}%"  # noqa: E731
+
+    def show(table: dict) -> None:
+        for c, v in table.items():
+            lo, hi = v["psnr_interval_db"]
+            e = v["psnr_per_image"]
+            each = "n/a" if e is None else (f"{fmt(e['mean'])} / {fmt(e['median'])} ({fmt(e['min'])} to {fmt(e['max'])}"
+                                            + (f", {e['left_out']} left out" if e["left_out"] else "") + ")")
+            print(f"  {c:10}  PSNR {fmt(v['psnr'])} over {lo:.2f}-{hi:.2f} dB, PCHIP {fmt(v['psnr_pchip'])}, "
+                  f"per image {each};  MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
+
+    show(result["bd_rate_vs"])
+    if result.get("refined"):
+        print(f"\nBD-rate of {result['refined']} (encode --refine {result['refine_steps']}) against:")
+        show(result["bd_rate_of_refined_vs"])
+    print("\nmean seconds per image (in-process):")
+    for c, v in result["seconds_per_image"].items():
+        print(f"  {c:10}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
+    for run in (proc if isinstance(proc, list) else [proc]):
+        print(f"\nwhole process, 768x512: encode {run['encode_s']:.2f} s + decode {run['decode_s']:.2f} s"
+              f" = {run['total_s']:.2f} s (encode --quiet, no reconstruction for the report: "
+              f"{run['encode_quiet_s']:.2f} s, {run['quiet_total_s']:.2f} s in all)")
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rd.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "rd.png")
+    print(f"wrote {out / 'rd.json'} and, with matplotlib, {out / 'rd.png'}")
+
+
+def merge(paths: list[Path]) -> dict:
+    """One result from runs on disjoint images with the same model, codecs and settings. The averaged
+    curves are exactly those of one run on all the images (each run's per-setting means weighted by
+    its image count); per-image BD-rates need every run's per-image points (kept in rd.json since
+    2026-12-07) and are left out otherwise. Timings: image-weighted means, and each run's
+    whole-process measurement."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    settings = {c: [pt["setting"] for pt in pts] for c, pts in first["curves"].items()}
+    for path, r in zip(paths, runs):
+        for key in ("model_id", "refined", "refine_steps"):
+            if r.get(key) != first.get(key):
+                raise SystemExit(f"{path}: {key} {r.get(key)!r} differs from {first.get(key)!r} in {paths[0]}")
+        if {c: [pt["setting"] for pt in pts] for c, pts in r["curves"].items()} != settings:
+            raise SystemExit(f"{path}: its codecs or settings differ from those of {paths[0]}")
+    names = [n for r in runs for n in r["images"]]
+    if len(set(names)) != len(names):
+        raise SystemExit("an image appears in more than one run: the runs must cover disjoint images")
+    codecs, refined, n = list(settings), first.get("refined"), len(names)
+    if all("per_image" in r for r in runs):
+        rows = {c: {q: sum((r["per_image"][c][str(q)] for r in runs), []) for q in settings[c]} for c in codecs}
+        curves, bd, bd_refined = summarise(rows, settings, codecs, refined, n)
+    else:
+        curves = {}
+        for c in codecs:
+            pts = []
+            for q in settings[c]:
+                at = [(len(r["images"]), next(pt for pt in r["curves"][c] if pt["setting"] == q)) for r in runs]
+                pts.append({"setting": q, **{k: sum(w * pt[k] for w, pt in at) / n for k in ("bpp", "psnr", "ms_ssim")}})
+            curves[c] = sorted(pts, key=lambda p: p["bpp"])
+        bd = bd_table(curves, "ours", codecs[1:])
+        bd_refined = bd_table(curves, refined, [c for c in codecs if c not in ("ours", refined)]) if refined else None
+    timing = {c: {k: sum(len(r["images"]) * r["seconds_per_image"][c][k] for r in runs) / n
+                  for k in ("encode", "decode")} for c in codecs}
+    result = {"folder": first["folder"], "images": names, "model": first["model"],
+              "model_name": first.get("model_name"), "model_id": first["model_id"], "machine": first["machine"],
+              "merged_from": [str(p) for p in paths], "curves": curves, "bd_rate_vs": bd,
+              "seconds_per_image": timing, "whole_process_768x512": [r["whole_process_768x512"] for r in runs]}
+    if refined:
+        result.update(refine_steps=first["refine_steps"], refined=refined, bd_rate_of_refined_vs=bd_refined)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?", default="../shared/data/val/photos")
     ap.add_argument("-m", "--model", default="photo")
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="every (count // N)th image, N of them")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="with --limit, start at this image (--limit 14 --offset 1 on 28 images: the other 14)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="only combine the rd.json files of runs on disjoint images of the same model and "
+                         "settings into OUT/rd.json, as one run on all their images")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
@@ -171,9 +315,15 @@ def main() -> None:
         plot(json.loads((args.out / "rd.json").read_text()), args.out / "rd.png")
         return
 
+    if args.merge:
+        result = merge(args.merge)
+        report(result)
+        write(result, args.out)
+        return
+
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
     if args.limit:
-        files = files[:: max(1, len(files) // args.limit)][: args.limit]
+        files = files[args.offset:: max(1, len(files) // args.limit)][: args.limit]
     codec = open_codec(args.model, "cpu", args.threads)
     ours = {"ours": codec}
     if any(r.scale != 1 for r in codec.ladder.rungs):
@@ -228,82 +378,22 @@ def main() -> None:
                 times[fmt]["decode"].append(td)
         print(f"[{n + 1}/{len(files)}] {f.name}", file=sys.stderr)
 
-    curves = {}
-    for c in codecs:
-        pts = []
-        for q, lst in rows[c].items():
-            pts.append({"setting": q, "bpp": float(np.mean([r["bpp"] for r in lst])),
-                        "psnr": float(np.mean([r["psnr"] for r in lst])),
-                        "ms_ssim": float(np.mean([r["ms_ssim"] for r in lst]))})
-        curves[c] = sorted(pts, key=lambda p: p["bpp"])
-
-    def arr(c, k):
-        return np.array([p[k] for p in curves[c]])
-
-    def per_image(c, i, k):
-        return np.array([rows[c][q][i][k] for q in settings[c]])
-
-    def bd_of(me: str, c: str) -> dict:
-        """BD-rates of codec `me` against codec c."""
-        v = {"psnr": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr")),
-             "psnr_pchip": bd_rate(arr(c, "bpp"), arr(c, "psnr"), arr(me, "bpp"), arr(me, "psnr"), method="pchip"),
-             "psnr_interval_db": [round(max(arr(c, "psnr").min(), arr(me, "psnr").min()), 2),
-                                  round(min(arr(c, "psnr").max(), arr(me, "psnr").max()), 2)],
-             "ms_ssim_db": bd_rate(arr(c, "bpp"), -10 * np.log10(1 - arr(c, "ms_ssim")),
-                                   arr(me, "bpp"), -10 * np.log10(1 - arr(me, "ms_ssim")))}
-        each = [bd_rate(per_image(c, i, "bpp"), per_image(c, i, "psnr"), per_image(me, i, "bpp"),
-                        per_image(me, i, "psnr")) for i in range(len(files))]
-        got = [x for x in each if x is not None]
-        v["psnr_per_image"] = {"mean": float(np.mean(got)), "median": float(np.median(got)),
-                               "min": float(np.min(got)), "max": float(np.max(got)),
-                               "images": len(got), "left_out": len(each) - len(got)} if got else None
-        return v
-
-    bd = {c: bd_of("ours", c) for c in codecs[1:]}
-    bd_refined = {c: bd_of(refined, c) for c in codecs if c not in ("ours", refined)} if refined else None
+    curves, bd, bd_refined = summarise(rows, settings, codecs, refined, len(files))
     timing = {c: {k: float(np.mean(v)) for k, v in times[c].items()} for c in codecs}
     proc = whole_process_seconds(args.model, files[0])
 
-    print(f"\n{len(files)} images from {args.folder}\n")
-    print(f"{'codec':10} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
-    for c in codecs:
-        for p in curves[c]:
-            print(f"{c:10} {p['setting']:>7} {p['bpp']:7.3f} {p['psnr']:7.2f} {p['ms_ssim']:8.4f}")
-    print("\nBD-rate of ours against (negative = ours needs fewer bits at equal quality), averaged curves;"
-          "\nPCHIP: piecewise-cubic interpolation instead of one cubic; per image: mean / median (min to max):")
-    fmt = lambda x: "n/a" if x is None else f"{x:+.1f}%"  # noqa: E731
-
-    def show(table: dict) -> None:
-        for c, v in table.items():
-            lo, hi = v["psnr_interval_db"]
-            e = v["psnr_per_image"]
-            each = "n/a" if e is None else (f"{fmt(e['mean'])} / {fmt(e['median'])} ({fmt(e['min'])} to {fmt(e['max'])}"
-                                            + (f", {e['left_out']} left out" if e["left_out"] else "") + ")")
-            print(f"  {c:10}  PSNR {fmt(v['psnr'])} over {lo:.2f}-{hi:.2f} dB, PCHIP {fmt(v['psnr_pchip'])}, "
-                  f"per image {each};  MS-SSIM(dB) {fmt(v['ms_ssim_db'])}")
-
-    show(bd)
-    if bd_refined:
-        print(f"\nBD-rate of {refined} (encode --refine {args.refine}) against:")
-        show(bd_refined)
-    print("\nmean seconds per image (in-process):")
-    for c, v in timing.items():
-        print(f"  {c:10}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
-    print(f"\nwhole process, 768x512: encode {proc['encode_s']:.2f} s + decode {proc['decode_s']:.2f} s"
-          f" = {proc['total_s']:.2f} s (encode --quiet, no reconstruction for the report: "
-          f"{proc['encode_quiet_s']:.2f} s, {proc['quiet_total_s']:.2f} s in all)")
-
-    if args.record:
-        record(codec.pkg.path, args.folder, files, curves["ours"], bd, proc)
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"folder": str(args.folder), "images": [f.name for f in files], "model": args.model,
-              "model_name": codec.pkg.name, "model_id": codec.pkg.model_id[:8].hex(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+              "model_name": codec.pkg.name, "model_id": codec.pkg.model_id[:8].hex(),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
     if refined:
         result.update(refine_steps=args.refine, refined=refined, bd_rate_of_refined_vs=bd_refined)
-    (args.out / "rd.json").write_text(json.dumps(result, indent=2))
-    plot(result, args.out / "rd.png")
-    print(f"wrote {args.out / 'rd.json'} and, with matplotlib, {args.out / 'rd.png'}")
+    result["per_image"] = {c: {str(q): lst for q, lst in rows[c].items()} for c in codecs}
+    report(result)
+
+    if args.record:
+        record(codec.pkg.path, args.folder, files, curves["ours"], bd, proc)
+    write(result, args.out)
 
 
 if __name__ == "__main__":
