@@ -321,6 +321,8 @@ def main() -> None:
         write(result, args.out)
         return
 
+    if args.offset and not args.limit:
+        ap.error("--offset needs --limit (it picks the other images of a --limit run)")
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
     if args.limit:
         files = files[args.offset:: max(1, len(files) // args.limit)][: args.limit]
