@@ -71,7 +71,7 @@ class Codec:
                                      if rdoq_lambda is None else rdoq_lambda)
             self.ladder = Ladder.from_manifest(pkg.manifest, self.levels)
             self.refine = max(0, int(refine))
-            self.refine_schedule = None         # a refine.Schedule to search with; None: refine.SCHEDULE
+            self.refine_schedule = None         # a refine.Schedule to search with; None: refine.schedule_for(steps)
             self._lambdas = [float(v) for v in pkg.manifest.get("architecture", {}).get("lambdas") or ()]
             m = pkg.manifest
             self.pad_multiple = int(m.get("pad_multiple", 1))
@@ -207,7 +207,7 @@ class Codec:
         scale = np.exp(np.clip(log_scale, np.log(refine.SCALE_MIN), np.log(refine.SCALE_MAX)))
         inv = self._gain(level, "log_inv_gain")
         return refine.refine(graph.run, yg.astype(np.float32), mean, scale, inv, target, a.height, a.width,
-                             self._lambda(level), steps, check=check, schedule=self.refine_schedule or refine.SCHEDULE)
+                             self._lambda(level), steps, check=check, schedule=self.refine_schedule or refine.schedule_for(steps))
 
     def _quantize(self, a: Analysis, level: float, refine: int = 0,
                   check: Callable[[], None] | None = None) -> dict:

@@ -203,3 +203,26 @@ def test_adding_the_graph_to_a_package_keeps_its_id_and_matches_its_synthesis(tm
     assert load_package(copy).model_id == before
     assert load_package(copy).manifest["encoder"]["refine_graph"] == path.name
     assert check_against_package(copy, path) < 1e-5
+
+
+def test_short_searches_use_the_short_schedule(crop, monkeypatch):
+    """Below refine.SHORT_BELOW steps the codec searches with the short schedule (smaller steps,
+    faster cooling), from there on with the shipped one; a schedule set on the codec wins."""
+    from aecompress import refine
+
+    assert refine.schedule_for(10) is refine.SHORT and refine.schedule_for(refine.SHORT_BELOW - 1) is refine.SHORT
+    assert refine.schedule_for(refine.SHORT_BELOW) is refine.SCHEDULE and refine.schedule_for(50) is refine.SCHEDULE
+    assert refine.SHORT.learning_rate < refine.SCHEDULE.learning_rate
+    assert refine.SHORT.tau_decay > refine.SCHEDULE.tau_decay
+    seen = []
+    real = refine.refine
+    monkeypatch.setattr(refine, "refine", lambda *a, schedule, **k: seen.append(schedule) or real(*a, schedule=schedule, **k))
+    pkg = load_package("photo", "cpu", 2)
+    a = Codec(pkg).analyse(crop)
+    custom = Codec(pkg, refine=3)
+    custom.refine_schedule = refine.PREVIOUS
+    for codec, want in ((Codec(pkg, refine=3), refine.SHORT), (Codec(pkg, refine=16), refine.SCHEDULE),
+                        (custom, refine.PREVIOUS)):
+        seen.clear()
+        codec.code(a, 4.0)
+        assert seen and all(s is want for s in seen)
