@@ -207,7 +207,7 @@ class Codec:
         scale = np.exp(np.clip(log_scale, np.log(refine.SCALE_MIN), np.log(refine.SCALE_MAX)))
         inv = self._gain(level, "log_inv_gain")
         return refine.refine(graph.run, yg.astype(np.float32), mean, scale, inv, target, a.height, a.width,
-                             self._lambda(level), steps, check=check, schedule=self.refine_schedule or refine.schedule_for(steps))
+                             self._lambda(level), steps, check=check, schedule=self.refine_schedule)
 
     def _quantize(self, a: Analysis, level: float, refine: int = 0,
                   check: Callable[[], None] | None = None) -> dict:

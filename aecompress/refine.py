@@ -82,13 +82,15 @@ def _soft_round(v: np.ndarray, tau: float, rng: np.random.Generator) -> tuple[np
 
 def refine(graph: Callable[..., list[np.ndarray]], y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
            inv_gain: np.ndarray, target: np.ndarray, height: int, width: int, lam: float, steps: int,
-           seed: int = 0, check: Callable[[], None] | None = None, schedule: Schedule = SCHEDULE) -> np.ndarray:
+           seed: int = 0, check: Callable[[], None] | None = None, schedule: Schedule | None = None) -> np.ndarray:
     """The refined latent (M, h, w) for y (M, h, w), gained, whose integers relative to `mean` are
     to be coded with Gaussians of `scale`. target: (C, 16h, 16w) uint8, the image the synthesis
     should produce (converted tile by tile); only its first height x width pixels count (the rest
     is padding).
     graph(y, mean, scale, inv_gain, target, mask) -> [bits, sse, grad_bits, grad_sse] (the package's
-    refinement graph). check is called every step and may raise to cancel."""
+    refinement graph). check is called every step and may raise to cancel. schedule: None for the
+    shipped one for this many steps (schedule_for)."""
+    schedule = schedule or schedule_for(steps)
     m, h, w = y.shape
     out = y.astype(np.float32).copy()
     if steps <= 0:

@@ -6,7 +6,7 @@ against plain encoding.
                                         [--schedule NAME=LR,cos|const,TAU0,DECAY ...] [--no-webp]
                                         [--out bench/results/probe_refine_steps.json]
 
-Each step count runs with the shipped schedule (aecompress.refine.SCHEDULE), and with every
+Each step count runs with the shipped schedule for it (aecompress.refine.schedule_for), and with every
 `--schedule` beside it (`old=0.01,const,0.5,5` is the one used until 2026-12-07), as
 "refineSTEPS-NAME".
 
@@ -101,7 +101,7 @@ def main() -> None:
         return bd_rate(r[:, 0], r[:, 1], m[:, 0], m[:, 1], **({} if method == "cubic" else {"method": method}))
 
     result = {"folder": args.folder, "images": [f.name for f in files], "qualities": args.qualities,
-              "schedules": {"shipped": vars(refine.SCHEDULE),
+              "schedules": {**{f"shipped{n}": vars(refine.schedule_for(n)) for n in args.steps if n},
                             **{k[1:]: vars(v) for k, v in schedules.items() if v is not None}},
               "curves": curves, "encode_seconds_mean": {n: float(np.mean(secs[n])) for n in names}, "bd_rate": {}}
     print(f"\n{len(files)} photos; BD-rate (PSNR, averaged curves) against WebP and against 0 steps")
