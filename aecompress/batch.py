@@ -223,12 +223,13 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_writable
-    from .imageio import read_image, save_image
+    from .imageio import format_named, read_image, save_image
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
         raise AecError(f"{dst}: refusing to overwrite the input")
     check_writable(dst, force)
+    format_named(dst, src)                      # an unknown extension fails before the work
     pic = read_image(src)
     if pic.frames > 1:               # writing back one frame would silently drop the rest
         raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
@@ -236,8 +237,8 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
                               cancel=cancel, ensemble=ensemble)
     if cancel is not None and cancel():
         raise KeyboardInterrupt
-    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc, format=pic.format, source=pic.info,
-               quality=quality)
+    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,
+               format=format_named(dst, src, pic.format), source=pic.info, quality=quality)
     if ref is not None:
         try:
             info.update(reference_metrics(out, pic.pixels, ref))
@@ -530,6 +531,12 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Ray's logger prints notices on standard error (token authentication, at every local
+        # start), past --quiet and beside our one-line report: only its errors come through
+        import logging
+
+        ray_log = logging.getLogger("ray")
+        ray_log.setLevel(max(ray_log.getEffectiveLevel(), logging.ERROR))
         try:
             if address:
                 ray.init(address=address, **kwargs)

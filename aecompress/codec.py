@@ -52,6 +52,35 @@ class Analysis:
     scaled: dict = field(default_factory=dict)
 
 
+def tables_problem(t: dict[str, np.ndarray], kind: str, levels: int) -> str | None:
+    """What is wrong with a codec package's tables (tables.npz), or None. A damaged or mismatched
+    file is refused when it is loaded, instead of coding every image with the wrong gains or
+    probabilities (a gain table of one level would serve every quality as level 0)."""
+    prefixes = ("z", "y") if kind == "hyperprior" else ("z",)
+    for prefix in prefixes:
+        arrays = [t.get(f"{prefix}_{k}") for k in ("pmf", "offset", "length", "minimum")]
+        if any(a is None or a.ndim != 1 or a.dtype.kind not in "iu" for a in arrays):
+            return f"no integer {prefix}_pmf, {prefix}_offset, {prefix}_length and {prefix}_minimum"
+        pmf, offset, length, _ = (a.astype(np.int64) for a in arrays)
+        if not (len(offset) == len(length) == len(arrays[3]) >= 1):
+            return f"the {prefix} tables' offsets, lengths and minimums differ in number"
+        if (length < 2).any() or (offset < 0).any() or (offset + length > len(pmf)).any() or (pmf <= 0).any():
+            return f"the {prefix} tables do not lie inside {prefix}_pmf, or have empty entries"
+    if kind == "hyperprior":
+        bounds = t.get("log_scale_bounds")
+        if bounds is None or bounds.ndim != 1 or len(t["y_length"]) != len(bounds) + 1:
+            return "there is not one y table more than log_scale_bounds"
+        if "hs_layers" not in t or "hs_w0" not in t:
+            return "no integer hyper-synthesis (hs_layers, hs_w0...)"
+        if len(t["z_length"]) != t["hs_w0"].shape[1]:
+            return f"{len(t['z_length'])} z tables for {t['hs_w0'].shape[1]} hyper-latent channels"
+    for name in ("log_gain", "log_inv_gain"):
+        g = t.get(name)
+        if g is not None and (g.ndim != 2 or len(g) != levels or not np.isfinite(g).all()):
+            return f"{name} has shape {g.shape}, not one finite row for each of the {levels} levels"
+    return None
+
+
 class Codec:
     def __init__(self, pkg: ModelPackage, rdoq_lambda: float | None = None, refine: int = 0):
         """rdoq_lambda: weight of squared latent error against bits in the encoder's rounding
@@ -104,7 +133,11 @@ class Codec:
     # -- tables -------------------------------------------------------------------------------
     @cached_property
     def _t(self) -> dict[str, np.ndarray]:
-        return self.pkg.tables
+        t = self.pkg.tables
+        problem = tables_problem(t, self.kind, self.levels)
+        if problem:
+            raise ModelError(f"model '{self.pkg.name}': its tables do not fit the model ({problem})")
+        return t
 
     @cached_property
     def z_tables(self) -> TableSet:

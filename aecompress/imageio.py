@@ -395,12 +395,18 @@ def to_channels8(pic: Picture, channels: int) -> np.ndarray:
     return np.clip(g, 0, 255).astype(np.uint8)[:, :, None]
 
 
-def from_array(a: np.ndarray, mode: str | None = None) -> Image.Image:
+# the formats Pillow writes 16-bit greyscale in; the others get it rounded to 8 bits
+_DEEP_GREY_FORMATS = ("PNG", "TIFF", "PPM", "JPEG2000")
+
+
+def from_array(a: np.ndarray, mode: str | None = None, fmt: str | None = None) -> Image.Image:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.dtype == np.uint16:
         if a.ndim == 2 and mode != "1":
-            return Image.fromarray(a)               # 16-bit greyscale stays 16-bit
+            if fmt is None or fmt in _DEEP_GREY_FORMATS:
+                return Image.fromarray(a)           # 16-bit greyscale stays 16-bit
+            return Image.fromarray(rgb16.narrow(a))
         if mode == "L":                             # 16-bit colour to greyscale: 16-bit greyscale (.pgm)
             y = a[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
             return Image.fromarray(np.clip(np.round(y), 0, 65535).astype(np.uint16))
@@ -483,7 +489,7 @@ def _to_palette(im: Image.Image, palette: list, transparency=None) -> Image.Imag
 
 def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None, icc: bytes | None,
               quality: int | None, png_level: int, source: dict | None = None) -> tuple[Image.Image, dict]:
-    im = from_array(pixels, mode)
+    im = from_array(pixels, mode, fmt)
     kwargs: dict = {}
     source = source or {}
     if source:
@@ -542,6 +548,23 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
             raise AecError(f"an ICO image is at most 256x256 pixels, this one is {im.width}x{im.height}")
         kwargs["sizes"] = [im.size] + [tuple(z) for z in source.get("ico_sizes", []) if max(z) < max(im.size)]
     return im, kwargs
+
+
+def format_named(path: str | Path, source: Path | None = None, source_format: str | None = None) -> str | None:
+    """The format a processed copy is written in: the source's own (None here: save_image keeps it)
+    when the output's name has no extension or the source's extension, else the format its
+    extension names (`denoise photo.png -o photo.jpg` writes a JPEG). AecError for an extension
+    no Pillow writer knows."""
+    suffix = Path(path).suffix.lower()
+    if not suffix or (source is not None and suffix == Path(source).suffix.lower()):
+        return source_format
+    Image.preinit()
+    fmt = Image.EXTENSION.get(suffix) or Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise AecError(f"{path}: unknown image format '{Path(path).suffix}' (no writer for it)")
+    if fmt == "MPO" or (fmt == "JPEG" and source_format == "MPO"):
+        fmt = "JPEG"
+    return fmt
 
 
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,

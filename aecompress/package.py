@@ -231,7 +231,9 @@ def load_package(name_or_path: str | Path, device: str = "auto", threads: int | 
     return ModelPackage(folder, read_manifest(folder), device, threads)
 
 
-def installed_packages() -> list[ModelPackage]:
+def installed_packages(problems: list[str] | None = None) -> list[ModelPackage]:
+    """The model packages in the search path's folders, first found first. A folder with a manifest
+    that is not a usable package is left out; `problems`, when given, gets a line saying why."""
     seen: set[Path] = set()
     out = []
     for root in search_path():
@@ -244,7 +246,9 @@ def installed_packages() -> list[ModelPackage]:
                 if (d / MANIFEST).exists() and d.resolve() not in seen:
                     seen.add(d.resolve())
                     out.append(ModelPackage(d, read_manifest(d)))
-            except (ModelError, OSError):
+            except (ModelError, OSError) as exc:
+                if problems is not None:
+                    problems.append(str(exc))
                 continue
     return out
 

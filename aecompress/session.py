@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cstderr import quiet
 from .errors import AecError, ModelError, NonFiniteOutput, extra_hint
 from .fsutil import interrupts_deferred
 
@@ -42,8 +43,10 @@ def _ort():
                        "(pip install -e '.[cpu]' in the aecompress checkout)")
     try:
         # a Ctrl-C or `kill` while its C module initialises comes out as ImportError ("initialization
-        # failed"): held until the import is over, it is delivered as itself
-        with interrupts_deferred():
+        # failed"): held until the import is over, it is delivered as itself. Its logger starts
+        # before set_default_logger_severity can quiet it, and warns on descriptor 2 (e.g. "Failed to
+        # persist telemetry device ID" when HOME is not writable): kept off standard error
+        with interrupts_deferred(), quiet():
             import onnxruntime as ort
     except ImportError:
         raise AecError(f"onnxruntime is not installed: {extra_hint('cpu')}, or the gpu extra for CUDA") from None
@@ -94,12 +97,19 @@ class Session:
         return self.run(*inputs)[0]
 
 
+def check_device(device: str) -> None:
+    """AecError when `device` is unknown, or is cuda and this onnxruntime has no CUDA provider."""
+    if device not in DEVICES:
+        raise AecError(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
+    if device == "cuda" and "CUDAExecutionProvider" not in _ort().get_available_providers():
+        raise AecError(f"CUDA was requested but this onnxruntime has no CUDA provider: {extra_hint('gpu')}")
+
+
 def open_session(path: str | Path, device: str = "auto", threads: int | None = None) -> Session:
     """Open an ONNX graph. device: auto (CUDA when it really works, else CPU), cpu or cuda."""
     ort = _ort()
     path = Path(path)
-    if device not in DEVICES:
-        raise AecError(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
+    check_device(device)
     if not path.exists():
         raise ModelError(f"model graph {path} is missing")
     opts = ort.SessionOptions()
@@ -112,8 +122,6 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
     # entropy coding and metrics on the same cores (whole encode + decode: ~4% faster on 2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not have_cuda:
-        raise AecError(f"CUDA was requested but this onnxruntime has no CUDA provider: {extra_hint('gpu')}")
     wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not os.environ.get("AECOMPRESS_NO_CUDA"))
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
     try:

@@ -252,7 +252,7 @@ def ray_scratch() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "aec-ray-*")))
 
 
-def test_ray_engine_matches_local(tmp_path, env):
+def test_ray_engine_matches_local(tmp_path, env, capfd):
     pytest.importorskip("ray")
     scratch = ray_scratch()
     make_tree(tmp_path / "in")
@@ -267,6 +267,8 @@ def test_ray_engine_matches_local(tmp_path, env):
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
     # each worker's copy of the model is removed at the end (they piled up in /tmp, 1.8 MB a worker)
     assert ray_scratch() <= scratch
+    # Ray's notices (token authentication, at every local start) stay off standard error
+    assert "Ray" not in capfd.readouterr().err
 
 
 def test_second_ctrl_c_while_workers_stop_does_not_abort(tmp_path, env):

@@ -883,3 +883,90 @@ def test_image_libraries_print_nothing_of_their_own(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     r = run("denoise", tmp_path / "unit.tif", "-o", tmp_path / "unit-d.tif")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["encode", "{photo}", "-q", "0"], "Invalid value for '-q' / '--quality'"),
+    (["encode", "{photo}", "--threads", "0"], "Invalid value for '--threads'"),
+    (["encode", "{photo}", "--frce"], "No such option: --frce"),
+    (["encode"], "Missing argument"),
+    (["encod", "{photo}"], "No such command 'encod'"),
+    (["decode", "x.aez", "--device", "gpu"], "'gpu' is not one of auto, cpu, cuda"),
+    (["encode", "{photo}", "-m", ""], "the model name is empty"),
+    (["denoise", "{photo}", "-m", " "], "the model name is empty"),
+])
+def test_a_command_line_typer_rejects_is_one_line(photo, args, words):
+    """Typer's own usage errors print one line, as every other error does, not a usage box; exit 2."""
+    r = run(*[a.format(photo=photo) for a in args])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aecompress: error: ") and words in lines[0], r.stderr
+    assert "--help' " not in lines[0] and lines[0].endswith("--help')"), lines[0]
+    assert r.stdout == "" and not photo.with_suffix(".aez").exists()
+
+
+def test_cuda_without_a_cuda_runtime_fails_once_before_any_file(tmp_path, photo):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    other = tmp_path / "dog.png"
+    other.write_bytes(photo.read_bytes())
+    r = run("encode", photo, other, "-o", tmp_path / "out", "--device", "cuda")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no CUDA provider" in r.stderr, r.stderr
+    assert "failed" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_models_lists_the_good_packages_and_names_the_broken_ones(tmp_path):
+    import shutil
+
+    from .conftest import ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "photo", models / "nosynth")
+    (models / "nosynth" / "synthesis.onnx").unlink()
+    (models / "junk").mkdir()
+    (models / "junk" / "manifest.json").write_text("{")
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+    r = subprocess.run([sys.executable, "-m", "aecompress", "models", "--json"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(row["name"] for row in json.loads(r.stdout)) == ["denoise", "photo"]
+    assert all(row["path"].startswith(str(ROOT)) for row in json.loads(r.stdout))
+    warnings = r.stderr.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("aecompress: warning: skipped ") for w in warnings)
+    assert "synthesis.onnx is missing" in r.stderr and "junk" in r.stderr and "unreadable manifest" in r.stderr
+
+
+@pytest.mark.parametrize("table, change, words", [
+    ("log_gain", lambda a: a[:1], "log_gain has shape (1, 128)"),
+    ("log_inv_gain", lambda a: a * np.nan, "not one finite row"),
+    ("y_length", lambda a: a[:-1], "offsets, lengths and minimums differ"),
+    ("z_offset", lambda a: a + 10**6, "do not lie inside z_pmf"),
+    ("log_scale_bounds", lambda a: a[:-1], "one y table more than log_scale_bounds"),
+])
+def test_tables_that_do_not_fit_the_model_are_a_model_error(tmp_path, photo, table, change, words):
+    """A damaged tables.npz used to code at level 0 whatever the quality (a gain table of one row)
+    or fail later with an index error; it is refused by name before anything is written."""
+    import shutil
+
+    from .conftest import ROOT
+
+    pkg = tmp_path / "pk"
+    shutil.copytree(ROOT / "models" / "photo", pkg)
+    t = dict(np.load(pkg / "tables.npz"))
+    t[table] = change(t[table])
+    np.savez(pkg / "tables.npz", **t)
+    r = run("encode", photo, "-m", pkg, "-o", tmp_path / "x.aez")
+    assert r.returncode == 4 and words in r.stderr and "tables do not fit" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "x.aez").exists()
+
+
+def test_onnxruntime_says_nothing_of_its_own_without_a_writable_home(tmp_path, photo):
+    """onnxruntime warns on descriptor 2 while it loads when it cannot keep its telemetry id (a home
+    folder that cannot be written); the report stays ours alone."""
+    env = {**os.environ, "HOME": "/dev/null"}
+    r = subprocess.run([sys.executable, "-m", "aecompress", "encode", str(photo), "-o", str(tmp_path / "x.aez"),
+                        "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    json.loads(r.stdout)

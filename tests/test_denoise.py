@@ -554,3 +554,28 @@ def test_residual_gain_tool_writes_a_package_with_the_curve(pkg_dir, tmp_path):
     assert den.shape == (64, 64, 3) and 0 < info["residual_scale"] <= 1
     with pytest.raises(SystemExit):                 # an existing output is not replaced without --force
         residual_gain.main([str(pkg_dir), str(out), "--data", str(data), "--val", str(tmp_path / "none")])
+
+
+def test_an_output_named_for_another_format_is_written_in_it(tmp_path, env):
+    """`denoise scan.png -o scan.jpg` writes a JPEG, as decode does (it used to write PNG bytes under
+    the .jpg name); a name no writer knows is refused before the work; folder outputs keep the
+    input's own format whatever its extension says."""
+    a = noisy(smooth_image(48, 64), 10)
+    Image.fromarray(a).save(tmp_path / "n.png")
+    Image.fromarray(np.dstack([a, np.full(a.shape[:2], 200, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray((smooth_image(48, 64, c=1)[:, :, 0].astype(np.uint16) * 257)).save(tmp_path / "g16.png")
+    Image.fromarray(a).save(tmp_path / "misnamed.jpg", format="PNG")
+    for src, dst, fmt, mode in [("n.png", "n.jpg", "JPEG", "RGB"), ("rgba.png", "rgba.jpg", "JPEG", "RGB"),
+                                ("g16.png", "g16.jpg", "JPEG", "L"), ("g16.png", "g16.tif", "TIFF", "I;16"),
+                                ("n.png", "n.webp", "WEBP", "RGB"), ("n.png", "n.PNG", "PNG", "RGB")]:
+        r = run_cli(["denoise", tmp_path / src, "-o", tmp_path / "out" / dst], env)
+        assert r.exit_code == 0, (dst, r.output)
+        with Image.open(tmp_path / "out" / dst) as im:
+            assert (im.format, im.mode, im.size) == (fmt, mode, (64, 48)), dst
+    r = run_cli(["denoise", tmp_path / "n.png", "-o", tmp_path / "n.xyz"], env)
+    assert r.exit_code == 1 and "unknown image format '.xyz'" in r.output
+    assert not (tmp_path / "n.xyz").exists()
+    r = run_cli(["denoise", tmp_path / "misnamed.jpg", "-o", tmp_path / "mirror"], env)   # a folder: kept as is
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "mirror" / "misnamed.jpg") as im:
+        assert im.format == "PNG"

@@ -5,8 +5,45 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
+
+# click's UsageError, whichever click Typer uses (newer Typers carry their own copy as typer._click)
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_error(exc) -> typer.Exit:
+    """A command line Typer rejects (an unknown option, a value out of range, a missing argument) is
+    one line on standard error, like every other error, instead of Typer's usage box; exit code 2."""
+    from .common import error_line
+
+    ctx = exc.ctx
+    error_line(exc.format_message() + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""))
+    return typer.Exit(exc.exit_code)
+
+
+class _Commands(TyperGroup):
+    """The command group, with Typer's usage errors cut to one line (see _usage_error). `aecompress`
+    alone still prints the help (NoArgsIsHelpError passes through)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _usage_error(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _usage_error(exc) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="aecompress",
     help="Compress and denoise images with autoencoders.",
     no_args_is_help=True,

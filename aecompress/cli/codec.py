@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, one_line, progress, run_many, threads_option
+from .common import device_option, nonempty_model, one_line, progress, run_many, threads_option
 
 
 def _ratio(x: float, digits: int) -> str:
@@ -67,7 +67,7 @@ def encode(
     bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
     psnr: Optional[float] = typer.Option(None, "--psnr", help="Target PSNR in dB (smallest file reaching it)."),
     size: Optional[int] = typer.Option(None, "--size", min=1, help="Target file size in bytes."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package name or folder (default: photo)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Model package name or folder (default: photo)."),
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
@@ -116,7 +116,7 @@ def decode(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several, "
                                          "or a name ending in /); "
                                           "the extension picks the format (PNG by default); - for PNG on standard output."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model package (default: found by the file's model id)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Model package (default: found by the file's model id)."),
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
@@ -150,7 +150,7 @@ def decode(
 @app.command()
 def info(
     file: Path = typer.Argument(..., readable=False, help="An .aez file, or - for standard input."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="A model package (folder or name) to look "
+    model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="A model package (folder or name) to look "
                                         "the file's model up in, beside the installed ones."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -172,15 +172,23 @@ def info(
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List installed model packages and their measured rate-distortion."""
+    from ..errors import ModelError
     from ..package import installed_packages
 
-    rows = []
-    for p in installed_packages():
+    rows, problems = [], []
+    for p in installed_packages(problems):
         m = p.manifest
+        try:
+            model_id = p.model_id[:8].hex()          # reads every graph: a missing one shows here
+        except ModelError as exc:
+            problems.append(str(exc))
+            continue
         rows.append({"name": p.name, "kind": p.kind, "codec": m.get("codec"), "channels": p.channels,
-                     "path": str(p.path), "model_id": p.model_id[:8].hex(),
+                     "path": str(p.path), "model_id": model_id,
                      "decodes": [h[:16] for h in m.get("decodes", [])],
                      "description": m.get("description", ""), "measured": m.get("measured", {})})
+    for problem in problems:                         # the broken ones are named, the others still listed
+        print(one_line(f"aecompress: warning: skipped {problem}"), file=sys.stderr)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -19,8 +19,26 @@ def _stderr_console():
     return Console(stderr=True, highlight=False)
 
 
+def _check_device(value: str) -> str:
+    """Checked once, before any file: a device that cannot be used is one error, not one per file."""
+    from ..session import DEVICES, check_device
+
+    if value not in DEVICES:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(DEVICES)}")
+    check_device(value)
+    return value
+
+
+def nonempty_model(value):
+    """-m "" is a mistake (an unset shell variable, say), not a request for the default model."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the model name is empty")
+    return value
+
+
 def device_option():
-    return typer.Option("auto", "--device", help="auto (CUDA when it works, else CPU), cpu or cuda.")
+    return typer.Option("auto", "--device", callback=_check_device,
+                        help="auto (CUDA when it works, else CPU), cpu or cuda.")
 
 
 def threads_option():

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, one_line, threads_option
+from .common import device_option, nonempty_model, one_line, threads_option
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -54,7 +54,7 @@ def denoise(
                                           help="Quality of lossy outputs (JPEG, lossy WebP, AVIF). Default: a JPEG keeps "
                                                "its own quantization tables (its quality), others 95."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean images with the same relative paths: report PSNR and SSIM."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Denoiser model package name or folder (default: denoise)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Denoiser model package name or folder (default: denoise)."),
     engine: str = typer.Option("local", "--engine", help="local or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --engine ray; default: start a local instance)."),
     device: str = device_option(),
