@@ -184,6 +184,7 @@ class CompressTab(ImageTab):
         self.refine.setToolTip("Slower; smaller files at equal PSNR: optimise the latent for this image (encode --refine). "
                                "50 steps: about 9 s a photo on 2 cores (bench/rd.py); files decode as usual.")
         self.refine.valueChanged.connect(self._rate_changed)
+        self._refine_tip = self.refine.toolTip()
         side.add(group("Quality", self.rate_mode, self.rate_stack, self.refine, self.estimate))
 
         self.grid = ResultGrid([("size", "File size"), ("bpp", "Bits per pixel"), ("ratio", "Compression"),
@@ -263,8 +264,22 @@ class CompressTab(ImageTab):
 
     def _prepared(self, p: Prepared) -> None:
         self.prepared = p
+        self._fit_controls(p.codec)
         self.providerUsed.emit(p.codec.pkg.provider)
         self.encode()
+
+    def _fit_controls(self, codec) -> None:
+        """Grey what the model has nothing behind, saying why: a model of one quality level (a dense
+        codec) codes every image at it, so there is no quality or target to choose, and refinement
+        needs a hyperprior codec with a refinement graph. The values stay for the next model."""
+        one_level = codec.span <= 0
+        for w in (self.rate_mode, self.rate_stack):
+            w.setEnabled(not one_level)
+            w.setToolTip(f"model {codec.pkg.name} has one quality level: every image is coded at it"
+                         if one_level else "")
+        problem = codec.refine_problem()
+        self.refine.setEnabled(problem is None)
+        self.refine.setToolTip(problem or self._refine_tip)
 
     # -- rate ------------------------------------------------------------------------------------
     def _rate_changed(self, *_):

@@ -91,7 +91,7 @@ class DenoiseTab(ImageTab):
         self.sigma_spin.setValue(settings.denoise_sigma)
         self.sigma.valueChanged.connect(self.sigma_spin.setValue)
         self.sigma_spin.valueChanged.connect(self.sigma.setValue)
-        srow = row(self, self.sigma, self.sigma_spin)
+        srow = self._sigma_row = row(self, self.sigma, self.sigma_spin)
         self.sigma_note = note_label("", self)
         self.auto.toggled.connect(self._noise_changed)
         self._noise_timer = QTimer(self)
@@ -137,8 +137,9 @@ class DenoiseTab(ImageTab):
 
     def _noise_controls(self) -> None:
         manual_ok = self._takes_sigma()
-        self.sigma.setEnabled(not self.auto.isChecked())
-        self.sigma_spin.setEnabled(not self.auto.isChecked())
+        # with the level estimated, the manual value (kept for later) is hidden, not shown greyed
+        # beside an estimate that differs from it; the note gives the estimate once there is one
+        self._sigma_row.setVisible(not self.auto.isChecked())
         if self.auto.isChecked():
             self.sigma_note.setText("Estimated from the image (on the 0\u2013255 scale).")
         elif manual_ok:
@@ -244,6 +245,8 @@ class DenoiseTab(ImageTab):
         est = info.get("sigma_estimate")
         if est is not None:
             before = f"\u03c3 \u2248 {est:.1f}"
+            if self.auto.isChecked():
+                self.sigma_note.setText(f"Estimated from the image: \u03c3 \u2248 {est:.1f} (on the 0\u2013255 scale).")
         else:
             before = "blind"
             if info.get("sigma") is not None:

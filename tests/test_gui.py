@@ -460,6 +460,8 @@ def test_denoise_tab(qtbot, window, blur_denoiser, tmp_path, shots, monkeypatch)
     assert "\u2192" in tab.grid.text("noise") and "CPUExecutionProvider" in tab.grid.text("provider")
     est = r.info["sigma_estimate"]
     assert 10 < est < 30 and r.sigma_after < est
+    # the level is estimated: the note gives it; the manual value, kept for later, is not shown beside it
+    assert tab.auto.isChecked() and tab._sigma_row.isHidden() and f"\u2248 {est:.1f}" in tab.sigma_note.text()
     shots(window, "denoise")
     tab.strength.setValue(0)
     qtbot.waitUntil(lambda: np.array_equal(tab.result.shown, noisy), timeout=WAIT)
@@ -843,6 +845,7 @@ def test_noise_level_typed_or_stepped_reruns_the_model(qtbot, window, blur_denoi
     window.add_model_folder(blur_denoiser)
     tab = window.denoise
     tab.auto.setChecked(False)
+    assert not tab._sigma_row.isHidden()
     tab.open_path(src)
     qtbot.waitUntil(lambda: tab.result is not None and not window.work.busy, timeout=WAIT)
     first = tab.result
@@ -1153,3 +1156,26 @@ def test_refinement_set_in_the_compress_tab_codes_the_preview_and_the_batch(qtbo
     for crop in crops[2:4]:
         got = (tmp_path / "out" / crop.with_suffix(".aez").name).read_bytes()
         assert got == encode_picture(read_image(crop), open_codec("photo", "cpu", 2, refine=20), quality=75).data
+
+
+def test_controls_the_model_has_nothing_behind_are_greyed(qtbot, window, crops, monkeypatch):
+    """A model of one quality level (a dense codec) codes every image at it, and one without a
+    refinement graph cannot refine: the quality, target and refinement controls say so, greyed,
+    instead of showing a quality the result does not have."""
+    from aecompress.codec import Codec
+
+    tab = window.compress
+    tab.open_path(crops[0])
+    first = wait_result(qtbot, tab)
+    assert tab.rate_mode.isEnabled() and tab.rate_stack.isEnabled() and tab.refine.isEnabled()
+    monkeypatch.setattr(Codec, "span", property(lambda self: 0.0))
+    monkeypatch.setattr(Codec, "refine_problem", lambda self: "model photo has no refinement graph")
+    tab.reload()
+    wait_result(qtbot, tab, first)
+    assert not tab.rate_mode.isEnabled() and not tab.rate_stack.isEnabled()
+    assert "one quality level" in tab.rate_stack.toolTip()
+    assert not tab.refine.isEnabled() and tab.refine.toolTip() == "model photo has no refinement graph"
+    monkeypatch.undo()
+    tab.reload()
+    qtbot.waitUntil(lambda: tab.refine.isEnabled() and tab.rate_stack.isEnabled(), timeout=WAIT)
+    assert "encode --refine" in tab.refine.toolTip()

@@ -110,6 +110,38 @@ main()
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_embed_and_score_go_past_a_bad_image_and_name_the_rows(trained, tmp_path):
+    """One unreadable file, or one of the wrong size, is named and left out; the others' codes and
+    scores stand, the run exits 1; embed lists the images of its rows beside the array."""
+    data, out = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    digits = sorted((data / "3").glob("*.png"))[:3]
+    for d in digits:
+        (folder / d.name).write_bytes(d.read_bytes())
+    (folder / "0_bad.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((30, 28), np.uint8)).save(folder / "1_tall.png")
+    r = run("embed", str(out), str(folder), "-o", str(tmp_path / "codes.npy"))
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("aecompress: error: ")]
+    assert len(errors) == 2 and "0_bad.png" in errors[0] and "1_tall.png: model" in errors[1], r.stderr
+    assert "3 done, 2 failed" in r.stderr
+    rows = json.loads((tmp_path / "codes.json").read_text())
+    assert rows["images"] == [str(folder / d.name) for d in digits]
+    assert np.load(tmp_path / "codes.npy").shape == (3, 8) and rows["shape"] == [3, 8]
+    r = run("embed", str(out), str(folder), "-o", str(tmp_path / "codes.npy"))      # no --force: refused
+    assert r.returncode == 1 and "exists" in r.stderr
+
+    r = run("score", str(out), str(folder), "--json")
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 3 and "0_bad.png" in r.stderr
+    for q in ("500", "-5", "nan"):
+        r = run("score", str(out), str(digits[0]), "--quality", q)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--quality" in r.stderr, (q, r.stderr)
+    r = run("embed", str(out), str(tmp_path / "mixed" / "0_bad.png"), "-o", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "0_bad.png: cannot read image" in r.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
 def invoke(*args: str):
     from aecompress.cli import app
 

@@ -442,29 +442,69 @@ def _expand(images: List[Path]) -> list[Path]:
     return out
 
 
+def _each_image(codec, paths: list[Path], fn) -> tuple[list[Path], list]:
+    """fn(path, pixels) for every image, in order. A file that cannot be read or coded is reported
+    on one line, named, and skipped, as encode does. (the paths done, their results); AecError when
+    none could be used."""
+    from .common import error_line, unexpected
+
+    done, results = [], []
+    for p in paths:
+        try:
+            results.append(fn(p, _read_for(codec, p)))
+            done.append(p)
+        except (AecError, OSError, ValueError) as exc:
+            msg = str(exc) if isinstance(exc, AecError) else unexpected(exc)
+            msg = msg if msg.startswith(str(p)) else f"{p}: {msg}"
+            if len(paths) == 1:                       # the one image: its error is the run's, one line
+                raise (type(exc) if isinstance(exc, AecError) else AecError)(msg) from None
+            error_line(msg)
+    if not done:
+        raise AecError(f"none of the {len(paths)} images could be used")
+    return done, results
+
+
+def _failures(done: int, total: int) -> None:
+    """After a run that left images out: the count, and exit code 1 (the results of the others stand)."""
+    if done < total:
+        print(f"{done} done, {total - done} failed", file=sys.stderr)
+        raise typer.Exit(1)
+
+
 @app.command("embed")
 def embed_cmd(
     package: str = typer.Argument(..., help="model package (folder or installed name)"),
     images: List[Path] = typer.Argument(..., help="images or folders"),
-    out: Path = typer.Option(..., "--out", "-o", help="output .npy file: one row of codes per image"),
-    force: bool = typer.Option(False, "--force", help="overwrite OUT"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .npy file: one row of codes per image; the images' "
+                             "paths, in row order, go beside it with .json"),
+    force: bool = typer.Option(False, "--force", help="overwrite OUT (and its .json)"),
 ) -> None:
-    """Write the encoder's codes of images as a (N, D) array (hyperprior codecs: the latent averaged over space)."""
+    """Write the encoder's codes of images as a (N, D) array (hyperprior codecs: the latent averaged
+    over space). An image that cannot be read or coded is reported and left out (exit code 1)."""
     from ..compress import open_codec
     from ..fsutil import atomic_output
 
+    out = Path(out)
+    names = out.with_suffix(".json")
+    if names == out:
+        raise AecError(f"-o {out}: name the .npy file; the list of images goes beside it as .json")
     codec = open_codec(package, "cpu", None)
+
+    def code(p: Path, px: np.ndarray) -> np.ndarray:
+        y = np.asarray(codec.analyse(px).y, dtype=np.float32)
+        return y.reshape(y.shape[0], -1).mean(1) if y.ndim == 3 else y.reshape(-1)
+
     paths = _expand(images)
-    rows = []
-    for p in paths:
-        a = codec.analyse(_read_for(codec, p))
-        y = np.asarray(a.y, dtype=np.float32)
-        rows.append(y.reshape(y.shape[0], -1).mean(1) if y.ndim == 3 else y.reshape(-1))
+    done, rows = _each_image(codec, paths, code)
     codes = np.stack(rows)
-    with atomic_output(Path(out), force) as tmp:
+    with atomic_output(out, force) as tmp, atomic_output(names, force) as tmp_names:
         with open(tmp, "wb") as f:
             np.save(f, codes)
-    print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values", file=sys.stderr)
+        Path(tmp_names).write_text(json.dumps({"package": str(package), "shape": list(codes.shape),
+                                               "images": [str(p) for p in done]}, indent=1) + "\n")
+    print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values; {names}: the images, in row order",
+          file=sys.stderr)
+    _failures(len(done), len(paths))
 
 
 @app.command("score")
@@ -473,27 +513,34 @@ def score_cmd(
     images: List[Path] = typer.Argument(..., help="images or folders"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per image (input, mse, psnr, bytes), "
                                  "worst first, instead of a table"),
-    quality: Optional[float] = typer.Option(None, help="quality 1-100 the images are coded at (default: the best)"),
+    quality: Optional[float] = typer.Option(None, min=1, max=100,
+                                            help="quality 1-100 the images are coded at (default: the best)"),
 ) -> None:
-    """Reconstruction error of each image through the codec, worst first (an anomaly score)."""
+    """Reconstruction error of each image through the codec, worst first (an anomaly score). An image
+    that cannot be read or coded is reported and left out (exit code 1)."""
     from ..compress import open_codec
     from ..metrics import mse, psnr
 
+    if quality is not None and not math.isfinite(quality):
+        raise typer.BadParameter(f"{quality} is not a number from 1 to 100", param_hint="'--quality'")
     codec = open_codec(package, "cpu", None)
     position = codec.quality_to_position(quality) if quality is not None else codec.span
-    rows = []
-    for p in _expand(images):
-        px = _read_for(codec, p)
+
+    def score(p: Path, px: np.ndarray) -> dict:
         a = codec.analyse(px)
         data, st = codec.code(a, position, "L" if codec.channels == 1 else "RGB")
         rec = codec.reconstruct(st, a.height, a.width)
-        rows.append({"input": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)})
+        return {"input": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)}
+
+    paths = _expand(images)
+    _, rows = _each_image(codec, paths, score)
     rows.sort(key=lambda r: -r["mse"])
     if as_json:                       # one object a line, as encode --json and denoise --json print
         for r in rows:
             print(json.dumps(r))
-        return
-    width = max(len(r["input"]) for r in rows)
-    print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
-    for r in rows:
-        print(f"{r['input']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
+    else:
+        width = max(len(r["input"]) for r in rows)
+        print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
+        for r in rows:
+            print(f"{r['input']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
+    _failures(len(rows), len(paths))

@@ -317,9 +317,10 @@ def report_conv(pkg_dir: Path, history: list[dict], images: list[np.ndarray], cr
     axes[0].plot(steps, [h["train"]["loss"] for h in history], marker=".")
     axes[0].set_title("training loss (running mean)", fontsize=10)
     levels = len(history[-1]["val"]) if history else 0
+    marker = "o" if len(steps) < 30 else None          # a short run has a point or two: drawn, not lost
     for k in range(levels):
-        axes[1].plot(steps, [h["val"][k]["psnr"] for h in history], label=f"level {k}")
-        axes[2].plot(steps, [h["val"][k]["bpp"] for h in history], label=f"level {k}")
+        axes[1].plot(steps, [h["val"][k]["psnr"] for h in history], label=f"level {k}", marker=marker)
+        axes[2].plot(steps, [h["val"][k]["bpp"] for h in history], label=f"level {k}", marker=marker)
     axes[1].set_title("validation PSNR (dB)", fontsize=10)
     axes[2].set_title("validation bits per pixel (estimated)", fontsize=10)
     for ax in axes:
