@@ -277,8 +277,8 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
 
 
 def _remove_stale_parts(dst: Path) -> None:
-    """Temporary files a killed run left for this output (called under --skip-existing, for the
-    outputs it writes and those it skips)."""
+    """Temporary files a run killed outright (kill -9, a power cut) left for this output: removed
+    for every output a run writes, and for those --skip-existing skips."""
     if dst.parent.is_dir():
         # mkstemp's random part is 8 characters: `a.png`'s pattern must not match `a.png.x.png`'s files
         for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "?" * 8 + ".part"):
@@ -388,8 +388,7 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
         try:
             if not hasattr(local, "pkg"):
                 local.pkg = load_package(model, device=device, threads=per_worker)
-            if skip_existing:
-                _remove_stale_parts(job.dst)
+            _remove_stale_parts(job.dst)
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
                                 cancel=cancelled, ensemble=ensemble, quality=quality)
             return _result(job, info, seconds=time.perf_counter() - t)
@@ -571,8 +570,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 if job is None:
                     return
                 a = free.pop()
-                if skip_existing:
-                    _remove_stale_parts(job.dst)
+                _remove_stale_parts(job.dst)
                 try:
                     data = job.src.read_bytes()
                     ref = job.ref.read_bytes() if job.ref is not None else None

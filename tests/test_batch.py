@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,8 +93,53 @@ def test_skip_existing_resumes(tmp_path, env):
     assert not list(out.glob(".*.part"))                        # removed beside a skipped output too
     assert (out / "sub" / "c.png").read_bytes() == full["sub/c.png"]
     assert '"skipped": 4' in r.stdout and '"done": 1' in r.stdout
-    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out], env)   # without skip/force: refused, counted
-    assert r.exit_code == 1 and (out / "a.png").read_bytes() == b"marker"
+    # without skip/force: refused in one line before any work, not once per file
+    (out / "sub" / "c.png").unlink()
+    r = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "in"), "-r", "-o", str(out)],
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "4 of the 5 outputs exist already" in r.stderr and "--skip-existing" in r.stderr
+    assert (out / "a.png").read_bytes() == b"marker" and not (out / "sub" / "c.png").exists()
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", out, "--skip-existing", "--force"], env)
+    assert r.exit_code == 2 and "choose one" in r.output
+
+
+def test_a_killed_runs_temporary_file_goes_when_the_output_is_written(tmp_path, env):
+    """kill -9 leaves the temporary file of the output being written; the next run that writes that
+    output removes it, with --force as without (it used to take --skip-existing)."""
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.png.k3j9x_2a.part").write_bytes(b"half")
+    (out / ".a.png.x.png.abcdefgh.part").write_bytes(b"another output's")
+    assert run_cli(["denoise", tmp_path / "in" / "a.png", "-o", out / "a.png"], env).exit_code == 0
+    assert [p.name for p in out.glob(".*.part")] == [".a.png.x.png.abcdefgh.part"]
+    (out / ".a.png.k3j9x_2b.part").write_bytes(b"half")
+    assert run_cli(["denoise", tmp_path / "in" / "a.png", "-o", out / "a.png", "--force"], env).exit_code == 0
+    assert [p.name for p in out.glob(".*.part")] == [".a.png.x.png.abcdefgh.part"]
+
+
+def test_an_interrupted_batch_reports_what_it_did(tmp_path, env, monkeypatch):
+    """Ctrl-C in the middle of a batch: the summary of what was done (with --json its object, marked
+    cancelled), then the one-line notice."""
+    import aecompress.batch as batch
+
+    make_tree(tmp_path / "in")
+    real, calls = batch.denoise_file, []
+
+    def interrupt_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch, "denoise_file", interrupt_on_the_third)
+    r = run_cli(["denoise", tmp_path / "in", "-r", "-o", tmp_path / "out", "--json"], env)
+    assert r.exit_code == 130
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    summary = lines[-1]["summary"]
+    assert summary["cancelled"] is True and summary["done"] == 2 and summary["not_started"] == 3, summary
+    assert "interrupted; no partial files were left" in r.output
 
 
 def test_corrupt_file_is_skipped_others_complete(tmp_path, env):

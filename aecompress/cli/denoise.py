@@ -70,6 +70,9 @@ def denoise(
     from ..errors import AecError, ModelError
     from ..package import DEFAULT_DENOISER, load_package
 
+    if skip_existing and force:
+        raise typer.BadParameter("choose one: --skip-existing keeps existing outputs, --force replaces them",
+                                 param_hint="'--skip-existing' / '--force'")
     sig = _parse_sigma(sigma)
     if ensemble not in ENSEMBLES:
         raise AecError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
@@ -89,6 +92,14 @@ def denoise(
     if len(missing) > 5:
         print(f"aecompress: warning: ... and {len(missing) - 5} more images without a reference", file=sys.stderr)
     single = len(job_list) == 1
+    if not single and not force and not skip_existing:
+        # outputs of an earlier run: one line for all of them, before any work, rather than a
+        # failure for each (a rerun of a finished batch of thousands)
+        existing = [j for j in job_list if j.error is None and j.dst.exists()]
+        if existing:
+            raise AecError(f"{len(existing)} of the {len(job_list)} outputs exist already ({existing[0].dst}"
+                           f"{' ...' if len(existing) > 1 else ''}): --skip-existing resumes the batch, "
+                           "--force replaces them")
     bar = task = None
     if not single and not quiet and sys.stderr.isatty():     # single files skip the progress machinery
         from rich.console import Console
@@ -108,8 +119,10 @@ def denoise(
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
     started: list[float] = []           # [results reported while planning, time the work began]
+    partial = []                        # the batch's summary, to report what was done if it is interrupted
 
     def on_start(summary) -> None:      # skips and refusals are reported: the bar counts the work left
+        partial[:] = [summary]
         started[:] = [len(summary.results), time.perf_counter()]
         if bar is not None:
             bar.update(task, total=summary.queued, completed=0)
@@ -150,6 +163,16 @@ def denoise(
                 bar.stop()
     except KeyboardInterrupt:
         cancel.set()
+        if partial:                     # what was done before the interrupt, as a finished batch reports it
+            s = partial[0]
+            s.cancelled = True
+            if as_json:
+                d = s.as_dict()
+                d.pop("results")
+                print(json.dumps({"summary": d}), flush=True)
+            elif not single and not quiet:
+                print(f"{s.done} denoised, {s.skipped} skipped, {s.failed} failed, {s.not_started} not started",
+                      file=sys.stderr)
         print(f"aecompress: {'terminated' if terminated else 'interrupted'}; no partial files were left; "
               "rerun with --skip-existing to resume", file=sys.stderr)
         raise typer.Exit(143 if terminated else 130)
