@@ -13,7 +13,6 @@ session), and reports every finished job to a progress callback. Semantics share
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import shutil
 import signal
@@ -27,7 +26,7 @@ from typing import Callable, Iterable
 
 from .errors import AecError, extra_hint
 from .fsutil import STDOUT_ALIASES, first_writers, interrupts_deferred, is_stdio, part_prefix
-from .imageio import is_image_name
+from .imageio import format_named, is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
 SUFFIX = ".denoised"
@@ -276,14 +275,35 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
                      info.get("psnr_input"), info.get("provider"), info.get("reference_error"))
 
 
-def _remove_stale_parts(dst: Path) -> None:
-    """Temporary files a run killed outright (kill -9, a power cut) left for this output: removed
-    for every output a run writes, and for those --skip-existing skips."""
-    if dst.parent.is_dir():
-        # mkstemp's random part is 8 characters: `a.png`'s pattern must not match `a.png.x.png`'s files
-        for p in dst.parent.glob(glob.escape(part_prefix(dst)) + "?" * 8 + ".part"):
+class _StaleParts:
+    """Temporary files a run killed outright (kill -9, a power cut) left beside its outputs: removed
+    for every output a run writes, and for those --skip-existing skips. Each output folder is listed
+    once, at its first output (a listing per output would cost the square of a flat folder's size);
+    files this run creates later belong to its own outputs, never to one it has yet to write."""
+
+    def __init__(self) -> None:
+        self._parts: dict[Path, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def remove(self, dst: Path) -> None:
+        folder = dst.parent
+        with self._lock:
+            names = self._parts.get(folder)
+            if names is None:
+                try:
+                    with os.scandir(folder) as entries:
+                        names = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".part")]
+                except OSError:
+                    names = []
+                self._parts[folder] = names
+            # mkstemp's random part is 8 characters: `a.png`'s must not match `a.png.x.png`'s files
+            prefix = part_prefix(dst)
+            mine = [n for n in names if n.startswith(prefix) and len(n) == len(prefix) + 8 + len(".part")]
+            for n in mine:
+                names.remove(n)
+        for n in mine:
             try:
-                p.unlink()
+                (folder / n).unlink()
             except OSError:
                 pass
 
@@ -322,6 +342,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     summary = BatchSummary(total=len(job_list))
     t0 = time.perf_counter()
     todo: list[Job] = []
+    stale = _StaleParts()
 
     def report(r: JobResult) -> None:
         summary.results.append(r)
@@ -344,7 +365,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
             report(_result(job, error=f"{job.dst}: refusing to write over an input of this run "
                                       f"({os.path.realpath(job.dst)})"))
         elif skip_existing and job.dst.exists():
-            _remove_stale_parts(job.dst)           # a run killed while replacing it (--force) left one
+            stale.remove(job.dst)                   # a run killed while replacing it (--force) left one
             report(_result(job, status="skipped"))
         elif job.dst.exists() and not force:
             report(_result(job, error=f"{job.dst} exists (use --force to overwrite or --skip-existing)"))
@@ -360,8 +381,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     runner = _run_ray if engine == "ray" else _run_local
     try:
         runner(todo, report, is_cancelled, model=model, device=device, threads=threads, jobs=jobs, tile=tile,
-               sigma=sigma, ensemble=ensemble, force=force, skip_existing=skip_existing, address=address,
-               quality=quality)
+               sigma=sigma, ensemble=ensemble, force=force, stale=stale, address=address, quality=quality)
     except KeyboardInterrupt:
         summary.cancelled = True
         summary.seconds = time.perf_counter() - t0
@@ -372,7 +392,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 
 
 def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-               skip_existing, address=None, quality=None) -> None:
+               stale, address=None, quality=None) -> None:
     stop = threading.Event()
 
     def cancelled() -> bool:
@@ -388,7 +408,7 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
         try:
             if not hasattr(local, "pkg"):
                 local.pkg = load_package(model, device=device, threads=per_worker)
-            _remove_stale_parts(job.dst)
+            stale.remove(job.dst)
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
                                 cancel=cancelled, ensemble=ensemble, quality=quality)
             return _result(job, info, seconds=time.perf_counter() - t)
@@ -416,22 +436,26 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
         return
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="aec-denoise")
     pending = set()
+    submitted, reported = [], set()
     it = iter(todo)
     try:
         for job in it:
-            pending.add(pool.submit(work, job))
+            submitted.append(pool.submit(work, job))
+            pending.add(submitted[-1])
             if len(pending) >= jobs * 2:
                 break
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for f in done:
+                reported.add(f)
                 r = f.result()
                 if r is not None:
                     report(r)
             if cancelled():
                 continue                     # let jobs in flight finish (or abort cleanly), start none
             for job in it:
-                pending.add(pool.submit(work, job))
+                submitted.append(pool.submit(work, job))
+                pending.add(submitted[-1])
                 if len(pending) >= jobs * 2:
                     break
     except KeyboardInterrupt:
@@ -442,6 +466,11 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
         # are inside onnxruntime (it aborts: "terminate called without an active exception")
         with interrupts_deferred():
             pool.shutdown(wait=True, cancel_futures=True)
+            # a job past its last check finished and wrote its output: it is reported as done
+            for f in submitted:
+                if f not in reported and f.done() and not f.cancelled() and f.exception() is None:
+                    if f.result() is not None:
+                        report(f.result())
         raise
     pool.shutdown(wait=True)
     if stop.is_set() and not is_cancelled():
@@ -480,13 +509,14 @@ class _RayWorker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def process(self, name: str, data: bytes, ref_name: str | None, ref: bytes | None, tile, sigma,
-                ensemble: int = 1, quality: int | None = None) -> dict:
+                ensemble: int = 1, quality: int | None = None, out_suffix: str | None = None) -> dict:
+        """out_suffix: the output's extension (it names the format written, as for a local run)."""
         t = time.perf_counter()
         work = Path(tempfile.mkdtemp(dir=self.dir))
         try:
             src = work / ("in" + Path(name).suffix)
             src.write_bytes(data)
-            dst = work / ("out" + Path(name).suffix)
+            dst = work / ("out" + (Path(name).suffix if out_suffix is None else out_suffix))
             ref_path = None
             if ref is not None:
                 ref_path = work / ("ref" + Path(ref_name).suffix)
@@ -509,7 +539,7 @@ class _RayWorker:
 
 
 def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-             skip_existing, address=None, quality=None) -> None:
+             stale, address=None, quality=None) -> None:
     try:
         import ray
     except ImportError:
@@ -570,16 +600,21 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 if job is None:
                     return
                 a = free.pop()
-                _remove_stale_parts(job.dst)
+                stale.remove(job.dst)
                 try:
+                    format_named(job.dst, job.src)     # an unknown extension fails here, as locally
                     data = job.src.read_bytes()
                     ref = job.ref.read_bytes() if job.ref is not None else None
+                except AecError as exc:
+                    free.append(a)
+                    report(_result(job, error=str(exc)))
+                    continue
                 except OSError as exc:
                     free.append(a)
                     report(_result(job, error=f"{job.src}: cannot read ({exc.strerror or exc})"))
                     continue
                 fut = a.process.remote(str(job.src), data, str(job.ref) if job.ref else None, ref, tile, sigma,
-                                       ensemble, quality)
+                                       ensemble, quality, job.dst.suffix)
                 running[fut] = (job, a)
 
         submit()

@@ -416,3 +416,58 @@ def test_an_unreadable_input_folder_fails_alone_without_r(tmp_path, env, monkeyp
     assert (s.done, s.failed) == (1, 1)
     assert [r.error for r in s.results if r.status == "failed"] == [
         f"{tmp_path / 'locked'}: cannot read this folder (Permission denied)"]
+
+
+def test_an_interrupt_reports_the_jobs_that_finished_during_it(tmp_path, env, monkeypatch):
+    """Ctrl-C with -j 2: the jobs already past their last check finish and write their outputs;
+    they are reported as done (they were dropped, so the summary said nothing was done)."""
+    import aecompress.batch as batch
+
+    make_tree(tmp_path / "in")
+
+    def slow_copy(src, dst, *a, **k):
+        time.sleep(1.0)                       # past every cancel check: the job runs to its end
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(dst).write_bytes(Path(src).read_bytes())
+        return {}
+
+    monkeypatch.setattr(batch, "denoise_file", slow_copy)
+    main = threading.main_thread().ident
+    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([tmp_path / "in"], tmp_path / "out", recursive=True, jobs=2,
+                  progress=lambda r, s: seen.append((r.status, Path(r.dst))))
+    written = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert len(written) == 2 and sorted(d for _, d in seen) == written and {s for s, _ in seen} == {"done"}
+
+
+def test_a_ray_worker_writes_the_format_the_output_is_named_for(pkg_dir, tmp_path):
+    """The Ray engine's workers get the output's extension, so `-o b.jpg --engine ray` writes a JPEG
+    as the local engine does (they wrote the input's format)."""
+    import io
+
+    from aecompress.batch import _package_files, _RayWorker
+
+    src = tmp_path / "a.png"
+    Image.fromarray(noisy(smooth_image(40, 48), 20)).save(src)
+    name, files = _package_files(pkg_dir)
+    worker = _RayWorker(name, files, "cpu", 1)
+    try:
+        for suffix, fmt in ((".jpg", "JPEG"), (None, "PNG"), (".webp", "WEBP")):
+            res = worker.process(str(src), src.read_bytes(), None, None, 512, None, 1, None, suffix)
+            assert Image.open(io.BytesIO(res["data"])).format == fmt, suffix
+    finally:
+        worker.close()
+
+
+def test_an_output_that_is_an_input_does_not_stop_the_others(tmp_path, env):
+    """`denoise a.png a.denoised.png` after an earlier run: a.png's output is an input of this run
+    and is refused by itself; the up-front refusal of existing outputs does not count it, so the
+    other image is still denoised."""
+    make_tree(tmp_path / "in", rels=["a.png"])
+    a = tmp_path / "in" / "a.png"
+    assert run_cli(["denoise", a], env).exit_code == 0
+    r = run_cli(["denoise", a, tmp_path / "in" / "a.denoised.png"], env)
+    assert r.exit_code == 1 and "refusing to write over an input of this run" in r.output, r.output
+    assert (tmp_path / "in" / "a.denoised.denoised.png").exists()

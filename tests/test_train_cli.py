@@ -607,3 +607,24 @@ def test_train_option_messages(tmp_path):
                         (["conv", "--data", imgs, "--minutes", "nan"], "--minutes must be positive and finite")):
         res = invoke("train", *args, "--out", str(tmp_path / "o"))
         assert isinstance(res.exception, AecError) and match in str(res.exception), (args, res.exception)
+
+
+def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):
+    """A package whose tables do not fit is one model error (exit 4) before any image, not one
+    error an image; a run whose failures share a code ends with it."""
+    import shutil
+
+    data, out = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    t = dict(np.load(bad / "tables.npz"))
+    t["z_offset"] = t["z_offset"] + 10**6
+    np.savez(bad / "tables.npz", **t)
+    digits = sorted((data / "3").glob("*.png"))[:3]
+    for cmd in (["score", str(bad), *map(str, digits)], ["embed", str(bad), *map(str, digits), "-o", str(tmp_path / "c.npy")]):
+        r = run(*cmd)
+        assert r.returncode == 4 and r.stderr.count("\n") == 1 and "tables do not fit" in r.stderr, r.stderr
+    Image.fromarray(np.zeros((30, 28), np.uint8)).save(tmp_path / "tall.png")
+    Image.fromarray(np.zeros((28, 30), np.uint8)).save(tmp_path / "wide.png")
+    r = run("score", str(out), str(tmp_path / "tall.png"), str(tmp_path / "wide.png"))
+    assert r.returncode == 4 and "0 done, 2 failed" in r.stderr, r.stderr       # both model-size errors

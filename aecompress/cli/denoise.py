@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -95,7 +96,9 @@ def denoise(
     if not single and not force and not skip_existing:
         # outputs of an earlier run: one line for all of them, before any work, rather than a
         # failure for each (a rerun of a finished batch of thousands)
-        existing = [j for j in job_list if j.error is None and j.dst.exists()]
+        # (an output that is also an input of this run is refused by itself, --force or not)
+        inputs = {os.path.realpath(j.src) for j in job_list if j.error is None}
+        existing = [j for j in job_list if j.error is None and j.dst.exists() and os.path.realpath(j.dst) not in inputs]
         if existing:
             raise AecError(f"{len(existing)} of the {len(job_list)} outputs exist already ({existing[0].dst}"
                            f"{' ...' if len(existing) > 1 else ''}): --skip-existing resumes the batch, "

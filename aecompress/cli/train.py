@@ -442,13 +442,14 @@ def _expand(images: List[Path]) -> list[Path]:
     return out
 
 
-def _each_image(codec, paths: list[Path], fn) -> tuple[list[Path], list]:
+def _each_image(codec, paths: list[Path], fn) -> tuple[list[Path], list, set[int]]:
     """fn(path, pixels) for every image, in order. A file that cannot be read or coded is reported
-    on one line, named, and skipped, as encode does. (the paths done, their results); AecError when
-    none could be used."""
+    on one line, named, and skipped, as encode does: (the paths done, their results, the failures'
+    exit codes). The package itself is checked first: a broken one is one error, not one an image."""
     from .common import error_line, unexpected
 
-    done, results = [], []
+    codec.check_tables()
+    done, results, codes = [], [], set()
     for p in paths:
         try:
             results.append(fn(p, _read_for(codec, p)))
@@ -459,16 +460,18 @@ def _each_image(codec, paths: list[Path], fn) -> tuple[list[Path], list]:
             if len(paths) == 1:                       # the one image: its error is the run's, one line
                 raise (type(exc) if isinstance(exc, AecError) else AecError)(msg) from None
             error_line(msg)
+            codes.add(exc.exit_code if isinstance(exc, AecError) else 1)
     if not done:
-        raise AecError(f"none of the {len(paths)} images could be used")
-    return done, results
+        _failures(0, len(paths), codes)
+    return done, results, codes
 
 
-def _failures(done: int, total: int) -> None:
-    """After a run that left images out: the count, and exit code 1 (the results of the others stand)."""
+def _failures(done: int, total: int, codes: set[int]) -> None:
+    """After a run that left images out: the count, and the failures' exit code when they all share
+    one, else 1, as encode ends (the results of the others stand)."""
     if done < total:
         print(f"{done} done, {total - done} failed", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(next(iter(codes)) if len(codes) == 1 else 1)
 
 
 @app.command("embed")
@@ -479,8 +482,10 @@ def embed_cmd(
                              "paths, in row order, go beside it with .json"),
     force: bool = typer.Option(False, "--force", help="overwrite OUT (and its .json)"),
 ) -> None:
-    """Write the encoder's codes of images as a (N, D) array (hyperprior codecs: the latent averaged
-    over space). An image that cannot be read or coded is reported and left out (exit code 1)."""
+    """Write the encoder's codes of images as a (N, D) array.
+
+    Hyperprior codecs: the latent averaged over space. An image that cannot be read or coded is
+    reported and left out (the run then exits non-zero)."""
     from ..compress import open_codec
     from ..fsutil import atomic_output
 
@@ -495,7 +500,7 @@ def embed_cmd(
         return y.reshape(y.shape[0], -1).mean(1) if y.ndim == 3 else y.reshape(-1)
 
     paths = _expand(images)
-    done, rows = _each_image(codec, paths, code)
+    done, rows, codes = _each_image(codec, paths, code)
     codes = np.stack(rows)
     with atomic_output(out, force) as tmp, atomic_output(names, force) as tmp_names:
         with open(tmp, "wb") as f:
@@ -504,7 +509,7 @@ def embed_cmd(
                                                "images": [str(p) for p in done]}, indent=1) + "\n")
     print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values; {names}: the images, in row order",
           file=sys.stderr)
-    _failures(len(done), len(paths))
+    _failures(len(done), len(paths), codes)
 
 
 @app.command("score")
@@ -516,8 +521,9 @@ def score_cmd(
     quality: Optional[float] = typer.Option(None, min=1, max=100,
                                             help="quality 1-100 the images are coded at (default: the best)"),
 ) -> None:
-    """Reconstruction error of each image through the codec, worst first (an anomaly score). An image
-    that cannot be read or coded is reported and left out (exit code 1)."""
+    """Reconstruction error of each image through the codec, worst first (an anomaly score).
+
+    An image that cannot be read or coded is reported and left out (the run then exits non-zero)."""
     from ..compress import open_codec
     from ..metrics import mse, psnr
 
@@ -533,7 +539,7 @@ def score_cmd(
         return {"input": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)}
 
     paths = _expand(images)
-    _, rows = _each_image(codec, paths, score)
+    _, rows, codes = _each_image(codec, paths, score)
     rows.sort(key=lambda r: -r["mse"])
     if as_json:                       # one object a line, as encode --json and denoise --json print
         for r in rows:
@@ -543,4 +549,4 @@ def score_cmd(
         print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
         for r in rows:
             print(f"{r['input']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
-    _failures(len(rows), len(paths))
+    _failures(len(rows), len(paths), codes)
