@@ -72,7 +72,9 @@ def tables_problem(t: dict[str, np.ndarray], kind: str, levels: int) -> str | No
             return "there is not one y table more than log_scale_bounds"
         if "hs_layers" not in t or "hs_w0" not in t:
             return "no integer hyper-synthesis (hs_layers, hs_w0...)"
-        if t["hs_w0"].ndim != 4 or len(t["z_length"]) != t["hs_w0"].shape[1]:
+        if t["hs_w0"].ndim != 4:
+            return f"hs_w0 has shape {t['hs_w0'].shape}, not a convolution's four axes"
+        if len(t["z_length"]) != t["hs_w0"].shape[1]:
             return f"{len(t['z_length'])} z tables for {t['hs_w0'].shape[1]} hyper-latent channels"
     for name in ("log_gain", "log_inv_gain"):
         g = t.get(name)

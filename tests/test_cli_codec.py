@@ -944,6 +944,8 @@ def test_models_lists_the_good_packages_and_names_the_broken_ones(tmp_path):
     ("y_length", lambda a: a[:-1], "offsets, lengths and minimums differ"),
     ("z_offset", lambda a: a + 10**6, "do not lie inside z_pmf"),
     ("log_scale_bounds", lambda a: a[:-1], "one y table more than log_scale_bounds"),
+    ("hs_w0", lambda a: a.reshape(-1), "not a convolution's four axes"),
+    ("z_length", lambda a: a[:-1], "offsets, lengths and minimums differ"),
 ])
 def test_tables_that_do_not_fit_the_model_are_a_model_error(tmp_path, photo, table, change, words):
     """A damaged tables.npz used to code at level 0 whatever the quality (a gain table of one row)
