@@ -12,6 +12,7 @@ lets constriction code each group with one model in a single vectorised call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import constriction
@@ -30,6 +31,7 @@ class TableSet:
     minimum: np.ndarray    # value of each table's first entry
     _models: dict = field(default_factory=dict, repr=False)
     _logp: np.ndarray | None = field(default=None, repr=False)
+    _min_bits: float | None = field(default=None, repr=False)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "TableSet":
@@ -47,6 +49,14 @@ class TableSet:
 
     def __len__(self) -> int:
         return int(len(self.length))
+
+    def min_bits(self) -> float:
+        """The fewest bits any value can cost under these tables: its table's likeliest symbol's."""
+        if self._min_bits is None:
+            pmax = max(float(self.pmf[o:o + n].max()) / float(self.pmf[o:o + n].sum())
+                       for o, n in zip(self.offset, self.length))
+            self._min_bits = -math.log2(pmax) if pmax < 1 else 0.0
+        return self._min_bits
 
     def model(self, t: int):
         m = self._models.get(t)

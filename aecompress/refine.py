@@ -92,10 +92,10 @@ def refine(graph: Callable[..., list[np.ndarray]], y: np.ndarray, mean: np.ndarr
     shipped one for this many steps (schedule_for)."""
     schedule = schedule or schedule_for(steps)
     m, h, w = y.shape
-    out = y.astype(np.float32).copy()
+    out = np.array(y, dtype=np.float32)                     # one copy, whatever y's type
     if steps <= 0:
         return out
-    mean, scale = mean.astype(np.float32), scale.astype(np.float32)
+    mean, scale = mean.astype(np.float32), scale.astype(np.float32, copy=False)
     ig = inv_gain.astype(np.float32).reshape(1, m, 1, 1)
     pixels = max(1, height * width)
     dist = np.float32(lam * 255.0 ** 2 / (target.shape[0] * pixels))

@@ -972,3 +972,36 @@ def test_onnxruntime_says_nothing_of_its_own_without_a_writable_home(tmp_path, p
                         "--json"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     json.loads(r.stdout)
+
+
+def test_a_header_claiming_a_huge_image_over_a_short_stream_fails_at_once(tmp_path, photo, monkeypatch):
+    """A forged or cut file that claims 20000x20000 pixels over a near-empty stream cannot hold that
+    latent even at one likeliest symbol a value: refused before any decoding (it decoded zeros for
+    minutes when the memory was there). Real files pass the same bound with room to spare."""
+    import dataclasses
+    import time
+
+    import aecompress.codec as codec_mod
+    from aecompress import container
+    from aecompress.compress import open_codec
+
+    aez = tmp_path / "cat.aez"
+    assert run("encode", photo, "-o", aez, "-q", "1").returncode == 0
+    header, payload = container.unpack(aez.read_bytes())
+    codec = open_codec("photo", "cpu", 2)
+    stream, _ = container.split_payload(payload)
+    from aecompress.ladder import scaled_size
+
+    cw, ch = scaled_size(header.width, header.height, header.scale)     # q1: coded at a smaller scale
+    codec._check_stream_length(len(stream), ch + (-ch % 64), cw + (-cw % 64))   # the real file passes
+    codec._check_stream_length(len(stream) // 20, ch + (-ch % 64), cw + (-cw % 64))   # with room to spare
+    forged = tmp_path / "huge.aez"
+    forged.write_bytes(container.pack(dataclasses.replace(header, width=20000, height=20000),
+                                      container.join_payload(b"", b"")))
+    monkeypatch.setattr(codec_mod, "_check_memory", lambda *a: None)   # as on a machine with the memory
+    t = time.perf_counter()
+    with pytest.raises(codec_mod.CorruptFileError, match=r"a stream of 0 bytes cannot hold the latent of a \d+x\d+ image"):
+        codec.decode(forged.read_bytes())
+    assert time.perf_counter() - t < 5
+    r = run("decode", forged, "-o", tmp_path / "huge.png")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and not (tmp_path / "huge.png").exists(), r.stderr
