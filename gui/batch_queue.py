@@ -39,6 +39,7 @@ class Item:
     status: str = WAITING
     message: str = ""
     output: Path | None = None
+    action: str | None = None      # what its last run did with it (shown while it stays finished)
 
     @property
     def is_aez(self) -> bool:
@@ -183,18 +184,26 @@ class BatchTab(QWidget):
     # -- the list --------------------------------------------------------------------------------
     def add_paths(self, paths: list[str | Path]) -> int:
         """Queue files (folders and files already queued are left out); returns how many were added."""
-        known = {i.path.resolve() for i in self.items}
+        known = {i.path.resolve(): r for r, i in enumerate(self.items)}
         added = 0
         for p in paths:
             p = Path(p)
-            if p.is_dir() or p.resolve() in known:
+            if p.is_dir():
                 continue
-            known.add(p.resolve())
+            r = known.get(p.resolve())
+            if r is not None:
+                item = self.items[r]
+                if item.status in FINISHED and not self.running:     # added again: to be run again
+                    item.status, item.message, item.action = WAITING, "", None
+                    self._show(r)
+                    added += 1
+                continue
+            known[p.resolve()] = len(self.items)
             self.items.append(Item(p))
             self._add_row(self.items[-1])
             added += 1
         self._refresh_actions()
-        self._update_controls()
+        self._queue_changed()
         self.table.setCurrentItem(None)
         return added
 
@@ -246,8 +255,9 @@ class BatchTab(QWidget):
         return "denoise" if self.action.currentIndex() == 1 else "compress"
 
     def _refresh_actions(self, *_):
-        for r, item in enumerate(self.items):
-            self.table.item(r, 1).setText(self._action(item).capitalize())
+        for r, item in enumerate(self.items):       # a finished file keeps the action it was run with
+            done = item.status in FINISHED and item.action
+            self.table.item(r, 1).setText((item.action if done else self._action(item)).capitalize())
         o = self.options()
         self.settings_note.setText(f"Compress uses model \u201c{o['codec']}\u201d {_rate_words(o)}{_refine_words(o)}; "
                                    f"denoise uses \u201c{o['denoiser_label'] or 'denoise'}\u201d"
@@ -262,7 +272,7 @@ class BatchTab(QWidget):
         for r in rows:
             self.table.removeRow(r)
             del self.items[r]
-        self._update_controls()
+        self._queue_changed()
 
     def clear_finished(self) -> None:
         if self.running:
@@ -271,6 +281,14 @@ class BatchTab(QWidget):
             if self.items[r].status in FINISHED:
                 self.table.removeRow(r)
                 del self.items[r]
+        self._queue_changed()
+
+    def _queue_changed(self) -> None:
+        """The queue is no longer the one the last run's summary described: the summary goes."""
+        if not self.running:
+            self.summary.setText("Drop several files on the window, or add them here." if not self.items else
+                                 f"{sum(it.status not in FINISHED for it in self.items)} of {len(self.items)} "
+                                 "files to run: press Start")
         self._update_controls()
 
     def _show(self, r: int) -> None:
@@ -342,8 +360,8 @@ class BatchTab(QWidget):
         existing = [outputs[i] for i, _, _ in plan if i not in clash and outputs[i].exists()]
         if existing and not skip and not self.confirm_overwrite(existing):
             return
-        for i, _, _ in plan:
-            self.items[i].output = outputs[i]
+        for i, _, action in plan:
+            self.items[i].output, self.items[i].action = outputs[i], action
             self.items[i].status, self.items[i].message = (FAILED, clash[i]) if i in clash else (WAITING, "")
             self._show(i)
         plan = [p for p in plan if p[0] not in clash]

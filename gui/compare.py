@@ -49,7 +49,9 @@ def from_qimage(img: QImage) -> np.ndarray:
     c = 4 if alpha else 3
     h, w, bpl = img.height(), img.width(), img.bytesPerLine()
     buf = np.frombuffer(img.constBits(), np.uint8, count=bpl * h).reshape(h, bpl)
-    return np.ascontiguousarray(buf[:, : w * c].reshape(h, w, c))
+    # a copy, always: the converted QImage is freed on return, and when its rows have no padding
+    # (width x channels a multiple of 4) ascontiguousarray returned a view of its freed memory
+    return buf[:, : w * c].reshape(h, w, c).copy()
 
 
 def _colormap() -> np.ndarray:

@@ -359,7 +359,7 @@ class CompressTab(ImageTab):
         self._set_busy(("Compressing" if mode == "quality" else "Searching for the target")
                        + (f" and refining ({steps} steps)" if steps and p.codec.can_refine() else "") + "\u2026")
         self._enc_job = self.work.submit(job, name="encode", progress=self._estimate, done=self._encoded,
-                                         error=self._failed, cancelled=lambda: None)
+                                         error=self._failed, cancelled=self._stopped)
 
     def _estimate(self, payload) -> None:
         if payload[0] == "result":
@@ -422,6 +422,12 @@ class CompressTab(ImageTab):
             self.estimate.setText("\u2026")
             self._update_buttons()
 
+    def _stopped(self) -> None:
+        """Esc while the result for a new setting was being made: the result shown stays, and says
+        it is the earlier one (the status bar and Save, which stay off, no longer wait for it)."""
+        if self._stale and self.result is not None:
+            self.estimate.setText("stopped: the result shown is for the setting before")
+
     def _update_buttons(self) -> None:
         ok = self.result is not None and not self._stale
         self.save_aez_btn.setEnabled(ok)
@@ -431,7 +437,10 @@ class CompressTab(ImageTab):
     def _current(self) -> bool:
         """Whether the result shown is the one for the current settings (not one being replaced)."""
         if self.result is not None and self._stale:
-            self.statusMessage.emit("still compressing at the new setting: save when it is done")
+            busy = self._enc_job is not None and not self._enc_job.cancelled and self.work.busy
+            self.statusMessage.emit("still compressing at the new setting: save when it is done" if busy else
+                                    "stopped before the result for the new setting was made: change a setting "
+                                    "to make it, then save")
         return self.result is not None and not self._stale
 
     def save_aez(self, path: str | Path | None = None) -> Path | None:

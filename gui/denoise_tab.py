@@ -302,7 +302,10 @@ class DenoiseTab(ImageTab):
         """Whether the result shown is mixed at the Strength the slider shows."""
         r = self.result
         if r is not None and self._stale:
-            self.statusMessage.emit("still denoising with the new settings: save when it is done")
+            busy = self._job is not None and not self._job.cancelled and self.work.busy
+            self.statusMessage.emit("still denoising with the new settings: save when it is done" if busy else
+                                    "stopped before the result for the new settings was made: change a setting "
+                                    "to make it, then save")
             return False
         if r is not None and r.strength != self.strength.value() / 100:
             self.statusMessage.emit("still mixing at the new strength: save when it is done")

@@ -30,7 +30,7 @@ from aecompress import container  # noqa: E402
 from aecompress.imageio import read_image  # noqa: E402
 from aecompress.ladder import resolution_name  # noqa: E402
 from gui.app import create_app  # noqa: E402
-from gui.batch_queue import CANCELLED, DONE, FAILED, SKIPPED  # noqa: E402
+from gui.batch_queue import CANCELLED, DONE, FAILED, SKIPPED, WAITING  # noqa: E402
 from gui.compare import CompareView, from_qimage, to_qimage  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
 from gui.runtime import Runtime  # noqa: E402
@@ -204,12 +204,25 @@ def test_quality_slider_changes_the_result(qtbot, window, crops, shots):
 
 
 def test_paste_image_from_clipboard(qtbot, window):
-    img = to_qimage(smooth_image(96, 128, seed=3))
-    QGuiApplication.clipboard().setImage(img)
+    a = smooth_image(96, 128, seed=3)
+    QGuiApplication.clipboard().setImage(to_qimage(a))
     window.paste()
     r = wait_result(qtbot, window.compress)
     assert window.compress.source.path is None and r.recon.shape == (96, 128, 3)
+    np.testing.assert_array_equal(window.compress.prepared.picture.pixels, a)      # the pixels pasted
     assert "vs raw" in window.compress.grid.text("ratio")
+
+
+@pytest.mark.parametrize("width", [128, 127])
+def test_pixels_taken_from_a_qimage_are_their_own(width):
+    """from_qimage copies: when a row had no padding (width x 3 a multiple of 4) it returned a view
+    of the converted QImage's memory, freed on return (a pasted image, a screenshot compared in a
+    test, came out with garbage pixels now and then)."""
+    create_app()
+    a = smooth_image(64, width, seed=4)
+    got = from_qimage(to_qimage(a))
+    assert got.flags.owndata and got.base is None
+    np.testing.assert_array_equal(got, a)
 
 
 # -- decompress and errors -------------------------------------------------------------------------
@@ -1179,3 +1192,49 @@ def test_controls_the_model_has_nothing_behind_are_greyed(qtbot, window, crops, 
     tab.reload()
     qtbot.waitUntil(lambda: tab.refine.isEnabled() and tab.rate_stack.isEnabled(), timeout=WAIT)
     assert "encode --refine" in tab.refine.toolTip()
+
+
+def test_finished_files_keep_their_action_and_run_again_when_added_again(qtbot, window, crops, blur_denoiser,
+                                                                         tmp_path):
+    """After a compress batch, choosing denoise relabelled the finished rows 'Denoise' beside their
+    .aez results, and dropping them again added nothing while Start stayed off; the last run's
+    summary also stayed after the queue changed."""
+    window.add_model_folder(blur_denoiser)
+    tab = window.batch
+    tab.add_paths(crops[:2])
+    tab.out_edit.setText(str(tmp_path / "out"))
+    run_batch(qtbot, tab)
+    assert [it.status for it in tab.items] == [DONE, DONE] and "Finished: 2 done" in tab.summary.text()
+    tab.action.setCurrentIndex(1)                              # denoise images
+    assert [tab.table.item(r, 1).text() for r in range(2)] == ["Compress", "Compress"]
+    assert not tab.start_btn.isEnabled()
+    assert tab.add_paths(crops[:2]) == 2                       # added again: to be run again
+    assert [it.status for it in tab.items] == [WAITING, WAITING] and tab.start_btn.isEnabled()
+    assert [tab.table.item(r, 1).text() for r in range(2)] == ["Denoise", "Denoise"]
+    assert "Finished" not in tab.summary.text() and "2 of 2 files to run" in tab.summary.text()
+    run_batch(qtbot, tab)
+    assert [it.status for it in tab.items] == [DONE, DONE]
+    assert (tmp_path / "out" / "crop0.denoised.png").exists() and (tmp_path / "out" / "crop0.aez").exists()
+    tab.clear_finished()
+    assert tab.summary.text() == "Drop several files on the window, or add them here."
+
+
+def test_stopping_a_new_result_says_the_one_shown_is_older(qtbot, window, crops):
+    """Esc while the result for a new setting is being made: Save stays off (the result shown is for
+    the setting before) and says so, instead of 'still compressing' when nothing runs."""
+    tab = window.compress
+    tab.open_path(crops[1])
+    first = wait_result(qtbot, tab)
+    said = []
+    tab.statusMessage.connect(said.append)
+    tab.refine.setValue(60)
+    qtbot.waitUntil(lambda: tab._enc_job is not None and window.work.busy, timeout=WAIT)
+    window.stop()
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    assert tab.result is first and not tab.save_aez_btn.isEnabled()
+    assert tab.save_aez(crops[1].with_suffix(".aez")) is None
+    assert said[-1].startswith("stopped before the result for the new setting was made"), said[-3:]
+    assert "stopped" in tab.estimate.text()
+    tab.refine.setValue(0)                                     # a change makes it again
+    wait_result(qtbot, tab, first)
+    assert tab.save_aez_btn.isEnabled()
