@@ -628,3 +628,6 @@ def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):
     Image.fromarray(np.zeros((28, 30), np.uint8)).save(tmp_path / "wide.png")
     r = run("score", str(out), str(tmp_path / "tall.png"), str(tmp_path / "wide.png"))
     assert r.returncode == 4 and "0 done, 2 failed" in r.stderr, r.stderr       # both model-size errors
+    r = run("embed", str(out), str(digits[0]), str(tmp_path / "tall.png"), "-o", str(tmp_path / "one.npy"))
+    assert r.returncode == 4 and "1 done, 1 failed" in r.stderr, r.stderr       # the written rows stand
+    assert np.load(tmp_path / "one.npy").shape == (1, 8)

@@ -500,7 +500,7 @@ def embed_cmd(
         return y.reshape(y.shape[0], -1).mean(1) if y.ndim == 3 else y.reshape(-1)
 
     paths = _expand(images)
-    done, rows, codes = _each_image(codec, paths, code)
+    done, rows, exit_codes = _each_image(codec, paths, code)
     codes = np.stack(rows)
     with atomic_output(out, force) as tmp, atomic_output(names, force) as tmp_names:
         with open(tmp, "wb") as f:
@@ -509,7 +509,7 @@ def embed_cmd(
                                                "images": [str(p) for p in done]}, indent=1) + "\n")
     print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values; {names}: the images, in row order",
           file=sys.stderr)
-    _failures(len(done), len(paths), codes)
+    _failures(len(done), len(paths), exit_codes)
 
 
 @app.command("score")
@@ -539,7 +539,7 @@ def score_cmd(
         return {"input": str(p), "mse": mse(rec, px), "psnr": psnr(rec, px), "bytes": len(data)}
 
     paths = _expand(images)
-    _, rows, codes = _each_image(codec, paths, score)
+    _, rows, exit_codes = _each_image(codec, paths, score)
     rows.sort(key=lambda r: -r["mse"])
     if as_json:                       # one object a line, as encode --json and denoise --json print
         for r in rows:
@@ -549,4 +549,4 @@ def score_cmd(
         print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
         for r in rows:
             print(f"{r['input']:<{width}}  {r['mse']:>10.2f}  {r['psnr']:>7.2f}  {r['bytes']:>6}")
-    _failures(len(rows), len(paths), codes)
+    _failures(len(rows), len(paths), exit_codes)
