@@ -174,6 +174,7 @@ class CompressTab(ImageTab):
         self.rate_mode.currentIndexChanged.connect(self._rate_changed)
         self.estimate = QLabel("", self)
         self.estimate.setObjectName("estimate")
+        self.estimate.setWordWrap(True)         # a longer note wraps instead of widening the side panel
         self.refine = QSpinBox(self)
         self.refine.setRange(0, 200)
         self.refine.setSingleStep(10)
@@ -426,7 +427,7 @@ class CompressTab(ImageTab):
         """Esc while the result for a new setting was being made: the result shown stays, and says
         it is the earlier one (the status bar and Save, which stay off, no longer wait for it)."""
         if self._stale and self.result is not None:
-            self.estimate.setText("stopped: the result shown is for the setting before")
+            self.estimate.setText("stopped: the result shown is the earlier one")
 
     def _update_buttons(self) -> None:
         ok = self.result is not None and not self._stale
