@@ -55,6 +55,7 @@ class JobResult:
     psnr_input: float | None = None
     provider: str | None = None
     reference_error: str | None = None     # the output was written, but --reference could not score it
+    notes: list[str] = field(default_factory=list)   # what reading changed (clipped or scaled samples)
 
     def as_dict(self) -> dict:
         """The result as `denoise --json` prints it: `input` and `output` name the files, as in
@@ -153,8 +154,9 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
               reference: str | Path | None = None) -> list[Job]:
     """Turn files and folders into jobs. Raises AecError for inputs that do not exist.
 
-    A single file with -o names the output file (or a folder to put it in, when -o is a folder, ends
-    with a separator or has no extension); without -o the output is NAME.denoised.EXT beside it. Folders (and several
+    A single file with -o names the output file (or a folder to put it in, when -o is a folder or ends
+    with a separator; a name without an extension is a file in the input's format, as for encode and
+    decode); without -o the output is NAME.denoised.EXT beside it. Folders (and several
     inputs) need -o to be a folder, or write into a sibling NAME.denoised folder / beside each file;
     -r recurses and mirrors the folder structure. The output folder is never scanned as input.
     """
@@ -171,10 +173,13 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     if ref is not None and not ref.is_dir():
         raise AecError(f"--reference {ref} is not a folder")
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    out_is_dir = out is not None and (out.is_dir() or str(output).endswith(("/", os.sep)) or not single_file
-                                      or not out.suffix)
-    if out is not None and out.exists() and not out.is_dir() and not single_file:
-        raise AecError(f"-o {out} must be a folder when denoising several files or a folder")
+    named_folder = output is not None and str(output).endswith(("/", os.sep))
+    out_is_dir = out is not None and (out.is_dir() or named_folder or not single_file)
+    if out is not None and out.exists() and not out.is_dir():
+        if named_folder:
+            raise AecError(f"-o {output} names a folder, and {out} is a file")
+        if not single_file:
+            raise AecError(f"-o {out} must be a folder when denoising several files or a folder")
     jobs: list[Job] = []
     for p in inputs:
         if p.is_file():
@@ -234,6 +239,8 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
         raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
                               cancel=cancel, ensemble=ensemble)
+    if pic.notes:
+        info["notes"] = list(pic.notes)
     if cancel is not None and cancel():
         raise KeyboardInterrupt
     save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,
@@ -272,7 +279,8 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
     info = info or {}
     return JobResult(str(job.src), str(job.dst), status or ("failed" if error else "done"), error,
                      round(seconds, 4), info.get("sigma_estimate"), info.get("psnr"), info.get("ssim"),
-                     info.get("psnr_input"), info.get("provider"), info.get("reference_error"))
+                     info.get("psnr_input"), info.get("provider"), info.get("reference_error"),
+                     list(info.get("notes", [])))
 
 
 class _StaleParts:

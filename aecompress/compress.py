@@ -44,7 +44,7 @@ class Encoded:
 def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
     """The pixels a codec will code for a picture (mode converted), and notes on what was lost."""
     container.check_size(pic.width, pic.height)
-    notes = []
+    notes = list(pic.notes)
     if pic.has_alpha:
         notes.append("alpha channel dropped (the codec stores colour only)")
     if pic.bits == 16:
@@ -287,6 +287,9 @@ def output_for(inp: Path, output: Path | None, many: bool, suffix: str) -> Path:
     if output is None:
         return inp.with_suffix(suffix) if inp.suffix.lower() != suffix else inp.with_name(inp.name + suffix)
     if many or output.is_dir():
+        if is_stdio(inp):       # the folder would get a file named "-.aez", which the shell reads as an option
+            raise AecError(f"reading standard input needs -o to name a file (or - for standard output), "
+                           f"not the folder {output}")
         return output / (inp.stem + suffix)
     return output
 
@@ -336,6 +339,8 @@ def plan_outputs(inputs: Sequence[Path], output: Path | str | None, suffix: str,
     if many and is_stdio(output):
         raise AecError("-o - (standard output) takes a single input")
     if many and output is not None and output.exists() and not output.is_dir():
+        if as_folder:
+            raise AecError(f"-o {output}{os.sep} names a folder, and {output} is a file")
         raise AecError(f"-o {output}: several inputs need a folder, and {output} is a file")
     outs = [None if error else output_for(inp, output, many, suffix) for inp, error in files]
     plan = []
@@ -362,7 +367,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     check: as encode_picture's (called between steps; may raise to cancel, before anything is written)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
-        raise AecError(f"{out} exists (use --force to overwrite)")
+        raise AecError(f"{out} exists (use --force to overwrite or --skip-existing)")
     if is_stdio(inp) or (inp.exists() and not inp.is_file()):     # a pipe has no size to stat: read it
         source, in_name = read_input(inp)
         pic, in_size = read_image(in_name, source), len(source)
@@ -402,11 +407,12 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
 
 def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bool = False,
                 device: str = "auto", threads: int | None = None, extra: list[ModelPackage] | None = None,
-                hint: str = MODEL_HINT, cache: dict | None = None) -> dict:
-    """Decode one .aez file to an image file (extra, hint and cache as for decode_bytes)."""
+                hint: str = MODEL_HINT, cache: dict | None = None, quality: int | None = None) -> dict:
+    """Decode one .aez file to an image file (extra, hint and cache as for decode_bytes; quality:
+    of a lossy output format, default imageio.DEFAULT_QUALITY)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
-        raise AecError(f"{out} exists (use --force to overwrite)")
+        raise AecError(f"{out} exists (use --force to overwrite or --skip-existing)")
     data, name = read_input(inp)
     try:
         pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint, cache=cache)
@@ -415,7 +421,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     if is_stdio(out):
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
-        save_image(out, pixels, force=force)
+        save_image(out, pixels, force=force, quality=quality)
     return {"input": name, "output": STDOUT_NAME if is_stdio(out) else str(out),
             "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,

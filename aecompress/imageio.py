@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class Picture:
     icc: bytes | None = None
     info: dict = field(default_factory=dict)    # what a faithful rewrite needs (see _source_info)
     frames: int = 1                 # frames in the source; only the first is read
+    notes: list[str] = field(default_factory=list)   # what reading changed in the samples (clipped, scaled)
 
     @property
     def height(self) -> int:
@@ -60,8 +62,12 @@ class Picture:
         return self.mode in ("LA", "RGBA")
 
 
-def _to_array(im: Image.Image, keyed: bool = True) -> tuple[np.ndarray, str, int]:
-    """keyed: read a colour-key transparency (PNG tRNS on RGB or greyscale) as an alpha channel."""
+def _to_array(im: Image.Image, keyed: bool = True,
+              notes: list[str] | None = None) -> tuple[np.ndarray, str, int]:
+    """keyed: read a colour-key transparency (PNG tRNS on RGB or greyscale) as an alpha channel.
+    notes: gets a line for each change to the sample values (32-bit integer and floating-point
+    images, whose range 8- and 16-bit outputs cannot hold)."""
+    notes = [] if notes is None else notes
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         a = np.asarray(im).astype(np.uint16)
@@ -74,17 +80,24 @@ def _to_array(im: Image.Image, keyed: bool = True) -> tuple[np.ndarray, str, int
     if mode == "I":
         # 32-bit integers say nothing about their range: 8-bit data stored wide stays 8-bit (it read
         # as nearly black when taken for 16-bit), 16-bit stays 16-bit, wider is scaled to 16 bits
-        a = np.clip(np.asarray(im).astype(np.int64), 0, None)
+        a = np.asarray(im).astype(np.int64)
+        if int(a.min(initial=0)) < 0:
+            notes.append(f"{int((a < 0).sum()):,} negative samples clipped to 0")
+            a = np.clip(a, 0, None)
         top = int(a.max(initial=0))
         if top <= 255:
             return a.astype(np.uint8)[:, :, None], "L", 8
         if top > 65535:
+            notes.append(f"32-bit integer samples scaled to 16 bits (the largest, {top:,}, to 65,535)")
             a = (a * 65535 + top // 2) // top
         return a.astype(np.uint16)[:, :, None], "L", 16
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
         a = np.where(np.isnan(a), np.float32(0), a)        # NaN samples read as black
         top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+        out = (a < 0) | (a > top)
+        notes.append(f"floating-point samples read as 0-{top:g}, stored as 8 bits"
+                     + (f" ({int(out.sum()):,} outside that range clipped)" if out.any() else ""))
         a = np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8)
         return a[:, :, None], "L", 8
     if keyed and mode in ("L", "RGB") and "transparency" in im.info:
@@ -211,6 +224,33 @@ def _convert_cmyk(im: Image.Image, icc: bytes | None, to: str) -> Image.Image:
     return im.convert(to)
 
 
+def jpeg_data_too_short(source: Path | bytes, width: int, height: int) -> bool:
+    """True when a Huffman-coded JPEG is too short to hold the size its header claims.
+
+    Each 8x8 block of the first component costs at least one bit (its DC difference), so a file
+    under ceil(w/8) ceil(h/8) / 8 bytes is damaged: a 10 kB file whose header claims 19000x19000
+    pixels, which Pillow would fill in as grey (1 GB of pixels) without a word. Arithmetic-coded
+    JPEGs (SOF9-15, rare), whose flat blocks cost less than a bit, are not judged."""
+    size = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
+    need = -(-width // 8) * -(-height // 8) // 8
+    if size >= need:
+        return False
+    try:
+        with (io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")) as f:
+            if f.read(2) != b"\xff\xd8":
+                return False
+            while True:                                   # the segments before the frame header
+                head = f.read(4)
+                if len(head) < 4 or head[0] != 0xFF:
+                    return False
+                marker = head[1]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    return marker < 0xC9                  # SOF0-7: Huffman coding
+                f.seek(int.from_bytes(head[2:], "big") - 2, 1)
+    except OSError:
+        return False
+
+
 def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     """Read any image Pillow can, with EXIF orientation applied. One-line AecError on failure.
 
@@ -237,6 +277,9 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     fmt, extra, frames = "JPEG", frames - 1, 1
                 if im.width * im.height > MAX_PIXELS:
                     raise AecError(f"{path}: {im.width}x{im.height} is too large (limit {MAX_PIXELS:,} pixels)")
+                if fmt == "JPEG" and jpeg_data_too_short(path if data is None else data, im.width, im.height):
+                    raise AecError(f"{path}: cannot read image (a {im.width}x{im.height} JPEG needs more data than "
+                                   "the file holds: truncated or damaged)")
                 deep = rgb16.is_deep(im)
                 grey_alpha = deep and rgb16.is_grey_alpha(im)      # both ask the tiles, which load() drops
                 planar = deep and fmt == "TIFF" and getattr(im, "tag_v2", {}).get(284) == 2
@@ -270,7 +313,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     info["dpi"] = tuple(info["dpi"])[::-1]      # turned a quarter: width and height swap
                 if im.mode == "CMYK":
                     im = _convert_cmyk(im, icc, "RGB")
-                arr, mode, bits = _to_array(im, keyed=not deep)     # a 16-bit key is not Pillow's 8 bits
+                notes: list[str] = []
+                arr, mode, bits = _to_array(im, keyed=not deep, notes=notes)   # a 16-bit key is not Pillow's 8 bits
                 if grey_alpha and mode == "RGBA":
                     arr, mode = arr[:, :, [0, 3]], "LA"     # 16-bit grey + alpha, which Pillow opens as RGBA
                 if deep:
@@ -292,7 +336,7 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
         raise AecError(f"{path}: image is empty")
     if extra:
         info["extra_images"] = extra
-    return Picture(arr, mode, bits, fmt, exif_bytes, icc, info, frames)
+    return Picture(arr, mode, bits, fmt, exif_bytes, icc, info, frames, notes)
 
 
 def _key_as_alpha16(arr: np.ndarray, key) -> tuple[np.ndarray, str]:
@@ -543,6 +587,9 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
         kwargs["quality"] = DEFAULT_QUALITY if quality is None else quality
     if fmt == "PNG":
         kwargs["compress_level"] = png_level
+    if fmt == "ICNS" and im.size != (1024, 1024):
+        # Pillow's writer stretches any picture to a 1024x1024 square (and its smaller copies)
+        raise AecError(f"an ICNS icon is a 1024x1024 square, this image is {im.width}x{im.height}")
     if fmt == "ICO":
         if max(im.size) > 256:
             raise AecError(f"an ICO image is at most 256x256 pixels, this one is {im.width}x{im.height}")

@@ -51,6 +51,40 @@ def create_app(argv: list[str] | None = None):
     return app
 
 
+def display_problem() -> str | None:
+    """Why no window can open here, when that is plain before Qt tries (Linux without a display)."""
+    import os
+
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        return ("no display to open the desktop app on (DISPLAY and WAYLAND_DISPLAY are unset; "
+                "QT_QPA_PLATFORM=offscreen runs it without one)")
+    return None
+
+
+def _fail_in_one_line():
+    """Until the application is up, Qt's fatal error (no platform plugin could start: no display, or
+    the xcb plugin's libxcb-cursor0 missing) is one line and exit status 1, not half a dozen lines
+    and an abort (134). The plugin warnings before it are kept for the line. Returns the undo."""
+    import os
+
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    held: list[str] = []
+
+    def handler(kind, context, message):
+        if kind == QtMsgType.QtFatalMsg:
+            first = message.strip().splitlines()[0].split(". ")[0] if message.strip() else "Qt could not start"
+            hint = next((m for m in held if "needed" in m), None)
+            print(f"aecompress: error: cannot open the desktop app: {first}" + (f" ({hint})" if hint else ""),
+                  file=sys.stderr, flush=True)
+            os._exit(1)                 # nothing is written yet; Qt would abort() right after this
+        held.append(message.strip())
+
+    qInstallMessageHandler(handler)
+    return lambda: qInstallMessageHandler(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Open the window (and any files named on the command line); returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -63,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(MISSING, file=sys.stderr)
         return 1
+    problem = display_problem()
+    if problem:
+        print(f"aecompress: error: {problem}", file=sys.stderr)
+        return 1
     from .main_window import MainWindow, show_later
 
+    undo = _fail_in_one_line()
     app = create_app([sys.argv[0]] + args)
+    undo()
     win = MainWindow()
     app.aboutToQuit.connect(win.shutdown)
     win.show()

@@ -894,15 +894,25 @@ def test_image_libraries_print_nothing_of_their_own(tmp_path):
     (["decode", "x.aez", "--device", "gpu"], "'gpu' is not one of auto, cpu, cuda"),
     (["encode", "{photo}", "-m", ""], "the model name is empty"),
     (["denoise", "{photo}", "-m", " "], "the model name is empty"),
+    # values aecompress itself checks are usage errors too (they were exit 1, without the --help)
+    (["encode", "{photo}", "-q", "nan"], "Invalid value for '-q': must be a finite number"),
+    (["encode", "{photo}", "-q", "50", "--bpp", "1"], "use only one of them"),
+    (["denoise", "{photo}", "--ensemble", "3"], "Invalid value for '--ensemble': must be one of 1, 2, 4, 8"),
+    (["denoise", "{photo}", "--engine", "spark"], "Invalid value for '--engine'"),
+    (["denoise", "{photo}", "--sigma", "loud"], "Invalid value for '--sigma'"),
+    (["encode", "{photo}", "--skip-existing", "--force"], "choose one"),
+    (["decode", "x.aez", "--skip-existing", "--force"], "choose one"),
+    (["embed", "photo", "{photo}", "-o", "-"], "not standard output"),
+    (["embed", "photo", "{photo}", "-o", "codes/"], "codes/ names a folder"),
 ])
 def test_a_command_line_typer_rejects_is_one_line(photo, args, words):
     """Typer's own usage errors print one line, as every other error does, not a usage box; exit 2."""
-    r = run(*[a.format(photo=photo) for a in args])
+    r = run(*[a.format(photo=photo) for a in args], cwd=photo.parent)     # nothing lands in the checkout
     assert r.returncode == 2, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("aecompress: error: ") and words in lines[0], r.stderr
     assert "--help' " not in lines[0] and lines[0].endswith("--help')"), lines[0]
-    assert r.stdout == "" and not photo.with_suffix(".aez").exists()
+    assert r.stdout == "" and sorted(p.name for p in photo.parent.iterdir()) == ["cat.png"]
 
 
 def test_cuda_without_a_cuda_runtime_fails_once_before_any_file(tmp_path, photo):
@@ -1005,3 +1015,83 @@ def test_a_header_claiming_a_huge_image_over_a_short_stream_fails_at_once(tmp_pa
     assert time.perf_counter() - t < 5
     r = run("decode", forged, "-o", tmp_path / "huge.png")
     assert r.returncode == 3 and r.stderr.count("\n") == 1 and not (tmp_path / "huge.png").exists(), r.stderr
+
+
+def test_version_and_short_help():
+    from aecompress import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"aecompress {__version__} (Python ") and "onnxruntime" in r.stdout
+    assert run("-V").stdout == r.stdout
+    h = run("encode", "-h")
+    assert h.returncode == 0 and "--skip-existing" in h.stdout and h.stdout == run("encode", "--help").stdout
+
+
+def test_skip_existing_resumes_a_batch(tmp_path, photo):
+    """encode and decode --skip-existing leave existing outputs alone (a rerun after an interrupt),
+    as denoise does; without it an existing output is an error naming both ways out."""
+    other = tmp_path / "dog.png"
+    Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(other)
+    out = tmp_path / "packed"
+    assert run("encode", photo, "-o", f"{out}/", "-q", "30").returncode == 0
+    first = (out / "cat.aez").read_bytes()
+    r = run("encode", photo, other, "-o", out)
+    assert r.returncode == 1 and "--skip-existing" in r.stderr and (out / "dog.aez").exists()
+    (out / "dog.aez").unlink()
+    r = run("encode", photo, other, "-o", out, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    assert f"{photo}: skipped ({out / 'cat.aez'} exists)" in r.stdout and "dog.aez:" in r.stdout
+    assert (out / "cat.aez").read_bytes() == first             # left as it was: quality 30
+    r = run("encode", photo, other, "-o", out, "--skip-existing", "--json")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr.count("skipped") == 2
+    dec = tmp_path / "dec"
+    assert run("decode", out / "cat.aez", "-o", f"{dec}/").returncode == 0
+    before = (dec / "cat.png").stat().st_mtime_ns
+    r = run("decode", out, "-o", dec, "--skip-existing")
+    assert r.returncode == 0 and "skipped" in r.stdout and (dec / "dog.png").exists()
+    assert (dec / "cat.png").stat().st_mtime_ns == before
+
+
+def test_decode_quality_of_a_lossy_output(tmp_path, photo):
+    aez = tmp_path / "c.aez"
+    assert run("encode", photo, "-o", aez).returncode == 0
+    for q in (20, 95):
+        assert run("decode", aez, "-o", tmp_path / f"q{q}.jpg", "-q", q).returncode == 0
+    assert run("decode", aez, "-o", tmp_path / "default.jpg").returncode == 0
+    sizes = {k: (tmp_path / f"{k}.jpg").stat().st_size for k in ("q20", "q95", "default")}
+    assert sizes["q20"] < sizes["q95"] / 2 and sizes["default"] == sizes["q95"], sizes
+
+
+def test_info_takes_several_files(tmp_path, photo):
+    a, b = tmp_path / "a.aez", tmp_path / "b.aez"
+    assert run("encode", photo, "-o", a, "-q", "20").returncode == 0
+    assert run("encode", photo, "-o", b, "-q", "90").returncode == 0
+    r = run("info", a, b, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["file"] for x in rows] == [str(a), str(b)] and rows[0]["bytes"] == a.stat().st_size
+    r = run("info", a, tmp_path / "none.aez", b)
+    assert r.returncode == 1 and r.stdout.count("quality_level:") == 2 and "none.aez" in r.stderr
+
+
+def test_output_folder_names_that_do_not_fit(tmp_path, photo):
+    """-o FILE/ over a file says it names a folder (not 'several inputs'); standard input into a
+    folder is refused (it made a file named '-.aez', which the shell reads as an option)."""
+    taken = tmp_path / "taken.aez"
+    taken.write_bytes(b"mine")
+    r = run("encode", photo, "-o", f"{taken}/")
+    assert r.returncode == 1 and f"-o {taken}/ names a folder, and {taken} is a file" in r.stderr, r.stderr
+    assert taken.read_bytes() == b"mine"
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    r = run_bytes("encode", "-", "-o", f"{folder}/", stdin=photo.read_bytes())
+    assert r.returncode == 1 and b"standard input needs -o to name a file" in r.stderr
+    assert list(folder.iterdir()) == []
+
+
+def test_json_is_strict_when_a_psnr_is_infinite():
+    from aecompress.cli.common import to_json
+
+    line = to_json({"psnr": float("inf"), "x": [1.5, float("nan")], "n": {"m": -float("inf")}})
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {"psnr": None, "x": [1.5, None],
+                                                                       "n": {"m": None}}

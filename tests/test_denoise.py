@@ -575,7 +575,52 @@ def test_an_output_named_for_another_format_is_written_in_it(tmp_path, env):
     r = run_cli(["denoise", tmp_path / "n.png", "-o", tmp_path / "n.xyz"], env)
     assert r.exit_code == 1 and "unknown image format '.xyz'" in r.output
     assert not (tmp_path / "n.xyz").exists()
-    r = run_cli(["denoise", tmp_path / "misnamed.jpg", "-o", tmp_path / "mirror"], env)   # a folder: kept as is
+    r = run_cli(["denoise", tmp_path / "misnamed.jpg", "-o", f"{tmp_path / 'mirror'}/"], env)   # a folder: kept as is
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "mirror" / "misnamed.jpg") as im:
         assert im.format == "PNG"
+
+
+def test_cli_output_names_for_one_file(tmp_path, env):
+    """-o NAME/ is a folder even when NAME is a file (the trailing slash was dropped, and --force
+    replaced the file); -o NAME without an extension is a file in the input's format, as for
+    encode and decode (it was a folder)."""
+    src = tmp_path / "photo.png"
+    Image.fromarray(noisy(smooth_image(40, 56), 20)).save(src)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    r = run_cli(["denoise", src, "-o", f"{victim}/", "--force"], env)
+    assert r.exit_code == 1 and "names a folder, and" in str(r.exception) and victim.read_bytes() == b"keep me"
+    r = run_cli(["denoise", src, "-o", tmp_path / "plain"], env)
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "plain") as im:
+        assert (tmp_path / "plain").is_file() and im.format == "PNG" and im.size == (56, 40)
+    r = run_cli(["denoise", src, "-o", f"{tmp_path / 'into'}/"], env)
+    assert r.exit_code == 0 and (tmp_path / "into" / "photo.png").is_file()
+
+
+def test_cli_json_with_a_reference_equal_to_the_input_is_strict(tmp_path, env):
+    """A clean input scored against itself has an infinite PSNR: null in --json (it printed Infinity)."""
+    src = tmp_path / "in" / "photo.png"
+    src.parent.mkdir()
+    Image.fromarray(smooth_image(40, 56)).save(src)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "photo.png").write_bytes(src.read_bytes())
+    p = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(src), "-o", str(tmp_path / "o.png"),
+                        "--reference", str(ref), "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    objs = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")) for line in p.stdout.splitlines()]
+    assert objs[0]["psnr_input"] is None and objs[0]["psnr"] > 30
+    assert objs[1]["summary"]["mean_psnr_input"] is None
+
+
+def test_cli_notes_what_reading_changed(tmp_path, env):
+    """A 32-bit integer TIFF is written back as 16 bits, scaled: said on stderr and in --json."""
+    src = tmp_path / "wide.tif"
+    Image.fromarray((smooth_image(40, 56)[:, :, 0].astype(np.int32) * 700), "I").save(src)
+    p = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(src), "-o", str(tmp_path / "o.tif"),
+                        "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"aecompress: note: {src}: 32-bit integer samples scaled to 16 bits" in p.stderr
+    assert "scaled to 16 bits" in json.loads(p.stdout.splitlines()[0])["notes"][0]

@@ -6,6 +6,7 @@ Tests use the default codec package `photo` and small crops so the module runs i
 """
 
 import os
+import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -642,6 +643,24 @@ def test_cli_and_script_without_pyside(monkeypatch, capsys):
     assert "pip install -e '.[gui]'" in capsys.readouterr().err
     res = CliRunner().invoke(app, ["gui"])
     assert isinstance(res.exception, AecError) and "pip install -e '.[gui]'" in str(res.exception)
+
+
+@pytest.mark.parametrize("env_change, words", [
+    ({"QT_QPA_PLATFORM": None, "DISPLAY": None, "WAYLAND_DISPLAY": None}, "no display to open the desktop app on"),
+    # a display that is named but cannot be used: Qt's fatal error, which aborted with exit 134 and
+    # half a dozen lines of plugin messages
+    ({"QT_QPA_PLATFORM": "xcb", "DISPLAY": ":97", "WAYLAND_DISPLAY": None}, "cannot open the desktop app: "),
+])
+def test_no_usable_display_is_one_line(tmp_path, env_change, words):
+    import subprocess
+
+    env = dict(os.environ)
+    for k, v in env_change.items():
+        env.pop(k, None) if v is None else env.__setitem__(k, v)
+    p = subprocess.run([sys.executable, "-m", "aecompress", "gui", str(tmp_path / "nothing.png")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("aecompress: error: ") and words in p.stderr, p.stderr
 
 
 # -- what a QA pass found: bad model folders, inputs in the queue, stale results, save names ---------

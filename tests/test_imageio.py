@@ -508,3 +508,64 @@ def test_16_bit_tiff_keeps_exif_and_gps_directories(tmp_path):
         assert back.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
         assert back.get_ifd(0x8825)[1] == "N" and back.get_ifd(0x8825)[2] == (48, 51, 30)
     assert np.array_equal(tifffile.imread(tmp_path / "e.tif"), a) and read_image(tmp_path / "e.tif").bits == 16
+
+
+def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming another size."""
+    i = data.index(b"\xff\xc0")
+    return data[:i + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[i + 9:]
+
+
+def test_a_jpeg_claiming_far_more_pixels_than_its_data_is_refused_at_once(tmp_path):
+    """A 10 kB JPEG whose header says 19000x19000: Pillow fills the missing blocks in as grey, and
+    the run took minutes and 3 GB on 361 megapixels of nothing. A Huffman-coded block costs at least
+    a bit, so the file is too short for its size and is refused before any pixel is decoded."""
+    import io
+    import time
+
+    from aecompress.errors import AecError
+    from aecompress.imageio import jpeg_data_too_short
+
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(120, 160)).save(buf, "JPEG", quality=90)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(_patch_jpeg_size(buf.getvalue(), 19000, 19000))
+    t = time.perf_counter()
+    with pytest.raises(AecError, match="needs more data than the file holds"):
+        read_image(bomb)
+    assert time.perf_counter() - t < 2
+    # the bound is a floor no real file goes under: flat pictures with optimised, progressive tables
+    for mode in ("L", "RGB"):
+        for kw in ({}, {"optimize": True}, {"progressive": True, "optimize": True}):
+            flat = io.BytesIO()
+            Image.new(mode, (4000, 3000), 128).save(flat, "JPEG", **kw)
+            assert not jpeg_data_too_short(flat.getvalue(), 4000, 3000), (mode, kw)
+    assert read_image(tmp_path / "bomb.jpg", buf.getvalue()).pixels.shape == (120, 160, 3)
+
+
+def test_icns_output_is_refused_unless_it_is_the_icon_size(tmp_path):
+    """Pillow's ICNS writer stretched any picture to a 1024x1024 square."""
+    from aecompress.errors import AecError
+
+    with pytest.raises(AecError, match="1024x1024 square"):
+        save_image(tmp_path / "x.icns", smooth_image(120, 160))
+    assert not (tmp_path / "x.icns").exists()
+
+
+def test_wide_samples_that_change_on_reading_are_noted(tmp_path):
+    """32-bit integer and floating-point images: what reading does to their values is said (the
+    samples were clipped or rescaled without a word)."""
+    ints = np.linspace(-100, 140_000, 2400).astype(np.int32).reshape(40, 60)
+    Image.fromarray(ints, "I").save(tmp_path / "i.tif")
+    pic = read_image(tmp_path / "i.tif")
+    assert pic.pixels.dtype == np.uint16 and pic.pixels.max() == 65535
+    assert any("negative samples clipped to 0" in n for n in pic.notes)
+    assert any("scaled to 16 bits" in n for n in pic.notes)
+    Image.fromarray(np.linspace(-0.5, 1.5, 2400, dtype=np.float32).reshape(40, 60), "F").save(tmp_path / "f.tif")
+    notes = read_image(tmp_path / "f.tif").notes
+    assert len(notes) == 1 and "read as 0-255, stored as 8 bits" in notes[0] and "clipped" in notes[0]
+    Image.fromarray(np.linspace(0, 1, 2400, dtype=np.float32).reshape(40, 60), "F").save(tmp_path / "g.tif")
+    assert read_image(tmp_path / "g.tif").notes == ["floating-point samples read as 0-1, stored as 8 bits"]
+    assert read_image(tmp_path / "g.tif").pixels.max() == 255
+    Image.fromarray(smooth_image(40, 60)).save(tmp_path / "plain.png")
+    assert read_image(tmp_path / "plain.png").notes == []

@@ -160,8 +160,10 @@ def test_cli_bad_input(trained, tmp_path):
     assert not (tmp_path / "o").exists()
 
     def fails(match: str, *args: str) -> None:
+        """An error (exit 1) or, for an option's value, a usage error (exit 2), saying match."""
         res = invoke(*args)
-        assert isinstance(res.exception, AecError) and match in str(res.exception), (res.output, res.exception)
+        assert ((isinstance(res.exception, AecError) and match in str(res.exception))
+                or (res.exit_code == 2 and match in res.output)), (res.output, res.exception)
 
     fails("dense models only", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--latent", "16")
     fails("unknown architecture", "train", "mlp", "--data", str(data), "--out", str(tmp_path / "o"))
@@ -192,7 +194,7 @@ def test_cli_bad_input(trained, tmp_path):
     assert (tmp_path / "run.work" / "checkpoint.pt").read_bytes() == b"state"
     fails("--val", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--val", str(tmp_path / "empty"))
     fails("multiple of 64", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--crop", "96")
-    fails("--minutes must be positive", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"),
+    fails("'--minutes': must be positive", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"),
           "--minutes", "-1")
     fails("WEIGHT >= 0", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l1:-5")
     afile = tmp_path / "afile"
@@ -441,7 +443,7 @@ def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "clean.png").size == (72, 72)
     r = run("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "x"), "--crop", "60")
-    assert r.returncode == 1 and "multiple of 8" in r.stderr
+    assert r.returncode == 2 and "multiple of 8" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_a_diverging_conv_run_is_one_line(tmp_path):
@@ -528,8 +530,10 @@ def test_folders_of_unreadable_images_are_one_line(tmp_path):
     (bad / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
 
     def fails(match: str, *args: str) -> None:
+        """An error (exit 1) or, for an option's value, a usage error (exit 2), saying match."""
         res = invoke(*args)
-        assert isinstance(res.exception, AecError) and match in str(res.exception), (res.output, res.exception)
+        assert ((isinstance(res.exception, AecError) and match in str(res.exception))
+                or (res.exit_code == 2 and match in res.output)), (res.output, res.exception)
 
     fails("--val", "train", "conv", "--data", str(imgs), "--out", str(tmp_path / "v1"), "--steps", "2", "--crop", "64",
           "--n", "8", "--m", "8", "--val", str(bad))
@@ -601,12 +605,13 @@ def test_train_option_messages(tmp_path):
 
     random_images(tmp_path / "imgs", seed=8)
     imgs = str(tmp_path / "imgs")
-    for args, match in ((["denoise", "--data", str(tmp_path / "nonexist")], "nonexist: no such folder"),
-                        (["denoise", "--data", imgs, "--lr", "nan"], "--lr must be a finite number, positive"),
-                        (["conv", "--data", imgs, "--lr", "inf"], "--lr must be a finite number, positive"),
-                        (["conv", "--data", imgs, "--minutes", "nan"], "--minutes must be positive and finite")):
-        res = invoke("train", *args, "--out", str(tmp_path / "o"))
-        assert isinstance(res.exception, AecError) and match in str(res.exception), (args, res.exception)
+    res = invoke("train", "denoise", "--data", str(tmp_path / "nonexist"), "--out", str(tmp_path / "o"))
+    assert isinstance(res.exception, AecError) and "nonexist: no such folder" in str(res.exception)
+    for args, match in ((["denoise", "--data", imgs, "--lr", "nan"], "'--lr': must be a finite number, positive"),
+                        (["conv", "--data", imgs, "--lr", "inf"], "'--lr': must be a finite number, positive"),
+                        (["conv", "--data", imgs, "--minutes", "nan"], "'--minutes': must be positive and finite")):
+        res = invoke("train", *args, "--out", str(tmp_path / "o"))    # a usage error: exit 2, with the --help
+        assert res.exit_code == 2 and match in res.output and "--help" in res.output, (args, res.output)
 
 
 def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):

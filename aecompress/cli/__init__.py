@@ -49,7 +49,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import platform
+        from importlib import metadata
+
+        from .. import __version__
+        from ..session import installed_runtimes
+
+        runtimes = [f"{r} {metadata.version(r)}" for r in installed_runtimes()] or ["no onnxruntime"]
+        print(f"aecompress {__version__} (Python {platform.python_version()}, {', '.join(runtimes)})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Compress and denoise images with autoencoders."""
 
 # Each module registers its commands; optional dependencies (torch, PySide6, ray) are imported
 # inside the commands, so a broken module fails loudly here instead of hiding a command.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, nonempty_model, one_line, progress, run_many, threads_option
+from .common import bad_value, device_option, nonempty_model, one_line, progress, run_many, threads_option, to_json
 
 
 def _ratio(x: float, digits: int) -> str:
@@ -56,6 +55,27 @@ def _print(line: str, out: Path | None, plain: bool = False) -> None:
         raise AecError(f"{out} was written, but its report could not be printed ({exc.strerror or exc})") from None
 
 
+def _check_skip(skip_existing: bool, force: bool) -> None:
+    if skip_existing and force:
+        raise bad_value("--skip-existing' / '--force",
+                        "choose one: --skip-existing keeps existing outputs, --force replaces them")
+
+
+def _skip(path: Path, out: Path | None, quiet: bool, as_json: bool) -> bool:
+    """--skip-existing: True when out exists already, saying so unless --quiet (as the report
+    lines do; with --json, whose objects are those of coded files, on standard error)."""
+    from ..fsutil import is_stdio
+
+    if out is None or is_stdio(out) or not (out.exists() or out.is_symlink()):
+        return False
+    line = one_line(f"{path}: skipped ({out} exists)")
+    if as_json:
+        print(f"aecompress: note: {line}", file=sys.stderr, flush=True)
+    elif not quiet:
+        progress.print_line(line)
+    return True
+
+
 @app.command()
 def encode(
     # readable=False: an unreadable file fails on its own, with one line, and the others go on
@@ -72,6 +92,8 @@ def encode(
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose output exists "
+                                       "(resume an interrupted batch)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors (and skip the reconstruction "
                                                       "that PSNR and MS-SSIM need)."),
     refine: int = typer.Option(0, "--refine", min=0, max=1000, metavar="STEPS",
@@ -85,21 +107,24 @@ def encode(
     from ..imageio import is_image_name
 
     if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
-        raise AecError("use only one of -q, --bpp, --psnr and --size")
+        raise bad_value("-q' / '--bpp' / '--psnr' / '--size", "use only one of them")
     for flag, value in (("-q", quality), ("--bpp", bpp), ("--psnr", psnr)):
         if value is not None and not math.isfinite(value):
-            raise AecError(f"{flag} must be a finite number, not {value}")
+            raise bad_value(flag, f"must be a finite number, not {value}")
+    _check_skip(skip_existing, force)
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads, refine)
 
-    def one(job: tuple[Path, Path | None, str | None]) -> dict:
+    def one(job: tuple[Path, Path | None, str | None]) -> dict | None:
         path, out, error = job
         if error:
             raise AecError(error)
+        if skip_existing and _skip(path, out, quiet, as_json):
+            return None
         # --quiet prints no report, so the reconstruction and its metrics are skipped
         r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
         if as_json:
-            _print(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
+            _print(to_json({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
             for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
                 print(one_line(f"aecompress: note: {r['input']}: {n}"), file=sys.stderr, flush=True)
         elif not quiet:
@@ -116,11 +141,15 @@ def decode(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output image (one input) or folder (several, "
                                          "or a name ending in /); "
                                           "the extension picks the format (PNG by default); - for PNG on standard output."),
+    quality: Optional[int] = typer.Option(None, "-q", "--quality", min=1, max=100,
+                                          help="Quality of a lossy output (JPEG, WebP, AVIF; default 95)."),
     model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Model package (default: found by the file's model id)."),
     device: str = device_option(),
     threads: Optional[int] = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip files whose output exists "
+                                       "(resume an interrupted batch)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Decompress .aez files into images."""
@@ -128,17 +157,20 @@ def decode(
     from ..errors import AecError
     from ..package import load_package
 
+    _check_skip(skip_existing, force)
     plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
     pkg = load_package(model, device, threads) if model else None
     found: dict = {}                    # models found by id, opened once for all the files
 
-    def one(job: tuple[Path, Path | None, str | None]) -> dict:
+    def one(job: tuple[Path, Path | None, str | None]) -> dict | None:
         path, out, error = job
         if error:
             raise AecError(error)
-        r = decode_file(path, out, pkg, force, device, threads, cache=found)
+        if skip_existing and _skip(path, out, quiet, as_json):
+            return None
+        r = decode_file(path, out, pkg, force, device, threads, cache=found, quality=quality)
         if as_json:
-            _print(json.dumps(r), out, plain=True)
+            _print(to_json(r), out, plain=True)
         elif not quiet:
             _print(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, {r['seconds']:.2f} s, {r['provider']}",
                    out)
@@ -149,24 +181,37 @@ def decode(
 
 @app.command()
 def info(
-    file: Path = typer.Argument(..., readable=False, help="An .aez file, or - for standard input."),
+    files: List[Path] = typer.Argument(..., readable=False, help=".aez files, or - for standard input."),
     model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="A model package (folder or name) to look "
                                         "the file's model up in, beside the installed ones."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
 ) -> None:
-    """Show an .aez file's header without decoding it."""
+    """Show .aez files' headers without decoding them."""
     from ..compress import file_info
+    from ..errors import AecError
     from ..package import load_package
 
-    d = file_info(file, [load_package(model)] if model else None)
-    if as_json:
-        print(json.dumps(d))
-        return
-    if d["model"] is None:
-        d["model"] = ("neither the package given with -m nor an installed one" if model else
-                      "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)")
-    for k, v in d.items():
-        print(f"{k:>14}: {round(v, 4) if isinstance(v, float) else v}")   # --json keeps full precision
+    if len(files) > 1 and any(str(f) == "-" for f in files):
+        raise AecError("'-' (standard input) must be the only input")
+    extra = [load_package(model)] if model else None
+    shown = []
+
+    def one(path: Path) -> dict:
+        d = file_info(path, extra)
+        if as_json:
+            print(to_json(d), flush=True)
+            return d
+        if d["model"] is None:
+            d["model"] = ("neither the package given with -m nor an installed one" if model else
+                          "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)")
+        if shown:
+            print()                                  # a blank line between files
+        shown.append(path)
+        for k, v in d.items():
+            print(f"{k:>14}: {round(v, 4) if isinstance(v, float) else v}", flush=True)   # --json: full precision
+        return d
+
+    run_many(files, one, "reading")
 
 
 @app.command()
@@ -190,7 +235,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     for problem in problems:                         # the broken ones are named, the others still listed
         print(one_line(f"aecompress: warning: skipped {problem}"), file=sys.stderr)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(to_json(rows, indent=2))
         return
     if not rows:
         print("no model packages installed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 import time
@@ -27,6 +29,17 @@ def _check_device(value: str) -> str:
         raise typer.BadParameter(f"'{value}' is not one of {', '.join(DEVICES)}")
     check_device(value)
     return value
+
+
+def bad_value(option: str, message: str):
+    """A value aecompress itself rejects in an option (`--ensemble 3`, `-q nan`): a usage error like
+    the ones Typer finds (one line naming the option and the --help to read, exit 2). Raise it."""
+    import importlib
+
+    from . import UsageError
+
+    click_globals = importlib.import_module(UsageError.__module__.rsplit(".", 1)[0] + ".globals")
+    return typer.BadParameter(message, ctx=click_globals.get_current_context(silent=True), param_hint=f"'{option}'")
 
 
 def nonempty_model(value):
@@ -59,6 +72,22 @@ class _Lines:
 
 
 progress = _Lines()
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """Strict JSON for --json: an infinite PSNR (an output equal to its reference) or any other
+    non-finite number is null, since `Infinity` and `NaN` are not JSON and strict parsers reject them."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
 
 
 def one_line(msg: str) -> str:
@@ -96,7 +125,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
     console_err = _stderr_console()
     show_bar = console_err.is_terminal
     bar = Progress(TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console_err, transient=True,
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"), console=console_err, transient=True,
                    disable=not show_bar)
     with bar:
         progress.bar = bar if show_bar else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -14,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import device_option, nonempty_model, one_line, threads_option
+from .common import bad_value, device_option, nonempty_model, one_line, threads_option, to_json
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -27,23 +26,24 @@ def _fmt(r, show_sigma: bool) -> str:
 
 
 def _parse_sigma(sigma: Optional[str]):
-    from ..errors import AecError
-
     if sigma is None or sigma == "auto":
         return sigma
     try:
         v = float(sigma)
     except ValueError:
-        raise AecError(f"--sigma must be 'auto' or a number, not '{sigma}'") from None
+        raise bad_value("--sigma", f"must be 'auto' or a number, not '{sigma}'") from None
     if not 0 <= v <= 255:
-        raise AecError(f"--sigma must be between 0 and 255, not {sigma}")
+        raise bad_value("--sigma", f"must be between 0 and 255, not {sigma}")
     return v
 
 
 @app.command()
 def denoise(
     inputs: List[Path] = typer.Argument(..., readable=False, help="Images and folders to denoise."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (one input file) or folder. Default: NAME.denoised.EXT beside each file, FOLDER.denoised beside a folder."),
+    # a str, not a Path: Path drops the trailing / that makes a name a folder
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (one input file) or folder (several, "
+                                         "or a name ending in /). Default: NAME.denoised.EXT beside each file, "
+                                         "FOLDER.denoised beside a folder."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders and mirror their structure under -o."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose output exists (resume a batch)."),
     jobs: int = typer.Option(1, "-j", "--jobs", min=1, help="Images processed in parallel (local threads or Ray workers)."),
@@ -66,7 +66,7 @@ def denoise(
 ) -> None:
     """Remove noise from photos: blind model, tiled, resumable batches with atomic writes."""
 
-    from ..batch import plan_jobs, run_batch
+    from ..batch import ENGINES, plan_jobs, run_batch
     from ..denoise import ENSEMBLES
     from ..errors import AecError, ModelError
     from ..package import DEFAULT_DENOISER, load_package
@@ -76,7 +76,9 @@ def denoise(
                                  param_hint="'--skip-existing' / '--force'")
     sig = _parse_sigma(sigma)
     if ensemble not in ENSEMBLES:
-        raise AecError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
+        raise bad_value("--ensemble", f"must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
+    if engine not in ENGINES:
+        raise bad_value("--engine", f"must be one of {', '.join(ENGINES)}, not '{engine}'")
     model = model or DEFAULT_DENOISER
     pkg = load_package(model)
     if pkg.kind != "denoiser":
@@ -110,7 +112,7 @@ def denoise(
                                    TimeRemainingColumn)
 
         bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                       TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"),
                        console=Console(stderr=True, highlight=False), transient=True)
         task = bar.add_task("denoise", rate="",                # until on_start: the files not to skip
                             total=sum(not (skip_existing and j.dst.exists()) for j in job_list))
@@ -132,13 +134,15 @@ def denoise(
 
     def on_result(r, summary) -> None:
         if as_json and r.status == "failed":
-            print(json.dumps(r.as_dict()), flush=True)
+            print(to_json(r.as_dict()), flush=True)
         if r.reference_error:
             say(f"aecompress: warning: {one_line(r.reference_error)}", err=True)
+        for n in r.notes:                 # samples a 16- or 8-bit output cannot hold: never silently
+            say(one_line(f"aecompress: note: {r.src}: {n}"), err=True)
         if r.status == "failed":
             say(f"aecompress: error: {one_line(r.error)}", err=True)
         elif as_json:
-            print(json.dumps(r.as_dict()), flush=True)
+            print(to_json(r.as_dict()), flush=True)
         elif not quiet:
             say(_fmt(r, sig == "auto") if r.status == "done" else f"{r.src}: skipped ({r.dst} exists)")
         if bar is not None and started:   # rate and time left are those of real work, skips left out
@@ -172,7 +176,7 @@ def denoise(
             if as_json:
                 d = s.as_dict()
                 d.pop("results")
-                print(json.dumps({"summary": d}), flush=True)
+                print(to_json({"summary": d}), flush=True)
             elif not single and not quiet:
                 print(f"{s.done} denoised, {s.skipped} skipped, {s.failed} failed, {s.not_started} not started",
                       file=sys.stderr)
@@ -185,7 +189,7 @@ def denoise(
     if as_json:
         d = summary.as_dict()
         d.pop("results")
-        print(json.dumps({"summary": d}), flush=True)
+        print(to_json({"summary": d}), flush=True)
     elif (not single or reference is not None) and not quiet:
         line = f"{summary.done} denoised, {summary.skipped} skipped, {summary.failed} failed in {summary.seconds:.1f} s"
         if reference is not None:

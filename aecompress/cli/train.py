@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import numpy as np
 import typer
 
 from . import app
+from .common import bad_value, to_json
 from ..errors import AecError, extra_hint
 
 TRAIN_EXTRA = extra_hint("train")
@@ -53,7 +55,7 @@ def _parse_size(s: Optional[str]) -> Optional[tuple[int, int]]:
         if w < 1 or h < 1:
             raise ValueError
     except ValueError:
-        raise AecError(f"--size '{s}': use WIDTHxHEIGHT, e.g. 28x28") from None
+        raise bad_value("--size", f"'{s}': use WIDTHxHEIGHT, e.g. 28x28") from None
     return (h, w)
 
 
@@ -63,9 +65,9 @@ def _parse_hidden(s: str) -> tuple[int, ...]:
     try:
         hidden = tuple(int(v) for v in s.split(","))
     except ValueError:
-        raise AecError(f"--hidden '{s}': use comma-separated layer widths, e.g. 300,150 (or none)") from None
+        raise bad_value("--hidden", f"'{s}': use comma-separated layer widths, e.g. 300,150 (or none)") from None
     if any(h < 1 for h in hidden):
-        raise AecError("--hidden: layer widths must be positive")
+        raise bad_value("--hidden", "layer widths must be positive")
     return hidden
 
 
@@ -140,10 +142,10 @@ def train_cmd(
 ) -> None:
     """Train a codec on a folder of images and export it as a model package."""
     if arch not in ("conv", "dense", "denoise"):
-        raise AecError(f"unknown architecture '{arch}' (choose conv, dense or denoise)")
+        raise bad_value("ARCH", f"unknown architecture '{arch}' (choose conv, dense or denoise)")
     _need_torch()
     if mode not in ("auto", "L", "RGB"):
-        raise AecError(f"--mode must be auto, L or RGB, not '{mode}'")
+        raise bad_value("--mode", f"must be auto, L or RGB, not '{mode}'")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
         raise AecError(f"--out {out} exists and is not a model package (it would be replaced): choose another folder")
@@ -151,13 +153,13 @@ def train_cmd(
         raise AecError(f"--out {out} is a model package already (files made with it need it): "
                        "use --force to replace it, or choose another folder")
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise AecError(f"--minutes must be positive and finite, not {minutes:g}")
+        raise bad_value("--minutes", f"must be positive and finite, not {minutes:g}")
     if lr is not None and not (math.isfinite(lr) and lr >= 0):
-        raise AecError(f"--lr must be a finite number, positive (or 0 to train nothing), not {lr:g}")
+        raise bad_value("--lr", f"must be a finite number, positive (or 0 to train nothing), not {lr:g}")
     if arch == "conv" and crop is not None and crop % 64:
-        raise AecError(f"--crop must be a multiple of 64 (the hyper-latent is at 1/64 resolution), not {crop}")
+        raise bad_value("--crop", f"must be a multiple of 64 (the hyper-latent is at 1/64 resolution), not {crop}")
     if arch == "denoise" and crop is not None and crop % 8:
-        raise AecError(f"--crop must be a multiple of 8 for a denoiser (its UNet halves the size three times), not {crop}")
+        raise bad_value("--crop", f"must be a multiple of 8 for a denoiser (its UNet halves the size three times), not {crop}")
     from ..train.fit_dense import work_dir
 
     wdir = work_dir(out)
@@ -196,11 +198,11 @@ def train_cmd(
                         threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device, say)
             return
         if device != "auto":
-            raise AecError("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
+            raise bad_value("--device", "applies to conv models only (dense models use CUDA when torch sees a GPU)")
         if init is not None:
-            raise AecError("--init applies to conv models only")
+            raise bad_value("--init", "applies to conv models only")
         if bf16:
-            raise AecError("--bf16 applies to conv models only")
+            raise bad_value("--bf16", "applies to conv models only")
         if val is not None or minutes is not None:
             raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
                            "(dense models use --val-split and --steps/--epochs)")
@@ -215,7 +217,7 @@ def train_cmd(
             checkpoint_every=checkpoint_every or 500, threads=threads, greedy_steps=greedy_steps,
             quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
         if latent < 1:
-            raise AecError("--latent must be at least 1")
+            raise bad_value("--latent", "must be at least 1")
         result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
         export_and_report_dense(result, out, name, description, report, say)
 
@@ -306,7 +308,7 @@ def _whole_report(out: Path):
 
 def _check_device_and_init(device: str, init) -> None:
     if device not in ("auto", "cpu", "cuda"):
-        raise AecError(f"--device must be auto, cpu or cuda, not '{device}'")
+        raise bad_value("--device", f"must be auto, cpu or cuda, not '{device}'")
     if init is not None and not Path(init).is_file():
         from ..train.from_package import package_for_init
 
@@ -478,8 +480,8 @@ def _failures(done: int, total: int, codes: set[int]) -> None:
 def embed_cmd(
     package: str = typer.Argument(..., help="model package (folder or installed name)"),
     images: List[Path] = typer.Argument(..., help="images or folders"),
-    out: Path = typer.Option(..., "--out", "-o", help="output .npy file: one row of codes per image; the images' "
-                             "paths, in row order, go beside it with .json"),
+    out: str = typer.Option(..., "--out", "-o", help="output .npy file: one row of codes per image; the images' "
+                            "paths, in row order, go beside it with .json"),
     force: bool = typer.Option(False, "--force", help="overwrite OUT (and its .json)"),
 ) -> None:
     """Write the encoder's codes of images as a (N, D) array.
@@ -489,6 +491,13 @@ def embed_cmd(
     from ..compress import open_codec
     from ..fsutil import atomic_output
 
+    from ..fsutil import STDOUT_ALIASES, is_stdio
+
+    if is_stdio(out) or out in STDOUT_ALIASES:
+        raise bad_value("-o", "embed writes two files (the .npy array and its .json list of images): "
+                              "name the .npy file, not standard output")
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        raise bad_value("-o", f"{out} names a folder: name the .npy file (the .json list goes beside it)")
     out = Path(out)
     names = out.with_suffix(".json")
     if names == out:
@@ -528,7 +537,7 @@ def score_cmd(
     from ..metrics import mse, psnr
 
     if quality is not None and not math.isfinite(quality):
-        raise typer.BadParameter(f"{quality} is not a number from 1 to 100", param_hint="'--quality'")
+        raise bad_value("--quality", f"{quality} is not a number from 1 to 100")
     codec = open_codec(package, "cpu", None)
     position = codec.quality_to_position(quality) if quality is not None else codec.span
 
@@ -543,7 +552,7 @@ def score_cmd(
     rows.sort(key=lambda r: -r["mse"])
     if as_json:                       # one object a line, as encode --json and denoise --json print
         for r in rows:
-            print(json.dumps(r))
+            print(to_json(r))
     else:
         width = max(len(r["input"]) for r in rows)
         print(f"{'image':<{width}}  {'mse':>10}  {'psnr':>7}  {'bytes':>6}")
