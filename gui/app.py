@@ -30,6 +30,7 @@ QProgressBar#fileProgress[state="done"]::chunk { background: #8fd19e; }
 QProgressBar#fileProgress[state="failed"]::chunk { background: #f0a39c; }
 QProgressBar#fileProgress[state="skipped"]::chunk { background: #d3d6da; }
 QToolButton:checked { background: #2d6cdf; color: white; border-radius: 3px; }
+QToolButton:checked:disabled { background: #d3d6da; color: #f4f5f6; }
 QTabWidget::pane { border: none; }
 """
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
@@ -179,6 +179,16 @@ class BatchTab(QWidget):
         lay.addWidget(self.settings_note)
         lay.addLayout(bottom)
         lay.addWidget(self.summary)
+        # Tab leaves the table (its cell-by-cell Tab navigation was a keyboard trap: nothing below it
+        # could be reached) and goes through the controls in the order they are shown; Delete
+        # removes the selected rows, as the Remove button does
+        self.table.setTabKeyNavigation(False)
+        order = [self.add_btn, self.remove_btn, self.clear_btn, self.action, self.table, self.out_edit,
+                 self.out_btn, self.skip, self.start_btn, self.cancel_btn]
+        for a, b in zip(order, order[1:]):
+            QWidget.setTabOrder(a, b)
+        QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table, self.remove_selected,
+                  context=Qt.ShortcutContext.WidgetShortcut)
         self._update_controls()
 
     # -- the list --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import List, Union
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import (QColor, QFont, QImage, QPainter, QPainterPath, QPen, QPolygonF)
+from PySide6.QtGui import (QColor, QFont, QImage, QPainter, QPainterPath, QPalette, QPen, QPolygonF)
 from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QVBoxLayout,
                                QWidget)
 
@@ -338,7 +338,19 @@ class CompareView(QWidget):
             self._chip(p, self._right_label(), QPointF(self.width() - 12, 12), "right")
         if self._busy:
             self._chip(p, self._busy, QPointF(self.width() / 2, self.height() - 40), "center")
+        if self.hasFocus():          # where the keys go (zoom, pan, divider): shown, as other widgets show it
+            p.setPen(QPen(self.palette().color(QPalette.ColorRole.Highlight), 2))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRect(QRectF(self.rect()).adjusted(1, 1, -1, -1))
         p.end()
+
+    def focusInEvent(self, event) -> None:
+        super().focusInEvent(event)
+        self.update()
+
+    def focusOutEvent(self, event) -> None:
+        super().focusOutEvent(event)
+        self.update()
 
     def _paint_divider(self, p: QPainter, x: float) -> None:
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
@@ -436,8 +448,21 @@ class CompareView(QWidget):
         else:
             self.fit()
 
+    PAN_KEYS = {Qt.Key.Key_Left: (-1, 0), Qt.Key.Key_Right: (1, 0), Qt.Key.Key_Up: (0, -1), Qt.Key.Key_Down: (0, 1)}
+
     def keyPressEvent(self, event) -> None:
+        """+ and - zoom, F fits, 1 shows pixels 1:1, the arrow keys pan (an eighth of the view a press)
+        and, with Shift, Left and Right move the split's divider: what the mouse does, by keyboard."""
         k = event.key()
+        if k in self.PAN_KEYS and self._before is not None:
+            dx, dy = self.PAN_KEYS[k]
+            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier and dy == 0 and self._mode == "split":
+                self.set_divider(self._divider + 0.05 * dx)
+            else:
+                self._fitting = False
+                self._center += QPointF(dx * self.width(), dy * self.height()) / 8 / self._scale
+                self.update()
+            return
         if k in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
             self.zoom_by(1.25)
         elif k == Qt.Key.Key_Minus:

@@ -27,6 +27,7 @@ from .decompress_tab import DecompressTab
 from .denoise_tab import DenoiseTab
 from .runtime import PROVIDER_NAMES, Runtime
 from .settings import Settings
+from .widgets import ZWSP, breakable
 from .workers import WorkQueue
 
 DEVICES = [("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda")]
@@ -58,12 +59,12 @@ class ErrorBanner(QFrame):
         self.hide()
 
     def show_message(self, text: str) -> None:
-        self.label.setText(text)
+        self.label.setText(breakable(text))      # a long path wraps within the window instead of widening it
         self.show()
 
     @property
     def text(self) -> str:
-        return self.label.text() if self.isVisible() else ""
+        return self.label.text().replace(ZWSP, "") if self.isVisible() else ""
 
 
 def picture_from_qimage(img: QImage) -> Picture:

@@ -65,6 +65,23 @@ class ModelPicker(QComboBox):
             self.modelChanged.emit(self._current)
 
 
+ZWSP = "\u200b"
+
+
+def breakable(text: str, run: int = 16) -> str:
+    """text with zero-width break opportunities after path separators and inside long unbroken runs:
+    a word-wrapped label otherwise cannot break a 200-character file name, and its minimum width
+    pushed the side panel (or the window) past the screen."""
+    out, since = [], 0
+    for ch in text:
+        out.append(ch)
+        since = 0 if ch.isspace() else since + 1
+        if ch in "/\\_-.," or since >= run:
+            out.append(ZWSP)
+            since = 0
+    return "".join(out)
+
+
 class ResultGrid(QWidget):
     """Label/value rows; values are selectable so users can copy numbers."""
 
@@ -88,14 +105,14 @@ class ResultGrid(QWidget):
         g.setColumnStretch(1, 1)
 
     def set(self, key: str, text: str) -> None:
-        self.values[key].setText(text)
+        self.values[key].setText(breakable(text))
 
     def clear(self) -> None:
         for v in self.values.values():
             v.setText("\u2013")
 
     def text(self, key: str) -> str:
-        return self.values[key].text()
+        return self.values[key].text().replace(ZWSP, "")
 
 
 def group(title: str, *widgets: QWidget, parent: QWidget | None = None) -> QGroupBox:

@@ -24,6 +24,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QFont, QGuiApplication  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
@@ -1257,3 +1258,73 @@ def test_stopping_a_new_result_says_the_one_shown_is_older(qtbot, window, crops)
     tab.refine.setValue(0)                                     # a change makes it again
     wait_result(qtbot, tab, first)
     assert tab.save_aez_btn.isEnabled()
+
+
+# -- what a keyboard and small-screen audit found ----------------------------------------------------
+
+def test_a_long_unbroken_file_name_wraps_instead_of_widening(qtbot, settings, crops, tmp_path, shots):
+    """A 200-character name without spaces could not wrap: the Decompress side panel grew to 1637 px
+    inside a 322 px viewport and cut its buttons off, and an error naming such a path widened the
+    window to 1404 px. Both wrap inside the width they have now."""
+    from aecompress.compress import encode_file, open_codec
+    from gui.widgets import SidePanel
+
+    win = make_window(qtbot, settings, (1024, 640))
+    stem = ("holiday_photo_from_the_mountains_" * 8)[:196]
+    aez = tmp_path / f"{stem}.aez"
+    encode_file(crops[0], aez, open_codec(None, "cpu"))
+    win.tabs.setCurrentWidget(win.decompress)
+    drop(win, [aez])
+    qtbot.waitUntil(lambda: win.decompress.decoded is not None and not win.work.busy, timeout=WAIT)
+    QApplication.processEvents()
+    assert win.decompress.grid.text("file") == aez.name            # the text itself is whole
+    panel = win.decompress.findChild(SidePanel)
+    assert panel.inner.width() <= panel.viewport().width() + 1, (panel.inner.width(), panel.viewport().width())
+    shots(win, "long-name-decompress")
+    bad = tmp_path / f"{stem}_broken.aez"
+    bad.write_bytes(b"garbage" * 10)
+    drop(win, [bad])
+    qtbot.waitUntil(lambda: bool(win.banner.text), timeout=WAIT)
+    QApplication.processEvents()
+    assert str(bad) in win.banner.text and win.width() == 1024 and win.minimumSizeHint().width() < 1024
+    shots(win, "long-name-error")
+    win.close()
+
+
+def test_batch_queue_by_keyboard(window, qtbot, crops):
+    """Tab leaves the queue's table (it moved from cell to cell forever, a keyboard trap) and Delete
+    removes the selected files."""
+    batch = window.batch
+    window.tabs.setCurrentWidget(batch)
+    batch.add_paths(crops[:3])
+    batch.table.setFocus()
+    batch.table.selectRow(1)
+    qtbot.waitUntil(batch.table.hasFocus, timeout=WAIT)
+    QTest.keyClick(batch.table, Qt.Key.Key_Delete)
+    assert [it.path for it in batch.items] == [crops[0], crops[2]]
+    QTest.keyClick(batch.table, Qt.Key.Key_Tab)
+    assert batch.out_edit.hasFocus()
+
+
+def test_compare_view_by_keyboard(window, qtbot, cat_png):
+    """The arrow keys pan a zoomed view and Shift+Left/Right move the split (the keyboard could zoom
+    but not look anywhere else); the focused view shows a focus frame."""
+    drop(window, [cat_png])
+    wait_result(qtbot, window.compress)
+    view = window.compress.panel.view
+    view.setFocus()
+    qtbot.waitUntil(view.hasFocus, timeout=WAIT)
+    focused = view.grab().toImage()
+    window.compress.panel.fit_btn.setFocus()
+    qtbot.waitUntil(lambda: not view.hasFocus(), timeout=WAIT)
+    assert view.grab().toImage() != focused
+    view.setFocus()
+    qtbot.waitUntil(view.hasFocus, timeout=WAIT)
+    QTest.keyClick(view, Qt.Key.Key_1)
+    centre = QPointF(view._center)
+    QTest.keyClick(view, Qt.Key.Key_Right)
+    QTest.keyClick(view, Qt.Key.Key_Down)
+    assert view._center.x() > centre.x() and view._center.y() > centre.y()
+    before = view.divider
+    QTest.keyClick(view, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
+    assert view.divider == pytest.approx(before - 0.05)
