@@ -41,6 +41,10 @@ class Encoded:
     notes: list[str] = field(default_factory=list)
 
 
+# --refine with a target: the refined file is kept only when it is better at the target (codec.md)
+REFINE_NOT_KEPT = "--refine found no better file for this target; the plain encoding is kept"
+
+
 def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
     """The pixels a codec will code for a picture (mode converted), and notes on what was lost."""
     container.check_size(pic.width, pic.height)
@@ -158,13 +162,16 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
             lo, hi = segment(st["position"])
             found = _search(lo, hi, lambda u: u if len(run(u)[0]) <= room else None)
             tries = ([run(found[0], True)] if found and found[0] != st["position"] else []) + [at]
+            kept = False
             for refined in tries:
                 if len(refined[0]) <= limit:
                     rec_r = rebuild(refined[1])
                     recon = rebuild(st) if recon is None else recon
                     if psnr(ref_px, in_mode(rec_r, mode)) > psnr(ref_px, in_mode(recon, mode)):
-                        (data, st), recon = refined, rec_r
+                        (data, st), recon, kept = refined, rec_r, True
                     break
+            if not kept:
+                notes.append(REFINE_NOT_KEPT)
     elif target_psnr is not None:
         def attempt(u: float):
             data, st = run(u)
@@ -200,6 +207,8 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                     if psnr(ref_px, in_mode(r_r, mode)) >= target_psnr and len(d_r) < len(data):
                         data, st, recon = d_r, s_r, r_r
                         break
+                else:
+                    notes.append(REFINE_NOT_KEPT)
         else:
             data, st, recon, _ = attempt(float(top))
             notes.append(f"target {target_psnr} dB not reachable with this model; used the highest quality")

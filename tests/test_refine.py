@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aecompress.codec import Codec
-from aecompress.compress import decode_bytes, encode_picture
+from aecompress.compress import REFINE_NOT_KEPT, decode_bytes, encode_picture
 from aecompress.imageio import Picture
 from aecompress.metrics import psnr
 from aecompress.package import load_package
@@ -104,6 +104,8 @@ def test_rate_targets_hold_with_refinement(cat, monkeypatch):
         assert len(e1.data) <= limit and len(e0.data) <= limit
         assert psnr(pic.pixels, e1.recon) >= psnr(pic.pixels, e0.recon)
         better.append(psnr(pic.pixels, e1.recon) - psnr(pic.pixels, e0.recon))
+        # a refinement that was thrown away is said (it took seconds and changed nothing, silently)
+        assert (REFINE_NOT_KEPT in e1.notes) == (e1.data == e0.data), (limit, e1.notes)
     # and refinement is worth something within a size (measured: +0.14 dB at 2500 bytes)
     assert max(better) > 0.05
     for target in (31.0, 35.0):
@@ -112,6 +114,7 @@ def test_rate_targets_hold_with_refinement(cat, monkeypatch):
         e2 = encode_picture(pic, refined, target_psnr=target)
         assert 30 in steps
         assert psnr(pic.pixels, e2.recon) >= target and len(e2.data) <= len(e0.data)
+        assert (REFINE_NOT_KEPT in e2.notes) == (e2.data == e0.data), (target, e2.notes)
         # and what it returns is what the decoder makes of its file
         assert np.array_equal(decode_bytes(e2.data, pkg)[0], e2.recon)
 
