@@ -140,12 +140,16 @@ class DenoiseTab(ImageTab):
         # with the level estimated, the manual value (kept for later) is hidden, not shown greyed
         # beside an estimate that differs from it; the note gives the estimate once there is one
         self._sigma_row.setVisible(not self.auto.isChecked())
+        # a blind model takes no level: the slider is greyed (moving it re-ran the model for nothing)
+        for w in (self.sigma, self.sigma_spin):
+            w.setEnabled(manual_ok)
+            w.setToolTip("" if manual_ok else "This model finds the noise level itself")
         if self.auto.isChecked():
             self.sigma_note.setText("Estimated from the image (on the 0\u2013255 scale).")
         elif manual_ok:
             self.sigma_note.setText("The model is told this noise level.")
         else:
-            self.sigma_note.setText("This model finds the noise level itself; the value is recorded only. "
+            self.sigma_note.setText("This model finds the noise level itself and takes none. "
                                     "Use Strength to denoise less.")
 
     def _model_changed(self, key: str) -> None:
