@@ -151,12 +151,10 @@ class MainWindow(QMainWindow):
         self.provider = QLabel("Provider: \u2013", self)
         self.provider.setObjectName("provider")
         self.provider.setToolTip("The ONNX Runtime execution provider that really ran the last model")
-        sb.addPermanentWidget(self.busy_bar)
-        sb.addPermanentWidget(QLabel("Device:", self))
-        sb.addPermanentWidget(self.device)
-        sb.addPermanentWidget(QLabel("Threads:", self))
-        sb.addPermanentWidget(self.threads)
-        sb.addPermanentWidget(self.provider)
+        self._permanent = [self.busy_bar, QLabel("Device:", self), self.device, QLabel("Threads:", self),
+                           self.threads, self.provider]
+        for w in self._permanent:
+            sb.addPermanentWidget(w)
 
     def _build_menus(self) -> None:
         def act(menu, text, slot, shortcut=None) -> QAction:
@@ -230,10 +228,21 @@ class MainWindow(QMainWindow):
         if self._closing:                         # a save failing while the app quits: no window to show it
             print(f"aecompress: {message}", file=sys.stderr, flush=True)
         self.banner.show_message(message)
-        self.statusBar().showMessage(f"Error: {message}", 10_000)
+        self._status(f"Error: {message}", 10_000)
 
     def show_status(self, message: str) -> None:
-        self.statusBar().showMessage(message)
+        self._status(message)
+
+    def _status(self, text: str, timeout: int = 0) -> None:
+        """A status message shortened in the middle (the whole of it in the tooltip) when it is longer
+        than the room the device and thread controls leave: it ran into them, cut mid-letter."""
+        sb = self.statusBar()
+        room = sb.width() - sum(w.width() + 8 for w in self._permanent if w.isVisible()) - 24
+        shown = text
+        if sb.isVisible() and room > 80 and sb.fontMetrics().horizontalAdvance(text) > room:
+            shown = sb.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, room)
+        sb.setToolTip(text if shown != text else "")
+        sb.showMessage(shown, timeout)
 
     def _name_in_title(self, name: str, tab: QWidget) -> None:
         self._named = tab

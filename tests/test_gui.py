@@ -1329,3 +1329,16 @@ def test_compare_view_by_keyboard(window, qtbot, cat_png):
     before = view.divider
     QTest.keyClick(view, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
     assert view.divider == pytest.approx(before - 0.05)
+
+
+def test_a_long_status_message_is_shortened_before_the_device_controls(window, qtbot, tmp_path):
+    """A long message ran into "Device:", cut mid-letter; it is shortened in the middle to the room
+    left, with the whole of it in the tooltip."""
+    long = "Error: " + "/very/long/folder" * 20 + "/photo.aez: not an .aez file"
+    window.show_status(long)
+    shown = window.statusBar().currentMessage()
+    assert shown != long and "\u2026" in shown and shown.endswith("not an .aez file")
+    assert window.statusBar().fontMetrics().horizontalAdvance(shown) < window.device.mapTo(window.statusBar(), QPoint(0, 0)).x()
+    assert window.statusBar().toolTip() == long
+    window.show_status("Ready")
+    assert window.statusBar().currentMessage() == "Ready" and window.statusBar().toolTip() == ""
