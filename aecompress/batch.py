@@ -42,6 +42,12 @@ class Job:
     error: str | None = None        # known to fail before it starts (a folder -r could not read)
 
 
+def taken(path: Path) -> bool:
+    """Whether an output name is in use: a file, or a link, even one that leads nowhere (writing
+    would replace it; --skip-existing leaves it, as encode and decode do)."""
+    return path.exists() or path.is_symlink()
+
+
 @dataclass
 class JobResult:
     src: str
@@ -372,10 +378,10 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
         elif os.path.realpath(job.dst) in inputs:
             report(_result(job, error=f"{job.dst}: refusing to write over an input of this run "
                                       f"({os.path.realpath(job.dst)})"))
-        elif skip_existing and job.dst.exists():
+        elif skip_existing and taken(job.dst):
             stale.remove(job.dst)                   # a run killed while replacing it (--force) left one
             report(_result(job, status="skipped"))
-        elif job.dst.exists() and not force:
+        elif taken(job.dst) and not force:
             report(_result(job, error=f"{job.dst} exists (use --force to overwrite or --skip-existing)"))
         else:
             todo.append(job)

@@ -42,7 +42,7 @@ class Encoded:
 
 
 # --refine with a target: the refined file is kept only when it is better at the target (codec.md)
-REFINE_NOT_KEPT = "--refine found no better file for this target; the plain encoding is kept"
+REFINE_NOT_KEPT = "refinement found no better file for this target; the plain encoding is kept"
 
 
 def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:

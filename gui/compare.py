@@ -456,8 +456,9 @@ class CompareView(QWidget):
         k = event.key()
         if k in self.PAN_KEYS and self._before is not None:
             dx, dy = self.PAN_KEYS[k]
-            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier and dy == 0 and self._mode == "split":
-                self.set_divider(self._divider + 0.05 * dx)
+            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier and dy == 0:
+                if self._mode == "split" and self._right() is not None:     # a divider on screen
+                    self.set_divider(self._divider + 0.05 * dx)
             else:
                 self._fitting = False
                 self._center += QPointF(dx * self.width(), dy * self.height()) / 8 / self._scale

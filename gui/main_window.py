@@ -27,7 +27,7 @@ from .decompress_tab import DecompressTab
 from .denoise_tab import DenoiseTab
 from .runtime import PROVIDER_NAMES, Runtime
 from .settings import Settings
-from .widgets import ZWSP, breakable
+from .widgets import ZWSP, CleanCopyLabel, breakable
 from .workers import WorkQueue
 
 DEVICES = [("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda")]
@@ -41,7 +41,7 @@ class ErrorBanner(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("errorBanner")
-        self.label = QLabel("", self)
+        self.label = CleanCopyLabel("", self)
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         icon = QLabel("\u26a0", self)

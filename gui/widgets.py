@@ -3,11 +3,13 @@ result numbers, a row of a slider and its box, and where a save dialog's answer 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QMessageBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
+                               QMenu, QMessageBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
 
 from .runtime import Runtime
 from .settings import Settings
@@ -68,18 +70,47 @@ class ModelPicker(QComboBox):
 ZWSP = "\u200b"
 
 
-def breakable(text: str, run: int = 16) -> str:
-    """text with zero-width break opportunities after path separators and inside long unbroken runs:
-    a word-wrapped label otherwise cannot break a 200-character file name, and its minimum width
-    pushed the side panel (or the window) past the screen."""
-    out, since = [], 0
-    for ch in text:
-        out.append(ch)
-        since = 0 if ch.isspace() else since + 1
-        if ch in "/\\_-.," or since >= run:
-            out.append(ZWSP)
-            since = 0
-    return "".join(out)
+def breakable(text: str, run: int = 24) -> str:
+    """text with zero-width break opportunities in words longer than `run` characters (after path
+    separators, and every `run` characters): a word-wrapped label otherwise cannot break a
+    200-character file name, and its minimum width pushed the side panel (or the window) past the
+    screen. Shorter words (numbers, model ids) are left as they are. Labels showing such text are
+    CleanCopyLabels, so what a user copies has no zero-width spaces in it."""
+    def broken(word: str) -> str:
+        out, since = [], 0
+        for ch in word:
+            out.append(ch)
+            since += 1
+            if ch in "/\\_-.," or since >= run:
+                out.append(ZWSP)
+                since = 0
+        return "".join(out)
+
+    return re.sub(r"\S{%d,}" % (run + 1), lambda m: broken(m.group(0)), text)
+
+
+class CleanCopyLabel(QLabel):
+    """A selectable label whose text may hold breakable()'s zero-width spaces: Ctrl+C and the
+    context menu's Copy give the text without them."""
+
+    def clean_selection(self) -> str:
+        return self.selectedText().replace(ZWSP, "")
+
+    def _copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.clean_selection())
+
+    def keyPressEvent(self, event) -> None:
+        if event.matches(QKeySequence.StandardKey.Copy) and self.hasSelectedText():
+            self._copy()
+            return
+        super().keyPressEvent(event)
+
+    def contextMenuEvent(self, event) -> None:
+        menu = QMenu(self)
+        copy = menu.addAction("Copy", self._copy)
+        copy.setEnabled(self.hasSelectedText())
+        menu.addAction("Select All", lambda: self.setSelection(0, len(self.text())))
+        menu.exec(event.globalPos())
 
 
 class ResultGrid(QWidget):
@@ -95,7 +126,7 @@ class ResultGrid(QWidget):
         for r, (key, title) in enumerate(rows):
             t = QLabel(title, self)
             t.setObjectName("resultName")
-            v = QLabel("\u2013", self)
+            v = CleanCopyLabel("\u2013", self)
             v.setObjectName("resultValue")
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             v.setWordWrap(True)             # a long value wraps inside the side panel instead of widening it

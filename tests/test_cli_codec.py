@@ -896,7 +896,7 @@ def test_image_libraries_print_nothing_of_their_own(tmp_path):
     (["denoise", "{photo}", "-m", " "], "the model name is empty"),
     # values aecompress itself checks are usage errors too (they were exit 1, without the --help)
     (["encode", "{photo}", "-q", "nan"], "Invalid value for '-q': must be a finite number"),
-    (["encode", "{photo}", "-q", "50", "--bpp", "1"], "use only one of them"),
+    (["encode", "{photo}", "-q", "50", "--bpp", "1"], "use only one of -q, --bpp, --psnr and --size"),
     (["denoise", "{photo}", "--ensemble", "3"], "Invalid value for '--ensemble': must be one of 1, 2, 4, 8"),
     (["denoise", "{photo}", "--engine", "spark"], "Invalid value for '--engine'"),
     (["denoise", "{photo}", "--sigma", "loud"], "Invalid value for '--sigma'"),

@@ -624,3 +624,17 @@ def test_cli_notes_what_reading_changed(tmp_path, env):
     assert p.returncode == 0, p.stderr
     assert f"aecompress: note: {src}: 32-bit integer samples scaled to 16 bits" in p.stderr
     assert "scaled to 16 bits" in json.loads(p.stdout.splitlines()[0])["notes"][0]
+
+
+def test_cli_skip_existing_leaves_a_link_that_leads_nowhere(tmp_path, env):
+    """An output name taken by a dangling link is an existing output: --skip-existing leaves it, as
+    encode and decode do (denoise failed with 'exists'); --quiet prints no notes."""
+    src = tmp_path / "wide.tif"
+    Image.fromarray((smooth_image(40, 56)[:, :, 0].astype(np.int32) * 700), "I").save(src)
+    link = tmp_path / "out.tif"
+    link.symlink_to(tmp_path / "nowhere" / "x.tif")
+    r = run_cli(["denoise", src, "-o", link, "--skip-existing"], env)
+    assert r.exit_code == 0 and "skipped" in r.output and link.is_symlink() and not link.exists(), r.output
+    p = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(src), "-o", str(tmp_path / "q.tif"),
+                        "--quiet"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr

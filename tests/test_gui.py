@@ -1329,6 +1329,10 @@ def test_compare_view_by_keyboard(window, qtbot, cat_png):
     before = view.divider
     QTest.keyClick(view, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
     assert view.divider == pytest.approx(before - 0.05)
+    # the original alone: no divider on screen, none moved behind the user's back
+    view.set_images(window.compress.panel.view.before)
+    QTest.keyClick(view, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
+    assert view.divider == pytest.approx(before - 0.05)
 
 
 def test_a_long_status_message_is_shortened_before_the_device_controls(window, qtbot, tmp_path):
@@ -1342,3 +1346,28 @@ def test_a_long_status_message_is_shortened_before_the_device_controls(window, q
     assert window.statusBar().toolTip() == long
     window.show_status("Ready")
     assert window.statusBar().currentMessage() == "Ready" and window.statusBar().toolTip() == ""
+
+
+def test_copying_a_wrapped_value_gives_the_text_without_break_points(qtbot):
+    """breakable() puts zero-width spaces into long words so they wrap; what a user copies must not
+    hold them (a pasted path would name no file, a pasted number would not parse)."""
+    from gui.main_window import ErrorBanner
+    from gui.widgets import ZWSP, ResultGrid, breakable
+
+    assert breakable("1.560") == "1.560" and breakable("11945ee191e7220f") == "11945ee191e7220f"
+    long = "/photos/" + "holiday_photo_from_the_mountains_" * 4 + ".aez"
+    assert ZWSP in breakable(long) and breakable(long).replace(ZWSP, "") == long
+    g = ResultGrid([("file", "File"), ("bpp", "Bits per pixel")])
+    qtbot.addWidget(g)
+    b = ErrorBanner()
+    qtbot.addWidget(b)
+    g.set("file", long)
+    g.set("bpp", "1.560")
+    b.show_message(f"{long}: not an .aez file")
+    g.show()
+    b.show()
+    for lab, want in ((g.values["file"], long), (g.values["bpp"], "1.560"), (b.label, f"{long}: not an .aez file")):
+        lab.setSelection(0, len(lab.text()))
+        QGuiApplication.clipboard().clear()
+        QTest.keyClick(lab, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+        assert QGuiApplication.clipboard().text() == want

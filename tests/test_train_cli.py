@@ -166,6 +166,12 @@ def test_cli_bad_input(trained, tmp_path):
                 or (res.exit_code == 2 and match in res.output)), (res.output, res.exception)
 
     fails("dense models only", "train", "conv", "--data", str(data), "--out", str(tmp_path / "o"), "--latent", "16")
+    # options that do not fit the architecture are usage errors, one line, exit 2, said plainly
+    for args, words in ((["dense", "--bf16"], "--bf16 applies to conv models only"),
+                        (["conv", "--latent", "16"], "--latent applies to dense models only"),
+                        (["denoise", "--n", "8"], "--n does not apply to denoisers")):
+        res = invoke("train", *args, "--data", str(data), "--out", str(tmp_path / "o"))
+        assert res.exit_code == 2 and f"aecompress: error: {words} (see" in res.output, (args, res.output)
     fails("unknown architecture", "train", "mlp", "--data", str(data), "--out", str(tmp_path / "o"))
     fails("--sparse 'l2:1'", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l2:1")
     fails("--hidden", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--hidden", "3x")

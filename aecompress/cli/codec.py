@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import bad_value, device_option, nonempty_model, one_line, progress, run_many, threads_option, to_json
+from .common import (bad_value, device_option, nonempty_model, one_line, progress, run_many, threads_option, to_json,
+                     usage_error)
 
 
 def _ratio(x: float, digits: int) -> str:
@@ -57,8 +58,7 @@ def _print(line: str, out: Path | None, plain: bool = False) -> None:
 
 def _check_skip(skip_existing: bool, force: bool) -> None:
     if skip_existing and force:
-        raise bad_value("--skip-existing' / '--force",
-                        "choose one: --skip-existing keeps existing outputs, --force replaces them")
+        raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
 
 
 def _skip(path: Path, out: Path | None, quiet: bool, as_json: bool) -> bool:
@@ -107,7 +107,7 @@ def encode(
     from ..imageio import is_image_name
 
     if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
-        raise bad_value("-q' / '--bpp' / '--psnr' / '--size", "use only one of them")
+        raise usage_error("use only one of -q, --bpp, --psnr and --size")
     for flag, value in (("-q", quality), ("--bpp", bpp), ("--psnr", psnr)):
         if value is not None and not math.isfinite(value):
             raise bad_value(flag, f"must be a finite number, not {value}")

@@ -42,6 +42,17 @@ def bad_value(option: str, message: str):
     return typer.BadParameter(message, ctx=click_globals.get_current_context(silent=True), param_hint=f"'{option}'")
 
 
+def usage_error(message: str):
+    """Options that do not go together (`--skip-existing --force`, a dense-only option on a conv
+    model): a usage error, one line with the --help to read, exit 2. Raise it."""
+    import importlib
+
+    from . import UsageError
+
+    click_globals = importlib.import_module(UsageError.__module__.rsplit(".", 1)[0] + ".globals")
+    return UsageError(message, ctx=click_globals.get_current_context(silent=True))
+
+
 def nonempty_model(value):
     """-m "" is a mistake (an unset shell variable, say), not a request for the default model."""
     if value is not None and not value.strip():

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import bad_value, device_option, nonempty_model, one_line, threads_option, to_json
+from .common import bad_value, device_option, nonempty_model, one_line, threads_option, to_json, usage_error
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -66,14 +66,13 @@ def denoise(
 ) -> None:
     """Remove noise from photos: blind model, tiled, resumable batches with atomic writes."""
 
-    from ..batch import ENGINES, plan_jobs, run_batch
+    from ..batch import ENGINES, plan_jobs, run_batch, taken
     from ..denoise import ENSEMBLES
     from ..errors import AecError, ModelError
     from ..package import DEFAULT_DENOISER, load_package
 
     if skip_existing and force:
-        raise typer.BadParameter("choose one: --skip-existing keeps existing outputs, --force replaces them",
-                                 param_hint="'--skip-existing' / '--force'")
+        raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
     sig = _parse_sigma(sigma)
     if ensemble not in ENSEMBLES:
         raise bad_value("--ensemble", f"must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
@@ -100,7 +99,7 @@ def denoise(
         # failure for each (a rerun of a finished batch of thousands)
         # (an output that is also an input of this run is refused by itself, --force or not)
         inputs = {os.path.realpath(j.src) for j in job_list if j.error is None}
-        existing = [j for j in job_list if j.error is None and j.dst.exists() and os.path.realpath(j.dst) not in inputs]
+        existing = [j for j in job_list if j.error is None and taken(j.dst) and os.path.realpath(j.dst) not in inputs]
         if existing:
             raise AecError(f"{len(existing)} of the {len(job_list)} outputs exist already ({existing[0].dst}"
                            f"{' ...' if len(existing) > 1 else ''}): --skip-existing resumes the batch, "
@@ -115,7 +114,7 @@ def denoise(
                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"),
                        console=Console(stderr=True, highlight=False), transient=True)
         task = bar.add_task("denoise", rate="",                # until on_start: the files not to skip
-                            total=sum(not (skip_existing and j.dst.exists()) for j in job_list))
+                            total=sum(not (skip_existing and taken(j.dst)) for j in job_list))
 
     def say(text: str, err: bool = False) -> None:
         if bar is not None:
@@ -137,7 +136,7 @@ def denoise(
             print(to_json(r.as_dict()), flush=True)
         if r.reference_error:
             say(f"aecompress: warning: {one_line(r.reference_error)}", err=True)
-        for n in r.notes:                 # samples a 16- or 8-bit output cannot hold: never silently
+        for n in () if quiet else r.notes:     # samples a 16- or 8-bit output cannot hold (--json: also in it)
             say(one_line(f"aecompress: note: {r.src}: {n}"), err=True)
         if r.status == "failed":
             say(f"aecompress: error: {one_line(r.error)}", err=True)

@@ -19,7 +19,7 @@ import numpy as np
 import typer
 
 from . import app
-from .common import bad_value, to_json
+from .common import bad_value, to_json, usage_error
 from ..errors import AecError, extra_hint
 
 TRAIN_EXTRA = extra_hint("train")
@@ -183,13 +183,13 @@ def train_cmd(
                      "quant_step": quant_step, "quant_bits": quant_bits, "val_every": val_every}
             bad = [k for k, v in given.items() if v != _DENSE_DEFAULTS[k]]
             if bad:
-                raise AecError(f"--{bad[0].replace('_', '-')} applies to dense models only")
+                raise usage_error(f"--{bad[0].replace('_', '-')} applies to dense models only")
         if arch == "denoise":
             conv_only = {"--n": n != 64, "--m": m != 128, "--whole-every": whole_every != 5000,
                          "--checkpoint-every": checkpoint_every is not None, "--mode": mode != "auto"}
             bad = [k for k, v in conv_only.items() if v]
             if bad:
-                raise AecError(f"{bad[0]} does not apply to denoisers")
+                raise usage_error(f"{bad[0]} does not apply to denoisers")
             _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
                             val, quiet, say)
             return
@@ -198,13 +198,13 @@ def train_cmd(
                         threads, minutes, crop, n, m, quiet, report, log, init, bf16, whole_every, device, say)
             return
         if device != "auto":
-            raise bad_value("--device", "applies to conv models only (dense models use CUDA when torch sees a GPU)")
+            raise usage_error("--device applies to conv models only (dense models use CUDA when torch sees a GPU)")
         if init is not None:
-            raise bad_value("--init", "applies to conv models only")
+            raise usage_error("--init applies to conv models only")
         if bf16:
-            raise bad_value("--bf16", "applies to conv models only")
+            raise usage_error("--bf16 applies to conv models only")
         if val is not None or minutes is not None:
-            raise AecError(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
+            raise usage_error(f"--{'val' if val is not None else 'minutes'} applies to conv models only "
                            "(dense models use --val-split and --steps/--epochs)")
         from ..train.fit_dense import DenseTrainConfig, train_dense
 
