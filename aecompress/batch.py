@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AecError, extra_hint
+from .errors import AecError, DeviceError, extra_hint
 from .fsutil import STDOUT_ALIASES, first_writers, interrupts_deferred, is_stdio, part_prefix
 from .imageio import format_named, is_image_name
 from .package import DEFAULT_DENOISER, load_package
@@ -408,9 +408,10 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
                stale, address=None, quality=None) -> None:
     stop = threading.Event()
+    halt = threading.Event()            # the device cannot run: no more jobs start (not an interrupt)
 
     def cancelled() -> bool:
-        return stop.is_set() or is_cancelled()
+        return stop.is_set() or halt.is_set() or is_cancelled()
 
     per_worker = threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
     local = threading.local()
@@ -426,10 +427,14 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
                                 cancel=cancelled, ensemble=ensemble, quality=quality)
             return _result(job, info, seconds=time.perf_counter() - t)
+        except DeviceError as exc:           # every file would fail alike: start no more
+            halt.set()
+            return _result(job, error=str(exc), seconds=time.perf_counter() - t)
         except AecError as exc:
             return _result(job, error=str(exc), seconds=time.perf_counter() - t)
-        except KeyboardInterrupt:
-            stop.set()
+        except KeyboardInterrupt:            # the cancel check: Ctrl-C, or a job in flight when halted
+            if not halt.is_set():
+                stop.set()
             return None
         except MemoryError:
             return _result(job, error=f"{job.src}: not enough memory", seconds=time.perf_counter() - t)

@@ -13,6 +13,11 @@ class AecError(Exception):
     exit_code = 1
 
 
+class DeviceError(AecError):
+    """The device asked for (--device cuda) cannot run here: every file would fail alike, so a run
+    over many files stops at the first instead of failing each in turn."""
+
+
 class CorruptFileError(AecError):
     """A .aez file that is truncated, damaged or not an .aez file at all."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cstderr import quiet
-from .errors import AecError, ModelError, NonFiniteOutput, extra_hint
+from .errors import AecError, DeviceError, ModelError, NonFiniteOutput, extra_hint
 from .fsutil import interrupts_deferred
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -133,5 +133,6 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
             raise ModelError(f"cannot load {path.name}: {str(exc).splitlines()[0]}") from None
     provider = sess.get_providers()[0]
     if device == "cuda" and provider != "CUDAExecutionProvider":
-        raise AecError("CUDA was requested but onnxruntime could not start it on this machine")
+        raise DeviceError("CUDA was requested but onnxruntime could not start it on this machine "
+                          "(--device auto falls back to the CPU)")
     return Session(path, provider, sess)

@@ -1,5 +1,6 @@
 """Inference sessions: device choice, the provider that really ran, the cpu/gpu extras clash."""
 
+import json
 import sys
 
 import pytest
@@ -92,3 +93,57 @@ def test_decoding_many_files_opens_their_model_once(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert len(opened) == 1 and opened[0].name == "synthesis.onnx"
     assert len(list((tmp_path / "back").iterdir())) == 3
+
+
+@pytest.fixture
+def cuda_that_does_not_start(monkeypatch):
+    """onnxruntime-gpu on a machine where CUDA cannot start (no driver, a library missing): the
+    provider is listed, but sessions come up on the CPU. Counts the sessions tried."""
+    import onnxruntime as ort
+
+    real, tried = ort.InferenceSession, []
+
+    def session_on_cpu(path, sess_options=None, providers=None):
+        tried.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session_on_cpu)
+    return tried
+
+
+def test_cuda_that_does_not_start_stops_a_run_at_the_first_file(cuda_that_does_not_start, tmp_path):
+    """--device cuda where CUDA cannot start failed once per file (each trying CUDA again); every
+    file would fail alike, so encode, decode and denoise stop at the first."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+    from aecompress.compress import encode_file, open_codec
+    from aecompress.errors import DeviceError
+
+    from .conftest import smooth_image
+
+    imgs = []
+    for k in range(3):
+        imgs.append(tmp_path / f"p{k}.png")
+        Image.fromarray(np.roll(smooth_image(48, 64), k * 5, axis=1)).save(imgs[-1])
+    tried = cuda_that_does_not_start
+    res = CliRunner().invoke(app, ["encode", *map(str, imgs), "-o", f"{tmp_path / 'enc'}/", "--device", "cuda"])
+    assert isinstance(res.exception, DeviceError) and "could not start" in str(res.exception)
+    assert len(tried) == 1 and not list(tmp_path.glob("enc/*.aez"))
+    cpu = open_codec(None, "cpu")
+    for p in imgs:
+        encode_file(p, p.with_suffix(".aez"), cpu)
+    tried.clear()
+    res = CliRunner().invoke(app, ["decode", *[str(p.with_suffix(".aez")) for p in imgs], "-o", f"{tmp_path / 'dec'}/",
+                                   "--device", "cuda"])
+    assert isinstance(res.exception, DeviceError) and len(tried) == 1
+    tried.clear()
+    res = CliRunner().invoke(app, ["denoise", *map(str, imgs), "-o", str(tmp_path / "dn"), "--device", "cuda",
+                                   "-j", "2", "--json"])
+    assert res.exit_code == 1 and "interrupted" not in res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])["summary"]
+    assert summary["done"] == 0 and summary["failed"] >= 1 and summary["failed"] + summary["not_started"] == 3
+    assert len(tried) <= 2                       # one a worker at most, not one a file

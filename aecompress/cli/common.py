@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Optional
 
 import typer
 
-from ..errors import AecError
+from ..errors import AecError, DeviceError
 
 
 def _stderr_console():
@@ -146,7 +146,7 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
             for i, item in enumerate(items):
                 try:
                     results.append(fn(item))
-                except BrokenPipeError:             # the reader of our report went away: stop
+                except (BrokenPipeError, DeviceError):   # the reader went away, or no file can run: stop
                     raise
                 except Exception as exc:           # one bad file is reported and skipped
                     failed += 1
