@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AecError, DeviceError, extra_hint
-from .fsutil import STDOUT_ALIASES, first_writers, interrupts_deferred, is_stdio, part_prefix
+from .errors import AecError, DeviceError, OutputExists, extra_hint
+from .fsutil import STDOUT_ALIASES, StaleParts, first_writers, interrupts_deferred, is_stdio
 from .imageio import format_named, is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -289,39 +289,6 @@ def _result(job: Job, info: dict | None = None, error: str | None = None, status
                      list(info.get("notes", [])))
 
 
-class _StaleParts:
-    """Temporary files a run killed outright (kill -9, a power cut) left beside its outputs: removed
-    for every output a run writes, and for those --skip-existing skips. Each output folder is listed
-    once, at its first output (a listing per output would cost the square of a flat folder's size);
-    files this run creates later belong to its own outputs, never to one it has yet to write."""
-
-    def __init__(self) -> None:
-        self._parts: dict[Path, list[str]] = {}
-        self._lock = threading.Lock()
-
-    def remove(self, dst: Path) -> None:
-        folder = dst.parent
-        with self._lock:
-            names = self._parts.get(folder)
-            if names is None:
-                try:
-                    with os.scandir(folder) as entries:
-                        names = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".part")]
-                except OSError:
-                    names = []
-                self._parts[folder] = names
-            # mkstemp's random part is 8 characters: `a.png`'s must not match `a.png.x.png`'s files
-            prefix = part_prefix(dst)
-            mine = [n for n in names if n.startswith(prefix) and len(n) == len(prefix) + 8 + len(".part")]
-            for n in mine:
-                names.remove(n)
-        for n in mine:
-            try:
-                (folder / n).unlink()
-            except OSError:
-                pass
-
-
 # ---------------------------------------------------------------- engines
 
 def _as_cancel(cancel) -> Callable[[], bool]:
@@ -356,7 +323,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     summary = BatchSummary(total=len(job_list))
     t0 = time.perf_counter()
     todo: list[Job] = []
-    stale = _StaleParts()
+    stale = StaleParts()
 
     def report(r: JobResult) -> None:
         summary.results.append(r)
@@ -395,7 +362,8 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
     runner = _run_ray if engine == "ray" else _run_local
     try:
         runner(todo, report, is_cancelled, model=model, device=device, threads=threads, jobs=jobs, tile=tile,
-               sigma=sigma, ensemble=ensemble, force=force, stale=stale, address=address, quality=quality)
+               sigma=sigma, ensemble=ensemble, force=force, stale=stale, address=address, quality=quality,
+               skip_existing=skip_existing)
     except KeyboardInterrupt:
         summary.cancelled = True
         summary.seconds = time.perf_counter() - t0
@@ -406,7 +374,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 
 
 def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-               stale, address=None, quality=None) -> None:
+               stale, address=None, quality=None, skip_existing=False) -> None:
     stop = threading.Event()
     halt = threading.Event()            # the device cannot run: no more jobs start (not an interrupt)
 
@@ -429,6 +397,10 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             return _result(job, info, seconds=time.perf_counter() - t)
         except DeviceError as exc:           # every file would fail alike: start no more
             halt.set()
+            return _result(job, error=str(exc), seconds=time.perf_counter() - t)
+        except OutputExists as exc:          # another run wrote it meanwhile
+            if skip_existing:
+                return _result(job, status="skipped", seconds=time.perf_counter() - t)
             return _result(job, error=str(exc), seconds=time.perf_counter() - t)
         except AecError as exc:
             return _result(job, error=str(exc), seconds=time.perf_counter() - t)
@@ -558,7 +530,7 @@ class _RayWorker:
 
 
 def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
-             stale, address=None, quality=None) -> None:
+             stale, address=None, quality=None, skip_existing=False) -> None:
     try:
         import ray
     except ImportError:
@@ -652,6 +624,10 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     continue
                 try:
                     write_bytes_atomic(job.dst, res["data"], force=force)
+                except OutputExists as exc:      # another run wrote it meanwhile
+                    report(_result(job, status="skipped", seconds=res["seconds"]) if skip_existing else
+                           _result(job, error=str(exc), seconds=res["seconds"]))
+                    continue
                 except AecError as exc:
                     report(_result(job, error=str(exc), seconds=res["seconds"]))
                     continue

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import container
 from .codec import Analysis, Codec
-from .errors import AecError, ModelError
+from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
                      write_stdout)
 from .imageio import (Picture, image_bytes, read_image, save_image, srgb_conversion, to_channels8, to_rgb8,
@@ -376,7 +376,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     check: as encode_picture's (called between steps; may raise to cancel, before anything is written)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
-        raise AecError(f"{out} exists (use --force to overwrite or --skip-existing)")
+        raise OutputExists(f"{out} exists (use --force to overwrite or --skip-existing)")
     if is_stdio(inp) or (inp.exists() and not inp.is_file()):     # a pipe has no size to stat: read it
         source, in_name = read_input(inp)
         pic, in_size = read_image(in_name, source), len(source)
@@ -421,7 +421,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     of a lossy output format, default imageio.DEFAULT_QUALITY)."""
     t0 = time.perf_counter()
     if not is_stdio(out) and out.exists() and not force:
-        raise AecError(f"{out} exists (use --force to overwrite or --skip-existing)")
+        raise OutputExists(f"{out} exists (use --force to overwrite or --skip-existing)")
     data, name = read_input(inp)
     try:
         pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint, cache=cache)

@@ -13,6 +13,11 @@ class AecError(Exception):
     exit_code = 1
 
 
+class OutputExists(AecError):
+    """The output's name is taken and --force was not given (also when another process wrote it
+    while this one worked: --skip-existing then skips it)."""
+
+
 class DeviceError(AecError):
     """The device asked for (--device cuda) cannot run here: every file would fail alike, so a run
     over many files stops at the first instead of failing each in turn."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import AecError
+from .errors import AecError, OutputExists
 
 
 STDIO = "-"             # as an input: standard input; as an output: standard output (as in cwebp)
@@ -80,7 +80,7 @@ def check_writable(path: Path, force: bool) -> None:
     regular file (a folder, a device such as /dev/null, a named pipe), even with force."""
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not force:
-        raise AecError(f"{path} exists (use --force to overwrite)")
+        raise OutputExists(f"{path} exists (use --force to overwrite)")
     if path.is_dir():
         raise AecError(f"{path} is a folder")
     if path.exists() and not path.is_file():
@@ -209,6 +209,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     path = write_target(path)
     check_writable(path, force)
     tmp_path: Path | None = None
+    held: int | None = None             # the temporary file's descriptor, locked while it is in use
     made: list[Path] = []               # folders this write created: removed again if it fails
     done = False
     try:
@@ -224,21 +225,24 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
                         if attempt == 2:
                             raise
                 tmp_path = Path(tmp)
-                os.close(fd)
+                held = _hold(fd)
                 chmod_as_created(tmp_path)
             except OSError as exc:
                 raise AecError(_describe(exc, path)) from None
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        if not force and path.exists():
-            raise AecError(f"{path} exists (use --force to overwrite)")
-        os.replace(tmp_path, path)
+        if force:
+            os.replace(tmp_path, path)
+        else:
+            _place_new(tmp_path, path)
         done = True
     except OSError as exc:
         raise AecError(_describe(exc, path)) from None
     finally:
         with interrupts_deferred():
+            if held is not None:
+                os.close(held)
             if tmp_path is not None and tmp_path.exists():
                 try:
                     tmp_path.unlink()
@@ -251,7 +255,92 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
                     break
 
 
+def _hold(fd: int) -> int | None:
+    """Lock a temporary file while its write is in progress (flock, where there is one) and keep its
+    descriptor open; None (descriptor closed) where files cannot be locked. StaleParts leaves a
+    locked file alone: another process is writing it (two batches into one folder)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except (ImportError, OSError):
+        os.close(fd)
+        return None
+
+
+def _in_use(path: Path) -> bool:
+    """Whether another writer holds the lock of a temporary file (see _hold)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Give the finished temporary file its name only if no file has it: a hard link, which fails
+    when the name is taken, so a file another process wrote meanwhile is never replaced (a check,
+    then a rename, left a moment in which it was). Where links cannot be made (some network and
+    FAT file systems), the check and the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExists(f"{path} exists (use --force to overwrite)") from None
+    except OSError:
+        if path.exists() or path.is_symlink():
+            raise OutputExists(f"{path} exists (use --force to overwrite)") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 def write_bytes_atomic(path: Path, data: bytes | memoryview, force: bool = False) -> None:
     with atomic_output(path, force) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+class StaleParts:
+    """Temporary files a run killed outright (kill -9, a power cut) left beside its outputs: removed
+    for every output a run writes, and for those --skip-existing skips (denoise, encode, decode). Each output folder is listed
+    once, at its first output (a listing per output would cost the square of a flat folder's size);
+    files this run creates later belong to its own outputs, never to one it has yet to write."""
+
+    def __init__(self) -> None:
+        self._parts: dict[Path, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def remove(self, dst: Path) -> None:
+        folder = dst.parent
+        with self._lock:
+            names = self._parts.get(folder)
+            if names is None:
+                try:
+                    with os.scandir(folder) as entries:
+                        names = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".part")]
+                except OSError:
+                    names = []
+                self._parts[folder] = names
+            # mkstemp's random part is 8 characters: `a.png`'s must not match `a.png.x.png`'s files
+            prefix = part_prefix(dst)
+            mine = [n for n in names if n.startswith(prefix) and len(n) == len(prefix) + 8 + len(".part")]
+            for n in mine:
+                names.remove(n)
+        for n in mine:
+            if _in_use(folder / n):         # another process is writing it now, not a killed run
+                continue
+            try:
+                (folder / n).unlink()
+            except OSError:
+                pass

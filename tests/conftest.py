@@ -37,17 +37,22 @@ def smooth_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray
     return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)
 
 
-def run_on_terminal(args: list, env: dict | None = None, cwd=None, timeout: float = 60) -> tuple[int, str]:
+def run_on_terminal(args: list, env: dict | None = None, cwd=None, timeout: float = 60,
+                    stdout_to=None) -> tuple[int, str]:
     """`python -m aecompress ARGS` with standard error on a pseudo-terminal (so progress bars draw);
-    returns the exit code and everything written there."""
+    returns the exit code and everything written there. stdout_to: a file that gets standard
+    output (`> file`), else it is discarded."""
     import subprocess
     import sys
 
     master, slave = os.openpty()
+    out = open(stdout_to, "wb") if stdout_to is not None else subprocess.DEVNULL
     p = subprocess.Popen([sys.executable, "-m", "aecompress", *map(str, args)], cwd=cwd,
                          env={**(env or os.environ), "COLUMNS": "120"},
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=slave)
     os.close(slave)
+    if stdout_to is not None:
+        out.close()
     seen = b""
     while True:
         try:

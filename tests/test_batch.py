@@ -357,6 +357,18 @@ def test_progress_bar_counts_work_not_skipped_files(tmp_path, env):
     assert "4/4" in text and "/10" not in text and "/9" not in text, text
 
 
+def test_json_to_a_file_while_the_bar_shows_on_the_terminal(tmp_path, env):
+    """`denoise DIR -o out --json > runs.jsonl` at a terminal: the objects went to the terminal with
+    the bar, and the file got only the summary."""
+    make_tree(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    code, text = run_on_terminal(["denoise", tmp_path / "in", "-o", tmp_path / "out", "--json"], env, ROOT,
+                                 stdout_to=tmp_path / "runs.jsonl")
+    assert code == 0, text
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r.get("status") for r in rows[:3]] == ["done"] * 3 and rows[3]["summary"]["done"] == 3
+    assert '"status"' not in text
+
+
 def test_a_tree_with_pipes_loops_and_an_unreadable_folder(tmp_path, env, monkeypatch):
     """-r over a tree holding a named pipe (it blocked the batch forever), a loop of links (it
     aborted the batch as 'a bug') and a folder it cannot read (skipped in silence): the pipe and the

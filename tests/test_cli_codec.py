@@ -1095,3 +1095,76 @@ def test_json_is_strict_when_a_psnr_is_infinite():
     line = to_json({"psnr": float("inf"), "x": [1.5, float("nan")], "n": {"m": -float("inf")}})
     assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {"psnr": None, "x": [1.5, None],
                                                                        "n": {"m": None}}
+
+
+def test_json_to_a_file_while_the_bar_shows_on_the_terminal(tmp_path, photo):
+    """`encode DIR -o out/ --json > runs.jsonl` at a terminal: the progress bar on stderr took the
+    JSON objects (and the report lines) with it to the terminal, and the file stayed empty."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.open(photo).rotate(90 * k, expand=True).save(src / f"p{k}.png")
+    code, text = run_on_terminal(["encode", src, "-o", f"{tmp_path / 'o'}/", "--json"], stdout_to=tmp_path / "runs.jsonl")
+    assert code == 0, text
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["input"]).name for r in rows) == ["p0.png", "p1.png", "p2.png"] and '"bpp"' not in text
+    code, text = run_on_terminal(["decode", tmp_path / "o", "-o", f"{tmp_path / 'd'}/"], stdout_to=tmp_path / "rep.txt")
+    assert code == 0 and (tmp_path / "rep.txt").read_text().count(" -> ") == 3, text
+
+
+def test_an_output_a_killed_run_left_half_written_is_cleaned_up(tmp_path, photo):
+    """kill -9 during a write leaves `.NAME.XXXXXXXX.part`; the next encode or decode of that
+    output removes it (denoise did, encode and decode never did), but not one another process is
+    writing now (it holds a lock on it)."""
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = out / ".cat.aez.k1ll3d00.part"
+    dead.write_bytes(b"half")
+    busy = out / ".dog.aez.wr1t1ng0.part"
+    busy.write_bytes(b"in progress")
+    dog = tmp_path / "dog.png"
+    Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(dog)
+    with open(busy, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = run("encode", photo, dog, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert not dead.exists() and busy.exists() and (out / "cat.aez").exists()
+    dec = tmp_path / "d"
+    dec.mkdir()
+    (dec / ".cat.png.k1ll3d00.part").write_bytes(b"half")
+    assert run("decode", out / "cat.aez", out / "dog.aez", "-o", dec, "--skip-existing").returncode == 0
+    assert sorted(p.name for p in dec.iterdir()) == ["cat.png", "dog.png"]
+
+
+def test_an_output_written_meanwhile_by_another_run(tmp_path, photo, monkeypatch):
+    """Two runs into one folder: a file that appears while this one works is never replaced without
+    --force (a check, then a rename, left a moment for it), and --skip-existing skips it instead of
+    failing with advice to use --force."""
+    from typer.testing import CliRunner
+
+    from aecompress import compress
+    from aecompress.cli import app
+    from aecompress.errors import OutputExists
+    from aecompress.fsutil import atomic_output
+
+    target = tmp_path / "w" / "x.aez"
+    with pytest.raises(OutputExists):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"theirs")            # the other run finished first
+    assert target.read_bytes() == b"theirs" and [p.name for p in target.parent.iterdir()] == ["x.aez"]
+
+    real = compress.encode_file
+
+    def other_run_first(inp, out, *a, **k):
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(b"theirs")
+        return real(inp, out, *a, **k)
+
+    monkeypatch.setattr(compress, "encode_file", other_run_first)
+    res = CliRunner().invoke(app, ["encode", str(photo), "-o", str(tmp_path / "o" / "c.aez"), "--skip-existing"])
+    assert res.exit_code == 0 and "skipped" in res.output and (tmp_path / "o" / "c.aez").read_bytes() == b"theirs"
+    res = CliRunner().invoke(app, ["encode", str(photo), "-o", str(tmp_path / "p" / "c.aez")])
+    assert isinstance(res.exception, OutputExists)

@@ -61,12 +61,17 @@ def _check_skip(skip_existing: bool, force: bool) -> None:
         raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
 
 
-def _skip(path: Path, out: Path | None, quiet: bool, as_json: bool) -> bool:
-    """--skip-existing: True when out exists already, saying so unless --quiet (as the report
-    lines do; with --json, whose objects are those of coded files, on standard error)."""
+def _skip(path: Path, out: Path | None, skip_existing: bool, stale, quiet: bool, as_json: bool) -> bool:
+    """Before a file is worked on: the temporary files a killed run (kill -9) left for its output
+    go (stale: a StaleParts); then, with --skip-existing, True when out exists already, saying so
+    unless --quiet (as the report lines do; with --json, whose objects are those of coded files, on
+    standard error)."""
     from ..fsutil import is_stdio
 
-    if out is None or is_stdio(out) or not (out.exists() or out.is_symlink()):
+    if out is None or is_stdio(out):
+        return False
+    stale.remove(out)
+    if not skip_existing or not (out.exists() or out.is_symlink()):
         return False
     line = one_line(f"{path}: skipped ({out} exists)")
     if as_json:
@@ -103,7 +108,8 @@ def encode(
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
     from ..compress import encode_file, open_codec, plan_outputs
-    from ..errors import AecError
+    from ..errors import AecError, OutputExists
+    from ..fsutil import StaleParts
     from ..imageio import is_image_name
 
     if sum(x is not None for x in (quality, bpp, psnr, size)) > 1:
@@ -114,15 +120,21 @@ def encode(
     _check_skip(skip_existing, force)
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads, refine)
+    stale = StaleParts()
 
     def one(job: tuple[Path, Path | None, str | None]) -> dict | None:
         path, out, error = job
         if error:
             raise AecError(error)
-        if skip_existing and _skip(path, out, quiet, as_json):
+        if _skip(path, out, skip_existing, stale, quiet, as_json):
             return None
-        # --quiet prints no report, so the reconstruction and its metrics are skipped
-        r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
+        try:
+            # --quiet prints no report, so the reconstruction and its metrics are skipped
+            r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
+        except OutputExists:
+            if skip_existing and _skip(path, out, skip_existing, stale, quiet, as_json):
+                return None             # another run wrote it meanwhile
+            raise
         if as_json:
             _print(to_json({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
             for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
@@ -154,21 +166,28 @@ def decode(
 ) -> None:
     """Decompress .aez files into images."""
     from ..compress import decode_file, plan_outputs
-    from ..errors import AecError
+    from ..errors import AecError, OutputExists
+    from ..fsutil import StaleParts
     from ..package import load_package
 
     _check_skip(skip_existing, force)
     plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
     pkg = load_package(model, device, threads) if model else None
     found: dict = {}                    # models found by id, opened once for all the files
+    stale = StaleParts()
 
     def one(job: tuple[Path, Path | None, str | None]) -> dict | None:
         path, out, error = job
         if error:
             raise AecError(error)
-        if skip_existing and _skip(path, out, quiet, as_json):
+        if _skip(path, out, skip_existing, stale, quiet, as_json):
             return None
-        r = decode_file(path, out, pkg, force, device, threads, cache=found, quality=quality)
+        try:
+            r = decode_file(path, out, pkg, force, device, threads, cache=found, quality=quality)
+        except OutputExists:
+            if skip_existing and _skip(path, out, skip_existing, stale, quiet, as_json):
+                return None             # another run wrote it meanwhile
+            raise
         if as_json:
             _print(to_json(r), out, plain=True)
         elif not quiet:

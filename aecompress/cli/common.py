@@ -76,7 +76,9 @@ class _Lines:
         self.bar = None
 
     def print_line(self, text: str) -> None:
-        if self.bar is not None:
+        """A report line on standard output: above the bar when both are the same terminal (the
+        bar's console draws it there), else plainly (`> report.txt` while the bar shows on stderr)."""
+        if self.bar is not None and sys.stdout.isatty():
             self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, flush=True)
@@ -135,17 +137,20 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
 
     console_err = _stderr_console()
     show_bar = console_err.is_terminal
+    # redirect_stdout only when standard output is that terminal too: otherwise rich would send the
+    # report and --json lines meant for a file or pipe (`--json > runs.jsonl`) to the terminal
     bar = Progress(TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"), console=console_err, transient=True,
-                   disable=not show_bar)
+                   disable=not show_bar, redirect_stdout=sys.stdout.isatty())
     with bar:
         progress.bar = bar if show_bar else None
         task = bar.add_task(verb, total=len(items), rate="")
-        t0 = time.perf_counter()
+        t0, worked = time.perf_counter(), 0
         try:
-            for i, item in enumerate(items):
+            for item in items:
                 try:
                     results.append(fn(item))
+                    worked += results[-1] is not None       # a skipped file (None) is no work done
                 except (BrokenPipeError, DeviceError):   # the reader went away, or no file can run: stop
                     raise
                 except Exception as exc:           # one bad file is reported and skipped
@@ -157,11 +162,13 @@ def run_many(items: Iterable, fn: Callable[..., dict], verb: str) -> list[dict]:
                     else:
                         error_line(msg)
                 spent = time.perf_counter() - t0
-                bar.update(task, advance=1, rate=f"{(i + 1) / spent:.1f} files/s" if spent > 0 else "")
+                bar.update(task, advance=1, rate=f"{worked / spent:.1f} files/s" if spent > 0 and worked else "")
         finally:
             progress.bar = None
     if failed:
-        print(f"{len(items) - failed} done, {failed} failed", file=sys.stderr)
+        skipped = sum(r is None for r in results)          # --skip-existing
+        print(f"{len(items) - failed - skipped} done, " + (f"{skipped} skipped, " if skipped else "")
+              + f"{failed} failed", file=sys.stderr)
         raise typer.Exit(codes.pop() if len(codes) == 1 else 1)
     return results
 

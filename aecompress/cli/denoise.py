@@ -112,12 +112,13 @@ def denoise(
 
         bar = Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("left"),
-                       console=Console(stderr=True, highlight=False), transient=True)
+                       console=Console(stderr=True, highlight=False), transient=True,
+                       redirect_stdout=sys.stdout.isatty())   # `--json > f`: the objects go to f
         task = bar.add_task("denoise", rate="",                # until on_start: the files not to skip
                             total=sum(not (skip_existing and taken(j.dst)) for j in job_list))
 
     def say(text: str, err: bool = False) -> None:
-        if bar is not None:
+        if bar is not None and (err or sys.stdout.isatty()):      # above the bar, on its terminal
             bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
