@@ -223,6 +223,14 @@ def find_package_dir(name_or_path: str | Path) -> Path:
             return cand
     if p.exists():
         raise ModelError(f"{p} is not a model package (no {MANIFEST})")
+    # the name `aecompress models` shows is the manifest's: a package copied into a folder of another
+    # name (or trained with --name) is found by it too, when no folder has that name
+    named = [pkg.path for pkg in installed_packages() if pkg.name == str(name_or_path)]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise ModelError(f"{len(named)} installed packages are named '{name_or_path}' ({', '.join(map(str, named))}): "
+                         "pass the folder with -m")
     raise ModelError(f"unknown model '{name_or_path}' (see `aecompress models`)")
 
 
@@ -242,6 +250,8 @@ def installed_packages(problems: list[str] | None = None) -> list[ModelPackage]:
         except OSError:                     # an unreadable folder on the search path hides nothing else
             continue
         for d in entries:
+            if d.name.startswith("."):      # a training run's export being staged (or one killed), not a package
+                continue
             try:
                 if (d / MANIFEST).exists() and d.resolve() not in seen:
                     seen.add(d.resolve())

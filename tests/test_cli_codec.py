@@ -1168,3 +1168,32 @@ def test_an_output_written_meanwhile_by_another_run(tmp_path, photo, monkeypatch
     assert res.exit_code == 0 and "skipped" in res.output and (tmp_path / "o" / "c.aez").read_bytes() == b"theirs"
     res = CliRunner().invoke(app, ["encode", str(photo), "-o", str(tmp_path / "p" / "c.aez")])
     assert isinstance(res.exception, OutputExists)
+
+
+def test_packages_are_found_by_the_name_models_shows_and_staging_folders_are_not_packages(tmp_path, photo):
+    """`models` shows a manifest's name; -m took only folder names, so a package copied into a
+    folder of another name (or trained with --name) was listed but 'unknown'. A training run's
+    hidden staging folder (or one a killed export left) was listed as a package, and could not be used."""
+    import shutil
+
+    from .conftest import ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "photo", models / "copied")
+    m = json.loads((models / "copied" / "manifest.json").read_text())
+    (models / "copied" / "manifest.json").write_text(json.dumps({**m, "name": "renamed"}))
+    shutil.copytree(models / "copied", models / ".renamed.x1y2z3w4")
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+
+    def aec(*args):
+        return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    rows = json.loads(aec("models", "--json").stdout)
+    assert sorted(r["name"] for r in rows) == ["denoise", "photo", "renamed"]
+    assert [r["path"] for r in rows if r["name"] == "renamed"] == [str(models / "copied")]
+    r = aec("encode", photo, "-o", tmp_path / "r.aez", "-m", "renamed")
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(models / "copied", models / "again")
+    r = aec("encode", photo, "-o", tmp_path / "s.aez", "-m", "renamed")
+    assert r.returncode == 4 and "2 installed packages are named 'renamed'" in r.stderr and r.stderr.count("\n") == 1

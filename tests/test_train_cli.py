@@ -169,11 +169,17 @@ def test_cli_bad_input(trained, tmp_path):
     # options that do not fit the architecture are usage errors, one line, exit 2, said plainly
     for args, words in ((["dense", "--bf16"], "--bf16 applies to conv models only"),
                         (["conv", "--latent", "16"], "--latent applies to dense models only"),
-                        (["denoise", "--n", "8"], "--n does not apply to denoisers")):
+                        (["denoise", "--n", "8"], "--n does not apply to denoisers"),
+                        # values with a fixed form, checked before any image is read (they were exit 1)
+                        (["dense", "--activation", "tanh"], "Invalid value for '--activation': must be one of"),
+                        (["dense", "--loss", "l1"], "Invalid value for '--loss'"),
+                        (["dense", "--sparse", "kl:2:0.5"], "Invalid value for '--sparse': 'kl:2:0.5': use l1:WEIGHT"),
+                        (["dense", "--noise", "mask:1.5"], "Invalid value for '--noise': 'mask:1.5': use gaussian:STD")):
         res = invoke("train", *args, "--data", str(data), "--out", str(tmp_path / "o"))
-        assert res.exit_code == 2 and f"aecompress: error: {words} (see" in res.output, (args, res.output)
+        assert res.exit_code == 2 and f"aecompress: error: {words}" in res.output, (args, res.output)
+        assert res.output.rstrip().endswith("(see 'aecompress train --help')") and res.output.count("\n") == 1
     fails("unknown architecture", "train", "mlp", "--data", str(data), "--out", str(tmp_path / "o"))
-    fails("--sparse 'l2:1'", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l2:1")
+    fails("'--sparse': 'l2:1': use l1:WEIGHT", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--sparse", "l2:1")
     fails("--hidden", "train", "dense", "--data", str(data), "--out", str(tmp_path / "o"), "--hidden", "3x")
     # --resume of a conv model from a dense checkpoint
     fails("dense model, not conv", "train", "conv", "--data", str(data), "--out", str(out), "--resume", "--steps", "2",

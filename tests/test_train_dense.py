@@ -381,3 +381,16 @@ def test_a_one_rate_model_says_that_quality_options_change_nothing(digits500, tm
         outs.append((out.read_bytes(), r.stdout))
     assert outs[0][0] == outs[1][0]
     assert "codes at one rate" in outs[1][1] and "codes at one rate" not in outs[0][1]
+
+
+def test_training_data_leaves_out_packages_checkpoints_and_hidden_files(tmp_path):
+    """--out inside --data: a second run (--force) trained on the first one's report images (a
+    conv run said 11 training images where there were 9; a dense one failed on curves.png)."""
+    from aecompress.train.data import find_images
+
+    for rel in ("a.png", "sub/b.png", "model/report/curves.png", "model.work/peek.png", ".hidden/c.png", ".d.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / rel)
+    (tmp_path / "model" / "manifest.json").write_text("{}")
+    (tmp_path / "model.work" / "checkpoint.pt").write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a.png", "sub/b.png"]

@@ -218,6 +218,7 @@ def train_cmd(
             quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
         if latent < 1:
             raise bad_value("--latent", "must be at least 1")
+        _check_dense_choices(activation, output, loss, sparse, noise)
         result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
         export_and_report_dense(result, out, name, description, report, say)
 
@@ -474,6 +475,23 @@ def _failures(done: int, total: int, codes: set[int]) -> None:
     if done < total:
         print(f"{done} done, {total - done} failed", file=sys.stderr)
         raise typer.Exit(next(iter(codes)) if len(codes) == 1 else 1)
+
+
+def _check_dense_choices(activation, output, loss, sparse, noise) -> None:
+    """The dense options whose values have a fixed form, checked before any data is read: a usage
+    error (exit 2, with the --help to read) like every other value an option does not take."""
+    from ..train.dense import ACTIVATIONS, LOSSES, OUTPUTS
+    from ..train.fit_dense import parse_noise, parse_sparse
+
+    for opt, value, choices in (("--activation", activation, ACTIVATIONS), ("--output", output, OUTPUTS),
+                                ("--loss", loss, LOSSES)):
+        if value and value not in choices:
+            raise bad_value(opt, f"must be one of {', '.join(choices)}, not '{value}'")
+    for opt, value, parse in (("--sparse", sparse, parse_sparse), ("--noise", noise, parse_noise)):
+        try:
+            parse(value)
+        except AecError as exc:
+            raise bad_value(opt, f"'{value}': " + str(exc).split(": ", 1)[-1]) from None
 
 
 @app.command("embed")

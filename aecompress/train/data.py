@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,19 @@ class ImageSet:
 
 
 def find_images(root: Path) -> list[Path]:
+    """The images in a folder and its subfolders, leaving out hidden files and folders and model
+    packages (a folder with a manifest: its report's curves.png and recon.png are not photos)
+    and training runs' checkpoint folders, so a run whose --out lies inside --data does not train
+    on its own outputs when it runs again."""
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (Path(folder, d) / "manifest.json").exists()
+                   and not (d.endswith(".work") and (Path(folder, d) / "checkpoint.pt").exists())]
+        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
 
 
 def read_pixels(path: Path, mode: str = "RGB") -> np.ndarray:
