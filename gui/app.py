@@ -19,6 +19,7 @@ QPushButton { padding: 5px 12px; }
 QPushButton#primary { background: #2d6cdf; color: white; border: 1px solid #2559b8; border-radius: 4px;
                       font-weight: 600; }
 QPushButton#primary:hover { background: #3a78ea; }
+QPushButton#primary:focus { border: 2px solid #0f2f6b; }
 QPushButton#primary:disabled { background: #9db5e0; border-color: #9db5e0; color: #eef2fa; }
 QFrame#errorBanner { background: #fdecea; border-bottom: 1px solid #f1b7b0; }
 QFrame#errorBanner QLabel { color: #8a1c12; }

@@ -25,7 +25,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QFont, QGuiApplication  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton  # noqa: E402
 
 from aecompress.compress import decode_bytes, encode_file, encode_picture, open_codec  # noqa: E402
 from aecompress import container  # noqa: E402
@@ -1373,3 +1373,19 @@ def test_copying_a_wrapped_value_gives_the_text_without_break_points(qtbot):
         QGuiApplication.clipboard().clear()
         QTest.keyClick(lab, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
         assert QGuiApplication.clipboard().text() == want
+
+
+def test_the_primary_button_shows_keyboard_focus(window, qtbot, cat_png):
+    """The blue Save button's focus ring was barely visible: a focused one looks different."""
+    window.compress.open_path(cat_png)
+    wait_result(qtbot, window.compress)
+    btn = next(b for b in window.compress.findChildren(QPushButton) if b.objectName() == "primary")
+    qtbot.waitUntil(btn.isEnabled, timeout=WAIT)
+    window.compress.panel.fit_btn.setFocus()
+    qtbot.waitUntil(lambda: not btn.hasFocus(), timeout=WAIT)
+    plain = btn.grab().toImage()
+    btn.setFocus()
+    qtbot.waitUntil(btn.hasFocus, timeout=WAIT)
+    focused = btn.grab().toImage()
+    d = np.abs(from_qimage(plain).astype(int) - from_qimage(focused).astype(int)).max(axis=2)
+    assert (d > 60).sum() > 100, int((d > 60).sum())        # a frame round it (there was no change at all)
