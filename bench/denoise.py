@@ -44,7 +44,9 @@ from aecompress.package import DEFAULT_DENOISER, load_package  # noqa: E402
 
 
 def noise_seed(name: str, sigma: float) -> int:
-    return int(sigma) * 1_000_003 + zlib.crc32(name.encode())
+    # whole sigmas keep the seeds of every earlier run; a fractional one gets its own (15.5 had 15's)
+    base = int(sigma) if float(sigma).is_integer() else zlib.crc32(f"sigma {sigma:g}".encode())
+    return base * 1_000_003 + zlib.crc32(name.encode())
 
 
 def add_noise(clean: np.ndarray, sigma: float, seed: int, clip: bool = True) -> np.ndarray:
@@ -143,6 +145,10 @@ def centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(a[y:y + ch, x:x + cw])
 
 
+KNOWN_METHODS = ("ours", "ours_x2", "ours_x8", "opencv_nlm", "skimage_nlm", "cbm3d", "cbm3d_unclipped",
+                 "ours_unclipped")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "val" / "photos")
@@ -160,8 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also run another denoiser package (e.g. the previous one: prev=runs/denoise_prev)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "denoise")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import images_in
 
-    files = sorted(p for p in a.data.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".bmp"})
+    unknown = [m for m in a.methods.split(",") if m not in KNOWN_METHODS and not m.startswith("ours_limit")]
+    if unknown:
+        ap.error(f"unknown method {unknown[0]} (choose from {', '.join(KNOWN_METHODS)}, ours_limitK)")
+    if a.limit is not None and a.limit < 1:
+        ap.error("--limit must be at least 1")
+    files = [p for p in images_in(a.data) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".bmp"}]
     if a.limit and a.limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, a.limit).round().astype(int)]
     images = [centre_crop(to_rgb8(read_image(p)), a.crop) for p in files]
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         img512 = add_noise(centre_crop(big, 512), 25, 7)
         res["whole_process_512x512_seconds"] = round(whole_process_seconds(img512, str(pkg.path)), 3)
     for sigma in a.sigmas:
-        row = res["results"].setdefault(str(int(sigma)), {})
+        row = res["results"].setdefault(f"{sigma:g}", {})          # 15 -> "15", as before; 15.5 its own row
         for name, fn in methods.items():
             ps, ts = [], []
             for name_k, clean in zip(res["images"], images):
@@ -261,4 +274,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import run
+
+    run(main)

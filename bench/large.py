@@ -23,23 +23,33 @@ from PIL import Image
 Image.MAX_IMAGE_PIXELS = None
 
 
-def seam_score(img: np.ndarray, tile: int = 1024, grid: int = 16) -> float:
-    """Mean |horizontal gradient| across tile borders divided by that across the other borders of the
-    codec's 16-pixel latent grid (1.0 = tile borders look like any other position of the grid)."""
-    g = np.abs(np.diff(img.astype(np.float32), axis=1)).mean(axis=(0, 2))
+def seam_score(img: np.ndarray, tile: int = 1024, grid: int = 16, axis: int = 1) -> float:
+    """Mean |gradient| across tile borders divided by that across the other borders of the codec's
+    16-pixel latent grid (1.0 = tile borders look like any other position of the grid); axis 1:
+    across the vertical borders (between columns), axis 0: across the horizontal ones (rows)."""
+    g = np.abs(np.diff(img.astype(np.float32), axis=axis)).mean(axis=(1 - axis, 2))
     cols = np.arange(tile - 1, len(g), tile)
     control = np.setdiff1d(np.arange(grid - 1, len(g), grid), cols)
     return float(g[cols].mean() / g[control].mean())
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import ROOT, VAL_PHOTOS
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", default="6000x4000")
-    ap.add_argument("--source", default="../shared/data/val/photos/wiki_041.png")
+    ap.add_argument("--source", type=Path, default=VAL_PHOTOS / "wiki_041.png")
     ap.add_argument("--model", default="photo")
-    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
-    w, h = map(int, args.size.split("x"))
+    try:
+        w, h = map(int, args.size.lower().split("x"))
+        assert w > 0 and h > 0
+    except (ValueError, AssertionError):
+        ap.error(f"--size '{args.size}': use WIDTHxHEIGHT, e.g. 6000x4000")
+    if not args.source.is_file():
+        ap.error(f"--source {args.source}: no such file")
     exe = [sys.executable, "-m", "aecompress"]
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "big.png"
@@ -64,11 +74,44 @@ def main() -> None:
               "encode_seconds": enc_report["seconds"], "encode_peak_rss_mb": enc_report["peak_rss_mb"],
               "encode_quiet_seconds": enc["seconds"], "encode_quiet_peak_rss_mb": enc["peak_rss_mb"],
               "decode_seconds": dec["seconds"], "decode_peak_rss_mb": dec["peak_rss_mb"],
-              "seam_score": seam_score(out)}
-    print(json.dumps(result, indent=2))
+              "seam_score": seam_score(out), "seam_score_rows": seam_score(out, axis=0)}
+    steps = (("encode (with the report)", "encode"), ("encode --quiet", "encode_quiet"), ("decode", "decode"))
+    print(f"{w}x{h} ({w * h / 1e6:.0f} MP) from {args.source.name}: {size:,} bytes, {result['bpp']:.3f} bpp; "
+          f"seam score {result['seam_score']:.3f} across columns, {result['seam_score_rows']:.3f} across rows "
+          "(1.0: tile borders like the rest of the latent grid)\n")
+    print("| step | seconds | peak RSS (MB) |\n|---|---:|---:|")
+    for label, key in steps:
+        print(f"| {label} | {result[key + '_seconds']:.1f} | {result[key + '_peak_rss_mb']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "large.json").write_text(json.dumps(result, indent=2))
+    plot(result, steps, args.out / "large.png")
+    print(f"\nwrote {args.out / 'large.json'} and {args.out / 'large.png'}")
+
+
+def plot(result: dict, steps, path: Path) -> None:
+    """Seconds and peak memory of each step, side by side."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    w, h = result["size"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    labels = [label for label, _ in steps]
+    a.barh(labels, [result[k + "_seconds"] for _, k in steps], color="#2d6cdf")
+    a.set_xlabel("seconds, whole process")
+    b.barh(labels, [result[k + "_peak_rss_mb"] for _, k in steps], color="#8fb3ef")
+    b.set_xlabel("peak resident memory (MB)")
+    b.set_yticks([])
+    fig.suptitle(f"{w}x{h} photo ({w * h / 1e6:.0f} MP), {result['bpp']:.3f} bpp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import run
+
+    run(main)

@@ -129,6 +129,8 @@ def plot(result: dict, path: Path) -> None:
     fixed = {"JPEG": palette[0], "WEBP": palette[2], "AVIF": palette[3], "ours-full": palette[1],
              "ours-half": palette[4], "ours-round": palette[7]}
     spare = iter([palette[i] for i in (5, 6, 8, 9)] + list(plt.get_cmap("Dark2").colors))
+    x_max = 2.2                          # the range the comparison is about; what lies beyond is counted
+    hidden, seen_db = 0, ([], [])
     for c in order:
         bpp = np.array([p["bpp"] for p in curves[c]])
         psnr_db = np.array([p["psnr"] for p in curves[c]])
@@ -139,12 +141,21 @@ def plot(result: dict, path: Path) -> None:
                  if c == "ours" else c)
         axes[0].plot(bpp, psnr_db, "o-", label=label, **style)
         axes[1].plot(bpp, ssim_db, "o-", label=label, **style)
+        inside = bpp <= x_max
+        hidden += int((~inside).sum())
+        seen_db[0].extend(psnr_db[inside])
+        seen_db[1].extend(ssim_db[inside & np.isfinite(ssim_db)])
     axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)",
                 title=f"{len(result['images'])} images: {result['folder']}")
     axes[1].set(xlabel="bits per pixel (file bytes)", ylabel="MS-SSIM (dB)")
-    for a in axes:
+    for a, shown in zip(axes, seen_db):
         a.grid(alpha=0.3)
-        a.set_xlim(0, 2.2)
+        a.set_xlim(0, x_max)
+        if shown:                        # fitted to the points on the plot, not to those cut off at the right
+            lo, hi = min(shown), max(shown)
+            a.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
+    if hidden:
+        axes[1].set_title(f"{hidden} points above {x_max} bpp not shown (in rd.json)", fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     rows = 1 + (len(labels) - 1) // 5                       # below the panels, clear of the curves
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=9, frameon=False)
@@ -291,8 +302,11 @@ def merge(paths: list[Path]) -> dict:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import VAL_PHOTOS, images_in
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", nargs="?", default="../shared/data/val/photos")
+    ap.add_argument("folder", nargs="?", type=Path, default=VAL_PHOTOS)
     ap.add_argument("-m", "--model", default="photo")
     ap.add_argument("--limit", type=int, default=None, help="every (count // N)th image, N of them")
     ap.add_argument("--offset", type=int, default=0,
@@ -311,7 +325,11 @@ def main() -> None:
                     help="also run the model with `encode --refine STEPS` (ours-refineSTEPS, same analysis), and "
                          "report its BD-rates against the other codecs too")
     args = ap.parse_args()
+    if args.limit is not None and args.limit < 1:
+        ap.error("--limit must be at least 1")
     if args.replot:
+        if not (args.out / "rd.json").exists():
+            ap.error(f"--replot needs {args.out / 'rd.json'} (from a run with --out {args.out})")
         plot(json.loads((args.out / "rd.json").read_text()), args.out / "rd.png")
         return
 
@@ -323,7 +341,11 @@ def main() -> None:
 
     if args.offset and not args.limit:
         ap.error("--offset needs --limit (it picks the other images of a --limit run)")
-    files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+    files = [p for p in images_in(args.folder) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}]
+    if args.folder == VAL_PHOTOS:          # recorded as before, relative to the checkout
+        args.folder = Path("../shared/data/val/photos")
+    if not files:
+        ap.error(f"no PNG, JPEG or BMP images in {args.folder}")
     if args.limit:
         files = files[args.offset:: max(1, len(files) // args.limit)][: args.limit]
     codec = open_codec(args.model, "cpu", args.threads)
@@ -399,4 +421,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import run
+
+    run(main)

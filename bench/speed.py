@@ -5,7 +5,8 @@
 
 The issue's target is encode + decode of a 768x512 photo in at most 1 s on a 2-core CPU, whole
 process (Python start-up, imports, model loading, image I/O and the report included). IMAGE
-(default: the first validation photo) is centre-cropped to 768x512. Every run times, for each model
+(default: the first validation photo of at least 768x512) is centre-cropped to 768x512 (a smaller
+one scaled up first, keeping its shape). Every run times, for each model
 in turn (interleaved, so a busy moment of a shared machine hits all of them alike):
 
 * `encode` as a user runs it: it reconstructs the image to report PSNR and MS-SSIM;
@@ -44,12 +45,27 @@ STEPS = ("encode", "encode_quiet", "decode")
 
 
 def crop_768x512(path: Path, dst: Path) -> None:
+    """The centre 768x512 of an image; a smaller one is first scaled up, keeping its shape, until it
+    covers 768x512 (it used to be stretched to exactly that: a 500x500 photo lost its aspect)."""
     with Image.open(path) as im:
         im = im.convert("RGB")
-        if im.width < 768 or im.height < 512:
-            im = im.resize((768, 512), Image.LANCZOS)
+        scale = max(768 / im.width, 512 / im.height)
+        if scale > 1:
+            im = im.resize((max(768, round(im.width * scale)), max(512, round(im.height * scale))), Image.LANCZOS)
         left, top = (im.width - 768) // 2, (im.height - 512) // 2
         im.crop((left, top, left + 768, top + 512)).save(dst)
+
+
+def default_image() -> Path:
+    """The first validation photo at least 768x512 (no scaling), else the first one."""
+    photos = sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))
+    if not photos:
+        raise SystemExit("speed.py: error: no IMAGE given and no photos in ../shared/data/val/photos")
+    for p in photos:
+        with Image.open(p) as im:
+            if im.width >= 768 and im.height >= 512:
+                return p
+    return photos[0]
 
 
 def compile_bytecode(root: Path = ROOT) -> bool:
@@ -74,7 +90,10 @@ def measure(variants: dict[str, tuple[str, dict | None]], image: Path, runs: int
                         "decode": ["decode", str(aez), "-o", str(png), "-m", model, "--force", "--quiet"]}
                 for step in STEPS:
                     t0 = time.perf_counter()
-                    subprocess.run(exe + cmds[step], check=True, capture_output=True, cwd=d, env=env)
+                    r = subprocess.run(exe + cmds[step], capture_output=True, text=True, cwd=d, env=env)
+                    if r.returncode:                 # say why (an unknown model, say), not "exit status 4"
+                        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+                        raise RuntimeError(f"{name}: aecompress {step.replace('_quiet', ' --quiet')} failed: {last}")
                     times[name][step].append(time.perf_counter() - t0)
     return times
 
@@ -133,7 +152,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
-    image = a.image or sorted((ROOT.parent / "shared" / "data" / "val" / "photos").glob("*.png"))[0]
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
+    for spec in a.compare + a.rev:
+        if "=" not in spec or not spec.split("=", 1)[0] or not spec.split("=", 1)[1]:
+            ap.error(f"'{spec}': use NAME=MODEL for --compare, NAME=GITREV for --rev")
+    if a.image is not None and not a.image.is_file():
+        ap.error(f"{a.image}: no such file")
+    image = a.image or default_image()
     models = {"ours": a.model, **dict(spec.split("=", 1) for spec in a.compare)}
     revs = dict(spec.split("=", 1) for spec in a.rev)
     compiled = compile_bytecode()
@@ -165,4 +191,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import run
+
+    run(main)

@@ -94,3 +94,59 @@ def test_merge_refuses_overlapping_or_mismatched_runs(rd, tmp_path):
         rd.merge([pa, pb])
     with pytest.raises(SystemExit, match="model_id"):
         rd.merge([pa, pc])
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("rd.py", ["{tmp}/nosuch"], "no such folder"),
+    ("rd.py", ["{tmp}/empty"], "no images in"),
+    ("denoise.py", ["--data", "{tmp}/empty"], "no images in"),
+    ("denoise.py", ["--data", "{tmp}/empty", "--methods", "foo"], "unknown method foo"),
+    ("speed.py", ["--runs", "0"], "--runs must be at least 1"),
+    ("large.py", ["--size", "abc"], "use WIDTHxHEIGHT"),
+])
+def test_benchmark_mistakes_are_one_error_line(tmp_path, script, args, words):
+    """A missing or empty folder, an unknown method, a bad number: the error line, not a traceback
+    (or a run of NaN figures written as results, for an empty folder)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *[a.format(tmp=tmp_path) for a in args],
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ") and words in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_denoise_bench_keeps_fractional_sigmas_apart():
+    """--sigmas 15 15.5: sigma 15.5's figures overwrote sigma 15's row (both keyed and seeded as 15)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))             # it imports speed.py beside it, as when run
+    spec = importlib.util.spec_from_file_location("bench_denoise", ROOT / "bench" / "denoise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.noise_seed("a.png", 15) == mod.noise_seed("a.png", 15.0) != mod.noise_seed("a.png", 15.5)
+    assert mod.noise_seed("a.png", 25) == 25 * 1_000_003 + __import__("zlib").crc32(b"a.png")    # earlier runs' seeds
+
+
+def test_speed_bench_crops_without_stretching(tmp_path):
+    """A 500x500 photo was stretched to 768x512; it is scaled up keeping its shape, then cropped."""
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "bench" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = np.zeros((500, 500, 3), np.uint8)
+    grid[::50] = 255                                   # a line every 50 rows and columns
+    grid[:, ::50] = 255
+    Image.fromarray(grid).save(tmp_path / "sq.png")
+    mod.crop_768x512(tmp_path / "sq.png", tmp_path / "c.png")
+    out = np.asarray(Image.open(tmp_path / "c.png").convert("L")).astype(float)
+    assert out.shape == (512, 768)
+    def spacing(profile):                               # distance between the starts of the bright lines
+        on = np.flatnonzero(profile > 128)
+        return np.median(np.diff(on[np.r_[True, np.diff(on) > 1]]))
+
+    # the same spacing down and across (stretched, the columns' lines were 1.5 times as far apart)
+    assert abs(spacing(out.mean(axis=1)) - spacing(out.mean(axis=0))) <= 2
