@@ -136,7 +136,9 @@ class ResultGrid(QWidget):
         g.setColumnStretch(1, 1)
 
     def set(self, key: str, text: str) -> None:
-        self.values[key].setText(breakable(text))
+        # words over 12 characters may break ("CPUExecution|Provider"): the widest unbreakable value
+        # set the panel's minimum width, 2 px more than the viewport left beside a scroll bar
+        self.values[key].setText(breakable(text, run=12))
 
     def clear(self) -> None:
         for v in self.values.values():

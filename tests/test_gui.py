@@ -1270,7 +1270,7 @@ def test_a_long_unbroken_file_name_wraps_instead_of_widening(qtbot, settings, cr
     from aecompress.compress import encode_file, open_codec
     from gui.widgets import SidePanel
 
-    win = make_window(qtbot, settings, (1024, 640))
+    win = make_window(qtbot, settings, (1024, 480))          # short: the side panel scrolls
     stem = ("holiday_photo_from_the_mountains_" * 8)[:196]
     aez = tmp_path / f"{stem}.aez"
     encode_file(crops[0], aez, open_codec(None, "cpu"))
@@ -1289,6 +1289,7 @@ def test_a_long_unbroken_file_name_wraps_instead_of_widening(qtbot, settings, cr
     drop(win, [bad])
     qtbot.waitUntil(lambda: bool(win.banner.text), timeout=WAIT)
     QApplication.processEvents()
+    assert panel.verticalScrollBar().isVisible()
     assert str(bad) in win.banner.text and win.width() == 1024 and win.minimumSizeHint().width() < 1024
     shots(win, "long-name-error")
     win.close()
