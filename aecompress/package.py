@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -72,12 +73,12 @@ class ModelPackage:
         h.update(json.dumps(coding, sort_keys=True).encode())
         files = sorted(set(self.manifest.get("graphs", {}).values()) | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
         for name in files:
-            p = self.path / name
+            p = package_file(self.path, name)
             h.update(name.encode())
             try:
                 h.update(p.read_bytes())
-            except OSError:
-                raise ModelError(f"model package {self.path}: {name} is missing") from None
+            except OSError as exc:
+                raise ModelError(f"model package {self.path}: cannot read {name} ({exc.strerror or exc})") from None
         return h.digest()[:16]
 
     def decodes(self, model_id: bytes) -> bool:
@@ -93,8 +94,9 @@ class ModelPackage:
         name = self.manifest.get("tables")
         if not name:
             return {}
+        path = package_file(self.path, name)
         try:
-            with np.load(self.path / name) as z:
+            with np.load(path) as z:
                 return {k: z[k] for k in z.files}
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"model package {self.path}: cannot read {name} ({exc})") from None
@@ -105,7 +107,7 @@ class ModelPackage:
             graphs = self.manifest.get("graphs", {})
             if graph not in graphs:
                 raise ModelError(f"model package {self.name} has no '{graph}' graph")
-            self._sessions[graph] = open_session(self.path / graphs[graph], self.device, self.threads)
+            self._sessions[graph] = open_session(package_file(self.path, graphs[graph]), self.device, self.threads)
             self._provider = self._provider or self._sessions[graph].provider
         return self._sessions[graph]
 
@@ -124,7 +126,7 @@ class ModelPackage:
         if not name:
             return None
         if key not in self._sessions:
-            self._sessions[key] = open_session(self.path / name, self.device, self.threads)
+            self._sessions[key] = open_session(package_file(self.path, name), self.device, self.threads)
             self._provider = self._provider or self._sessions[key].provider
         return self._sessions[key]
 
@@ -134,17 +136,43 @@ class ModelPackage:
         return self._provider or "CPUExecutionProvider"
 
 
+def package_file(folder: Path, name: str) -> Path:
+    """A file of a package, checked before it is opened: a regular file whose real place is inside
+    the package folder. A link to a device (/dev/zero: read until memory ran out), a named pipe
+    (a read that never returns) or a file elsewhere (a link to /etc/passwd) is a model error."""
+    folder = Path(folder)
+    p = folder / name
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ModelError(f"model package {folder}: {name} is missing") from None
+    except OSError as exc:
+        raise ModelError(f"model package {folder}: cannot read {name} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"model package {folder}: {name} is not a regular file")
+    real, home = os.path.realpath(p), os.path.realpath(folder)
+    if os.path.commonpath([real, home]) != home:
+        raise ModelError(f"model package {folder}: {name} leads outside the package ({real})")
+    return p
+
+
 def read_manifest(folder: Path) -> dict:
     f = Path(folder) / MANIFEST
     try:
-        m = json.loads(f.read_text())
+        if not f.exists() and not f.is_symlink():
+            raise FileNotFoundError
+        m = json.loads(package_file(folder, MANIFEST).read_text())
     except FileNotFoundError:
         raise ModelError(f"{folder} is not a model package (no {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{f}: unreadable manifest ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{f}: unreadable manifest ({type(exc).__name__ if isinstance(exc, RecursionError) else exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ModelError(f"{f}: not an {FORMAT} manifest")
-    problem = manifest_problem(m)
+    try:
+        json.dumps(m)                       # the model id hashes it: nesting too deep for that fails here
+        problem = manifest_problem(m)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'a value of the wrong type'}"
     if problem:
         raise ModelError(f"{f}: malformed manifest ({problem})")
     return m
@@ -205,6 +233,8 @@ def manifest_problem(m: dict) -> str | None:
     if isinstance(channels, bool) or channels not in (1, 3):
         return f"channels must be 1 or 3, not {channels!r}"
     codec = m.get("codec", "hyperprior") if kind == "codec" else None
+    if kind == "codec" and codec not in ("hyperprior", "factorized"):
+        return f"unknown codec {codec!r}"
     missing = [g for g in REQUIRED_GRAPHS.get((kind, codec), ()) if g not in graphs]
     if missing:
         return f"no {', '.join(missing)} graph"

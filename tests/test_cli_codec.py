@@ -1197,3 +1197,56 @@ def test_packages_are_found_by_the_name_models_shows_and_staging_folders_are_not
     shutil.copytree(models / "copied", models / "again")
     r = aec("encode", photo, "-o", tmp_path / "s.aez", "-m", "renamed")
     assert r.returncode == 4 and "2 installed packages are named 'renamed'" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("case", ["codec_list", "deep", "huge_int", "fifo_manifest", "graph_to_dev_zero",
+                                  "graph_outside"])
+def test_a_hostile_or_broken_package_on_the_search_path_is_skipped(tmp_path, photo, case):
+    """One malformed package on the search path broke `models`, `decode` and `info` of every file
+    ('unexpected TypeError... a bug'); a package file that is a named pipe hung them, one linked to
+    /dev/zero read until memory ran out, one linked outside the package was read. Each is a model
+    problem now: skipped with a warning, and the other packages work."""
+    import shutil
+
+    from .conftest import ROOT
+
+    models = tmp_path / "models"
+    bad = models / "bad"
+    shutil.copytree(ROOT / "models" / "photo", bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    if case == "codec_list":
+        m["codec"] = ["hyperprior"]
+    elif case == "huge_int":
+        m = json.loads((ROOT / "models" / "denoise" / "manifest.json").read_text())
+        shutil.rmtree(bad)
+        shutil.copytree(ROOT / "models" / "denoise", bad)
+        m["residual_gain"]["sigma"][0] = 10 ** 400
+    if case in ("codec_list", "huge_int"):
+        (bad / "manifest.json").write_text(json.dumps(m))
+    elif case == "deep":
+        (bad / "manifest.json").write_text(json.dumps(m)[:-1] + ', "deep": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    elif case == "fifo_manifest":
+        (bad / "manifest.json").unlink()
+        os.mkfifo(bad / "manifest.json")
+    elif case == "graph_to_dev_zero":
+        (bad / "synthesis.onnx").unlink()
+        (bad / "synthesis.onnx").symlink_to("/dev/zero")
+    elif case == "graph_outside":
+        outside = tmp_path / "elsewhere.onnx"
+        shutil.copy(bad / "synthesis.onnx", outside)
+        (bad / "synthesis.onnx").unlink()
+        (bad / "synthesis.onnx").symlink_to(outside)
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+
+    def aec(*args):
+        return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], capture_output=True, text=True,
+                              timeout=60, env=env)
+
+    r = aec("models", "--json")
+    assert r.returncode == 0 and sorted(x["name"] for x in json.loads(r.stdout)) == ["denoise", "photo"], r.stderr
+    assert r.stderr.count("\n") == 1 and "aecompress: warning: skipped" in r.stderr and "unexpected" not in r.stderr
+    aez = tmp_path / "c.aez"
+    assert aec("encode", photo, "-o", aez).returncode == 0
+    assert aec("decode", aez, "-o", tmp_path / "c.png").returncode == 0 and aec("info", aez).returncode == 0
+    r = aec("encode", photo, "-o", tmp_path / "d.aez", "-m", bad)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "unexpected" not in r.stderr, r.stderr
