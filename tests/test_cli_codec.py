@@ -1250,3 +1250,22 @@ def test_a_hostile_or_broken_package_on_the_search_path_is_skipped(tmp_path, pho
     assert aec("decode", aez, "-o", tmp_path / "c.png").returncode == 0 and aec("info", aez).returncode == 0
     r = aec("encode", photo, "-o", tmp_path / "d.aez", "-m", bad)
     assert r.returncode == 4 and r.stderr.count("\n") == 1 and "unexpected" not in r.stderr, r.stderr
+
+
+def test_control_characters_from_names_and_manifests_reach_no_terminal(tmp_path):
+    """A manifest's name with escape codes (clear screen, cursor home) was printed raw by `models`,
+    and error lines kept ESC: control characters are written as escapes."""
+    import shutil
+
+    from aecompress.cli.common import one_line
+
+    from .conftest import ROOT
+
+    assert one_line("a\nb\x1b[2J\x07\tc") == "a\\nb\\x1b[2J\\x07\\tc"
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "photo", models / "sneaky")
+    m = json.loads((models / "sneaky" / "manifest.json").read_text())
+    (models / "sneaky" / "manifest.json").write_text(json.dumps({**m, "name": "evil\x1b[2J\x1b[H"}))
+    r = subprocess.run([sys.executable, "-m", "aecompress", "models"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "AECOMPRESS_MODELS": str(models), "COLUMNS": "200"})
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "evil\\x1b[2J" in r.stdout, r.stdout

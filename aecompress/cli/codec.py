@@ -269,12 +269,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     t.add_column("measured", ratio=1)
     for r in rows:
         ids = "\n".join([r["model_id"]] + [f"(and {h})" for h in r["decodes"]])   # older ids whose files it decodes
-        t.add_row(r["name"], f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), ids,
-                  _measured_summary(r["measured"]))
+        t.add_row(one_line(r["name"]), f"{r['kind']}" + (f" ({r['codec']})" if r["codec"] else ""), ids,
+                  one_line(_measured_summary(r["measured"])))    # a manifest's text: no escape codes
     console = Console()
     console.print(t)
     for r in rows:
-        console.print(f"{r['name']}: {r['path']}", highlight=False, soft_wrap=True)
+        console.print(one_line(f"{r['name']}: {r['path']}"), highlight=False, soft_wrap=True, markup=False)
 
 
 def _measured_summary(meas) -> str:

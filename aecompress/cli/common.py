@@ -103,9 +103,14 @@ def to_json(obj, indent: int | None = None) -> str:
     return json.dumps(_finite(obj), indent=indent, allow_nan=False)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
 def one_line(msg: str) -> str:
-    """A message as one line, whatever the file names in it hold (a newline is a legal name byte)."""
-    return msg.replace("\r", "\\r").replace("\n", "\\n")
+    """A message as one line of plain text, whatever the file names (a newline is a legal name byte)
+    or a model's manifest hold: control characters are written as escapes, so none moves the cursor,
+    clears the screen or starts a new line on the user's terminal."""
+    return msg.translate(_CONTROL)
 
 
 def error_line(msg: str) -> None:
