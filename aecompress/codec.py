@@ -192,7 +192,11 @@ class Codec:
         session = self.pkg.session("analysis")
 
         def g_a(tile: np.ndarray) -> np.ndarray:
-            return session(tile.astype(np.float32) * np.float32(1 / 255))
+            y = session(tile.astype(np.float32) * np.float32(1 / 255))
+            if self.kind == "hyperprior" and (y.ndim != 4 or y.shape[2:] != tuple(-(-n // 16) for n in tile.shape[2:])):
+                raise ModelError(f"model '{self.pkg.name}': its analysis gave an output of shape {tuple(y.shape)} "
+                                 f"for a tile of {tile.shape[3]}x{tile.shape[2]} (a 16th of its size expected)")
+            return y
 
         if self.kind == "hyperprior":
             ov = self._overlap["analysis"]
@@ -367,7 +371,13 @@ class Codec:
         session = self.pkg.session("synthesis")
 
         def g_s(tile: np.ndarray) -> np.ndarray:       # float tile -> uint8 tile: no full-size float image
-            return np.clip(np.round(session(tile) * 255.0), 0, 255).astype(np.uint8)
+            out = session(tile)
+            want = (1, self.channels, *(16 * n for n in tile.shape[2:])) if self.kind == "hyperprior" else None
+            if out.ndim != 4 or out.shape[:2] != (1, self.channels) or (want is not None and out.shape != want):
+                # a graph that does not fit its manifest: wrong sizes or channels, not a file's fault
+                raise ModelError(f"model '{self.pkg.name}': its synthesis gave an output of shape {tuple(out.shape)}"
+                                 + (f", not {want}" if want else f" for {self.channels}-channel images"))
+            return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
         if self.kind == "hyperprior":
             ov = self._overlap["synthesis"]

@@ -225,3 +225,33 @@ def test_a_header_that_asks_for_more_memory_than_is_free_is_refused(monkeypatch)
         decode_bytes(small, c.pkg)
     except AecError as exc:                # (an empty stream may still be damage)
         assert "needs about" not in str(exc)
+
+
+def test_graphs_whose_outputs_do_not_fit_the_manifest_are_model_errors():
+    """A synthesis that upsampled 8x instead of 16x decoded a 96x64 image reported as 192x128
+    (exit 0), one with 4 channels an RGBA file for an RGB one; an analysis with stride 8 made files
+    its own model could not decode. Each is a model error now, before anything is written."""
+    from aecompress.compress import decode_bytes, encode_picture, open_codec
+    from aecompress.errors import ModelError
+    from aecompress.imageio import Picture
+
+    pic = Picture(smooth_image(128, 192), "RGB", 8)
+    data = encode_picture(pic, open_codec(None, "cpu")).data
+
+    class Wrong:                           # a session whose output is cut or widened as a bad graph's
+        def __init__(self, real, change):
+            self.real, self.change = real, change
+
+        def __call__(self, *x):
+            return self.change(self.real(*x))
+
+    for graph, change in (("synthesis", lambda o: o[:, :, ::2, ::2]),
+                          ("synthesis", lambda o: np.concatenate([o, o[:, :1]], axis=1)),
+                          ("analysis", lambda o: np.repeat(np.repeat(o, 2, axis=2), 2, axis=3))):
+        codec = open_codec(None, "cpu")
+        codec.pkg._sessions[graph] = Wrong(codec.pkg.session(graph), change)
+        with pytest.raises(ModelError, match=f"its {graph} gave an output of shape"):
+            if graph == "analysis":
+                encode_picture(pic, codec)
+            else:
+                decode_bytes(data, codec.pkg)
