@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import AecError, DeviceError, OutputExists, extra_hint
-from .fsutil import STDOUT_ALIASES, StaleParts, first_writers, interrupts_deferred, is_stdio
+from .fsutil import STDOUT_ALIASES, StaleParts, first_writers, interrupts_deferred, is_stdio, taken
 from .imageio import format_named, is_image_name
 from .package import DEFAULT_DENOISER, load_package
 
@@ -40,12 +40,6 @@ class Job:
     rel: Path                       # path relative to its input root (the file name for file inputs)
     ref: Path | None = None
     error: str | None = None        # known to fail before it starts (a folder -r could not read)
-
-
-def taken(path: Path) -> bool:
-    """Whether an output name is in use: a file, or a link, even one that leads nowhere (writing
-    would replace it; --skip-existing leaves it, as encode and decode do)."""
-    return path.exists() or path.is_symlink()
 
 
 @dataclass

@@ -20,7 +20,7 @@ from . import container
 from .codec import Analysis, Codec
 from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
-                     write_stdout)
+                     taken, write_stdout)
 from .imageio import (Picture, image_bytes, read_image, save_image, srgb_conversion, to_channels8, to_rgb8,
                       to_srgb)
 from .ladder import resolution_name
@@ -375,7 +375,7 @@ def encode_file(inp: Path, out: Path, codec: Codec, force: bool = False, quality
     reconstruction is not made at all: `aecompress encode --quiet`, like cwebp without -print_psnr).
     check: as encode_picture's (called between steps; may raise to cancel, before anything is written)."""
     t0 = time.perf_counter()
-    if not is_stdio(out) and out.exists() and not force:
+    if not is_stdio(out) and taken(out) and not force:
         raise OutputExists(f"{out} exists (use --force to overwrite or --skip-existing)")
     if is_stdio(inp) or (inp.exists() and not inp.is_file()):     # a pipe has no size to stat: read it
         source, in_name = read_input(inp)
@@ -420,7 +420,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     """Decode one .aez file to an image file (extra, hint and cache as for decode_bytes; quality:
     of a lossy output format, default imageio.DEFAULT_QUALITY)."""
     t0 = time.perf_counter()
-    if not is_stdio(out) and out.exists() and not force:
+    if not is_stdio(out) and taken(out) and not force:
         raise OutputExists(f"{out} exists (use --force to overwrite or --skip-existing)")
     data, name = read_input(inp)
     try:

@@ -75,11 +75,17 @@ def first_writers(outputs: Iterable[Path | None]) -> list[int | None]:
             for i, out in enumerate(outputs)]
 
 
+def taken(path: Path) -> bool:
+    """Whether an output name is in use: a file, or a link, even one that leads nowhere (writing
+    would replace it without --force; --skip-existing leaves it)."""
+    return path.exists() or path.is_symlink()
+
+
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to overwrite an existing file unless force is set, and never replace anything but a
     regular file (a folder, a device such as /dev/null, a named pipe), even with force."""
     path = Path(path)
-    if (path.exists() or path.is_symlink()) and not force:
+    if taken(path) and not force:
         raise OutputExists(f"{path} exists (use --force to overwrite)")
     if path.is_dir():
         raise AecError(f"{path} is a folder")
@@ -298,7 +304,7 @@ def _place_new(tmp: Path, path: Path) -> None:
     except FileExistsError:
         raise OutputExists(f"{path} exists (use --force to overwrite)") from None
     except OSError:
-        if path.exists() or path.is_symlink():
+        if taken(path):
             raise OutputExists(f"{path} exists (use --force to overwrite)") from None
         os.replace(tmp, path)
         return

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
 from . import app
-from .common import (bad_value, device_option, nonempty_model, one_line, progress, run_many, threads_option, to_json,
-                     usage_error)
+from .common import (bad_value, check_skip, device_option, nonempty_model, one_line, progress, run_many,
+                     threads_option, to_json, usage_error)
 
 
 def _ratio(x: float, digits: int) -> str:
@@ -56,22 +56,17 @@ def _print(line: str, out: Path | None, plain: bool = False) -> None:
         raise AecError(f"{out} was written, but its report could not be printed ({exc.strerror or exc})") from None
 
 
-def _check_skip(skip_existing: bool, force: bool) -> None:
-    if skip_existing and force:
-        raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
-
-
 def _skip(path: Path, out: Path | None, skip_existing: bool, stale, quiet: bool, as_json: bool) -> bool:
     """Before a file is worked on: the temporary files a killed run (kill -9) left for its output
     go (stale: a StaleParts); then, with --skip-existing, True when out exists already, saying so
     unless --quiet (as the report lines do; with --json, whose objects are those of coded files, on
     standard error)."""
-    from ..fsutil import is_stdio
+    from ..fsutil import is_stdio, taken
 
     if out is None or is_stdio(out):
         return False
     stale.remove(out)
-    if not skip_existing or not (out.exists() or out.is_symlink()):
+    if not skip_existing or not taken(out):
         return False
     line = one_line(f"{path}: skipped ({out} exists)")
     if as_json:
@@ -79,6 +74,22 @@ def _skip(path: Path, out: Path | None, skip_existing: bool, stale, quiet: bool,
     elif not quiet:
         progress.print_line(line)
     return True
+
+
+def _unless_skipped(path: Path, out: Path | None, skip_existing: bool, stale, quiet: bool, as_json: bool,
+                    write: Callable[[], dict]) -> dict | None:
+    """write()'s report, or None for a file --skip-existing leaves: its output existed, or another
+    run wrote it while this one worked (the write then refuses to replace it)."""
+    from ..errors import OutputExists
+
+    if _skip(path, out, skip_existing, stale, quiet, as_json):
+        return None
+    try:
+        return write()
+    except OutputExists:
+        if skip_existing and _skip(path, out, skip_existing, stale, quiet, as_json):
+            return None
+        raise
 
 
 @app.command()
@@ -108,7 +119,7 @@ def encode(
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
     from ..compress import encode_file, open_codec, plan_outputs
-    from ..errors import AecError, OutputExists
+    from ..errors import AecError
     from ..fsutil import StaleParts
     from ..imageio import is_image_name
 
@@ -117,7 +128,7 @@ def encode(
     for flag, value in (("-q", quality), ("--bpp", bpp), ("--psnr", psnr)):
         if value is not None and not math.isfinite(value):
             raise bad_value(flag, f"must be a finite number, not {value}")
-    _check_skip(skip_existing, force)
+    check_skip(skip_existing, force)
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads, refine)
     stale = StaleParts()
@@ -126,15 +137,12 @@ def encode(
         path, out, error = job
         if error:
             raise AecError(error)
-        if _skip(path, out, skip_existing, stale, quiet, as_json):
+        # --quiet prints no report, so the reconstruction and its metrics are skipped
+        r = _unless_skipped(path, out, skip_existing, stale, quiet, as_json,
+                            lambda: encode_file(path, out, codec, force, quality, bpp, size, psnr,
+                                                metrics=as_json or not quiet))
+        if r is None:
             return None
-        try:
-            # --quiet prints no report, so the reconstruction and its metrics are skipped
-            r = encode_file(path, out, codec, force, quality, bpp, size, psnr, metrics=as_json or not quiet)
-        except OutputExists:
-            if skip_existing and _skip(path, out, skip_existing, stale, quiet, as_json):
-                return None             # another run wrote it meanwhile
-            raise
         if as_json:
             _print(to_json({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
             for n in r["_extra"]["notes"]:          # the JSON object keeps exactly the documented fields
@@ -166,11 +174,11 @@ def decode(
 ) -> None:
     """Decompress .aez files into images."""
     from ..compress import decode_file, plan_outputs
-    from ..errors import AecError, OutputExists
+    from ..errors import AecError
     from ..fsutil import StaleParts
     from ..package import load_package
 
-    _check_skip(skip_existing, force)
+    check_skip(skip_existing, force)
     plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
     pkg = load_package(model, device, threads) if model else None
     found: dict = {}                    # models found by id, opened once for all the files
@@ -180,14 +188,10 @@ def decode(
         path, out, error = job
         if error:
             raise AecError(error)
-        if _skip(path, out, skip_existing, stale, quiet, as_json):
+        r = _unless_skipped(path, out, skip_existing, stale, quiet, as_json,
+                            lambda: decode_file(path, out, pkg, force, device, threads, cache=found, quality=quality))
+        if r is None:
             return None
-        try:
-            r = decode_file(path, out, pkg, force, device, threads, cache=found, quality=quality)
-        except OutputExists:
-            if skip_existing and _skip(path, out, skip_existing, stale, quiet, as_json):
-                return None             # another run wrote it meanwhile
-            raise
         if as_json:
             _print(to_json(r), out, plain=True)
         elif not quiet:

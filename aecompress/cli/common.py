@@ -31,26 +31,33 @@ def _check_device(value: str) -> str:
     return value
 
 
-def bad_value(option: str, message: str):
-    """A value aecompress itself rejects in an option (`--ensemble 3`, `-q nan`): a usage error like
-    the ones Typer finds (one line naming the option and the --help to read, exit 2). Raise it."""
+def _command_context():
+    """The running command's click context (None outside one), from whichever click Typer uses:
+    the usage errors below name the command's --help through it."""
     import importlib
 
     from . import UsageError
 
-    click_globals = importlib.import_module(UsageError.__module__.rsplit(".", 1)[0] + ".globals")
-    return typer.BadParameter(message, ctx=click_globals.get_current_context(silent=True), param_hint=f"'{option}'")
+    return importlib.import_module(UsageError.__module__.rsplit(".", 1)[0] + ".globals").get_current_context(silent=True)
+
+
+def bad_value(option: str, message: str):
+    """A value aecompress itself rejects in an option (`--ensemble 3`, `-q nan`): a usage error like
+    the ones Typer finds (one line naming the option and the --help to read, exit 2). Raise it."""
+    return typer.BadParameter(message, ctx=_command_context(), param_hint=f"'{option}'")
 
 
 def usage_error(message: str):
     """Options that do not go together (`--skip-existing --force`, a dense-only option on a conv
     model): a usage error, one line with the --help to read, exit 2. Raise it."""
-    import importlib
-
     from . import UsageError
 
-    click_globals = importlib.import_module(UsageError.__module__.rsplit(".", 1)[0] + ".globals")
-    return UsageError(message, ctx=click_globals.get_current_context(silent=True))
+    return UsageError(message, ctx=_command_context())
+
+
+def check_skip(skip_existing: bool, force: bool) -> None:
+    if skip_existing and force:
+        raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
 
 
 def nonempty_model(value):

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import bad_value, device_option, nonempty_model, one_line, threads_option, to_json, usage_error
+from .common import bad_value, check_skip, device_option, nonempty_model, one_line, threads_option, to_json
 
 
 def _fmt(r, show_sigma: bool) -> str:
@@ -66,13 +66,13 @@ def denoise(
 ) -> None:
     """Remove noise from photos: blind model, tiled, resumable batches with atomic writes."""
 
-    from ..batch import ENGINES, plan_jobs, run_batch, taken
+    from ..batch import ENGINES, plan_jobs, run_batch
+    from ..fsutil import taken
     from ..denoise import ENSEMBLES
     from ..errors import AecError, ModelError
     from ..package import DEFAULT_DENOISER, load_package
 
-    if skip_existing and force:
-        raise usage_error("choose one: --skip-existing keeps existing outputs, --force replaces them")
+    check_skip(skip_existing, force)
     sig = _parse_sigma(sigma)
     if ensemble not in ENSEMBLES:
         raise bad_value("--ensemble", f"must be one of {', '.join(map(str, ENSEMBLES))}, not {ensemble}")
