@@ -1027,6 +1027,17 @@ def test_version_and_short_help():
     assert h.returncode == 0 and "--skip-existing" in h.stdout and h.stdout == run("encode", "--help").stdout
 
 
+def test_help_fits_80_columns():
+    """No option's name is cut short ('--checkpoint-ev…') in an 80-column terminal: the flag column
+    of `train --help` was widened by '--report/--no-report' until the names no longer fitted."""
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    for cmd in ("encode", "decode", "info", "models", "denoise", "gui", "train", "embed", "score"):
+        r = subprocess.run([sys.executable, "-m", "aecompress", cmd, "--help"], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0 and "--help" in r.stdout, (cmd, r.stderr)
+        assert "\u2026" not in r.stdout, f"{cmd} --help truncates:\n{r.stdout}"
+
+
 def test_skip_existing_resumes_a_batch(tmp_path, photo):
     """encode and decode --skip-existing leave existing outputs alone (a rerun after an interrupt),
     as denoise does; without it an existing output is an error naming both ways out."""

@@ -136,7 +136,7 @@ def train_cmd(
     quant_bits: int = typer.Option(4, min=1, max=16, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
     val_every: Optional[int] = typer.Option(None, min=1, help="dense: steps between validations (default: one epoch)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or step lines (the final 'wrote OUT' stays)"),
-    report: bool = typer.Option(True, "--report/--no-report", help="write the training report"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the training report (OUT/report/)"),
     force: bool = typer.Option(False, "--force", "-f", help="replace an existing package at OUT, or start over "
                                                             "where OUT.work/ holds an interrupted run"),
 ) -> None:
@@ -144,6 +144,7 @@ def train_cmd(
     if arch not in ("conv", "dense", "denoise"):
         raise bad_value("ARCH", f"unknown architecture '{arch}' (choose conv, dense or denoise)")
     _need_torch()
+    report = not no_report
     if mode not in ("auto", "L", "RGB"):
         raise bad_value("--mode", f"must be auto, L or RGB, not '{mode}'")
     out = Path(out)
