@@ -108,3 +108,174 @@ def test_scale_is_recorded_and_older_versions_still_read():
     body = bytes(data[:-4])
     with pytest.raises(CorruptFileError, match="flags"):
         container.unpack(body + struct.pack("<I", zlib.crc32(body)))
+
+
+# -- docs/aez-format.md, read independently of container.py ---------------------------------------
+# These tests parse freshly written files by the byte layout the format document gives (struct,
+# zlib, hashlib, constriction and numpy only), so the document and the code cannot drift apart
+# silently. Keep them free of aecompress's own parsing, table and hyper-synthesis code.
+
+def _doc_varint(b: bytes, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        shift += 7
+        if not c & 0x80:
+            return v, i
+
+
+def _doc_parse(b: bytes) -> dict:
+    assert b[:3] == b"AEZ"
+    assert struct.unpack("<I", b[-4:])[0] == zlib.crc32(b[:-4])
+    f = b[12]
+    width, i = _doc_varint(b, 13)
+    height, i = _doc_varint(b, i)
+    (quality,) = struct.unpack_from("<H", b, i)
+    n, i = _doc_varint(b, i + 2)
+    assert i + n <= len(b) - 4
+    num, den = ((1, 1), (2, 1), (4, 3))[f >> 6]
+    return {"version": b[3], "model_id": b[4:12], "mode": ("L", "LA", "RGB", "RGBA")[f & 3],
+            "bits": 16 if f & 4 else 8, "codec": ("hyperprior", "factorized")[f >> 3 & 1],
+            "channels": 3 if f & 16 else 1, "alpha_dropped": bool(f & 32), "scale_code": f >> 6,
+            "width": width, "height": height, "coded": (-(-width * den // num), -(-height * den // num)),
+            "quality": quality, "stream": b[i:i + n], "escapes": b[i + n:-4]}
+
+
+def _doc_model_id(folder) -> bytes:
+    import hashlib
+    import json
+
+    m = json.loads((folder / "manifest.json").read_text())
+    non_coding = {"description", "training", "measured", "notes", "license", "encoder", "quality_anchor", "decodes"}
+    h = hashlib.sha256(json.dumps({k: v for k, v in m.items() if k not in non_coding}, sort_keys=True).encode())
+    for name in sorted(set(m["graphs"].values()) | {m["tables"]}):
+        h.update(name.encode() + (folder / name).read_bytes())
+    return h.digest()[:8]
+
+
+class _DocTables:
+    """A table set as the document describes it: pmf/offset/length/minimum, escape last, constriction's
+    Categorical(freq / sum, perfect=False)."""
+
+    def __init__(self, t, prefix):
+        import constriction
+        import numpy as np
+
+        self.pmf, self.off, self.len, self.min = (t[f"{prefix}_{k}"].astype(np.int64)
+                                                  for k in ("pmf", "offset", "length", "minimum"))
+        self.model = lambda i: constriction.stream.model.Categorical(
+            (lambda fr: fr / fr.sum())(self.pmf[self.off[i]:self.off[i] + self.len[i]]), perfect=False)
+
+    def decode(self, dec, escapes: list, table_index):
+        import numpy as np
+
+        flat = np.asarray(table_index).ravel()
+        out = np.zeros(flat.shape, np.int64)
+        for t in sorted(set(flat.tolist())):             # grouped by table, raster order within
+            pos = np.flatnonzero(flat == t)
+            sym = np.asarray(dec.decode(self.model(t), len(pos)), np.int64)
+            v = sym + self.min[t]
+            for k in np.flatnonzero(sym == self.len[t] - 1):
+                v[k] = escapes.pop(0)
+            out[pos] = v
+        return out.reshape(np.shape(table_index))
+
+
+def _doc_hyper(t, z_hat):
+    import numpy as np
+
+    a = np.clip(z_hat.astype(np.float64), -(1 << 15), 1 << 15)
+    n = int(t["hs_layers"])
+    for i in range(n):
+        w, b, m = (t[f"hs_{k}{i}"].astype(np.float64) for k in ("w", "b", "mult"))
+        o, _, k, _ = w.shape
+        p, (h, wd) = k // 2, a.shape[1:]
+        ap = np.pad(a, ((0, 0), (p, p), (p, p)))
+        acc = sum(np.einsum("oc,chw->ohw", w[:, :, dy, dx], ap[:, dy:dy + h, dx:dx + wd])
+                  for dy in range(k) for dx in range(k)) + b[:, None, None]
+        if i == n - 1:
+            acc = acc * m[:, None, None]
+            return acc[:o // 2], acc[o // 2:]
+        a = np.clip(np.floor(acc * m[:, None, None] + 0.5), 0 if t[f"hs_relu{i}"] else -65535, 65535)
+        if t[f"hs_shuffle{i}"]:
+            c, h, wd = a.shape
+            a = a.reshape(c // 4, 2, 2, h, wd).transpose(0, 3, 1, 4, 2).reshape(c // 4, 2 * h, 2 * wd)
+
+
+def _doc_latents(data: bytes, folder):
+    """(header fields, z_hat, q, escape values left over) of a hyperprior file, decoded by the document."""
+    import json
+
+    import constriction
+    import numpy as np
+
+    f = _doc_parse(data)
+    m = json.loads((folder / "manifest.json").read_text())
+    t = dict(np.load(folder / "tables.npz"))
+    stream = f["stream"] + b"\0" * (-len(f["stream"]) % 4)
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+    escapes, i = [], 0
+    while i < len(f["escapes"]):
+        u, i = _doc_varint(f["escapes"], i)
+        escapes.append(u // 2 if u % 2 == 0 else -(u + 1) // 2)
+    pad = int(m["pad_multiple"])
+    (cw, ch) = f["coded"]
+    hp, wp = ch + (-ch % pad), cw + (-cw % pad)
+    zt, yt = _DocTables(t, "z"), _DocTables(t, "y")
+    nz = len(zt.len)
+    z = zt.decode(dec, escapes, np.broadcast_to(np.arange(nz)[:, None, None], (nz, hp // 64, wp // 64)))
+    mean, log_scale = _doc_hyper(t, z)
+    assert len(t["y_length"]) == len(t["log_scale_bounds"]) + 1
+    q = yt.decode(dec, escapes, np.searchsorted(t["log_scale_bounds"], log_scale))
+    return f, z, q, mean, escapes
+
+
+def test_written_files_follow_the_documented_layout(photo_codec):
+    import numpy as np
+
+    from .conftest import smooth_image
+
+    folder = photo_codec.pkg.path
+    a = photo_codec.analyse(smooth_image(70, 90, 3))
+    for position, mode, bits in ((photo_codec.span, "LA", 16), (0.0, "RGB", 8),
+                                 (photo_codec.ladder.position(4 / 3, 2.0), "RGBA", 8)):
+        data, st = photo_codec.code(a, position, mode=mode, bits=bits, alpha_dropped=mode.endswith("A"))
+        f, z, q, _, left = _doc_latents(data, folder)
+        assert (f["version"], f["model_id"]) == (3, _doc_model_id(folder))
+        assert (f["mode"], f["bits"], f["alpha_dropped"], f["codec"], f["channels"]) == (mode, bits, mode.endswith("A"),
+                                                                                         "hyperprior", 3)
+        assert (f["width"], f["height"]) == (90, 70)
+        assert f["scale_code"] == {1: 0, 2: 1, 4 / 3: 2}[st["scale"]]
+        assert f["quality"] == round(st["level"] * 1024)
+        assert f["stream"][-1:] != b"\0"                      # trailing zero bytes dropped
+        assert np.array_equal(z, st["z"]) and np.array_equal(q, st["q"]) and left == []
+
+
+def test_escapes_are_read_in_the_documented_order(photo_codec):
+    import numpy as np
+
+    from aecompress.entropy import Encoder
+
+    from .conftest import smooth_image
+
+    a = photo_codec.analyse(smooth_image(70, 90, 3))
+    data, st = photo_codec.code(a, 5.0)
+    z, q = st["z"].copy(), st["q"].copy()
+    # z beyond the hyper-synthesis' clip at 2^15, beside values inside it: the clip changes the means
+    z[1, 0, 0], z[0, 0, 0], z[2, 0, 1], z[3, 0, 1], z[0, 0, 1] = 1 << 20, -30000, -(1 << 20), 25000, -300
+    q[0, 0, 0], q[5, 1, 2], q[100, 2, 3] = 100, -150, 1 << 24
+    _, _, idx = photo_codec._entropy_params(z)
+    enc = Encoder()
+    enc.encode(z, photo_codec._channel_index(z.shape), photo_codec.z_tables)
+    enc.encode(q, idx, photo_codec.y_tables)
+    stream, escapes = enc.finish()
+    head = 3 + 1 + 8 + 1 + 1 + 1 + 2                    # 90 and 70 are one-byte varints
+    body = data[:head] + container._varint(len(stream.rstrip(b"\0"))) + stream.rstrip(b"\0") + escapes
+    forged = body + struct.pack("<I", zlib.crc32(body))
+    f, z2, q2, mean, left = _doc_latents(forged, photo_codec.pkg.path)
+    assert np.array_equal(z2, z) and np.array_equal(q2, q) and left == []
+    # means and scales come from the clipped z_hat: the document's hyper-synthesis is the code's
+    mean_code, log_scale_code = photo_codec.hyper(z)
+    assert np.array_equal(mean, mean_code)

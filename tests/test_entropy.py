@@ -142,3 +142,24 @@ def test_table_bits_predict_the_coded_size():
     predicted = t.bits(vals, idx).sum()
     actual = 8 * (len(stream) + len(escapes))
     assert abs(predicted - actual) < 0.02 * actual + 64
+
+
+def test_the_coders_model_is_the_documented_quantization_of_the_integer_table():
+    """docs/aez-format.md (Range coder): constriction's Categorical(freq / sum, perfect=False) puts
+    entry i at floor(F[i] x (2^24 - n) / T) + i of 2^24 (F: the sum before i, T: the total), which
+    is not freq x 2^24 / T. Each entry's width is measured as the bits that coding it 4096 times
+    takes; widths 16 and 17 (a frequency of 1 in a table of 2^20) differ by 0.09 bits a symbol."""
+    import constriction
+
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 40):
+        freq = quantize_pmf(rng.dirichlet(np.full(n - 1, 0.3)), total_bits=20)
+        f = np.concatenate([[0], np.cumsum(freq)])
+        start = f[:-1] * ((1 << 24) - len(freq)) // f[-1] + np.arange(len(freq))
+        width = np.diff(np.append(start, 1 << 24))
+        model = constriction.stream.model.Categorical(freq / freq.sum(), perfect=False)
+        for i in range(len(freq)):
+            enc = constriction.stream.queue.RangeEncoder()
+            enc.encode(np.full(4096, i, np.int32), model)
+            measured = 2.0 ** 24 / 2.0 ** (enc.num_bits() / 4096)
+            assert abs(measured - width[i]) < 0.2 * width[i] / 16 + 0.01 * width[i], (n, i, freq[i], width[i], measured)
