@@ -219,6 +219,28 @@ def test_greedy_pretraining_gives_a_working_stack(digits500, tmp_path):
     assert r.history[-1]["val_psnr"] >= after["psnr"] - 0.5
 
 
+def test_greedy_pretraining_with_batchnorm_fine_tunes_the_pretrained_stack():
+    """The greedy phase pretrains without BatchNorm; fine-tuning (train mode, batch statistics) must
+    start from the stack it pretrained, not one whose BatchNorm standardises every layer's activations
+    (that changed the code of a batch by ~70%: the layers above saw inputs they were not trained on)."""
+    images, _ = read_mnist(300)
+    x = F.to_tensor(images[:, :, :, None])
+    models = {}
+    for bn in (False, True):
+        torch.manual_seed(0)
+        m = D.DenseAE(D.DenseConfig(1, 28, 28, latent=8, hidden=(64, 32), batchnorm=bn))
+        m.init_output_bias(x.mean(0))
+        F.greedy_pretrain(m, x, 60, 64, 3e-3, 0)
+        models[bn] = m
+    ref, bn = models[False].eval(), models[True]
+    batch = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:128]]
+    with torch.no_grad():
+        code = ref.encode(batch)["code"]
+        assert torch.allclose(bn.eval().encode(batch)["code"], code, atol=1e-4)       # eval mode: the same stack
+        train_code = bn.train().encode(batch)["code"]
+    assert float((train_code - code).norm() / code.norm()) < 0.3
+
+
 def test_variational_codes_the_mean(digits500, tmp_path):
     r = quiet(small(digits500, tmp_path / "vae", variational=True, beta=1.0, steps=200, loss="bce"))
     assert r.obj.rate == 0 and r.model_cfg.variational

@@ -276,7 +276,8 @@ def evaluate(model: DenseAE, obj: Objective, x: torch.Tensor, quantized: bool, b
 def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr: float, seed: int,
                     on_step=None) -> list[dict]:
     """Train one shallow autoencoder per layer on the (cached) codes of the layers below, copy its
-    weights into the stack. Earlier layers are frozen by construction (their codes are cached)."""
+    weights into the stack. Earlier layers are frozen by construction (their codes are cached).
+    A model with BatchNorm gets it set to pass the pretrained activations through unchanged."""
     history = []
     h = x.flatten(1)
     depth = model.depth
@@ -322,7 +323,39 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
             h = (model.code_act(z) if i == depth - 1 else model.act(z)).detach()
         history.append({"layer": i + 1, "inputs": d_in, "units": d_out, "steps": steps, "mse": last,
                         "relative_mse": last / max(float(var), 1e-12)})
+    if model.enc_bn is not None:
+        batchnorm_as_identity(model, x)
     return history
+
+
+@torch.no_grad()
+def batchnorm_as_identity(model: DenseAE, x: torch.Tensor) -> None:
+    """Make every BatchNorm layer pass the pretrained stack's activations through unchanged.
+
+    The shallow autoencoders of the greedy phase have no BatchNorm, so each layer was pretrained on
+    the raw activations of the one below. A fresh BatchNorm (weight 1, bias 0) would standardise
+    those activations as soon as fine-tuning starts (train mode) and feed every layer inputs it was
+    not pretrained on: the stack fine-tuning starts from would not be the one pretrained. So each
+    BatchNorm gets the mean and variance of its input over the training images as running statistics
+    and as its affine map (weight sqrt(var + eps), bias mean): the identity in eval mode, and up to the
+    batch's deviation from the data's statistics in train mode."""
+    def fit(bn: torch.nn.BatchNorm1d, pre: torch.Tensor) -> None:
+        mean, var = pre.mean(0), pre.var(0, unbiased=False)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(torch.sqrt(var + bn.eps))
+        bn.bias.copy_(mean)
+
+    h = x.flatten(1)
+    for i in range(model.depth - 1):
+        pre = model.enc[i](h)
+        fit(model.enc_bn[i], pre)
+        h = model.act(pre)
+    h = model.code_act(model.enc[-1](h))
+    for j in range(model.depth - 1):
+        pre = F.linear(h, model.dec_weight(j), model.dec_b(j))
+        fit(model.dec_bn[j], pre)
+        h = model.act(pre)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
