@@ -241,6 +241,25 @@ def test_greedy_pretraining_with_batchnorm_fine_tunes_the_pretrained_stack():
     assert float((train_code - code).norm() / code.norm()) < 0.3
 
 
+def test_greedy_with_noise_pretrains_stacked_denoising_autoencoders():
+    """--greedy --noise: every layer of the greedy phase is a denoising autoencoder (Vincent et al.
+    2010), so the pretrained stack restores masked digits better than one pretrained on clean ones
+    (the greedy phase ignored --noise: only the fine-tuning was denoising)."""
+    images, _ = read_mnist(500)
+    x = F.to_tensor(images[:, :, :, None])
+    masked = F._corrupt_layer(x.flatten(1), ("mask", 0.5), torch.Generator().manual_seed(1), True, 1.0)
+    err = {}
+    for noise in ((), ("mask", 0.5)):
+        torch.manual_seed(0)
+        m = D.DenseAE(D.DenseConfig(1, 28, 28, latent=16, hidden=(64,)))
+        m.init_output_bias(x.mean(0))
+        F.greedy_pretrain(m, x, 300, 64, 3e-3, 0, noise=noise)
+        with torch.no_grad():
+            rec = m.eval().decode(m.encode(masked.reshape(x.shape))["code"])
+        err[noise] = float(((rec.reshape(x.shape) - x) ** 2).mean())
+    assert err[("mask", 0.5)] < 0.9 * err[()], err
+
+
 def test_variational_codes_the_mean(digits500, tmp_path):
     r = quiet(small(digits500, tmp_path / "vae", variational=True, beta=1.0, steps=200, loss="bce"))
     assert r.obj.rate == 0 and r.model_cfg.variational

@@ -274,13 +274,20 @@ def evaluate(model: DenseAE, obj: Objective, x: torch.Tensor, quantized: bool, b
 
 # -- greedy layer-wise pretraining ----------------------------------------------------------------
 def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr: float, seed: int,
-                    on_step=None) -> list[dict]:
+                    on_step=None, noise: tuple = ()) -> list[dict]:
     """Train one shallow autoencoder per layer on the (cached) codes of the layers below, copy its
     weights into the stack. Earlier layers are frozen by construction (their codes are cached).
-    A model with BatchNorm gets it set to pass the pretrained activations through unchanged."""
+    A model with BatchNorm gets it set to pass the pretrained activations through unchanged.
+
+    With `noise` (parse_noise) every layer is a denoising autoencoder, as in Vincent et al.'s
+    stacked denoising autoencoders (2010): it reconstructs its clean input from a corrupted one, the
+    codes passed up are those of clean inputs. Masking zeroes the same share of any layer's input;
+    Gaussian noise is as large against each layer's input spread as against the pixels' (and only the
+    pixels are clipped to [0, 1])."""
     history = []
     h = x.flatten(1)
     depth = model.depth
+    pixel_std = float(h.std()) or 1.0
     for i in range(depth):
         lin = model.enc[i]
         d_in, d_out = lin.in_features, lin.out_features
@@ -296,10 +303,11 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
         gen = torch.Generator(device="cpu").manual_seed(seed * 7919 + i)
         last = float("nan")
         var = ((h - h.mean(0)) ** 2).mean()          # MSE of predicting the mean: the scale of this layer's input
+        scale = float(h.std()) / pixel_std             # Gaussian corruption relative to this layer's input
         for s in range(steps):
             idx = torch.randint(0, h.shape[0], (min(batch, h.shape[0]),), generator=gen).to(x.device)
             hb = h[idx]
-            z = enc(hb)
+            z = enc(_corrupt_layer(hb, noise, gen, i == 0, scale) if noise else hb)
             z = model.code_act(z) if i == depth - 1 else model.act(z)
             w = enc.weight.t() if model.cfg.tied else dec_w
             r = F.linear(z, w, dec_b)
@@ -326,6 +334,16 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
     if model.enc_bn is not None:
         batchnorm_as_identity(model, x)
     return history
+
+
+def _corrupt_layer(h: torch.Tensor, noise: tuple, gen: torch.Generator, pixels: bool, scale: float) -> torch.Tensor:
+    """A greedy layer's corrupted input (seeded by the layer's generator): masking as for pixels,
+    Gaussian noise scaled by `scale` (the layer's input spread over the pixels') and clipped to
+    [0, 1] only on pixels."""
+    if noise[0] == "mask":
+        return h * (torch.rand(h.shape, generator=gen) >= noise[1]).to(h.device, h.dtype)
+    out = h + (noise[1] * scale) * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)
+    return out.clamp(0, 1) if pixels else out
 
 
 @torch.no_grad()
@@ -481,7 +499,8 @@ def train_dense(cfg: DenseTrainConfig, resume: bool = False, progress: bool = Tr
         with bar:
             if cfg.greedy and step == 0 and not greedy_history:
                 bar.describe("greedy pretraining")
-                greedy_history = greedy_pretrain(model, x_train, greedy_steps, cfg.batch, cfg.lr, cfg.seed, bar.advance)
+                greedy_history = greedy_pretrain(model, x_train, greedy_steps, cfg.batch, cfg.lr, cfg.seed, bar.advance,
+                                                 noise)
                 greedy_history.append({"after_pretraining": evaluate(model, obj, x_val, quantized=False)})
                 bar.describe("fine-tuning")
             model.train()
