@@ -238,6 +238,59 @@ def manifest_problem(m: dict) -> str | None:
     missing = [g for g in REQUIRED_GRAPHS.get((kind, codec), ()) if g not in graphs]
     if missing:
         return f"no {', '.join(missing)} graph"
+    return _sizes_problem(m, kind, codec)
+
+
+# Bounds (lowest, highest) of the manifest numbers that size the work, when a manifest has them. A
+# denoiser's align of 4096 padded a 192x128 image to 4096x4096 (GBs of memory); an overlap of
+# 100,000 turned the tiling off; a latent_channels of a billion made every file of the
+# model "damaged". The bounds leave room around what the shipped packages and the training's
+# exports write (align 8, receptive_radius 43; pad_multiple 64, levels 9, latent_channels 128,
+# overlap 64 and 4 latent cells; a dense codec's 28x28 input and 32-value latent): an overlap at
+# most a quarter of its tile (1024 pixels, 64 latent cells), at most 64 levels (a file stores its
+# level x 1024 in 16 bits).
+SIZE_BOUNDS = {
+    "denoiser": {"align": (1, 64), "receptive_radius": (0, 256)},
+    "codec": {"pad_multiple": (1, 256), "levels": (1, 64), "latent_channels": (1, 1024), "downsample": (1, 64)},
+}
+OVERLAP_BOUNDS = {"analysis": (0, 256), "synthesis": (0, 16)}
+MAX_INPUT_SIDE = 4096               # a fixed-size (factorized) codec's input_size
+MAX_LATENT_VALUES = 1 << 22         # a fixed-size codec's latent_shape: values a file holds
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sizes_problem(m: dict, kind: str, codec: str | None) -> str | None:
+    """What is wrong with the numbers of a manifest that size the work (see SIZE_BOUNDS), or None."""
+    for key, (lo, hi) in SIZE_BOUNDS[kind].items():
+        if key in m and not (_whole(m[key]) and lo <= m[key] <= hi):
+            return f"{key} must be a whole number from {lo} to {hi}, not {m[key]!r}"
+    if kind != "codec":
+        return None
+    if codec == "hyperprior":
+        # the decoder's grids are fixed: a latent cell is 16 pixels, a hyper-latent cell 64
+        if "downsample" in m and m["downsample"] != 16:
+            return f"a hyperprior codec's downsample is 16, not {m['downsample']!r}"
+        if "pad_multiple" in m and m["pad_multiple"] % 64:
+            return f"a hyperprior codec's pad_multiple must be a multiple of 64, not {m['pad_multiple']!r}"
+    ov = m.get("overlap", {})
+    if not isinstance(ov, dict):
+        return "overlap is not a table of tile overlaps"
+    for key, (lo, hi) in OVERLAP_BOUNDS.items():
+        v = ov.get(key, lo)
+        if not (_whole(v) and lo <= v <= hi):
+            return f"overlap.{key} must be a whole number from {lo} to {hi}, not {v!r}"
+    size = m.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_whole(v) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
+        return f"input_size must be a height and a width from 1 to {MAX_INPUT_SIDE}"
+    shape = m.get("latent_shape")
+    if shape is not None and not (isinstance(shape, list) and 1 <= len(shape) <= 3
+                                  and all(_whole(v) and v >= 1 for v in shape)
+                                  and math.prod(shape) <= MAX_LATENT_VALUES):
+        return f"latent_shape must be 1 to 3 positive sizes of at most {MAX_LATENT_VALUES} values in all"
     return None
 
 

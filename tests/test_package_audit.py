@@ -1,0 +1,69 @@
+"""Broken or hostile model packages (from an audit of them): each is refused as a model problem,
+in one line, before it can cost memory, hide a good package or be blamed on a file."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from aecompress.errors import ModelError
+from aecompress.package import load_package, manifest_problem, read_manifest
+
+from .conftest import ROOT
+
+
+def copy_package(tmp_path, name="photo", folder=None):
+    dst = tmp_path / (folder or f"{name}_copy")
+    shutil.copytree(ROOT / "models" / name, dst)
+    return dst
+
+
+def edit_manifest(pkg, **change):
+    m = json.loads((pkg / "manifest.json").read_text())
+    for k, v in change.items():
+        m[k] = v
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("denoise", {"align": 4096}, "align must be a whole number from 1 to 64, not 4096"),
+    ("denoise", {"align": 0}, "align must be"),
+    ("denoise", {"align": 8.5}, "align must be"),
+    ("denoise", {"receptive_radius": 10**6}, "receptive_radius must be"),
+    ("photo", {"pad_multiple": 4096}, "pad_multiple must be a whole number from 1 to 256"),
+    ("photo", {"pad_multiple": 32}, "pad_multiple must be a multiple of 64"),
+    ("photo", {"downsample": 8}, "downsample is 16"),
+    ("photo", {"latent_channels": 10**9}, "latent_channels must be"),
+    ("photo", {"levels": 100000}, "levels must be a whole number from 1 to 64"),
+    ("photo", {"levels": True}, "levels must be"),
+    ("photo", {"overlap": {"analysis": 100000, "synthesis": 4}}, "overlap.analysis must be"),
+    ("photo", {"overlap": {"analysis": 64, "synthesis": -1}}, "overlap.synthesis must be"),
+    ("photo", {"overlap": 64}, "overlap is not a table"),
+    ("photo", {"codec": "factorized", "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"},
+               "latent_shape": [1 << 30]}, "latent_shape must be"),
+    ("photo", {"codec": "factorized", "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"},
+               "input_size": [28, 10**6]}, "input_size must be"),
+])
+def test_manifest_numbers_that_size_the_work_are_bounded(tmp_path, name, change, words):
+    """A denoiser's align of 4096 padded a 192x128 image to 4096x4096 (GBs); a codec's pad_multiple,
+    overlaps, latent_channels and levels were taken as they came too: refused when the manifest is read."""
+    pkg = copy_package(tmp_path, name)
+    edit_manifest(pkg, **change)
+    with pytest.raises(ModelError, match="malformed manifest") as exc:
+        load_package(pkg)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_shipped_and_the_trainings_manifests_are_within_the_bounds():
+    for name in ("photo", "denoise"):
+        read_manifest(ROOT / "models" / name)
+    # as aecompress.train.export_dense and train.denoiser write them
+    dense = {"format": "aecompress-model/1", "name": "d", "kind": "codec", "codec": "factorized", "channels": 1,
+             "input_size": [28, 28], "latent_shape": [32], "levels": 1,
+             "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"}, "tables": "tables.npz"}
+    assert manifest_problem(dense) is None
+    den = {"format": "aecompress-model/1", "name": "dn", "kind": "denoiser", "channels": 3,
+           "graphs": {"denoise": "denoise.onnx"}, "align": 8, "receptive_radius": 43}
+    assert manifest_problem(den) is None
