@@ -67,3 +67,31 @@ def test_the_shipped_and_the_trainings_manifests_are_within_the_bounds():
     den = {"format": "aecompress-model/1", "name": "dn", "kind": "denoiser", "channels": 3,
            "graphs": {"denoise": "denoise.onnx"}, "align": 8, "receptive_radius": 43}
     assert manifest_problem(den) is None
+
+
+def test_tables_that_decompress_to_absurd_sizes_are_refused_before_loading(tmp_path, monkeypatch):
+    """Every array of tables.npz was decompressed on load: 1 GiB of zeros compresses to 1 MB. The zip
+    directory's sizes and each array's header are read first (here with the bound lowered, so the test
+    stays small: 4 MiB of zeros against 3 MiB)."""
+    import zipfile
+
+    import aecompress.package as package
+
+    monkeypatch.setattr(package, "MAX_TABLES_BYTES", 3 << 20)
+    assert load_package("photo").tables                       # the shipped tables are well inside
+    pkg = copy_package(tmp_path)
+    t = dict(np.load(pkg / "tables.npz"))
+    np.savez_compressed(pkg / "tables.npz", **t, pad=np.zeros(1 << 20, np.float32))
+    assert (pkg / "tables.npz").stat().st_size < 1 << 20
+    loaded, real_load = [], np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    with pytest.raises(ModelError, match=r"cannot read tables.npz \(its arrays hold 5 MiB, more than 3 MiB\)"):
+        load_package(pkg).tables
+    assert not loaded
+    # an array header that names far more than its entry holds (np.load makes the array first)
+    liar = copy_package(tmp_path, folder="liar")
+    with zipfile.ZipFile(liar / "tables.npz", "a") as z, z.open("big.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)})
+        f.write(bytes(64))
+    with pytest.raises(ModelError, match="big.npy names an array of shape"):
+        load_package(liar).tables
