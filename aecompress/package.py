@@ -110,7 +110,8 @@ class ModelPackage:
             graphs = self.manifest.get("graphs", {})
             if graph not in graphs:
                 raise ModelError(f"model package {self.name} has no '{graph}' graph")
-            self._sessions[graph] = open_session(package_file(self.path, graphs[graph]), self.device, self.threads)
+            self._sessions[graph] = open_session(package_file(self.path, graphs[graph]), self.device, self.threads,
+                                                 **self._signature(graph))
             self._provider = self._provider or self._sessions[graph].provider
         return self._sessions[graph]
 
@@ -129,9 +130,25 @@ class ModelPackage:
         if not name:
             return None
         if key not in self._sessions:
-            self._sessions[key] = open_session(package_file(self.path, name), self.device, self.threads)
+            self._sessions[key] = open_session(package_file(self.path, name), self.device, self.threads,
+                                               **ENCODER_SIGNATURES.get(key, {}))
             self._provider = self._provider or self._sessions[key].provider
         return self._sessions[key]
+
+    def _signature(self, graph: str) -> dict:
+        """What a graph the runtime runs with one array must take (session.signature_problem)."""
+        m = self.manifest
+        if graph == "denoise":                      # greyscale is run as three equal channels
+            return {"inputs": 1, "rank": 4, "channels": 3}
+        if graph == "analysis":
+            return {"inputs": 1, "rank": 4, "channels": self.channels}
+        latent = m.get("latent_shape") if m.get("codec", "hyperprior") == "factorized" else None
+        if graph == "synthesis" and latent:
+            return {"inputs": 1, "rank": 1 + len(latent), "channels": latent[0]}
+        if graph in ("hyper_analysis", "synthesis"):
+            return {"inputs": 1, "rank": 4 if m.get("codec", "hyperprior") == "hyperprior" else None,
+                    "channels": m.get("latent_channels")}
+        return {}
 
     @property
     def provider(self) -> str:
@@ -170,6 +187,11 @@ def tables_size_problem(path: Path) -> str | None:
             if math.prod(shape) * dtype.itemsize > e.file_size:
                 return f"{e.filename} names an array of shape {shape}, larger than the data it holds"
     return None
+
+
+# what the encoder-only graphs take and give (aecompress.refine: y, mean, scale, inv_gain, target and
+# mask -> bits, sse and their gradients)
+ENCODER_SIGNATURES = {"refine_graph": {"inputs": 6, "outputs": 4}}
 
 
 def package_file(folder: Path, name: str) -> Path:

@@ -95,3 +95,70 @@ def test_tables_that_decompress_to_absurd_sizes_are_refused_before_loading(tmp_p
         f.write(bytes(64))
     with pytest.raises(ModelError, match="big.npy names an array of shape"):
         load_package(liar).tables
+
+
+def retype_input(path, elem):
+    """The graph's input as another element type, cast to float inside (what a float16 export does)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = onnx.load(path)
+    name = g.graph.input[0].name
+    g.graph.input[0].type.tensor_type.elem_type = elem
+    for n in g.graph.node:
+        n.input[:] = [name + "_f" if x == name else x for x in n.input]
+    g.graph.node.insert(0, helper.make_node("Cast", [name], [name + "_f"], to=TensorProto.FLOAT))
+    onnx.save(g, path)
+
+
+def add_second_input(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = onnx.load(path)
+    name = g.graph.input[0].name
+    for n in g.graph.node:
+        n.input[:] = [name + "_s" if x == name else x for x in n.input]
+    g.graph.node.insert(0, helper.make_node("Add", [name, "extra"], [name + "_s"]))
+    g.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    onnx.save(g, path)
+
+
+@pytest.mark.parametrize("graph, damage, words", [
+    ("denoise", "float16", "input 'input' is float16, not float32"),
+    ("denoise", "int32", "input 'input' is int32, not float32"),
+    ("denoise", "two", "takes 2 inputs (input, extra), not 1"),
+    ("synthesis", "float16", "synthesis.onnx input 'input' is float16"),
+    ("analysis", "two", "analysis.onnx takes 2 inputs"),
+])
+def test_a_graph_that_takes_the_wrong_input_is_a_model_error_when_opened(tmp_path, graph, damage, words):
+    """A graph whose input is float16 or an integer, or that takes a second input, failed at its first
+    run as 'unexpected ... (a bug)' (exit 1): the session checks what it takes when it opens."""
+    from onnx import TensorProto
+
+    pkg = copy_package(tmp_path, "denoise" if graph == "denoise" else "photo")
+    path = pkg / f"{graph}.onnx"
+    if damage == "two":
+        add_second_input(path)
+    else:
+        retype_input(path, getattr(TensorProto, damage.upper()))
+    with pytest.raises(ModelError) as exc:
+        load_package(pkg, "cpu").session(graph)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_shipped_graphs_pass_the_session_checks():
+    for graph in ("analysis", "hyper_analysis", "synthesis"):
+        load_package("photo", "cpu").session(graph)
+    load_package("photo", "cpu").encoder_session("refine_graph")
+    load_package("denoise", "cpu").session("denoise")
+
+
+def test_encoding_with_a_two_input_analysis_exits_4(tmp_path):
+    from .test_cli_codec import run
+
+    pkg = copy_package(tmp_path)
+    add_second_input(pkg / "analysis.onnx")
+    r = run("encode", ROOT / "docs" / "samples" / "cat.png", "-m", pkg, "-o", tmp_path / "x.aez")
+    assert r.returncode == 4 and "analysis.onnx takes 2 inputs" in r.stderr and "unexpected" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "x.aez").exists()
