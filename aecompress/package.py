@@ -71,14 +71,19 @@ class ModelPackage:
         h = hashlib.sha256()
         coding = {k: v for k, v in self.manifest.items() if k not in NON_CODING_KEYS}
         h.update(json.dumps(coding, sort_keys=True).encode())
-        files = sorted(set(self.manifest.get("graphs", {}).values()) | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
+        graphs = set(self.manifest.get("graphs", {}).values())
+        files = sorted(graphs | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
         for name in files:
             p = package_file(self.path, name)
             h.update(name.encode())
             try:
-                h.update(p.read_bytes())
+                data = p.read_bytes()
             except OSError as exc:
                 raise ModelError(f"model package {self.path}: cannot read {name} ({exc.strerror or exc})") from None
+            problem = onnx_problem(data) if name in graphs else None
+            if problem:                     # `models` lists a package by its id: not one whose graph is junk
+                raise ModelError(f"model package {self.path}: {name} is not an ONNX model ({problem})")
+            h.update(data)
         return h.digest()[:16]
 
     def decodes(self, model_id: bytes) -> bool:
@@ -192,6 +197,47 @@ def tables_size_problem(path: Path) -> str | None:
 # what the encoder-only graphs take and give (aecompress.refine: y, mean, scale, inv_gain, target and
 # mask -> bits, sse and their gradients)
 ENCODER_SIGNATURES = {"refine_graph": {"inputs": 6, "outputs": 4}}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 70:
+        if pos >= len(data):
+            raise IndexError
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+    raise IndexError
+
+
+def onnx_problem(data: bytes) -> str | None:
+    """Why `data` is not an ONNX model, or None: its top level must parse as a protobuf message (each
+    field's tag, wire type and length inside the data, ending with it) that has a graph (ModelProto
+    field 7). Looks at a few dozen bytes whatever the graph's size, and loads nothing: a text file
+    named analysis.onnx was listed by `models` as a good package."""
+    pos, fields = 0, set()
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if number == 0 or wire not in (0, 1, 2, 5):
+                return f"byte {pos - 1} is not a field of a protobuf message"
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            else:
+                pos += 8 if wire == 1 else 4
+            if pos > len(data):
+                return "cut short"
+            fields.add(number)
+    except IndexError:
+        return "cut short"
+    return None if 7 in fields else "no graph in it"
 
 
 def package_file(folder: Path, name: str) -> Path:

@@ -162,3 +162,31 @@ def test_encoding_with_a_two_input_analysis_exits_4(tmp_path):
     r = run("encode", ROOT / "docs" / "samples" / "cat.png", "-m", pkg, "-o", tmp_path / "x.aez")
     assert r.returncode == 4 and "analysis.onnx takes 2 inputs" in r.stderr and "unexpected" not in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "x.aez").exists()
+
+
+def test_models_does_not_list_a_package_whose_graph_is_not_onnx(tmp_path):
+    """A text file named analysis.onnx (or a graph cut short) was listed by `models` as a good package:
+    the graphs hashed for the model id are checked to be protobuf messages with a graph in them (no
+    graph is loaded for the listing)."""
+    import os
+    import subprocess
+    import sys
+
+    from aecompress.package import onnx_problem
+
+    for f in sorted((ROOT / "models").glob("*/*.onnx")):
+        assert onnx_problem(f.read_bytes()) is None, f
+    models = tmp_path / "models"
+    copy_package(models, folder="text")
+    (models / "text" / "analysis.onnx").write_text("this is not a graph\n")
+    copy_package(models, folder="cut")
+    data = (models / "cut" / "synthesis.onnx").read_bytes()
+    (models / "cut" / "synthesis.onnx").write_bytes(data[: len(data) // 2])
+    r = subprocess.run([sys.executable, "-m", "aecompress", "models", "--json"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "AECOMPRESS_MODELS": str(models)})
+    assert r.returncode == 0, r.stderr
+    assert sorted(row["path"] for row in json.loads(r.stdout)) == sorted(
+        str(ROOT / "models" / n) for n in ("denoise", "photo"))
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and all(w.startswith("aecompress: warning: skipped") for w in lines), r.stderr
+    assert "analysis.onnx is not an ONNX model" in r.stderr and "synthesis.onnx is not an ONNX model (cut short)" in r.stderr
