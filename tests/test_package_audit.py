@@ -190,3 +190,75 @@ def test_models_does_not_list_a_package_whose_graph_is_not_onnx(tmp_path):
     lines = r.stderr.splitlines()
     assert len(lines) == 2 and all(w.startswith("aecompress: warning: skipped") for w in lines), r.stderr
     assert "analysis.onnx is not an ONNX model" in r.stderr and "synthesis.onnx is not an ONNX model (cut short)" in r.stderr
+
+
+def nan_output(path):
+    """The graph's output times NaN (a diverged model)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = onnx.load(path)
+    out = g.graph.output[0].name
+    for n in g.graph.node:
+        n.output[:] = [out + "_pre" if x == out else x for x in n.output]
+    g.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_c"))
+    g.graph.node.append(helper.make_node("Mul", [out + "_pre", "nan_c"], [out]))
+    onnx.save(g, path)
+
+
+@pytest.mark.parametrize("damage", ["nan", "two_inputs"])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_broken_denoiser_stops_the_batch_at_the_first_file_with_exit_4(tmp_path, damage, jobs):
+    """A denoiser that gives NaN, or whose graph takes two inputs, failed every file in turn, each
+    with its own error line, and the batch ended with exit 1: every file would fail alike, so it
+    stops as for a device that cannot start, with the model error's exit code."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    from .conftest import smooth_image
+
+    pkg = copy_package(tmp_path, "denoise")
+    (nan_output if damage == "nan" else add_second_input)(pkg / "denoise.onnx")
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(4):
+        Image.fromarray(smooth_image(32, 48, seed=k)).save(src / f"p{k}.png")
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(pkg), "-o", str(tmp_path / "out") + "/",
+                                 "-j", str(jobs)])
+    assert r.exit_code == 4, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("aecompress: error:")]
+    assert 1 <= len(errors) <= jobs and "unexpected" not in r.output and "denoise.onnx" in errors[0], r.output
+    assert "0 denoised" in r.output and "not started" in r.output
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+    r = CliRunner().invoke(app, ["denoise", str(src / "p0.png"), "-m", str(pkg), "-o", str(tmp_path / "one.png")])
+    assert r.exit_code == 4 and r.output.count("aecompress: error:") == 1, r.output
+
+
+def test_a_broken_denoiser_stops_a_ray_batch_too(tmp_path):
+    """On Ray workers: a graph that gives NaN stops the batch after its first file (exit 4), and one
+    that cannot open is one model error before any worker starts (each file failed as a dead worker)."""
+    pytest.importorskip("ray")
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    from .conftest import smooth_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(smooth_image(32, 48, seed=k)).save(src / f"p{k}.png")
+    nan = copy_package(tmp_path, "denoise", "nan")
+    nan_output(nan / "denoise.onnx")
+    two = copy_package(tmp_path, "denoise", "two")
+    add_second_input(two / "denoise.onnx")
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(two), "-o", str(tmp_path / "o2") + "/",
+                                 "--engine", "ray"])
+    assert isinstance(r.exception, ModelError) and "takes 2 inputs" in str(r.exception), (r.exception, r.output)
+    assert not (tmp_path / "o2").exists()
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(nan), "-o", str(tmp_path / "o1") + "/",
+                                 "--engine", "ray"])
+    assert r.exit_code == 4 and r.output.count("aecompress: error:") == 1 and "2 not started" in r.output, r.output
