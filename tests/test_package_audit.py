@@ -262,3 +262,40 @@ def test_a_broken_denoiser_stops_a_ray_batch_too(tmp_path):
     r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(nan), "-o", str(tmp_path / "o1") + "/",
                                  "--engine", "ray"])
     assert r.exit_code == 4 and r.output.count("aecompress: error:") == 1 and "2 not started" in r.output, r.output
+
+
+def test_a_synthesis_that_gives_nan_on_an_ordinary_file_is_the_models_fault(tmp_path):
+    """A package whose synthesis gives NaN (one that says it decodes the shipped model's files) made
+    every file it decoded 'damaged' (exit 3). A file whose values all lie inside their tables' ranges
+    (no escapes) is ordinary: the NaN is the model's (exit 4), as it is when the synthesis gives NaN
+    for a latent of zeros; a file whose escaped value overflows a sound synthesis is still damaged."""
+    from aecompress import container
+    from aecompress.compress import decode_bytes, open_codec
+    from aecompress.entropy import MAX_VALUE, Encoder
+    from aecompress.errors import CorruptFileError, NonFiniteOutput
+
+    from .conftest import smooth_image
+
+    codec = open_codec(None, "cpu", 1)
+    a = codec.analyse(smooth_image(48, 64, seed=2))
+    ordinary, st = codec.code(a, codec.quality_to_position(75))
+    assert container.split_payload(container.unpack(ordinary)[1])[1] == b""       # no escapes
+    q = st["q"].copy()
+    q.flat[0] = MAX_VALUE - 1
+    enc = Encoder()
+    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
+    enc.encode(q, st["idx"], codec.y_tables)
+    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
+                              scale=st["scale"])
+    escaped = container.pack(header, container.join_payload(*enc.finish()))
+
+    pkg = copy_package(tmp_path)
+    nan_output(pkg / "synthesis.onnx")
+    edit_manifest(pkg, decodes=[codec.pkg.model_id.hex()])
+    broken = load_package(pkg, "cpu", 1)
+    for data in (ordinary, escaped):
+        with pytest.raises(NonFiniteOutput, match="synthesis.onnx gave NaN"):
+            decode_bytes(data, broken)
+    with pytest.raises(CorruptFileError, match="far out of the model's range"):
+        decode_bytes(escaped, codec.pkg)
+    assert decode_bytes(ordinary, codec.pkg)[0].shape == (48, 64, 3)
