@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -454,21 +455,42 @@ MODEL_HINT = "pass it with -m"
 
 
 def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
-               threads: int | None = None, hint: str = MODEL_HINT) -> ModelPackage:
+               threads: int | None = None, hint: str = MODEL_HINT,
+               usable: Callable[[ModelPackage], object] | None = None) -> ModelPackage:
     """The codec package whose content hash starts with model_id, or that decodes that model's files
     (ModelPackage.decodes; only codecs make .aez files);
-    hint ends the error when none does (what to do about it where the caller runs)."""
-    found = []
+    hint ends the error when none does (what to do about it where the caller runs). usable, when
+    given, raises ModelError for a package that cannot serve (a broken copy with the same id, whose
+    manifest differs where the id does not look, or one that claims the id in `decodes`): the next
+    is tried, and the first one's error is raised when none can."""
+    listed: list[ModelPackage] = []
+    first: ModelError | None = None
+
+    def attempt(pkg: ModelPackage) -> ModelPackage:
+        found = ModelPackage(pkg.path, pkg.manifest, device, threads)
+        if usable is not None:
+            usable(found)
+        return found
+
     for pkg in (extra or []) + installed_packages():
         if pkg.kind != "codec":
             continue
         try:
-            if pkg.model_id[: len(model_id)] == model_id:          # the model that made it comes first
-                return ModelPackage(pkg.path, pkg.manifest, device, threads)
-            if pkg.decodes(model_id):
-                found.append(pkg)
+            exact = pkg.model_id[: len(model_id)] == model_id          # the model that made it comes first
+            if not exact and pkg.decodes(model_id):
+                listed.append(pkg)
         except ModelError:
             continue
-    if found:
-        return ModelPackage(found[0].path, found[0].manifest, device, threads)
+        if exact:
+            try:
+                return attempt(pkg)
+            except ModelError as exc:
+                first = first or exc
+    for pkg in listed:
+        try:
+            return attempt(pkg)
+        except ModelError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
     raise UnknownModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")

@@ -299,3 +299,39 @@ def test_a_synthesis_that_gives_nan_on_an_ordinary_file_is_the_models_fault(tmp_
     with pytest.raises(CorruptFileError, match="far out of the model's range"):
         decode_bytes(escaped, codec.pkg)
     assert decode_bytes(ordinary, codec.pkg)[0].shape == (48, 64, 3)
+
+
+def test_a_broken_copy_with_the_same_model_id_does_not_hide_the_good_package(tmp_path, monkeypatch):
+    """A copy of the shipped codec whose manifest is broken where the model id does not look (its
+    quality_anchor), earlier on the search path, made every file of that model fail to decode (exit
+    4) and `info` name no model: the next package with the id is tried."""
+    from aecompress.compress import decode_bytes, file_info, open_codec
+    from aecompress.package import find_by_id
+
+    from .conftest import smooth_image
+
+    codec = open_codec(None, "cpu", 1)
+    data, _ = codec.code(codec.analyse(smooth_image(48, 64, seed=3)), codec.quality_to_position(75))
+    models = tmp_path / "models"
+    broken = copy_package(models, folder="aphoto")
+    edit_manifest(broken, quality_anchor={"position": 1})
+    # and one that claims the id in `decodes` but whose tables do not fit it
+    claimer = copy_package(models, folder="bclaims")
+    edit_manifest(claimer, levels=3, decodes=[codec.pkg.model_id.hex()])
+    monkeypatch.setenv("AECOMPRESS_MODELS", str(models))
+    assert load_package(broken).model_id == codec.pkg.model_id
+    pixels, _, used = decode_bytes(data, device="cpu", threads=1)
+    assert used.pkg.path == ROOT / "models" / "photo" and pixels.shape == (48, 64, 3)
+    aez = tmp_path / "x.aez"
+    aez.write_bytes(data)
+    assert file_info(aez)["model"] == "photo"
+    # when none can serve, the first one's error is what the user reads; exact ids come first
+    tried = []
+
+    def refuse(pkg):
+        tried.append(pkg.path)
+        raise ModelError(f"{pkg.path.name} refused")
+
+    with pytest.raises(ModelError, match="aphoto refused"):
+        find_by_id(codec.pkg.model_id[:8], usable=refuse)
+    assert tried == [broken, ROOT / "models" / "photo", claimer]
