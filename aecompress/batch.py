@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AecError, DeviceError, OutputExists, extra_hint
+from .errors import AecError, DeviceError, ModelError, OutputExists, extra_hint
 from .fsutil import STDOUT_ALIASES, StaleParts, first_writers, interrupts_deferred, is_stdio, taken
 from .imageio import format_named, is_image_name
 from .package import DEFAULT_DENOISER, load_package
@@ -56,11 +56,13 @@ class JobResult:
     provider: str | None = None
     reference_error: str | None = None     # the output was written, but --reference could not score it
     notes: list[str] = field(default_factory=list)   # what reading changed (clipped or scaled samples)
+    exit_code: int | None = None    # a failure's (a model problem's is 4); not in as_dict
 
     def as_dict(self) -> dict:
         """The result as `denoise --json` prints it: `input` and `output` name the files, as in
         `encode --json`."""
         d = asdict(self)
+        d.pop("exit_code")
         return {"input": d.pop("src"), "output": d.pop("dst"), **d}
 
 
@@ -275,12 +277,12 @@ def reference_metrics(out, noisy, ref: Path) -> dict:
 
 
 def _result(job: Job, info: dict | None = None, error: str | None = None, status: str | None = None,
-            seconds: float = 0.0) -> JobResult:
+            seconds: float = 0.0, exit_code: int = 1) -> JobResult:
     info = info or {}
     return JobResult(str(job.src), str(job.dst), status or ("failed" if error else "done"), error,
                      round(seconds, 4), info.get("sigma_estimate"), info.get("psnr"), info.get("ssim"),
                      info.get("psnr_input"), info.get("provider"), info.get("reference_error"),
-                     list(info.get("notes", [])))
+                     list(info.get("notes", [])), exit_code if error else None)
 
 
 # ---------------------------------------------------------------- engines
@@ -370,7 +372,7 @@ def run_batch(inputs: Iterable[str | Path] | list[Job], output: str | Path | Non
 def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads, jobs, tile, sigma, ensemble, force,
                stale, address=None, quality=None, skip_existing=False) -> None:
     stop = threading.Event()
-    halt = threading.Event()            # the device cannot run: no more jobs start (not an interrupt)
+    halt = threading.Event()            # the device or the model cannot run: no more jobs start (not an interrupt)
 
     def cancelled() -> bool:
         return stop.is_set() or halt.is_set() or is_cancelled()
@@ -389,9 +391,9 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
             info = denoise_file(job.src, job.dst, local.pkg, force=force, tile=tile, sigma=sigma, ref=job.ref,
                                 cancel=cancelled, ensemble=ensemble, quality=quality)
             return _result(job, info, seconds=time.perf_counter() - t)
-        except DeviceError as exc:           # every file would fail alike: start no more
+        except (DeviceError, ModelError) as exc:     # every file would fail alike: start no more
             halt.set()
-            return _result(job, error=str(exc), seconds=time.perf_counter() - t)
+            return _result(job, error=str(exc), seconds=time.perf_counter() - t, exit_code=exc.exit_code)
         except OutputExists as exc:          # another run wrote it meanwhile
             if skip_existing:
                 return _result(job, status="skipped", seconds=time.perf_counter() - t)
@@ -465,7 +467,10 @@ def _run_local(todo: list[Job], report, is_cancelled, *, model, device, threads,
 # ---------------------------------------------------------------- Ray
 
 def _package_files(model) -> tuple[str, dict[str, bytes]]:
-    pkg = load_package(model)
+    pkg = load_package(model, device="cpu", threads=1)
+    # a graph that cannot open (not ONNX, the wrong inputs) is one model error here, not a dead
+    # worker reported for every file
+    pkg.session("denoise")
     names = ["manifest.json"] + sorted(set(pkg.manifest.get("graphs", {}).values()))
     return pkg.name, {n: (pkg.path / n).read_bytes() for n in names}
 
@@ -509,6 +514,9 @@ class _RayWorker:
             try:
                 info = denoise_file(src, dst, self.pkg, force=True, tile=tile, sigma=sigma, ref=ref_path,
                                     ensemble=ensemble, quality=quality)
+            except (DeviceError, ModelError) as exc:     # every file would fail alike: the driver stops
+                return {"error": str(exc).replace(str(src), name), "seconds": time.perf_counter() - t,
+                        "exit_code": exc.exit_code, "halt": True}
             except AecError as exc:
                 return {"error": str(exc).replace(str(src), name), "seconds": time.perf_counter() - t}
             except Exception as exc:  # noqa: BLE001
@@ -578,9 +586,10 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
         it = iter(todo)
         running: dict = {}
         free = list(actors)
+        halted = []                         # a model or device problem: no more jobs start
 
         def submit() -> None:
-            while free and not is_cancelled():
+            while free and not is_cancelled() and not halted:
                 job = next(it, None)
                 if job is None:
                     return
@@ -614,7 +623,10 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                     report(_result(job, error=f"{job.src}: worker failed ({type(exc).__name__})"))
                     continue
                 if "error" in res:
-                    report(_result(job, error=res["error"], seconds=res["seconds"]))
+                    if res.get("halt"):
+                        halted.append(job)
+                    report(_result(job, error=res["error"], seconds=res["seconds"],
+                                   exit_code=res.get("exit_code", 1)))
                     continue
                 try:
                     write_bytes_atomic(job.dst, res["data"], force=force)

@@ -434,9 +434,24 @@ class Codec:
         try:
             return self.render(y_hat, header.scale, header.height, header.width, check), header
         except NonFiniteOutput:
-            # the model encodes finite images; a checksummed file whose latent overflows it was
-            # damaged before its checksum was made, or made to harm
+            # Whose fault? Without escapes every value lies inside its table's range, which the
+            # model's own tables set (the shipped synthesis stays finite to 16 times beyond it): a
+            # NaN there is the model's, as it is when the synthesis gives NaN for a latent of zeros.
+            # Otherwise the file holds escaped values its model cannot take (an escape may reach
+            # 2^24): a checksummed file damaged before its checksum was made, or made to harm.
+            if not escapes or not self._synthesis_is_finite(y_hat.shape):
+                raise
             raise CorruptFileError("payload is damaged (its latent is far out of the model's range)") from None
+
+    def _synthesis_is_finite(self, shape: tuple[int, ...]) -> bool:
+        """Whether the synthesis gives finite values for a latent of zeros (a small one when it is
+        convolutional), the middle of every table."""
+        size = (shape[0], *(min(n, 4) for n in shape[1:])) if self.kind == "hyperprior" else shape
+        try:
+            self.pkg.session("synthesis")(np.zeros((1, *size), np.float32))
+        except NonFiniteOutput:
+            return False
+        return True
 
 
     def _check_stream_length(self, nbytes: int, hp: int, wp: int) -> None:

@@ -247,6 +247,13 @@ def quality_report(enc: "Encoded", mode: str, check: Callable[[], None] | None =
     return psnr(ref, rec), ms_ssim(ref, rec, check)
 
 
+def _can_decode(pkg: ModelPackage) -> None:
+    """ModelError unless the package can decode: its manifest makes a codec, its tables fit it, its
+    synthesis opens (find_by_id then tries the next package with the file's model id)."""
+    Codec(pkg).check_tables()
+    pkg.session("synthesis")
+
+
 def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "auto",
                  threads: int | None = None, extra: list[ModelPackage] | None = None,
                  check: Callable[[], None] | None = None, hint: str = MODEL_HINT, cache: dict | None = None
@@ -260,7 +267,7 @@ def decode_bytes(data: bytes, pkg: ModelPackage | None = None, device: str = "au
     if pkg is None:
         pkg = cache.get(header.model_id) if cache is not None else None
         if pkg is None:
-            pkg = find_by_id(header.model_id, extra, device, threads, hint)
+            pkg = find_by_id(header.model_id, extra, device, threads, hint, usable=_can_decode)
             if cache is not None:
                 cache[header.model_id] = pkg
     elif not pkg.decodes(header.model_id):
@@ -452,7 +459,7 @@ def file_info(path: Path, extra: list[ModelPackage] | None = None) -> dict:
     info = {"file": name, "bytes": len(data), **header.as_dict(),
             "resolution": resolution_name(header.scale), "bpp": len(data) * 8 / (header.width * header.height)}
     try:
-        codec = Codec(find_by_id(header.model_id, extra))
+        codec = Codec(find_by_id(header.model_id, extra, usable=Codec))
         info["model"] = codec.pkg.name
         info["quality"] = round(codec.position_to_quality(codec.ladder.position(header.scale, header.quality)), 1)
     except AecError:

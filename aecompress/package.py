@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -71,14 +72,19 @@ class ModelPackage:
         h = hashlib.sha256()
         coding = {k: v for k, v in self.manifest.items() if k not in NON_CODING_KEYS}
         h.update(json.dumps(coding, sort_keys=True).encode())
-        files = sorted(set(self.manifest.get("graphs", {}).values()) | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
+        graphs = set(self.manifest.get("graphs", {}).values())
+        files = sorted(graphs | ({self.manifest["tables"]} if "tables" in self.manifest else set()))
         for name in files:
             p = package_file(self.path, name)
             h.update(name.encode())
             try:
-                h.update(p.read_bytes())
+                data = p.read_bytes()
             except OSError as exc:
                 raise ModelError(f"model package {self.path}: cannot read {name} ({exc.strerror or exc})") from None
+            problem = onnx_problem(data) if name in graphs else None
+            if problem:                     # `models` lists a package by its id: not one whose graph is junk
+                raise ModelError(f"model package {self.path}: {name} is not an ONNX model ({problem})")
+            h.update(data)
         return h.digest()[:16]
 
     def decodes(self, model_id: bytes) -> bool:
@@ -96,10 +102,13 @@ class ModelPackage:
             return {}
         path = package_file(self.path, name)
         try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+            problem = tables_size_problem(path)
+            if problem is None:
+                with np.load(path) as z:
+                    return {k: z[k] for k in z.files}
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"model package {self.path}: cannot read {name} ({exc})") from None
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"model package {self.path}: cannot read {name} ({problem})")
 
     def session(self, graph: str) -> Session:
         """The inference session of one graph, opened once and reused."""
@@ -107,7 +116,8 @@ class ModelPackage:
             graphs = self.manifest.get("graphs", {})
             if graph not in graphs:
                 raise ModelError(f"model package {self.name} has no '{graph}' graph")
-            self._sessions[graph] = open_session(package_file(self.path, graphs[graph]), self.device, self.threads)
+            self._sessions[graph] = open_session(package_file(self.path, graphs[graph]), self.device, self.threads,
+                                                 **self._signature(graph))
             self._provider = self._provider or self._sessions[graph].provider
         return self._sessions[graph]
 
@@ -126,14 +136,109 @@ class ModelPackage:
         if not name:
             return None
         if key not in self._sessions:
-            self._sessions[key] = open_session(package_file(self.path, name), self.device, self.threads)
+            self._sessions[key] = open_session(package_file(self.path, name), self.device, self.threads,
+                                               **ENCODER_SIGNATURES.get(key, {}))
             self._provider = self._provider or self._sessions[key].provider
         return self._sessions[key]
+
+    def _signature(self, graph: str) -> dict:
+        """What a graph the runtime runs with one array must take (session.signature_problem)."""
+        m = self.manifest
+        if graph == "denoise":                      # greyscale is run as three equal channels
+            return {"inputs": 1, "rank": 4, "channels": 3}
+        if graph == "analysis":
+            return {"inputs": 1, "rank": 4, "channels": self.channels}
+        latent = m.get("latent_shape") if m.get("codec", "hyperprior") == "factorized" else None
+        if graph == "synthesis" and latent:
+            return {"inputs": 1, "rank": 1 + len(latent), "channels": latent[0]}
+        if graph in ("hyper_analysis", "synthesis"):
+            return {"inputs": 1, "rank": 4 if m.get("codec", "hyperprior") == "hyperprior" else None,
+                    "channels": m.get("latent_channels")}
+        return {}
 
     @property
     def provider(self) -> str:
         """Execution provider of the sessions opened so far (CPUExecutionProvider if none yet)."""
         return self._provider or "CPUExecutionProvider"
+
+
+# A tables file is loaded whole, every array decompressed: a 1 GiB array of zeros compresses to
+# 1 MB. The shipped photo codec's hold 1.5 MB in 32 arrays.
+MAX_TABLES_BYTES = 256 << 20
+MAX_TABLES_ARRAYS = 4096
+
+
+def tables_size_problem(path: Path) -> str | None:
+    """Why a tables file (.npz) is not to be loaded, or None: read from the zip directory and each
+    array's header, before any array is decompressed."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        entries = zf.infolist()
+        if len(entries) > MAX_TABLES_ARRAYS:
+            return f"{len(entries)} arrays, more than {MAX_TABLES_ARRAYS}"
+        total = sum(e.file_size for e in entries)
+        if total > MAX_TABLES_BYTES:
+            return f"its arrays hold {total / 2**20:.0f} MiB, more than {MAX_TABLES_BYTES >> 20} MiB"
+        for e in entries:
+            with zf.open(e) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    return f"{e.filename} is an .npy file of version {version[0]}.{version[1]}"
+            # np.load makes the array its header names before it reads the data
+            if math.prod(shape) * dtype.itemsize > e.file_size:
+                return f"{e.filename} names an array of shape {shape}, larger than the data it holds"
+    return None
+
+
+# what the encoder-only graphs take and give (aecompress.refine: y, mean, scale, inv_gain, target and
+# mask -> bits, sse and their gradients)
+ENCODER_SIGNATURES = {"refine_graph": {"inputs": 6, "outputs": 4}}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 70:
+        if pos >= len(data):
+            raise IndexError
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+    raise IndexError
+
+
+def onnx_problem(data: bytes) -> str | None:
+    """Why `data` is not an ONNX model, or None: its top level must parse as a protobuf message (each
+    field's tag, wire type and length inside the data, ending with it) that has a graph (ModelProto
+    field 7). Looks at a few dozen bytes whatever the graph's size, and loads nothing: a text file
+    named analysis.onnx was listed by `models` as a good package."""
+    pos, fields = 0, set()
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if number == 0 or wire not in (0, 1, 2, 5):
+                return f"byte {pos - 1} is not a field of a protobuf message"
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            else:
+                pos += 8 if wire == 1 else 4
+            if pos > len(data):
+                return "cut short"
+            fields.add(number)
+    except IndexError:
+        return "cut short"
+    return None if 7 in fields else "no graph in it"
 
 
 def package_file(folder: Path, name: str) -> Path:
@@ -238,6 +343,59 @@ def manifest_problem(m: dict) -> str | None:
     missing = [g for g in REQUIRED_GRAPHS.get((kind, codec), ()) if g not in graphs]
     if missing:
         return f"no {', '.join(missing)} graph"
+    return _sizes_problem(m, kind, codec)
+
+
+# Bounds (lowest, highest) of the manifest numbers that size the work, when a manifest has them. A
+# denoiser's align of 4096 padded a 192x128 image to 4096x4096 (GBs of memory); an overlap of
+# 100,000 turned the tiling off; a latent_channels of a billion made every file of the
+# model "damaged". The bounds leave room around what the shipped packages and the training's
+# exports write (align 8, receptive_radius 43; pad_multiple 64, levels 9, latent_channels 128,
+# overlap 64 and 4 latent cells; a dense codec's 28x28 input and 32-value latent): an overlap at
+# most a quarter of its tile (1024 pixels, 64 latent cells), at most 64 levels (a file stores its
+# level x 1024 in 16 bits).
+SIZE_BOUNDS = {
+    "denoiser": {"align": (1, 64), "receptive_radius": (0, 256)},
+    "codec": {"pad_multiple": (1, 256), "levels": (1, 64), "latent_channels": (1, 1024), "downsample": (1, 64)},
+}
+OVERLAP_BOUNDS = {"analysis": (0, 256), "synthesis": (0, 16)}
+MAX_INPUT_SIDE = 4096               # a fixed-size (factorized) codec's input_size
+MAX_LATENT_VALUES = 1 << 22         # a fixed-size codec's latent_shape: values a file holds
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sizes_problem(m: dict, kind: str, codec: str | None) -> str | None:
+    """What is wrong with the numbers of a manifest that size the work (see SIZE_BOUNDS), or None."""
+    for key, (lo, hi) in SIZE_BOUNDS[kind].items():
+        if key in m and not (_whole(m[key]) and lo <= m[key] <= hi):
+            return f"{key} must be a whole number from {lo} to {hi}, not {m[key]!r}"
+    if kind != "codec":
+        return None
+    if codec == "hyperprior":
+        # the decoder's grids are fixed: a latent cell is 16 pixels, a hyper-latent cell 64
+        if "downsample" in m and m["downsample"] != 16:
+            return f"a hyperprior codec's downsample is 16, not {m['downsample']!r}"
+        if "pad_multiple" in m and m["pad_multiple"] % 64:
+            return f"a hyperprior codec's pad_multiple must be a multiple of 64, not {m['pad_multiple']!r}"
+    ov = m.get("overlap", {})
+    if not isinstance(ov, dict):
+        return "overlap is not a table of tile overlaps"
+    for key, (lo, hi) in OVERLAP_BOUNDS.items():
+        v = ov.get(key, lo)
+        if not (_whole(v) and lo <= v <= hi):
+            return f"overlap.{key} must be a whole number from {lo} to {hi}, not {v!r}"
+    size = m.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_whole(v) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
+        return f"input_size must be a height and a width from 1 to {MAX_INPUT_SIDE}"
+    shape = m.get("latent_shape")
+    if shape is not None and not (isinstance(shape, list) and 1 <= len(shape) <= 3
+                                  and all(_whole(v) and v >= 1 for v in shape)
+                                  and math.prod(shape) <= MAX_LATENT_VALUES):
+        return f"latent_shape must be 1 to 3 positive sizes of at most {MAX_LATENT_VALUES} values in all"
     return None
 
 
@@ -297,21 +455,42 @@ MODEL_HINT = "pass it with -m"
 
 
 def find_by_id(model_id: bytes, extra: list[ModelPackage] | None = None, device: str = "auto",
-               threads: int | None = None, hint: str = MODEL_HINT) -> ModelPackage:
+               threads: int | None = None, hint: str = MODEL_HINT,
+               usable: Callable[[ModelPackage], object] | None = None) -> ModelPackage:
     """The codec package whose content hash starts with model_id, or that decodes that model's files
     (ModelPackage.decodes; only codecs make .aez files);
-    hint ends the error when none does (what to do about it where the caller runs)."""
-    found = []
+    hint ends the error when none does (what to do about it where the caller runs). usable, when
+    given, raises ModelError for a package that cannot serve (a broken copy with the same id, whose
+    manifest differs where the id does not look, or one that claims the id in `decodes`): the next
+    is tried, and the first one's error is raised when none can."""
+    listed: list[ModelPackage] = []
+    first: ModelError | None = None
+
+    def attempt(pkg: ModelPackage) -> ModelPackage:
+        found = ModelPackage(pkg.path, pkg.manifest, device, threads)
+        if usable is not None:
+            usable(found)
+        return found
+
     for pkg in (extra or []) + installed_packages():
         if pkg.kind != "codec":
             continue
         try:
-            if pkg.model_id[: len(model_id)] == model_id:          # the model that made it comes first
-                return ModelPackage(pkg.path, pkg.manifest, device, threads)
-            if pkg.decodes(model_id):
-                found.append(pkg)
+            exact = pkg.model_id[: len(model_id)] == model_id          # the model that made it comes first
+            if not exact and pkg.decodes(model_id):
+                listed.append(pkg)
         except ModelError:
             continue
-    if found:
-        return ModelPackage(found[0].path, found[0].manifest, device, threads)
+        if exact:
+            try:
+                return attempt(pkg)
+            except ModelError as exc:
+                first = first or exc
+    for pkg in listed:
+        try:
+            return attempt(pkg)
+        except ModelError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
     raise UnknownModelError(f"no installed model package matches this file (model id {model_id.hex()}); {hint}")

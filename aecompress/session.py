@@ -105,8 +105,32 @@ def check_device(device: str) -> None:
         raise AecError(f"CUDA was requested but this onnxruntime has no CUDA provider: {extra_hint('gpu')}")
 
 
-def open_session(path: str | Path, device: str = "auto", threads: int | None = None) -> Session:
-    """Open an ONNX graph. device: auto (CUDA when it really works, else CPU), cpu or cuda."""
+def signature_problem(sess, inputs: int | None = None, rank: int | None = None, channels: int | None = None,
+                      outputs: int = 1) -> str | None:
+    """What keeps an opened graph from being run the way its package says, or None: every input and
+    output float32 (the runtime feeds and reads float32), `inputs` inputs, at least `outputs`
+    outputs, and the first input's number of axes and channels (axis 1) where the graph fixes them.
+    A graph that took float16 or two inputs failed at its first run as 'unexpected ... a bug'."""
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    if inputs is not None and len(ins) != inputs:
+        return f"takes {len(ins)} inputs ({', '.join(i.name for i in ins[:4])}), not {inputs}"
+    if len(outs) < outputs:
+        return f"gives {len(outs)} outputs, not {outputs}"
+    for what, args in (("input", ins), ("output", outs)):
+        for a in args:
+            if a.type != "tensor(float)":
+                return f"{what} '{a.name}' is {a.type.removeprefix('tensor(').rstrip(')')}, not float32"
+    shape = ins[0].shape if ins else None
+    if rank is not None and shape and len(shape) != rank:      # [] when the graph gives no shape
+        return f"input '{ins[0].name}' has {len(shape)} axes, not {rank}"
+    if channels is not None and shape and len(shape) > 1 and isinstance(shape[1], int) and shape[1] != channels:
+        return f"input '{ins[0].name}' has {shape[1]} channels, not {channels}"
+    return None
+
+
+def open_session(path: str | Path, device: str = "auto", threads: int | None = None, **signature) -> Session:
+    """Open an ONNX graph. device: auto (CUDA when it really works, else CPU), cpu or cuda.
+    signature: what the graph must take and give (see signature_problem); a ModelError if it does not."""
     ort = _ort()
     path = Path(path)
     check_device(device)
@@ -131,6 +155,9 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         else:
             raise ModelError(f"cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+    problem = signature_problem(sess, **signature)
+    if problem:
+        raise ModelError(f"model {path.parent.name}: {path.name} {problem}")
     provider = sess.get_providers()[0]
     if device == "cuda" and provider != "CUDAExecutionProvider":
         raise DeviceError("CUDA was requested but onnxruntime could not start it on this machine "

@@ -191,7 +191,10 @@ def denoise(
         d.pop("results")
         print(to_json({"summary": d}), flush=True)
     elif (not single or reference is not None) and not quiet:
-        line = f"{summary.done} denoised, {summary.skipped} skipped, {summary.failed} failed in {summary.seconds:.1f} s"
+        line = f"{summary.done} denoised, {summary.skipped} skipped, {summary.failed} failed"
+        if summary.not_started and not summary.cancelled:       # stopped by a model or device problem
+            line += f", {summary.not_started} not started"
+        line += f" in {summary.seconds:.1f} s"
         if reference is not None:
             scored = sum(r.psnr is not None for r in summary.results)
             line += f"; {scored} of {summary.done} scored against a reference"
@@ -202,4 +205,7 @@ def denoise(
     elif summary.failed and not single:
         print(f"{summary.done} denoised, {summary.failed} failed", file=sys.stderr)
     if summary.failed:
-        raise typer.Exit(1)
+        # the failures' exit code when they share one (a broken model, which stops the batch at
+        # its first file: 4), as encode and decode end
+        codes = {r.exit_code or 1 for r in summary.results if r.status == "failed"}
+        raise typer.Exit(codes.pop() if len(codes) == 1 else 1)

@@ -1,0 +1,338 @@
+"""Broken or hostile model packages (from an audit of them): each is refused as a model problem,
+in one line, before it can cost memory, hide a good package or be blamed on a file."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from aecompress.errors import ModelError
+from aecompress.package import load_package, manifest_problem, read_manifest
+
+from .conftest import ROOT
+
+
+def copy_package(tmp_path, name="photo", folder=None):
+    dst = tmp_path / (folder or f"{name}_copy")
+    shutil.copytree(ROOT / "models" / name, dst)
+    return dst
+
+
+def edit_manifest(pkg, **change):
+    m = json.loads((pkg / "manifest.json").read_text())
+    for k, v in change.items():
+        m[k] = v
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("denoise", {"align": 4096}, "align must be a whole number from 1 to 64, not 4096"),
+    ("denoise", {"align": 0}, "align must be"),
+    ("denoise", {"align": 8.5}, "align must be"),
+    ("denoise", {"receptive_radius": 10**6}, "receptive_radius must be"),
+    ("photo", {"pad_multiple": 4096}, "pad_multiple must be a whole number from 1 to 256"),
+    ("photo", {"pad_multiple": 32}, "pad_multiple must be a multiple of 64"),
+    ("photo", {"downsample": 8}, "downsample is 16"),
+    ("photo", {"latent_channels": 10**9}, "latent_channels must be"),
+    ("photo", {"levels": 100000}, "levels must be a whole number from 1 to 64"),
+    ("photo", {"levels": True}, "levels must be"),
+    ("photo", {"overlap": {"analysis": 100000, "synthesis": 4}}, "overlap.analysis must be"),
+    ("photo", {"overlap": {"analysis": 64, "synthesis": -1}}, "overlap.synthesis must be"),
+    ("photo", {"overlap": 64}, "overlap is not a table"),
+    ("photo", {"codec": "factorized", "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"},
+               "latent_shape": [1 << 30]}, "latent_shape must be"),
+    ("photo", {"codec": "factorized", "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"},
+               "input_size": [28, 10**6]}, "input_size must be"),
+])
+def test_manifest_numbers_that_size_the_work_are_bounded(tmp_path, name, change, words):
+    """A denoiser's align of 4096 padded a 192x128 image to 4096x4096 (GBs); a codec's pad_multiple,
+    overlaps, latent_channels and levels were taken as they came too: refused when the manifest is read."""
+    pkg = copy_package(tmp_path, name)
+    edit_manifest(pkg, **change)
+    with pytest.raises(ModelError, match="malformed manifest") as exc:
+        load_package(pkg)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_shipped_and_the_trainings_manifests_are_within_the_bounds():
+    for name in ("photo", "denoise"):
+        read_manifest(ROOT / "models" / name)
+    # as aecompress.train.export_dense and train.denoiser write them
+    dense = {"format": "aecompress-model/1", "name": "d", "kind": "codec", "codec": "factorized", "channels": 1,
+             "input_size": [28, 28], "latent_shape": [32], "levels": 1,
+             "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"}, "tables": "tables.npz"}
+    assert manifest_problem(dense) is None
+    den = {"format": "aecompress-model/1", "name": "dn", "kind": "denoiser", "channels": 3,
+           "graphs": {"denoise": "denoise.onnx"}, "align": 8, "receptive_radius": 43}
+    assert manifest_problem(den) is None
+
+
+def test_tables_that_decompress_to_absurd_sizes_are_refused_before_loading(tmp_path, monkeypatch):
+    """Every array of tables.npz was decompressed on load: 1 GiB of zeros compresses to 1 MB. The zip
+    directory's sizes and each array's header are read first (here with the bound lowered, so the test
+    stays small: 4 MiB of zeros against 3 MiB)."""
+    import zipfile
+
+    import aecompress.package as package
+
+    monkeypatch.setattr(package, "MAX_TABLES_BYTES", 3 << 20)
+    assert load_package("photo").tables                       # the shipped tables are well inside
+    pkg = copy_package(tmp_path)
+    t = dict(np.load(pkg / "tables.npz"))
+    np.savez_compressed(pkg / "tables.npz", **t, pad=np.zeros(1 << 20, np.float32))
+    assert (pkg / "tables.npz").stat().st_size < 1 << 20
+    loaded, real_load = [], np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    with pytest.raises(ModelError, match=r"cannot read tables.npz \(its arrays hold 5 MiB, more than 3 MiB\)"):
+        load_package(pkg).tables
+    assert not loaded
+    # an array header that names far more than its entry holds (np.load makes the array first)
+    liar = copy_package(tmp_path, folder="liar")
+    with zipfile.ZipFile(liar / "tables.npz", "a") as z, z.open("big.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)})
+        f.write(bytes(64))
+    with pytest.raises(ModelError, match="big.npy names an array of shape"):
+        load_package(liar).tables
+
+
+def retype_input(path, elem):
+    """The graph's input as another element type, cast to float inside (what a float16 export does)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = onnx.load(path)
+    name = g.graph.input[0].name
+    g.graph.input[0].type.tensor_type.elem_type = elem
+    for n in g.graph.node:
+        n.input[:] = [name + "_f" if x == name else x for x in n.input]
+    g.graph.node.insert(0, helper.make_node("Cast", [name], [name + "_f"], to=TensorProto.FLOAT))
+    onnx.save(g, path)
+
+
+def add_second_input(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = onnx.load(path)
+    name = g.graph.input[0].name
+    for n in g.graph.node:
+        n.input[:] = [name + "_s" if x == name else x for x in n.input]
+    g.graph.node.insert(0, helper.make_node("Add", [name, "extra"], [name + "_s"]))
+    g.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    onnx.save(g, path)
+
+
+@pytest.mark.parametrize("graph, damage, words", [
+    ("denoise", "float16", "input 'input' is float16, not float32"),
+    ("denoise", "int32", "input 'input' is int32, not float32"),
+    ("denoise", "two", "takes 2 inputs (input, extra), not 1"),
+    ("synthesis", "float16", "synthesis.onnx input 'input' is float16"),
+    ("analysis", "two", "analysis.onnx takes 2 inputs"),
+])
+def test_a_graph_that_takes_the_wrong_input_is_a_model_error_when_opened(tmp_path, graph, damage, words):
+    """A graph whose input is float16 or an integer, or that takes a second input, failed at its first
+    run as 'unexpected ... (a bug)' (exit 1): the session checks what it takes when it opens."""
+    from onnx import TensorProto
+
+    pkg = copy_package(tmp_path, "denoise" if graph == "denoise" else "photo")
+    path = pkg / f"{graph}.onnx"
+    if damage == "two":
+        add_second_input(path)
+    else:
+        retype_input(path, getattr(TensorProto, damage.upper()))
+    with pytest.raises(ModelError) as exc:
+        load_package(pkg, "cpu").session(graph)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_shipped_graphs_pass_the_session_checks():
+    for graph in ("analysis", "hyper_analysis", "synthesis"):
+        load_package("photo", "cpu").session(graph)
+    load_package("photo", "cpu").encoder_session("refine_graph")
+    load_package("denoise", "cpu").session("denoise")
+
+
+def test_encoding_with_a_two_input_analysis_exits_4(tmp_path):
+    from .test_cli_codec import run
+
+    pkg = copy_package(tmp_path)
+    add_second_input(pkg / "analysis.onnx")
+    r = run("encode", ROOT / "docs" / "samples" / "cat.png", "-m", pkg, "-o", tmp_path / "x.aez")
+    assert r.returncode == 4 and "analysis.onnx takes 2 inputs" in r.stderr and "unexpected" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "x.aez").exists()
+
+
+def test_models_does_not_list_a_package_whose_graph_is_not_onnx(tmp_path):
+    """A text file named analysis.onnx (or a graph cut short) was listed by `models` as a good package:
+    the graphs hashed for the model id are checked to be protobuf messages with a graph in them (no
+    graph is loaded for the listing)."""
+    import os
+    import subprocess
+    import sys
+
+    from aecompress.package import onnx_problem
+
+    for f in sorted((ROOT / "models").glob("*/*.onnx")):
+        assert onnx_problem(f.read_bytes()) is None, f
+    models = tmp_path / "models"
+    copy_package(models, folder="text")
+    (models / "text" / "analysis.onnx").write_text("this is not a graph\n")
+    copy_package(models, folder="cut")
+    data = (models / "cut" / "synthesis.onnx").read_bytes()
+    (models / "cut" / "synthesis.onnx").write_bytes(data[: len(data) // 2])
+    r = subprocess.run([sys.executable, "-m", "aecompress", "models", "--json"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "AECOMPRESS_MODELS": str(models)})
+    assert r.returncode == 0, r.stderr
+    assert sorted(row["path"] for row in json.loads(r.stdout)) == sorted(
+        str(ROOT / "models" / n) for n in ("denoise", "photo"))
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and all(w.startswith("aecompress: warning: skipped") for w in lines), r.stderr
+    assert "analysis.onnx is not an ONNX model" in r.stderr
+    assert "synthesis.onnx is not an ONNX model (cut short)" in r.stderr
+
+
+def nan_output(path):
+    """The graph's output times NaN (a diverged model)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = onnx.load(path)
+    out = g.graph.output[0].name
+    for n in g.graph.node:
+        n.output[:] = [out + "_pre" if x == out else x for x in n.output]
+    g.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_c"))
+    g.graph.node.append(helper.make_node("Mul", [out + "_pre", "nan_c"], [out]))
+    onnx.save(g, path)
+
+
+@pytest.mark.parametrize("damage", ["nan", "two_inputs"])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_broken_denoiser_stops_the_batch_at_the_first_file_with_exit_4(tmp_path, damage, jobs):
+    """A denoiser that gives NaN, or whose graph takes two inputs, failed every file in turn, each
+    with its own error line, and the batch ended with exit 1: every file would fail alike, so it
+    stops as for a device that cannot start, with the model error's exit code."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    from .conftest import smooth_image
+
+    pkg = copy_package(tmp_path, "denoise")
+    (nan_output if damage == "nan" else add_second_input)(pkg / "denoise.onnx")
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(4):
+        Image.fromarray(smooth_image(32, 48, seed=k)).save(src / f"p{k}.png")
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(pkg), "-o", str(tmp_path / "out") + "/",
+                                 "-j", str(jobs)])
+    assert r.exit_code == 4, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("aecompress: error:")]
+    assert 1 <= len(errors) <= jobs and "unexpected" not in r.output and "denoise.onnx" in errors[0], r.output
+    assert "0 denoised" in r.output and "not started" in r.output
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+    r = CliRunner().invoke(app, ["denoise", str(src / "p0.png"), "-m", str(pkg), "-o", str(tmp_path / "one.png")])
+    assert r.exit_code == 4 and r.output.count("aecompress: error:") == 1, r.output
+
+
+def test_a_broken_denoiser_stops_a_ray_batch_too(tmp_path):
+    """On Ray workers: a graph that gives NaN stops the batch after its first file (exit 4), and one
+    that cannot open is one model error before any worker starts (each file failed as a dead worker)."""
+    pytest.importorskip("ray")
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aecompress.cli import app
+
+    from .conftest import smooth_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(smooth_image(32, 48, seed=k)).save(src / f"p{k}.png")
+    nan = copy_package(tmp_path, "denoise", "nan")
+    nan_output(nan / "denoise.onnx")
+    two = copy_package(tmp_path, "denoise", "two")
+    add_second_input(two / "denoise.onnx")
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(two), "-o", str(tmp_path / "o2") + "/",
+                                 "--engine", "ray"])
+    assert isinstance(r.exception, ModelError) and "takes 2 inputs" in str(r.exception), (r.exception, r.output)
+    assert not (tmp_path / "o2").exists()
+    r = CliRunner().invoke(app, ["denoise", str(src), "-m", str(nan), "-o", str(tmp_path / "o1") + "/",
+                                 "--engine", "ray"])
+    assert r.exit_code == 4 and r.output.count("aecompress: error:") == 1 and "2 not started" in r.output, r.output
+
+
+def test_a_synthesis_that_gives_nan_on_an_ordinary_file_is_the_models_fault(tmp_path):
+    """A package whose synthesis gives NaN (one that says it decodes the shipped model's files) made
+    every file it decoded 'damaged' (exit 3). A file whose values all lie inside their tables' ranges
+    (no escapes) is ordinary: the NaN is the model's (exit 4), as it is when the synthesis gives NaN
+    for a latent of zeros; a file whose escaped value overflows a sound synthesis is still damaged."""
+    from aecompress import container
+    from aecompress.compress import decode_bytes, open_codec
+    from aecompress.entropy import MAX_VALUE, Encoder
+    from aecompress.errors import CorruptFileError, NonFiniteOutput
+
+    from .conftest import smooth_image
+
+    codec = open_codec(None, "cpu", 1)
+    a = codec.analyse(smooth_image(48, 64, seed=2))
+    ordinary, st = codec.code(a, codec.quality_to_position(75))
+    assert container.split_payload(container.unpack(ordinary)[1])[1] == b""       # no escapes
+    q = st["q"].copy()
+    q.flat[0] = MAX_VALUE - 1
+    enc = Encoder()
+    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
+    enc.encode(q, st["idx"], codec.y_tables)
+    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
+                              scale=st["scale"])
+    escaped = container.pack(header, container.join_payload(*enc.finish()))
+
+    pkg = copy_package(tmp_path)
+    nan_output(pkg / "synthesis.onnx")
+    edit_manifest(pkg, decodes=[codec.pkg.model_id.hex()])
+    broken = load_package(pkg, "cpu", 1)
+    for data in (ordinary, escaped):
+        with pytest.raises(NonFiniteOutput, match="synthesis.onnx gave NaN"):
+            decode_bytes(data, broken)
+    with pytest.raises(CorruptFileError, match="far out of the model's range"):
+        decode_bytes(escaped, codec.pkg)
+    assert decode_bytes(ordinary, codec.pkg)[0].shape == (48, 64, 3)
+
+
+def test_a_broken_copy_with_the_same_model_id_does_not_hide_the_good_package(tmp_path, monkeypatch):
+    """A copy of the shipped codec whose manifest is broken where the model id does not look (its
+    quality_anchor), earlier on the search path, made every file of that model fail to decode (exit
+    4) and `info` name no model: the next package with the id is tried."""
+    from aecompress.compress import decode_bytes, file_info, open_codec
+    from aecompress.package import find_by_id
+
+    from .conftest import smooth_image
+
+    codec = open_codec(None, "cpu", 1)
+    data, _ = codec.code(codec.analyse(smooth_image(48, 64, seed=3)), codec.quality_to_position(75))
+    models = tmp_path / "models"
+    broken = copy_package(models, folder="aphoto")
+    edit_manifest(broken, quality_anchor={"position": 1})
+    # and one that claims the id in `decodes` but whose tables do not fit it
+    claimer = copy_package(models, folder="bclaims")
+    edit_manifest(claimer, levels=3, decodes=[codec.pkg.model_id.hex()])
+    monkeypatch.setenv("AECOMPRESS_MODELS", str(models))
+    assert load_package(broken).model_id == codec.pkg.model_id
+    pixels, _, used = decode_bytes(data, device="cpu", threads=1)
+    assert used.pkg.path == ROOT / "models" / "photo" and pixels.shape == (48, 64, 3)
+    aez = tmp_path / "x.aez"
+    aez.write_bytes(data)
+    assert file_info(aez)["model"] == "photo"
+    # when none can serve, the first one's error is what the user reads; exact ids come first
+    tried = []
+
+    def refuse(pkg):
+        tried.append(pkg.path)
+        raise ModelError(f"{pkg.path.name} refused")
+
+    with pytest.raises(ModelError, match="aphoto refused"):
+        find_by_id(codec.pkg.model_id[:8], usable=refuse)
+    assert tried == [broken, ROOT / "models" / "photo", claimer]
