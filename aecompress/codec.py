@@ -409,6 +409,11 @@ class Codec:
         dec = Decoder(stream, escapes)
         if header.scale != 1 and self.kind != "hyperprior":
             raise CorruptFileError("header does not match the model (scaled image)")
+        if self._fixed_size and (header.height, header.width) != self._fixed_size:
+            # the encoder takes this size only: another one would be reported, but the synthesis
+            # makes the model's size whatever the header says
+            raise CorruptFileError(f"header does not match the model (a {header.width}x{header.height} image; "
+                                   f"'{self.pkg.name}' codes {self._fixed_size[1]}x{self._fixed_size[0]} only)")
         m = self.pad_multiple
         cw, ch = scaled_size(header.width, header.height, header.scale)
         hp, wp = ch + (-ch % m), cw + (-cw % m)

@@ -378,8 +378,9 @@ def _sizes_problem(m: dict, kind: str, codec: str | None) -> str | None:
         # the decoder's grids are fixed: a latent cell is 16 pixels, a hyper-latent cell 64
         if "downsample" in m and m["downsample"] != 16:
             return f"a hyperprior codec's downsample is 16, not {m['downsample']!r}"
-        if "pad_multiple" in m and m["pad_multiple"] % 64:
-            return f"a hyperprior codec's pad_multiple must be a multiple of 64, not {m['pad_multiple']!r}"
+        if m.get("pad_multiple", 1) % 64:       # missing, the codec would pad to 1: z's grid would not fit
+            given = repr(m["pad_multiple"]) if "pad_multiple" in m else "missing"
+            return f"a hyperprior codec's pad_multiple must be a multiple of 64, not {given}"
     ov = m.get("overlap", {})
     if not isinstance(ov, dict):
         return "overlap is not a table of tile overlaps"

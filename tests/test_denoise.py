@@ -7,7 +7,6 @@ with the training code (needs torch). Nothing here depends on the weights being 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess

@@ -19,10 +19,16 @@ def copy_package(tmp_path, name="photo", folder=None):
     return dst
 
 
+DROP = object()          # edit_manifest: remove the key
+
+
 def edit_manifest(pkg, **change):
     m = json.loads((pkg / "manifest.json").read_text())
     for k, v in change.items():
-        m[k] = v
+        if v is DROP:
+            del m[k]
+        else:
+            m[k] = v
     (pkg / "manifest.json").write_text(json.dumps(m))
     return m
 
@@ -34,6 +40,7 @@ def edit_manifest(pkg, **change):
     ("denoise", {"receptive_radius": 10**6}, "receptive_radius must be"),
     ("photo", {"pad_multiple": 4096}, "pad_multiple must be a whole number from 1 to 256"),
     ("photo", {"pad_multiple": 32}, "pad_multiple must be a multiple of 64"),
+    ("photo", {"pad_multiple": DROP}, "pad_multiple must be a multiple of 64, not missing"),
     ("photo", {"downsample": 8}, "downsample is 16"),
     ("photo", {"latent_channels": 10**9}, "latent_channels must be"),
     ("photo", {"levels": 100000}, "levels must be a whole number from 1 to 64"),

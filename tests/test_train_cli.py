@@ -148,6 +148,27 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def test_a_fixed_size_codec_refuses_a_header_of_another_size(trained, tmp_path):
+    """A dense codec codes its one size; a (forged) header naming another was decoded to the model's
+    size and reported as the header's (100x28 reported, a 28x28 PNG written, exit 0)."""
+    import struct
+    import zlib
+
+    data, out = trained
+    digit = sorted((data / "3").glob("*.png"))[0]
+    assert run("encode", "-m", str(out), str(digit), "-o", str(tmp_path / "d.aez")).returncode == 0
+    body = (tmp_path / "d.aez").read_bytes()[:-4]
+    assert body[13:15] == bytes([28, 28])                  # width and height, one-byte varints
+    for name, geometry in (("wide", bytes([100, 28])), ("small", bytes([14, 14]))):
+        forged = body[:13] + geometry + body[15:]
+        (tmp_path / f"{name}.aez").write_bytes(forged + struct.pack("<I", zlib.crc32(forged)))
+        r = run("decode", "-m", str(out), str(tmp_path / f"{name}.aez"), "-o", str(tmp_path / f"{name}.png"))
+        assert r.returncode == 3 and "header does not match the model" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / f"{name}.png").exists()
+    r = run("decode", "-m", str(out), str(tmp_path / "d.aez"), "-o", str(tmp_path / "d.png"))
+    assert r.returncode == 0 and Image.open(tmp_path / "d.png").size == (28, 28)
+
+
 def test_cli_bad_input(trained, tmp_path):
     from aecompress.errors import AecError
 

@@ -7,8 +7,7 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import typer
 

@@ -11,7 +11,6 @@ decode them exactly as the encoder predicted, all before it is moved into place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
