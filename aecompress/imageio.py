@@ -144,8 +144,8 @@ def icc_colour_space(icc: bytes | None) -> bytes | None:
 def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     """What writing a processed copy in the source's own format and mode needs (denoise keeps them):
     source_mode, and when present TIFF compression, dpi, XMP, PNG text, a palette and its
-    transparency, a JPEG's quantization tables, chroma subsampling and progressive mode, whether a
-    WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
+    transparency, a JPEG's quantization tables, chroma subsampling and progressive mode, a JPEG's
+    or GIF's comment, a JPEG's APP13 (IPTC) segments, whether a WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
     info: dict = {"source_mode": im.mode}
     if fmt == "TIFF" and im.info.get("compression") not in (None, "raw"):
         info["compression"] = im.info["compression"]
@@ -166,6 +166,14 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
         info["palette"] = im.getpalette()
         if "transparency" in im.info:
             info["transparency"] = im.info["transparency"]
+    if fmt in ("JPEG", "GIF") and im.info.get("comment"):
+        info["comment"] = im.info["comment"]
+    if fmt == "JPEG":
+        # Photoshop's APP13 segments: IPTC captions, keywords, credit and copyright, which Pillow
+        # reads but does not write (copied as they are, as exiftool and ImageMagick copy them)
+        app13 = [data for marker, data in getattr(im, "applist", None) or [] if marker == "APP13"]
+        if app13:
+            info["app13"] = app13
     if fmt == "JPEG" and getattr(im, "quantization", None):
         from PIL import JpegImagePlugin
 
@@ -564,6 +572,8 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
             kwargs["transparency"] = im.info["transparency"]
     if exif:
         kwargs["exif"] = exif
+    if fmt in ("JPEG", "GIF") and source.get("comment"):
+        kwargs["comment"] = source["comment"]
     if icc and icc_colour_space(icc) == _ICC_SPACES.get(im.mode, icc_colour_space(icc)):
         kwargs["icc_profile"] = icc         # never a profile for another colour space (a CMYK one on RGB)
     if fmt == "JPEG":
@@ -581,6 +591,8 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
                 kwargs["subsampling"] = source["subsampling"]
         if source.get("progressive"):
             kwargs["progressive"] = True
+        if source.get("app13"):
+            kwargs["extra"] = b"".join(b"\xff\xed" + (len(d) + 2).to_bytes(2, "big") + d for d in source["app13"])
     elif fmt == "WEBP" and source.get("lossless"):
         kwargs.update(lossless=True, exact=True)     # exact: colour under transparent pixels kept too
     elif fmt in _QUALITY_FORMATS or (fmt == "TIFF" and kwargs.get("compression") == "jpeg"):

@@ -216,6 +216,29 @@ def test_xmp_and_png_text_are_kept(tmp_path):
     assert Image.open(tmp_path / "out-x.png").text["Title"] == "a cat"
 
 
+def _iptc_app13(caption: bytes) -> bytes:
+    """An APP13 segment's payload: Photoshop's resource 0x0404 holding an IPTC caption record."""
+    record = b"\x1c\x02\x78" + len(caption).to_bytes(2, "big") + caption
+    resource = b"8BIM\x04\x04\0\0" + len(record).to_bytes(4, "big") + record + b"\0" * (len(record) & 1)
+    return b"Photoshop 3.0\0" + resource
+
+
+def test_comments_and_iptc_are_kept(tmp_path):
+    img = Image.fromarray(smooth_image(24, 32))
+    img.save(tmp_path / "c.jpg", quality=90, comment=b"a rainy day")
+    app13 = _iptc_app13(b"A cat in the rain")
+    data = (tmp_path / "c.jpg").read_bytes()
+    (tmp_path / "c.jpg").write_bytes(data[:20] + b"\xff\xed" + (len(app13) + 2).to_bytes(2, "big") + app13
+                                     + data[20:])              # after the JFIF segment
+    img.quantize(16).save(tmp_path / "c.gif", comment=b"a gif comment")
+    for name, comment in (("c.jpg", b"a rainy day"), ("c.gif", b"a gif comment")):
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / f"out-{name}") as im:
+            assert im.info.get("comment") == comment, name
+    with Image.open(tmp_path / "out-c.jpg") as im:
+        assert [d for m, d in im.applist if m == "APP13"] == [app13]
+
+
 def test_one_bit_and_palette_images_keep_their_mode(tmp_path):
     bits = smooth_image(24, 32)[:, :, 0] > 128
     Image.fromarray(bits).save(tmp_path / "b.tif", compression="group4")
