@@ -144,7 +144,7 @@ def icc_colour_space(icc: bytes | None) -> bytes | None:
 def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     """What writing a processed copy in the source's own format and mode needs (denoise keeps them):
     source_mode, and when present TIFF compression, dpi, XMP, PNG text, a palette and its
-    transparency, a JPEG's quantization tables, chroma subsampling and progressive mode, a JPEG's
+    transparency, a PNG's colour chunks (gAMA, cHRM, sRGB), a JPEG's quantization tables, chroma subsampling and progressive mode, a JPEG's
     or GIF's comment, a JPEG's APP13 (IPTC) segments, whether a WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
     info: dict = {"source_mode": im.mode}
     if fmt == "TIFF" and im.info.get("compression") not in (None, "raw"):
@@ -162,6 +162,18 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
             if k != "XML:com.adobe.xmp" and not k.startswith("Raw profile type")} if fmt == "PNG" else {}
     if text:
         info["png_text"] = text
+    if fmt == "PNG":
+        # the colour chunks (gamma, chromaticities, sRGB intent), which viewers without an ICC
+        # profile go by (a linear-light PNG, gAMA 1.0, looks far darker without its chunk)
+        colour = {}
+        if im.info.get("gamma"):
+            colour["gAMA"] = round(im.info["gamma"] * 100000).to_bytes(4, "big")
+        if len(im.info.get("chromaticity") or ()) == 8:
+            colour["cHRM"] = b"".join(round(v * 100000).to_bytes(4, "big") for v in im.info["chromaticity"])
+        if im.info.get("srgb") in (0, 1, 2, 3):
+            colour["sRGB"] = bytes([im.info["srgb"]])
+        if colour:
+            info["png_colour"] = colour
     if im.mode == "P":
         info["palette"] = im.getpalette()
         if "transparency" in im.info:
@@ -562,6 +574,12 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
                 kwargs["tiffinfo"] = {700: xmp if isinstance(xmp, bytes) else str(xmp).encode()}
             else:
                 kwargs["xmp"] = xmp
+        if fmt == "PNG" and source.get("png_colour"):
+            from PIL.PngImagePlugin import PngInfo
+
+            info = kwargs.setdefault("pnginfo", PngInfo())
+            for kind, body in source["png_colour"].items():      # Pillow drops sRGB beside an ICC profile
+                info.add(kind.encode(), body)
         if fmt == "PNG" and source.get("png_text"):
             from PIL.PngImagePlugin import PngInfo
 

@@ -124,7 +124,8 @@ def encode(a: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None, sourc
     if icc and icc[16:20] != (b"GRAY" if a.shape[2] == 2 else b"RGB "):
         icc = None                          # never a profile of another colour space
     if fmt == "PNG":
-        return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), source.get("png_text") or {}, png_level)
+        return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), source.get("png_text") or {}, png_level,
+                    source.get("png_colour") or {})
     if fmt == "TIFF":
         return _tiff(a, exif, icc, source)
     raise AecError(f"16-bit colour cannot be written as {fmt}")
@@ -134,12 +135,18 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, text: dict, level: int) -> io.BytesIO:
+def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, text: dict, level: int,
+         colour: dict | None = None) -> io.BytesIO:
+    """colour: the source's gAMA, cHRM and sRGB chunk bodies by name (sRGB left out beside an ICC
+    profile, as the PNG specification asks and Pillow does)."""
     import imagecodecs
 
     png = memoryview(imagecodecs.png_encode(np.ascontiguousarray(a), level=level))
     # metadata chunks go straight after IHDR (signature 8 bytes + IHDR 25), before the pixel data
     extra = b""
+    for kind, body in (colour or {}).items():
+        if not (icc and kind == "sRGB"):
+            extra += _chunk(kind.encode(), body)
     if icc:
         extra += _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
     if dpi:

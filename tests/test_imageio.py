@@ -239,6 +239,38 @@ def test_comments_and_iptc_are_kept(tmp_path):
         assert [d for m, d in im.applist if m == "APP13"] == [app13]
 
 
+def test_png_colour_chunks_are_kept_at_8_and_16_bits(tmp_path):
+    """gAMA, cHRM and sRGB: without a profile, what a viewer goes by (a linear PNG, gAMA 1.0, shows
+    far darker without its chunk). sRGB is left out beside an ICC profile, as the specification asks."""
+    import imagecodecs
+    from PIL import ImageCms
+
+    from aecompress.rgb16 import _chunk
+
+    gama = _chunk(b"gAMA", (100000).to_bytes(4, "big"))
+    chrm = _chunk(b"cHRM", b"".join(v.to_bytes(4, "big") for v in (31270, 32900, 64000, 33000, 30000, 60000,
+                                                                      15000, 6000)))
+    srgb = _chunk(b"sRGB", b"\1")
+    eight = Image.fromarray(smooth_image(12, 16))
+    eight.save(tmp_path / "e.png")
+    sixteen = bytes(imagecodecs.png_encode(smooth_image(12, 16).astype(np.uint16) * 257))
+    for name, png, chunks in (("e.png", (tmp_path / "e.png").read_bytes(), gama + chrm),
+                              ("s.png", (tmp_path / "e.png").read_bytes(), srgb + gama),
+                              ("d.png", sixteen, gama + chrm), ("ds.png", sixteen, srgb)):
+        (tmp_path / name).write_bytes(png[:33] + chunks + png[33:])
+        _rewrite(tmp_path / name, tmp_path / f"out-{name}")
+        with Image.open(tmp_path / name) as a, Image.open(tmp_path / f"out-{name}") as b:
+            for key in ("gamma", "chromaticity", "srgb"):
+                assert b.info.get(key) == a.info.get(key), (name, key)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for name in ("s.png", "ds.png"):
+        pic = read_image(tmp_path / name)
+        assert pic.bits == (16 if name == "ds.png" else 8)
+        save_image(tmp_path / f"icc-{name}", pic.pixels, icc=icc, format="PNG", source=pic.info)
+        with Image.open(tmp_path / f"icc-{name}") as b:
+            assert b.info["icc_profile"] == icc and "srgb" not in b.info, name
+
+
 def test_one_bit_and_palette_images_keep_their_mode(tmp_path):
     bits = smooth_image(24, 32)[:, :, 0] > 128
     Image.fromarray(bits).save(tmp_path / "b.tif", compression="group4")
