@@ -154,6 +154,8 @@ def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
             info[key] = im.info[key]
     if "dpi" in info and not all(np.isfinite(float(d)) and float(d) > 0 for d in info["dpi"]):
         del info["dpi"]                  # a resolution of 1/0 reads as NaN, which no writer takes
+    if fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
+        info.pop("dpi", None)            # Pillow reads a TIFF without a resolution as 1 dpi: none is written
     if fmt == "TIFF" and not info.get("xmp") and getattr(im, "tag_v2", {}).get(700):
         info["xmp"] = im.tag_v2[700]
     # not XMP (kept as such) nor ImageMagick's raw profiles (EXIF, XMP, ICC, IPTC as hex text), which

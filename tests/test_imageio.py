@@ -271,6 +271,24 @@ def test_png_colour_chunks_are_kept_at_8_and_16_bits(tmp_path):
             assert b.info["icc_profile"] == icc and "srgb" not in b.info, name
 
 
+def test_a_tiff_without_a_resolution_gets_none(tmp_path):
+    """Pillow reads a TIFF without resolution tags as 1 dpi; written out, that made a photo's print
+    size hundreds of inches. A resolution the TIFF has is kept."""
+    img = Image.fromarray(smooth_image(12, 16))
+    img.save(tmp_path / "n.tif")
+    img.save(tmp_path / "r.tif", dpi=(300, 300))
+    for name, suffix in (("n.tif", "tif"), ("n.tif", "png"), ("r.tif", "tif")):
+        pic = read_image(tmp_path / name)
+        out = tmp_path / f"out-{name}.{suffix}"
+        save_image(out, pic.pixels, mode=pic.mode, exif=pic.exif, icc=pic.icc, source=pic.info)
+        with Image.open(out) as im:
+            tags = getattr(im, "tag_v2", {})
+            if name == "r.tif":
+                assert tags.get(282) == 300 and tags.get(296) == 2
+            else:
+                assert 282 not in tags and 296 not in tags and b"pHYs" not in out.read_bytes(), suffix
+
+
 def test_one_bit_and_palette_images_keep_their_mode(tmp_path):
     bits = smooth_image(24, 32)[:, :, 0] > 128
     Image.fromarray(bits).save(tmp_path / "b.tif", compression="group4")
