@@ -318,6 +318,10 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                     im = ImageOps.exif_transpose(im)
                 if exif and 0x0112 in exif:
                     exif[0x0112] = 1        # orientation already applied to the pixels
+                if (stored or orientation) in (5, 6, 7, 8) and 0x8769 in exif:
+                    sub = exif.get_ifd(0x8769)      # turned a quarter: the width and height EXIF records swap
+                    if 0xA002 in sub and 0xA003 in sub:
+                        sub[0xA002], sub[0xA003] = sub[0xA003], sub[0xA002]
                 if fmt == "TIFF":
                     for tag in _TIFF_LAYOUT_TAGS & set(exif):
                         del exif[tag]

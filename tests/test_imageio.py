@@ -313,14 +313,17 @@ def test_colour_key_transparency_reads_as_alpha(tmp_path):
     assert np.all(pic.pixels[:3, :3, 3] == 0) and np.all(pic.pixels[3:, 3:, 3] == 255)
 
 
-def test_rotation_swaps_dpi_and_ico_keeps_its_size(tmp_path):
+def test_rotation_swaps_dpi_and_exif_size_and_ico_keeps_its_size(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
+    exif.get_ifd(0x8769).update({0xA002: 30, 0xA003: 20})       # PixelXDimension, PixelYDimension as stored
     Image.fromarray(smooth_image(20, 30)).save(tmp_path / "r.jpg", dpi=(300, 150), exif=exif)
     pic = _rewrite(tmp_path / "r.jpg", tmp_path / "out-r.jpg")
     assert pic.pixels.shape[:2] == (30, 20)
     with Image.open(tmp_path / "out-r.jpg") as im:
         assert im.size == (20, 30) and tuple(round(d) for d in im.info["dpi"]) == (150, 300)
+        kept = im.getexif()
+        assert kept[0x0112] == 1 and dict(kept.get_ifd(0x8769)) == {0xA002: 20, 0xA003: 30}
     Image.fromarray(smooth_image(60, 100)).save(tmp_path / "i.ico", sizes=[(100, 60)])
     _rewrite(tmp_path / "i.ico", tmp_path / "out-i.ico")
     assert Image.open(tmp_path / "out-i.ico").size == (100, 60)
