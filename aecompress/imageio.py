@@ -594,6 +594,8 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
                 info.add_text(key, value, zip=len(value) > 1024)
         if im.mode == "P" and "transparency" in im.info:
             kwargs["transparency"] = im.info["transparency"]
+        if im.mode == "P" and fmt == "GIF":
+            kwargs["optimize"] = False      # the palette as it was: Pillow's default drops unused entries and renumbers
     if exif:
         kwargs["exif"] = exif
     if fmt in ("JPEG", "GIF") and source.get("comment"):

@@ -360,10 +360,16 @@ def test_palette_rewrite_keeps_every_index(tmp_path):
     photo.save(tmp_path / "p.png")
     photo.save(tmp_path / "pt.png", transparency=5)
     grey.save(tmp_path / "g.png", transparency=0)
-    for name in ("p.png", "pt.png", "g.png"):
+    # a GIF whose pixels leave palette entries unused, as a denoised one does: Pillow's GIF writer
+    # would drop those and renumber the rest
+    holes = Image.fromarray((np.arange(48 * 64, dtype=np.uint8).reshape(48, 64) % 7) * 2, "P")
+    holes.putpalette([v for i in range(16) for v in (i * 16, 255 - i * 16, i * 8)])
+    holes.save(tmp_path / "h.gif", optimize=False, transparency=4)
+    for name in ("p.png", "pt.png", "g.png", "h.gif"):
         _rewrite(tmp_path / name, tmp_path / f"out-{name}")
         with Image.open(tmp_path / name) as a, Image.open(tmp_path / f"out-{name}") as b:
             assert b.mode == "P" and np.array_equal(np.asarray(b), np.asarray(a)), name
+            assert b.getpalette() == a.getpalette() and b.info.get("transparency") == a.info.get("transparency")
 
 
 def _jpeg_with_table_ids(path, ids):
