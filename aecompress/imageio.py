@@ -144,8 +144,9 @@ def icc_colour_space(icc: bytes | None) -> bytes | None:
 def _source_info(im: Image.Image, fmt: str | None, encoded=None) -> dict:
     """What writing a processed copy in the source's own format and mode needs (denoise keeps them):
     source_mode, and when present TIFF compression, dpi, XMP, PNG text, a palette and its
-    transparency, a PNG's colour chunks (gAMA, cHRM, sRGB), a JPEG's quantization tables, chroma subsampling and progressive mode, a JPEG's
-    or GIF's comment, a JPEG's APP13 (IPTC) segments, whether a WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
+    transparency, a PNG's colour chunks (gAMA, cHRM, sRGB), a JPEG's quantization tables, chroma
+    subsampling and progressive mode, a JPEG's or GIF's comment, a JPEG's APP13 (IPTC) segments,
+    whether a WebP is lossless. encoded: the file's path or bytes (for what Pillow does not tell)."""
     info: dict = {"source_mode": im.mode}
     if fmt == "TIFF" and im.info.get("compression") not in (None, "raw"):
         info["compression"] = im.info["compression"]
