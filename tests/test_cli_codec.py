@@ -172,6 +172,8 @@ def test_info_finds_a_package_given_with_m(tmp_path, photo):
     assert run("encode", photo, "-m", pkg, "-o", aez, "--quiet").returncode == 0
     r = run("info", aez)
     assert r.returncode == 0 and "not installed (name its package with -m" in r.stdout
+    # the variable lists folders that hold packages: a package folder named in it is not searched
+    assert "put the package in a folder that AECOMPRESS_MODELS lists" in r.stdout
     assert json.loads(run("info", aez, "--json").stdout)["model"] is None
     d = json.loads(run("info", aez, "-m", pkg, "--json").stdout)
     assert d["model"] == "mine" and d["quality"] == 75

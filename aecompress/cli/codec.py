@@ -226,7 +226,8 @@ def info(
             return d
         if d["model"] is None:
             d["model"] = ("neither the package given with -m nor an installed one" if model else
-                          "not installed (name its package with -m, or add its folder to AECOMPRESS_MODELS)")
+                          "not installed (name its package with -m, or put the package in a folder that "
+                          "AECOMPRESS_MODELS lists)")
         if shown:
             print()                                  # a blank line between files
         shown.append(path)
