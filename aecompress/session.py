@@ -146,7 +146,8 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
     # entropy coding and metrics on the same cores (whole encode + decode: ~4% faster on 2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not os.environ.get("AECOMPRESS_NO_CUDA"))
+    no_cuda = os.environ.get("AECOMPRESS_NO_CUDA", "") not in ("", "0")        # as AECOMPRESS_DEBUG reads
+    wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not no_cuda)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

@@ -9,6 +9,8 @@ import aecompress.session as session
 from aecompress.errors import AecError
 from aecompress.package import load_package
 
+from .conftest import ROOT
+
 
 def test_cpu_device_reports_cpu_provider():
     pkg = load_package("photo", "cpu", 1)
@@ -110,6 +112,18 @@ def cuda_that_does_not_start(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", session_on_cpu)
     return tried
+
+
+@pytest.mark.parametrize("value, tries_cuda", [(None, True), ("", True), ("0", True), ("1", False), ("yes", False)])
+def test_no_cuda_variable_reads_as_debug_does(cuda_that_does_not_start, monkeypatch, value, tries_cuda):
+    """AECOMPRESS_NO_CUDA=0 turned CUDA off (any non-empty value did) while AECOMPRESS_DEBUG=0 is off:
+    both read '' and '0' as off now."""
+    if value is None:
+        monkeypatch.delenv("AECOMPRESS_NO_CUDA", raising=False)
+    else:
+        monkeypatch.setenv("AECOMPRESS_NO_CUDA", value)
+    session.open_session(ROOT / "models" / "denoise" / "denoise.onnx", "auto")
+    assert (cuda_that_does_not_start[0][0] == "CUDAExecutionProvider") == tries_cuda
 
 
 def test_cuda_that_does_not_start_stops_a_run_at_the_first_file(cuda_that_does_not_start, tmp_path):
