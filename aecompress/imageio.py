@@ -699,7 +699,16 @@ def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | N
             return rgb16.encode(pixels, format, exif, icc, source, png_level)
         im, kwargs = _prepared(pixels, format, mode, exif, icc, quality, png_level, source)
         buf = io.BytesIO()
-        im.save(buf, format=format, **kwargs)
+        try:
+            im.save(buf, format=format, **kwargs)
+        except RuntimeError:
+            # libtiff (Pillow's writer of compressed TIFFs) refuses EXIF with its own or GPS
+            # directory, as nearly every camera's is ("Error setting from dictionary"): tifffile
+            # writes those TIFFs, with the same compression
+            if not (format == "TIFF" and kwargs.get("exif") and im.mode in ("L", "LA", "RGB", "RGBA")
+                    and rgb16._TIFF_COMPRESSION.get(kwargs.get("compression"))):
+                raise
+            return rgb16._tiff(np.asarray(im), kwargs["exif"], kwargs.get("icc_profile"), source or {})
         return buf
 
 

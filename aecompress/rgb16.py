@@ -188,6 +188,9 @@ _SUB_IFDS = {34664: (34665, 0x8769), 34852: (34853, 0x8825)}     # placeholder: 
 
 
 def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> io.BytesIO:
+    """A TIFF of (H, W, 3 or 4) colour or (H, W) / (H, W, 2) grey pixels, 8 or 16 bits, with the
+    source's compression (those tifffile writes), dpi, XMP and EXIF, its own and GPS directories
+    included (imageio writes 8-bit TIFFs this way when libtiff cannot write those directories)."""
     from PIL import TiffImagePlugin
 
     tifffile = _tifffile()
@@ -220,8 +223,11 @@ def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) ->
         kwargs.update(resolution=tuple(float(d) for d in source["dpi"]), resolutionunit="INCH")
     compression = _TIFF_COMPRESSION.get(source.get("compression"))
     buf = io.BytesIO()
-    tifffile.imwrite(buf, np.ascontiguousarray(a), photometric="rgb", planarconfig="contig",
-                     extrasamples=("unassalpha",) if a.shape[2] == 4 else None, compression=compression,
+    grey = a.ndim == 2 or a.shape[2] <= 2
+    alpha = a.ndim == 3 and a.shape[2] in (2, 4)
+    tifffile.imwrite(buf, np.ascontiguousarray(a), photometric="minisblack" if grey else "rgb",
+                     planarconfig="contig" if a.ndim == 3 else None,
+                     extrasamples=("unassalpha",) if alpha else None, compression=compression,
                      iccprofile=icc or None, extratags=tags, metadata=None, byteorder="<", bigtiff=False,
                      **named, **kwargs)
     if subs:

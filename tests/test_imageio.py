@@ -592,6 +592,26 @@ def test_16_bit_tiff_keeps_exif_and_gps_directories(tmp_path):
     assert np.array_equal(tifffile.imread(tmp_path / "e.tif"), a) and read_image(tmp_path / "e.tif").bits == 16
 
 
+@pytest.mark.parametrize("shape, mode", [((6, 8, 3), "RGB"), ((6, 8, 4), "RGBA"), ((6, 8), "L")])
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate"])
+def test_compressed_8_bit_tiff_keeps_exif_directories(tmp_path, shape, mode, compression):
+    """libtiff, Pillow's writer of compressed TIFFs, refuses EXIF with its own or GPS directory (as
+    nearly every camera's is): denoising an LZW TIFF from a photo editor failed with 'cannot save as
+    TIFF (Error setting from dictionary)'. Such files are written by tifffile, compression kept."""
+    a = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769)[0x8827] = 400
+    exif.get_ifd(0x8825)[1] = "N"
+    source = {"source_mode": mode, "compression": compression, "dpi": (300.0, 300.0)}
+    save_image(tmp_path / "e.tif", a, exif=exif.tobytes(), mode=mode, source=source)
+    with Image.open(tmp_path / "e.tif") as im:
+        assert im.mode == mode and im.info["compression"] == compression and im.info["dpi"] == (300, 300)
+        back = im.getexif()
+        assert back[0x010F] == "TestCam" and back.get_ifd(0x8769)[0x8827] == 400 and back.get_ifd(0x8825)[1] == "N"
+        assert np.array_equal(np.asarray(im), a)
+
+
 def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
     """The JPEG with its frame header (SOF0) claiming another size."""
     i = data.index(b"\xff\xc0")
