@@ -75,7 +75,12 @@ class Session:
         """The graph's outputs; a NaN or an infinity in them (a diverged or damaged model) is a
         ModelError here, before it can turn into garbage pixels or an unbounded latent."""
         feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
-        outs = self._sess.run(None, feeds, self._run_options)
+        try:
+            outs = self._sess.run(None, feeds, self._run_options)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise run_failure(self.path, exc) from None
         for out in outs:
             if not np.isfinite(out).all():
                 raise NonFiniteOutput(f"model {self.path.parent.name}: {self.path.name} gave NaN or infinite "
@@ -95,6 +100,18 @@ class Session:
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
         return self.run(*inputs)[0]
+
+
+def run_failure(path: Path, exc: Exception) -> Exception:
+    """What onnxruntime's own failure while running a graph is: out of memory (an allocation that
+    failed: MemoryError, reported as such everywhere), else a model that cannot run this input
+    (ModelError, one line: onnxruntime's message is long, and its status code is noise)."""
+    msg = " ".join(str(exc).split())
+    if any(w in msg.lower() for w in ("failed to allocate", "bad_alloc", "out of memory")):
+        return MemoryError(f"onnxruntime: {msg}")
+    msg = msg.split("Status Message:", 1)[-1].strip() if "Status Message:" in msg else msg
+    msg = msg.split(" : ", 3)[-1] if msg.startswith("[ONNXRuntimeError]") else msg
+    return ModelError(f"model {path.parent.name}: {path.name} failed to run ({msg[:300]})")
 
 
 def check_device(device: str) -> None:
@@ -137,7 +154,7 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
     if not path.exists():
         raise ModelError(f"model graph {path} is missing")
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4     # fatal only: a failed run is raised as one line (run_failure), not logged too
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1

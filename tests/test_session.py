@@ -3,6 +3,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 import aecompress.session as session
@@ -161,3 +162,33 @@ def test_cuda_that_does_not_start_stops_a_run_at_the_first_file(cuda_that_does_n
     summary = json.loads(res.output.strip().splitlines()[-1])["summary"]
     assert summary["done"] == 0 and summary["failed"] >= 1 and summary["failed"] + summary["not_started"] == 3
     assert len(tried) <= 2                       # one a worker at most, not one a file
+
+
+def test_a_failed_run_is_one_line_and_onnxruntime_logs_nothing(capfd):
+    """onnxruntime's own failure while running a graph reached users as 'unexpected
+    RuntimeException ... (a bug)' after onnxruntime had logged it in colour on standard error:
+    a model error now (or MemoryError, when an allocation failed), and nothing logged."""
+    s = session.open_session(ROOT / "models" / "photo" / "analysis.onnx", "cpu")
+    capfd.readouterr()
+    with pytest.raises(session.ModelError) as exc:
+        s.run(np.zeros((1, 3, 0, 64), np.float32))          # a shape no Conv takes
+    assert str(exc.value) == "model photo: analysis.onnx failed to run (Invalid input shape: {0,64})"
+    assert capfd.readouterr().err == ""
+
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    class OutOfMemory:
+        def __init__(self, real):
+            self.real = real
+
+        def get_inputs(self):
+            return self.real.get_inputs()
+
+        def run(self, *args):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "
+                                   "while running Conv node. Name:'c' Status Message: Failed to allocate memory "
+                                   "for requested buffer of size 5368709120")
+
+    s._sess = OutOfMemory(s._sess)
+    with pytest.raises(MemoryError, match="Failed to allocate memory"):
+        s.run(np.zeros((1, 3, 64, 64), np.float32))
