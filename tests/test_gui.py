@@ -1390,3 +1390,40 @@ def test_the_primary_button_shows_keyboard_focus(window, qtbot, cat_png):
     focused = btn.grab().toImage()
     d = np.abs(from_qimage(plain).astype(int) - from_qimage(focused).astype(int)).max(axis=2)
     assert (d > 60).sum() > 100, int((d > 60).sum())        # a frame round it (there was no change at all)
+
+
+# -- life cycle and concurrency: memory kept by finished jobs, a folder of thousands of files ------
+
+def test_finished_jobs_let_go_of_what_they_hold(qtbot, window, crops):
+    """PySide keeps every started QRunnable that is not auto-deleted: each job's function stayed in
+    memory with what it held (the picture, its analysis), so opening image after image grew the app
+    by the images' size each time (6 MB per 1.3-megapixel image, 1.5 GB after 20 photos of 24 MP)."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    q = WorkQueue(threads=1)
+    held = [Payload(), Payload()]
+    refs = [weakref.ref(p) for p in held]
+    gate = hold(q)
+    q.submit(lambda token, emit, p=held[0]: p, name="runs", done=lambda _r: None)
+    q.submit(lambda token, emit, p=held[1]: p, name="never runs", cancelled=lambda: None)
+    q.cancel_all()                              # the second is taken off the queue before it starts
+    gate.set()
+    assert q.shutdown(10_000)
+    qtbot.waitUntil(lambda: not q.busy, timeout=10_000)
+    del held
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    # in the window: the picture opened before is gone once another is opened
+    tab = window.compress
+    tab.open_path(crops[0])
+    wait_result(qtbot, tab)
+    first = weakref.ref(tab.prepared.picture)
+    tab.open_path(crops[1])
+    wait_result(qtbot, tab)
+    gc.collect()
+    assert first() is None
+
