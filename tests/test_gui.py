@@ -1392,7 +1392,7 @@ def test_the_primary_button_shows_keyboard_focus(window, qtbot, cat_png):
     assert (d > 60).sum() > 100, int((d > 60).sum())        # a frame round it (there was no change at all)
 
 
-# -- life cycle and concurrency: memory kept by finished jobs, a folder of thousands of files ------
+# -- life cycle and concurrency: memory kept by finished jobs, a folder of thousands of files -------
 
 def test_finished_jobs_let_go_of_what_they_hold(qtbot, window, crops):
     """PySide keeps every started QRunnable that is not auto-deleted: each job's function stayed in
@@ -1427,3 +1427,22 @@ def test_finished_jobs_let_go_of_what_they_hold(qtbot, window, crops):
     gc.collect()
     assert first() is None
 
+
+def test_a_folder_of_a_thousand_files_drops_at_once(qtbot, window, tmp_path):
+    """With the Batch tab showing, each file's row was inserted on its own, moving every row's progress
+    bar below it: a folder of 1,200 files took 5.4 s to drop, 2,000 took 13 s and 3,000 took 37 s, the
+    window frozen all along."""
+    d = tmp_path / "many"
+    d.mkdir()
+    for k in range(1600):
+        (d / f"img{k:04d}.png").write_bytes(b"")
+    window.tabs.setCurrentWidget(window.batch)
+    QApplication.processEvents()
+    t0 = time.perf_counter()
+    drop(window, [d])
+    took = time.perf_counter() - t0
+    tab = window.batch
+    assert tab.table.rowCount() == len(tab.items) == 1600
+    assert tab.table.item(1599, 0).text() == "img1599.png" and tab.items[1599].status == WAITING
+    assert tab.table.cellWidget(1599, 2) is not None
+    assert took < 2.5, f"{took:.1f} s"          # 0.5 s here (it took 6 to 9 s)
