@@ -145,6 +145,10 @@ class WorkQueue(QObject):
             self.busyChanged.emit(True)
         return job
 
+    def pending(self, job: Job | None) -> bool:
+        """Whether `job` was submitted here, not cancelled, and has yet to end (its result is to come)."""
+        return job is not None and not job.cancelled and job.id in self._jobs
+
     def cancel_all(self) -> None:
         """Cancel every job: queued ones never start, running ones stop at their next step."""
         for job in list(self._jobs.values()):

@@ -1446,3 +1446,32 @@ def test_a_folder_of_a_thousand_files_drops_at_once(qtbot, window, tmp_path):
     assert tab.table.item(1599, 0).text() == "img1599.png" and tab.items[1599].status == WAITING
     assert tab.table.cellWidget(1599, 2) is not None
     assert took < 2.5, f"{took:.1f} s"          # 0.5 s here (it took 6 to 9 s)
+
+
+def test_a_coding_replaced_by_a_newer_one_does_not_say_stopped(qtbot, window, crops, tmp_path):
+    """Moving the quality (or changing the model) while a coding ran cancelled it, and its end said
+    "stopped: the result shown is the earlier one" (0.2 s to seconds, until the new result came) as
+    if Esc had been pressed; Save said "stopped before the result ... was made" meanwhile."""
+    tab = window.compress
+    tab.open_path(crops[0])
+    first = wait_result(qtbot, tab)
+    shown, said = [], []
+    set_text = tab.estimate.setText
+    tab.estimate.setText = lambda text: (shown.append(text), set_text(text))
+    tab.statusMessage.connect(said.append)
+    for change in ("quality", "model"):
+        gate = hold(window.work)
+        tab.quality.setValue(tab.quality.value() - 20)
+        tab.encode()                           # a coding at that quality waits behind the step in flight
+        if change == "quality":
+            tab.quality.setValue(tab.quality.value() - 20)     # the user moves on before it ends
+        else:
+            tab.reload()                       # the model (or the device) changed
+        try:
+            assert tab.save_aez(tmp_path / "early.aez") is None
+            assert said[-1].startswith("still compressing at the new setting"), said[-1]
+        finally:
+            gate.set()
+        first = wait_result(qtbot, tab, first)
+        assert first.rate == tab.rate() and not tab._stale
+        assert not [t for t in shown if "stopped" in t], shown
