@@ -423,10 +423,17 @@ class CompressTab(ImageTab):
             self.estimate.setText("\u2026")
             self._update_buttons()
 
+    def _working(self) -> bool:
+        """Whether a result for the current settings is on its way (an analysis or a coding that was not
+        stopped, or one about to start once the quality rests)."""
+        return self._debounce.isActive() or any(self.work.pending(j) for j in (self._prep_job, self._enc_job))
+
     def _stopped(self) -> None:
         """Esc while the result for a new setting was being made: the result shown stays, and says
-        it is the earlier one (the status bar and Save, which stay off, no longer wait for it)."""
-        if self._stale and self.result is not None:
+        it is the earlier one (the status bar and Save, which stay off, no longer wait for it). A
+        coding cancelled because the setting moved on, or the model changed, stopped nothing: the
+        result for the new setting is on its way (this said "stopped" until it came)."""
+        if self._stale and self.result is not None and not self._working():
             self.estimate.setText("stopped: the result shown is the earlier one")
 
     def _update_buttons(self) -> None:
@@ -438,8 +445,8 @@ class CompressTab(ImageTab):
     def _current(self) -> bool:
         """Whether the result shown is the one for the current settings (not one being replaced)."""
         if self.result is not None and self._stale:
-            busy = self._enc_job is not None and not self._enc_job.cancelled and self.work.busy
-            self.statusMessage.emit("still compressing at the new setting: save when it is done" if busy else
+            working = self._working()
+            self.statusMessage.emit("still compressing at the new setting: save when it is done" if working else
                                     "stopped before the result for the new setting was made: change a setting "
                                     "to make it, then save")
         return self.result is not None and not self._stale

@@ -90,6 +90,10 @@ class _Runnable(QRunnable):
 
     def run(self) -> None:  # on a worker thread
         job, sig = self.job, self.signals
+        # PySide never frees a started QRunnable that is not auto-deleted (tryTake needs it alive), so
+        # this one lets go of its job now: every job's function, with the picture, analysis or result
+        # it holds, stayed in memory until the app quit (about 6 MB more per 1.3-megapixel image opened)
+        self.job = self.signals = None
         try:
             job.token.check()
             result = job.fn(job.token, lambda payload: sig.progress.emit(job.id, payload))
@@ -141,11 +145,16 @@ class WorkQueue(QObject):
             self.busyChanged.emit(True)
         return job
 
+    def pending(self, job: Job | None) -> bool:
+        """Whether `job` was submitted here, not cancelled, and has yet to end (its result is to come)."""
+        return job is not None and not job.cancelled and job.id in self._jobs
+
     def cancel_all(self) -> None:
         """Cancel every job: queued ones never start, running ones stop at their next step."""
         for job in list(self._jobs.values()):
             job.cancel()
             if job.runnable is not None and self.pool.tryTake(job.runnable):
+                job.runnable.job = job.runnable.signals = None       # it never runs: let go of it here
                 self._signals.cancelled.emit(job.id)
 
     def shutdown(self, timeout_ms: int = -1) -> bool:
