@@ -7,6 +7,14 @@ def extra_hint(extra: str) -> str:
     return f"install the {extra} extra (pip install -e '.[{extra}]' in the aecompress checkout)"
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable `name` is set on: any value but empty or 0 (AECOMPRESS_DEBUG,
+    AECOMPRESS_NO_CUDA)."""
+    import os
+
+    return os.environ.get(name, "") not in ("", "0")
+
+
 class AecError(Exception):
     """An error caused by input, environment or configuration, reported as one line without a traceback."""
 

@@ -219,6 +219,8 @@ def onnx_problem(data: bytes) -> str | None:
     field's tag, wire type and length inside the data, ending with it) that has a graph (ModelProto
     field 7). Looks at a few dozen bytes whatever the graph's size, and loads nothing: a text file
     named analysis.onnx was listed by `models` as a good package."""
+    if data[4:8] == b"ORTM":
+        return None                 # onnxruntime's own format (a flatbuffer, .ort), which it runs as well
     pos, fields = 0, set()
     try:
         while pos < len(data):

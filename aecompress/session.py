@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cstderr import quiet
-from .errors import AecError, DeviceError, ModelError, NonFiniteOutput, extra_hint
+from .errors import AecError, DeviceError, ModelError, NonFiniteOutput, env_flag, extra_hint
 from .fsutil import interrupts_deferred
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -104,14 +104,15 @@ class Session:
 
 def run_failure(path: Path, exc: Exception) -> Exception:
     """What onnxruntime's own failure while running a graph is: out of memory (an allocation that
-    failed: MemoryError, reported as such everywhere), else a model that cannot run this input
-    (ModelError, one line: onnxruntime's message is long, and its status code is noise)."""
+    failed: MemoryError, reported as such everywhere), else an error of this image's run, in one line
+    (onnxruntime's message is long, and its status code is noise). Not a ModelError, which stops a
+    batch: a provider can refuse one input's shape and run the next."""
     msg = " ".join(str(exc).split())
     if any(w in msg.lower() for w in ("failed to allocate", "bad_alloc", "out of memory")):
         return MemoryError(f"onnxruntime: {msg}")
     msg = msg.split("Status Message:", 1)[-1].strip() if "Status Message:" in msg else msg
     msg = msg.split(" : ", 3)[-1] if msg.startswith("[ONNXRuntimeError]") else msg
-    return ModelError(f"model {path.parent.name}: {path.name} failed to run ({msg[:300]})")
+    return AecError(f"onnxruntime could not run {path.name} of model {path.parent.name} ({msg[:300]})")
 
 
 def check_device(device: str) -> None:
@@ -163,8 +164,7 @@ def open_session(path: str | Path, device: str = "auto", threads: int | None = N
     # entropy coding and metrics on the same cores (whole encode + decode: ~4% faster on 2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    no_cuda = os.environ.get("AECOMPRESS_NO_CUDA", "") not in ("", "0")        # as AECOMPRESS_DEBUG reads
-    wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not no_cuda)
+    wants_cuda = device == "cuda" or (device == "auto" and have_cuda and not env_flag("AECOMPRESS_NO_CUDA"))
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

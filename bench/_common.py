@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,9 +21,10 @@ def run(main: Callable[[], object]) -> None:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one line for whatever went wrong
-        if os.environ.get("AECOMPRESS_DEBUG", "") not in ("", "0"):
+        from aecompress.errors import AecError, env_flag
+
+        if env_flag("AECOMPRESS_DEBUG"):
             raise
-        from aecompress.errors import AecError
 
         text = str(exc).splitlines()[0] if str(exc) else ""
         what = text if isinstance(exc, AecError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__

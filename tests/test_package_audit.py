@@ -171,6 +171,31 @@ def test_encoding_with_a_two_input_analysis_exits_4(tmp_path):
     assert r.stderr.count("\n") == 1 and not (tmp_path / "x.aez").exists()
 
 
+def test_a_graph_in_onnxruntimes_own_format_still_serves(tmp_path):
+    """onnxruntime runs its ORT format (a flatbuffer, .ort) as well as ONNX: the check that a graph
+    is a protobuf (below) refused such a package (encode exit 4) that worked before it."""
+    pytest.importorskip("onnx")
+    import subprocess
+    import sys
+
+    pkg = copy_package(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(pkg)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (pkg / "synthesis.ort").exists(), r.stderr
+    edit_manifest(pkg, graphs={**json.loads((pkg / "manifest.json").read_text())["graphs"],
+                               "synthesis": "synthesis.ort"})
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.open(ROOT / "docs" / "samples" / "cat.png").crop((0, 0, 96, 64)).save(png)
+    for args in (["encode", str(png), "-o", str(tmp_path / "x.aez")],
+                 ["decode", str(tmp_path / "x.aez"), "-o", str(tmp_path / "back.png")]):
+        r = subprocess.run([sys.executable, "-m", "aecompress", *args, "-m", str(pkg)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "back.png").size == (96, 64)
+
+
 def test_models_does_not_list_a_package_whose_graph_is_not_onnx(tmp_path):
     """A text file named analysis.onnx (or a graph cut short) was listed by `models` as a good package:
     the graphs hashed for the model id are checked to be protobuf messages with a graph in them (no

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Callable, Iterable
 
 import typer
 
-from ..errors import AecError, DeviceError
+from ..errors import AecError, DeviceError, env_flag
 
 
 def _stderr_console():
@@ -126,7 +125,7 @@ def error_line(msg: str) -> None:
 def unexpected(exc: Exception) -> str:
     """The one line for an error the code did not foresee (a bug): named, with the way to see more.
     AECOMPRESS_DEBUG=1 lets it through as a traceback instead."""
-    if os.environ.get("AECOMPRESS_DEBUG", "") not in ("", "0"):
+    if env_flag("AECOMPRESS_DEBUG"):
         raise exc
     if isinstance(exc, MemoryError):
         return "out of memory"
