@@ -704,12 +704,26 @@ def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | N
         except RuntimeError:
             # libtiff (Pillow's writer of compressed TIFFs) refuses EXIF with its own or GPS
             # directory, as nearly every camera's is ("Error setting from dictionary"): tifffile
-            # writes those TIFFs, with the same compression
-            if not (format == "TIFF" and kwargs.get("exif") and im.mode in ("L", "LA", "RGB", "RGBA")
-                    and rgb16._TIFF_COMPRESSION.get(kwargs.get("compression"))):
+            # writes greyscale and colour TIFFs with the same compression; other modes (palette,
+            # 1-bit, CMYK) and JPEG-in-TIFF keep EXIF's first directory only
+            if not (format == "TIFF" and kwargs.get("exif")):
                 raise
-            return rgb16._tiff(np.asarray(im), kwargs["exif"], kwargs.get("icc_profile"), source or {})
+            if im.mode in ("L", "LA", "RGB", "RGBA", "I;16") and rgb16._TIFF_COMPRESSION.get(kwargs.get("compression")):
+                return rgb16._tiff(np.asarray(im), kwargs["exif"], kwargs.get("icc_profile"), source or {})
+            kwargs["exif"] = _first_directory(kwargs["exif"])
+            buf = io.BytesIO()
+            im.save(buf, format=format, **kwargs)
         return buf
+
+
+def _first_directory(exif: bytes) -> bytes:
+    """EXIF without its own, GPS and interoperability directories (the pointers to them dropped)."""
+    ex = Image.Exif()
+    ex.load(exif)
+    for tag in (0x8769, 0x8825, 0xA005):
+        if tag in ex:
+            del ex[tag]
+    return ex.tobytes()
 
 
 def image_bytes(pixels: np.ndarray, format: str = "PNG", mode: str | None = None, quality: int = 95,

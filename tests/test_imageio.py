@@ -592,13 +592,14 @@ def test_16_bit_tiff_keeps_exif_and_gps_directories(tmp_path):
     assert np.array_equal(tifffile.imread(tmp_path / "e.tif"), a) and read_image(tmp_path / "e.tif").bits == 16
 
 
-@pytest.mark.parametrize("shape, mode", [((6, 8, 3), "RGB"), ((6, 8, 4), "RGBA"), ((6, 8), "L")])
+@pytest.mark.parametrize("shape, mode", [((6, 8, 3), "RGB"), ((6, 8, 4), "RGBA"), ((6, 8), "L"), ((6, 8), "I;16")])
 @pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate"])
-def test_compressed_8_bit_tiff_keeps_exif_directories(tmp_path, shape, mode, compression):
+def test_compressed_tiff_keeps_exif_directories(tmp_path, shape, mode, compression):
     """libtiff, Pillow's writer of compressed TIFFs, refuses EXIF with its own or GPS directory (as
     nearly every camera's is): denoising an LZW TIFF from a photo editor failed with 'cannot save as
     TIFF (Error setting from dictionary)'. Such files are written by tifffile, compression kept."""
-    a = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+    a = np.random.default_rng(4).integers(0, 65536 if mode == "I;16" else 256, shape).astype(
+        np.uint16 if mode == "I;16" else np.uint8)
     exif = Image.Exif()
     exif[0x010F] = "TestCam"
     exif.get_ifd(0x8769)[0x8827] = 400
@@ -610,6 +611,25 @@ def test_compressed_8_bit_tiff_keeps_exif_directories(tmp_path, shape, mode, com
         back = im.getexif()
         assert back[0x010F] == "TestCam" and back.get_ifd(0x8769)[0x8827] == 400 and back.get_ifd(0x8825)[1] == "N"
         assert np.array_equal(np.asarray(im), a)
+
+
+@pytest.mark.parametrize("mode, compression", [("CMYK", "tiff_lzw"), ("1", "group4"), ("RGB", "jpeg")])
+def test_other_compressed_tiffs_with_exif_directories_are_written(tmp_path, mode, compression):
+    """A CMYK, 1-bit or JPEG-compressed TIFF whose EXIF has its own and GPS directories could not be
+    written at all (libtiff refuses those directories, and tifffile is not used for these): it keeps
+    EXIF's first directory (camera, date, copyright), as docs/denoise.md says."""
+    shape = {"CMYK": (6, 8, 4), "1": (6, 8), "RGB": (16, 16, 3)}[mode]
+    a = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    if mode == "1":
+        a = np.where(a > 127, 255, 0).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769)[0x8827] = 400
+    exif.get_ifd(0x8825)[1] = "N"
+    save_image(tmp_path / "e.tif", a, exif=exif.tobytes(), mode=mode,
+               source={"source_mode": mode, "compression": compression})
+    with Image.open(tmp_path / "e.tif") as im:
+        assert im.mode == mode and im.info["compression"] == compression and im.getexif()[0x010F] == "TestCam"
 
 
 def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
