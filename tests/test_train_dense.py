@@ -247,7 +247,7 @@ def test_greedy_with_noise_pretrains_stacked_denoising_autoencoders():
     (the greedy phase ignored --noise: only the fine-tuning was denoising)."""
     images, _ = read_mnist(500)
     x = F.to_tensor(images[:, :, :, None])
-    masked = F._corrupt_layer(x.flatten(1), ("mask", 0.5), torch.Generator().manual_seed(1), True, 1.0)
+    masked = F.corrupt(x.flatten(1), ("mask", 0.5), torch.Generator().manual_seed(1))
     err = {}
     for noise in ((), ("mask", 0.5)):
         torch.manual_seed(0)

@@ -139,12 +139,21 @@ def parse_noise(spec: str) -> tuple:
     return (kind, value)
 
 
-def corrupt(x: torch.Tensor, noise: tuple) -> torch.Tensor:
+def corrupt(x: torch.Tensor, noise: tuple, gen: torch.Generator | None = None, pixels: bool = True,
+            scale: float = 1.0) -> torch.Tensor:
+    """x corrupted by `noise` (parse_noise): masking zeroes a share of the values, Gaussian noise of
+    std noise[1] * scale is added and, on pixels, clipped to [0, 1]. Drawn from `gen` (a CPU
+    generator) when given, else from torch's global one."""
     if not noise:
         return x
+
+    def draw(fn):
+        return fn(x.shape, generator=gen).to(x.device, x.dtype) if gen is not None else fn(x.shape).to(x)
+
     if noise[0] == "gaussian":
-        return (x + noise[1] * torch.randn_like(x)).clamp(0, 1)
-    return x * (torch.rand_like(x) >= noise[1]).to(x.dtype)
+        out = x + (noise[1] * scale) * (draw(torch.randn) if gen is not None else torch.randn_like(x))
+        return out.clamp(0, 1) if pixels else out
+    return x * ((draw(torch.rand) if gen is not None else torch.rand_like(x)) >= noise[1]).to(x.dtype)
 
 
 def build(cfg: DenseTrainConfig, channels: int, height: int, width: int) -> tuple[DenseConfig, Objective]:
@@ -307,7 +316,7 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
         for s in range(steps):
             idx = torch.randint(0, h.shape[0], (min(batch, h.shape[0]),), generator=gen).to(x.device)
             hb = h[idx]
-            z = enc(_corrupt_layer(hb, noise, gen, i == 0, scale) if noise else hb)
+            z = enc(corrupt(hb, noise, gen, pixels=i == 0, scale=scale))
             z = model.code_act(z) if i == depth - 1 else model.act(z)
             w = enc.weight.t() if model.cfg.tied else dec_w
             r = F.linear(z, w, dec_b)
@@ -334,16 +343,6 @@ def greedy_pretrain(model: DenseAE, x: torch.Tensor, steps: int, batch: int, lr:
     if model.enc_bn is not None:
         batchnorm_as_identity(model, x)
     return history
-
-
-def _corrupt_layer(h: torch.Tensor, noise: tuple, gen: torch.Generator, pixels: bool, scale: float) -> torch.Tensor:
-    """A greedy layer's corrupted input (seeded by the layer's generator): masking as for pixels,
-    Gaussian noise scaled by `scale` (the layer's input spread over the pixels') and clipped to
-    [0, 1] only on pixels."""
-    if noise[0] == "mask":
-        return h * (torch.rand(h.shape, generator=gen) >= noise[1]).to(h.device, h.dtype)
-    out = h + (noise[1] * scale) * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)
-    return out.clamp(0, 1) if pixels else out
 
 
 @torch.no_grad()
