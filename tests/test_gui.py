@@ -1137,6 +1137,38 @@ def test_escape_stops_the_work_in_progress(qtbot, window, cat_png):
     qtbot.waitUntil(lambda: tab.result is not None and not window.work.busy, timeout=WAIT)
 
 
+def test_escape_stops_only_the_work_of_the_tab_showing(qtbot, window, blur_denoiser, crops):
+    """Esc on the Compress tab stopped a Denoise running behind it too, which was then left without a
+    result and without a word. Esc stops the work of the tab showing, and the Denoise tab says when
+    its own run was stopped."""
+    window.add_model_folder(blur_denoiser)
+    den, comp = window.denoise, window.compress
+    gate = hold(window.work)                     # what the tabs start waits behind this
+    den.open_path(crops[0])
+    window.tabs.setCurrentWidget(comp)
+    comp.open_path(crops[1])
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    assert window.statusBar().currentMessage() == "Stopped" and comp.panel.view._busy == ""
+    assert den.panel.view._busy and den.stopped_note.isHidden()
+    gate.set()
+    first = wait_result(qtbot, den)              # the denoising behind the Compress tab went on
+    assert comp.result is None and comp.prepared is None
+    # on the Denoise tab, Esc stops its run, says so, and the Compress tab's work goes on
+    window.tabs.setCurrentWidget(den)
+    gate = hold(window.work)
+    den.ensemble.setCurrentIndex(1)              # a new run for new settings
+    comp.quality.setValue(60)                    # the stopped analysis runs again
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    assert window.statusBar().currentMessage() == "Stopped" and den.panel.view._busy == ""
+    assert not den.stopped_note.isHidden() and "earlier settings" in den.stopped_note.text()
+    gate.set()
+    wait_result(qtbot, comp)
+    assert den.result is first and den._stale and not den.save_btn.isEnabled()
+    den.ensemble.setCurrentIndex(0)              # a change runs it again
+    wait_result(qtbot, den, first)
+    assert den.stopped_note.isHidden() and den.save_btn.isEnabled()
+
+
 def test_batch_cancel_stops_a_target_search_within_the_file(qtbot, window, crops, tmp_path, monkeypatch):
     """Cancel during a file's target search stops it there (the search took the whole file before):
     the file is cancelled, not written."""
