@@ -428,6 +428,9 @@ class CompressTab(ImageTab):
         stopped, or one about to start once the quality rests)."""
         return self._debounce.isActive() or any(self.work.pending(j) for j in (self._prep_job, self._enc_job))
 
+    def jobs(self) -> list:
+        return [self._prep_job, self._enc_job]
+
     def _stopped(self) -> None:
         """Esc while the result for a new setting was being made: the result shown stays, and says
         it is the earlier one (the status bar and Save, which stay off, no longer wait for it). A

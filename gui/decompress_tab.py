@@ -155,6 +155,9 @@ class DecompressTab(ImageTab):
         if self.decoded is None and self.path is not None and self._unknown_model:
             self.open_path(self.path)
 
+    def jobs(self) -> list:
+        return [self._job, self._compare_job]
+
     def _update_buttons(self) -> None:
         self.save_btn.setEnabled(self.decoded is not None)
         self.compare_btn.setEnabled(self.decoded is not None)

@@ -60,6 +60,7 @@ class DenoiseTab(ImageTab):
         self.result: Denoised | None = None
         self._stale = False           # the model, ensemble or noise level changed since `result`; a new run is on
         self._job = None
+        self._blend_job = None
         self._blend_timer = QTimer(self)
         self._blend_timer.setSingleShot(True)
         self._blend_timer.setInterval(120)
@@ -115,7 +116,9 @@ class DenoiseTab(ImageTab):
 
         self.grid = ResultGrid([("noise", "Noise level"), ("dims", "Image"), ("time", "Time"),
                                 ("provider", "Provider")], self)
-        side.add(group("Result", self.grid))
+        self.stopped_note = note_label("", self)         # Esc stopped the run: what is shown, and why
+        self.stopped_note.hide()
+        side.add(group("Result", self.grid, self.stopped_note))
         self.save_btn = QPushButton("Save image\u2026", self)
         self.save_btn.setObjectName("primary")
         self.save_btn.clicked.connect(lambda: self.save_image())
@@ -201,6 +204,7 @@ class DenoiseTab(ImageTab):
             return
         if self._job is not None:
             self._job.cancel()
+        self.stopped_note.hide()
         if self.result is not None:
             self._stale = True
             self._update_buttons()
@@ -240,8 +244,26 @@ class DenoiseTab(ImageTab):
             frames = f", frame 1 of {pic.frames}" if pic.frames > 1 else ""   # saving writes this frame only
             self.grid.set("dims", f"{pic.width} \u00d7 {pic.height}, {pic.mode}{frames}")
 
+    def jobs(self) -> list:
+        return [self._job, self._blend_job]
+
+    def _stopped_by_user(self, jobs: list) -> None:
+        """Esc stopped the run: the tab says so, as the Compress tab does, until the next run (a
+        mixing at a new strength that Esc stopped puts the slider back instead)."""
+        if not any(j is self._job for j in jobs):
+            return
+        if self.result is not None and self._stale:
+            text = "Stopped: the result shown is for the earlier settings; change a setting to denoise again."
+        elif self.result is None:
+            text = "Stopped before the image was denoised: change a setting, or open it again, to denoise it."
+        else:
+            return
+        self.stopped_note.setText(text)
+        self.stopped_note.show()
+
     def _done(self, r: Denoised) -> None:
         self.result, self._stale = r, False
+        self.stopped_note.hide()
         info = r.info
         self.panel.view.set_busy("")
         self.panel.view.set_after(r.after, r.diff)
@@ -282,15 +304,19 @@ class DenoiseTab(ImageTab):
                 self.panel.view.set_after(r.after, r.diff)
                 self._update_buttons()
 
-        def failed(message: str) -> None:     # the slider goes back to what is shown (and saved)
+        def back() -> None:                   # the slider goes back to what is shown (and saved)
             if self.result is r:
                 self.strength.blockSignals(True)
                 self.strength.setValue(round(r.strength * 100))
                 self.strength.blockSignals(False)
                 self.strength_label.setText(f"{self.strength.value()}%")
+                self.settings.denoise_strength = self.strength.value()
+
+        def failed(message: str) -> None:
+            back()
             self.errorOccurred.emit(message)
 
-        self.work.submit(job, name="blend", done=done, error=failed)
+        self._blend_job = self.work.submit(job, name="blend", done=done, error=failed, cancelled=back)
 
     def _failed(self, message: str) -> None:
         if self._stale:                       # what is on screen is not what the settings ask for

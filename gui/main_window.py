@@ -187,18 +187,15 @@ class MainWindow(QMainWindow):
         act(h, "&About aecompress", self.about)
 
     def stop(self) -> None:
-        """Esc: stop the work in progress (the image being analysed, compressed, decoded or denoised,
-        at its next step; on the Batch tab, the batch, as its Cancel button does)."""
-        if self.tabs.currentWidget() is self.batch:
+        """Esc: stop the work of the tab showing (the image being analysed, compressed, decoded or
+        denoised, at its next step; on the Batch tab, the batch, as its Cancel button does). The other
+        tabs' work goes on: a Denoise running behind the Compress tab was stopped too."""
+        tab = self.tabs.currentWidget()
+        if tab is self.batch:
             if self.batch.running:
                 self.batch.cancel()
-            return
-        if not self.work.busy:
-            return
-        self.work.cancel_all()
-        for tab in (self.compress, self.decompress, self.denoise):
-            tab.panel.view.set_busy("")
-        self.show_status("Stopped")
+        elif tab.stop():
+            self.show_status("Stopped")
 
     def _panel(self):
         tab = self.tabs.currentWidget()

@@ -222,6 +222,25 @@ class ImageTab(QWidget):
     def _model_changed(self, key: str) -> None:
         pass
 
+    def jobs(self) -> list:
+        """The tab's jobs that Esc stops (submitted to `work`, pending or not)."""
+        return []
+
+    def stop(self) -> bool:
+        """Esc: stop this tab's work at its next step; the other tabs' work goes on (it stopped too,
+        and a Denoise running behind the Compress tab was left without a result or a word). True
+        when there was work to stop."""
+        jobs = [j for j in self.jobs() if self.work.pending(j)]
+        for j in jobs:
+            self.work.cancel(j)
+        if jobs:
+            self.panel.view.set_busy("")
+            self._stopped_by_user(jobs)
+        return bool(jobs)
+
+    def _stopped_by_user(self, jobs: list) -> None:
+        """After Esc stopped `jobs` (the view's busy text is gone)."""
+
     def lay_out(self, panel: QWidget, side: "SidePanel") -> None:
         """The panel, then the finished side panel at the right."""
         side.finish()

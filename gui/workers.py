@@ -149,13 +149,18 @@ class WorkQueue(QObject):
         """Whether `job` was submitted here, not cancelled, and has yet to end (its result is to come)."""
         return job is not None and not job.cancelled and job.id in self._jobs
 
+    def cancel(self, job: Job) -> None:
+        """Cancel one job: queued, it never starts (its cancelled callback runs now); running, it stops
+        at its next step."""
+        job.cancel()
+        if job.id in self._jobs and job.runnable is not None and self.pool.tryTake(job.runnable):
+            job.runnable.job = job.runnable.signals = None           # it never runs: let go of it here
+            self._signals.cancelled.emit(job.id)
+
     def cancel_all(self) -> None:
         """Cancel every job: queued ones never start, running ones stop at their next step."""
         for job in list(self._jobs.values()):
-            job.cancel()
-            if job.runnable is not None and self.pool.tryTake(job.runnable):
-                job.runnable.job = job.runnable.signals = None       # it never runs: let go of it here
-                self._signals.cancelled.emit(job.id)
+            self.cancel(job)
 
     def shutdown(self, timeout_ms: int = -1) -> bool:
         """Cancel everything and wait for the step in flight; True if all workers stopped."""
