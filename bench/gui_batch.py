@@ -1,6 +1,6 @@
 """Bench: the Batch tab with a folder of thousands of files (offscreen, no model is run).
 
-    QT_QPA_PLATFORM=offscreen python bench/gui_batch.py [--sizes 1000 3000 10000] [--run 3000]
+    QT_QPA_PLATFORM=offscreen python bench/gui_batch.py [--sizes 1000 3000 10000] [--run 3000] [--out DIR]
 
 For each size, with the Batch tab showing in a 1100x700 window: a folder of that many (empty) .png
 files is dropped on the window; printed are the time from the drop to the event loop being free
@@ -8,13 +8,17 @@ again ("add"), then to the end of the table's first paint ("paint"), and the tim
 rows selected) to the event loop being free and to the repaint. With --run N, a batch of N files
 that each fail at once (empty files: the worst case for the window, as a queue of files whose outputs
 exist and are skipped) is started, and the longest wait of a 10 ms timer while it runs is printed:
-how long the window stops answering.
+how long the window stops answering. Writes gui_batch.json and (with matplotlib) gui_batch.png to
+--out (default bench/results).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -72,7 +76,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 3000, 10000])
     ap.add_argument("--run", type=int, nargs="*", default=[3000, 10000])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = ap.parse_args()
+    rows, runs = [], []
     create_app()
     tmp = Path(tempfile.mkdtemp(prefix="gui-batch-"))
     ini = tmp / "settings.ini"
@@ -109,6 +115,7 @@ def main() -> None:
         assert not tab.items and tab.table.rowCount() == 0
         print(f"{n:6d} files: add {add:6.2f} s, first paint at {paint:6.2f} s; remove all {rm:6.2f} s, "
               f"repainted at {rm_paint:6.2f} s", flush=True)
+        rows.append({"files": n, "add": add, "first_paint": paint, "remove": rm, "remove_paint": rm_paint})
 
     for n in a.run:
         drop(win, [folder(n)])
@@ -136,10 +143,43 @@ def main() -> None:
         statuses = {it.status for it in tab.items}
         print(f"{n:6d} files run (each fails at once): {took:6.2f} s, longest timer wait {max(gaps) * 1000:6.0f} ms, "
               f"{sum(g > 0.1 for g in gaps)} waits over 100 ms; {statuses}", flush=True)
+        runs.append({"files": n, "seconds": took, "longest_wait": max(gaps), "waits_over_100ms": sum(g > 0.1 for g in gaps)})
         tab.table.selectAll()
         tab.remove_selected()
         settle(vp, time.perf_counter())
     win.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(a.out, rows, runs)
+
+
+def write(out: Path, rows: list[dict], runs: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "window": "1100x700, Batch tab, offscreen"}
+    (out / "gui_batch.json").write_text(json.dumps({**meta, "drops": rows, "runs": runs}, indent=1) + "\n")
+    written = [out / "gui_batch.json"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+    if plt is not None and rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        n = [r["files"] for r in rows]
+        for key, label in (("add", "drop: event loop free"), ("first_paint", "drop: first paint done"),
+                           ("remove", "remove all")):
+            ax.plot(n, [r[key] for r in rows], marker="o", label=label)
+        if runs:
+            ax.plot([r["files"] for r in runs], [r["longest_wait"] for r in runs], marker="s", ls="--",
+                    label="longest freeze while a batch runs")
+        ax.set(xscale="log", xlabel="files in the batch", ylabel="seconds", title="Batch tab with many files")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "gui_batch.png", dpi=110)
+        written.append(out / "gui_batch.png")
+    print("wrote " + " and ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":
