@@ -479,6 +479,17 @@ def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     assert r.returncode == 2 and "multiple of 8" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_train_denoise_writes_the_description_given(tmp_path):
+    """--description was taken and dropped: a denoiser's manifest always had the shipped model's line."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", 2)
+    out = tmp_path / "dn"
+    res = invoke("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1",
+                 "--batch", "1", "--crop", "16", "--threads", "1", "--quiet", "--description", "scanner grain")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((out / "manifest.json").read_text())["description"] == "scanner grain"
+
+
 def test_a_diverging_conv_run_is_one_line(tmp_path):
     imgs = tmp_path / "imgs"
     random_images(imgs, seed=3)

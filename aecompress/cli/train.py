@@ -192,7 +192,7 @@ def train_cmd(
             if bad:
                 raise usage_error(f"{bad[0]} does not apply to denoisers")
             _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
-                            val, quiet, say)
+                            val, quiet, say, description)
             return
         if arch == "conv":
             _train_conv(data, out, name, description, mode, steps, batch, lr, seed, resume, checkpoint_every, val,
@@ -319,7 +319,7 @@ def _check_device_and_init(device: str, init) -> None:
 
 
 def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resume, init, device, threads, bf16,
-                    val, quiet, say) -> None:
+                    val, quiet, say, description="") -> None:
     """`python -m aecompress.train.denoiser train` and `export` in one: checkpoint in OUT.work/, the
     package at OUT, measured on --val (else on four of the training images, and the manifest says so)."""
     import contextlib
@@ -348,7 +348,8 @@ def _train_denoiser(data, out, name, steps, minutes, batch, crop, lr, seed, resu
             raise AecError(str(exc).splitlines()[0]) from None
         denoiser.export_checkpoint(ckpt, out, name, measure_limit=None if val else 4, force=True,
                                    val_dir=Path(val or data).resolve(),
-                                   measure_label=None if val else "{n} training photos of {folder} (no --val)")
+                                   measure_label=None if val else "{n} training photos of {folder} (no --val)",
+                                   description=description)
     say(f"wrote {out}")
 
 

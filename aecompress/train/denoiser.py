@@ -42,6 +42,8 @@ from .resume import differing_options, refusal, resolved
 ALIGN = 8                # input sizes must be multiples of this
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SIGMA_MAX = 50.0
+DESCRIPTION = ("Blind residual-UNet denoiser: Gaussian sigma 0-50, Poisson-Gaussian and JPEG'd noise; "
+               "colour, greyscale replicated to 3 channels at run time.")
 LOSSES = ("mse", "psnr")
 PSNR_EPS = 1e-4          # the "psnr" loss: log(MSE + eps), so near-perfect (clean) crops cannot take over
 BF16_UNTIL = 0.85        # share of the time budget trained in mixed precision when bf16 is on
@@ -395,8 +397,9 @@ def measure_package(folder: Path, val_dir: Path, sigmas=(15, 25, 50), limit: int
 
 def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training: dict | None = None,
                    measure: bool = True, val_dir: Path | None = None, measure_limit: int | None = None,
-                   force: bool = True, measure_label: str | None = None) -> Path:
-    """Write a model package folder (manifest + single-file ONNX graph) atomically, verified against torch."""
+                   force: bool = True, measure_label: str | None = None, description: str = "") -> Path:
+    """Write a model package folder (manifest + single-file ONNX graph) atomically, verified against torch.
+    description: the manifest's one line (default: what the blind training covers)."""
     from .export import _write_package_atomically, export_onnx
 
     out = Path(out)
@@ -423,8 +426,7 @@ def export_package(model: DenoiseNet, out: Path, name: str = "denoise", training
             "receptive_radius": receptive_radius(model),
             "blind": True,
             "sigma_input": False,
-            "description": "Blind residual-UNet denoiser: Gaussian sigma 0-50, Poisson-Gaussian and JPEG'd noise; "
-                           "colour, greyscale replicated to 3 channels at run time.",
+            "description": description or DESCRIPTION,
             "architecture": {"type": "residual-unet", "widths": list(model.widths), "pixel_unshuffle": 2,
                              "params": sum(p.numel() for p in model.parameters())},
             "training": training or {},
@@ -459,10 +461,10 @@ def receptive_radius(model: DenoiseNet) -> int:
 
 def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, measure: bool = True,
                       measure_limit: int | None = None, force: bool = False, val_dir: Path | None = None,
-                      measure_label: str | None = None) -> Path:
-    """A denoiser checkpoint as a model package at `out` (name: default the folder's), its manifest
-    recording what the checkpoint (and the stages it was fine-tuned from) ran: data, steps, time,
-    hardware, noise shares, loss and learning rate."""
+                      measure_label: str | None = None, description: str = "") -> Path:
+    """A denoiser checkpoint as a model package at `out` (name: default the folder's; description: the
+    manifest's one line, default DESCRIPTION), its manifest recording what the checkpoint (and the
+    stages it was fine-tuned from) ran: data, steps, time, hardware, noise shares, loss and learning rate."""
     out = Path(out)
     if out.exists() and not force:
         raise AecError(f"{out} exists: use --force to replace it" + (
@@ -524,7 +526,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, meas
             if prior.get(key) not in (None, "") and str(prior[key]) != str(training.get(key)):
                 training[key] = f"{prior[key]}; then {training.get(key)}"
     return export_package(model, out, name or out.name, training, measure=measure, measure_limit=measure_limit,
-                          val_dir=val_dir, measure_label=measure_label)
+                          val_dir=val_dir, measure_label=measure_label, description=description)
 
 
 def main(argv: list[str] | None = None) -> None:
