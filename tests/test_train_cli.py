@@ -490,6 +490,18 @@ def test_train_denoise_writes_the_description_given(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["description"] == "scanner grain"
 
 
+def test_train_denoise_fine_tunes_at_a_lower_default_learning_rate(tmp_path):
+    """--init denoise started at the from-scratch peak 1e-3, which undid much of the shipped training."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", 3)
+    out = tmp_path / "ft"
+    res = invoke("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1",
+                 "--batch", "1", "--crop", "16", "--threads", "1", "--quiet", "--init", "denoise")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    stage = json.loads((out / "manifest.json").read_text())["training"]["stages"][-1]
+    assert stage["lr"] == 1e-4 and stage["init"] == "denoise"
+
+
 def test_a_diverging_conv_run_is_one_line(tmp_path):
     imgs = tmp_path / "imgs"
     random_images(imgs, seed=3)
