@@ -502,6 +502,18 @@ def test_train_denoise_fine_tunes_at_a_lower_default_learning_rate(tmp_path):
     assert stage["lr"] == 1e-4 and stage["init"] == "denoise"
 
 
+def test_train_help_gives_the_denoisers_defaults():
+    """--batch, --lr, --threads and --steps named conv's and dense's defaults only; --out promised a
+    report a denoiser does not write."""
+    from aecompress.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(res.output.split())
+    for said in ("dense 128, denoise 16", "denoise 1e-3, denoise --init 1e-4", "denoise: all cores",
+                 "denoise: a cap", "conv, dense: report in OUT/report/", "a denoiser has none"):
+        assert said in text, said
+
+
 def test_a_diverging_conv_run_is_one_line(tmp_path):
     imgs = tmp_path / "imgs"
     random_images(imgs, seed=3)

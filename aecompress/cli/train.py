@@ -80,15 +80,16 @@ def train_cmd(
                                          "(fixed-size images, stack of dense layers) or denoise (a blind "
                                          "denoiser for `aecompress denoise`)"),
     data: Path = typer.Option(..., "--data", help="folder of training images (searched recursively; "
-                                                  "sub-folder names are labels)"),
-    out: Path = typer.Option(..., "--out", "-o", help="model package folder to write (report in OUT/report/, "
-                                                      "checkpoint in OUT.work/)"),
+                                                  "sub-folder names are labels in a report)"),
+    out: Path = typer.Option(..., "--out", "-o", help="model package folder to write (conv, dense: report in "
+                                                      "OUT/report/; checkpoint in OUT.work/)"),
     name: Optional[str] = typer.Option(None, help="model name in the manifest (default: the folder name)"),
     description: str = typer.Option("", help="one-line description for the manifest"),
     mode: str = typer.Option("auto", help="auto, L (greyscale) or RGB"),
-    steps: Optional[int] = typer.Option(None, min=1, help="training steps (conv default 20000; dense: see --epochs)"),
+    steps: Optional[int] = typer.Option(None, min=1, help="training steps (conv default 20000; dense: see --epochs; "
+                                                          "denoise: a cap; the learning rate's schedule spans --minutes)"),
     epochs: Optional[int] = typer.Option(None, min=1, help="dense: passes over the training images (default 30)"),
-    batch: Optional[int] = typer.Option(None, min=1, help="batch size (conv 4, dense 128)"),
+    batch: Optional[int] = typer.Option(None, min=1, help="batch size (conv 4, dense 128, denoise 16)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (conv 2e-4, dense 2e-3, denoise 1e-3, "
                                                   "denoise --init 1e-4)"),
     seed: int = typer.Option(0, help="random seed (training is reproducible for a given seed)"),
@@ -103,7 +104,8 @@ def train_cmd(
                                                   "photos)"),
     val_split: float = typer.Option(0.1, min=0.0, max=0.9, help="dense: share of the images held out for validation"),
     patience: int = typer.Option(10, min=0, help="dense: stop after this many validations without improvement (0: never)"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (dense default 1)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (dense default 1, denoise: all "
+                                                             "cores)"),
     minutes: Optional[float] = typer.Option(None, help="conv: wall-clock budget; denoise: the budget the learning "
                                                          "rate's cosine schedule spans (default 10)"),
     crop: Optional[int] = typer.Option(None, min=8, help="conv: training crop size, a multiple of 64 (default 192; "
@@ -140,7 +142,8 @@ def train_cmd(
     quant_bits: int = typer.Option(4, min=1, max=16, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
     val_every: Optional[int] = typer.Option(None, min=1, help="dense: steps between validations (default: one epoch)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or step lines (the final 'wrote OUT' stays)"),
-    no_report: bool = typer.Option(False, "--no-report", help="skip the training report (OUT/report/)"),
+    no_report: bool = typer.Option(False, "--no-report", help="conv, dense: skip the training report (OUT/report/; "
+                                                              "a denoiser has none)"),
     force: bool = typer.Option(False, "--force", "-f", help="replace an existing package at OUT, or start over "
                                                             "where OUT.work/ holds an interrupted run"),
 ) -> None:
