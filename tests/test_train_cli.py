@@ -514,6 +514,22 @@ def test_train_help_gives_the_denoisers_defaults():
         assert said in text, said
 
 
+def test_a_fresh_denoise_run_starts_its_own_log(tmp_path):
+    """--force over a finished run appended to its OUT.work/log.jsonl: two runs' steps in one log."""
+    pytest.importorskip("torch")
+    from aecompress.train import denoiser
+
+    random_images(tmp_path / "imgs", 9)
+    kw = dict(minutes=5, batch=1, crop=16, data=tmp_path / "imgs", log_every=1)
+    denoiser.train(tmp_path / "dn", max_steps=3, **kw)
+    denoiser.train(tmp_path / "dn", max_steps=4, resume=True, **kw)          # resumed: the same log goes on
+    steps = [json.loads(line)["step"] for line in (tmp_path / "dn" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3, 4, 4]
+    denoiser.train(tmp_path / "dn", max_steps=2, resume=False, **kw)         # started over
+    steps = [json.loads(line)["step"] for line in (tmp_path / "dn" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2]
+
+
 def test_a_diverging_conv_run_is_one_line(tmp_path):
     imgs = tmp_path / "imgs"
     random_images(imgs, seed=3)

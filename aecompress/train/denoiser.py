@@ -259,6 +259,8 @@ def train(out: Path, minutes: float, batch: int = 16, crop: int = 80, lr: float 
           flush=True)
     val = _val_set() if (DATA / "val" / "photos").is_dir() and data is None else []
     out.mkdir(parents=True, exist_ok=True)
+    if state is None:                                     # a fresh run: the log is this run's alone
+        (out / "log.jsonl").unlink(missing_ok=True)
     model = DenoiseNet(widths)
     step, spent = 0, 0.0
     init_package = None
