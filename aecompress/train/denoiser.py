@@ -545,9 +545,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", type=Path, default=None)
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tuning)")
-    t.add_argument("--p-clean", type=float, default=0.04, help="share of noise-free inputs")
-    t.add_argument("--p-low", type=float, default=0.0, help="share of inputs with sigma U(0, 8)")
-    t.add_argument("--p-jpeg", type=float, default=0.15)
+    t.add_argument("--p-clean", type=float, default=0.04,
+                   help="share of the Gaussian-noise inputs (80%%; the rest are Poisson-Gaussian) that get none")
+    t.add_argument("--p-low", type=float, default=0.0,
+                   help="share of the Gaussian-noise inputs with sigma U(0, 8) instead of U(0, 50)")
+    t.add_argument("--p-jpeg", type=float, default=0.15, help="share of inputs saved as JPEG after the noise")
     t.add_argument("--loss", default="mse", choices=LOSSES,
                    help="mse (pooled) or psnr (mean per-crop log MSE: weighs low noise up)")
     t.add_argument("--seed", type=int, default=0, help="crop and noise seed (use a new one per fine-tuning stage)")
