@@ -94,3 +94,21 @@ def linear_rgb_profile() -> bytes:
               + b"\0" * 12 + b"acsp" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249))
     header += b"\0" * (128 - len(header))
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def coded_with_escape(codec) -> tuple[bytes, bytes]:
+    """(an ordinary file, the same latent with its first value made an escape near the format's
+    bound, MAX_VALUE - 1) of a 64x48 smooth image coded at quality 75 by a hyperprior codec."""
+    from aecompress import container
+    from aecompress.entropy import MAX_VALUE, Encoder
+
+    a = codec.analyse(smooth_image(48, 64, seed=2))
+    ordinary, st = codec.code(a, codec.quality_to_position(75))
+    q = st["q"].copy()
+    q.flat[0] = MAX_VALUE - 1
+    enc = Encoder()
+    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
+    enc.encode(q, st["idx"], codec.y_tables)
+    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
+                              scale=st["scale"])
+    return ordinary, container.pack(header, container.join_payload(*enc.finish()))

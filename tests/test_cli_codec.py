@@ -643,23 +643,12 @@ def test_a_loop_of_links_fails_alone(tmp_path, photo):
 def test_a_latent_that_overflows_the_synthesis_is_a_damaged_file(tmp_path):
     """A checksummed file whose escape value is within the format's bound but makes the synthesis
     give NaN: a damaged file (exit 3), not a broken model (exit 4)."""
-    from aecompress import container
     from aecompress.compress import open_codec
-    from aecompress.entropy import MAX_VALUE, Encoder
 
-    codec = open_codec(None, "cpu", 1)
-    px = smooth_image(48, 64, seed=2)
-    a = codec.analyse(px)
-    _, st = codec.code(a, codec.quality_to_position(75))
-    q = st["q"].copy()
-    q.flat[0] = MAX_VALUE - 1
-    enc = Encoder()
-    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
-    enc.encode(q, st["idx"], codec.y_tables)
-    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
-                              scale=st["scale"])
+    from .conftest import coded_with_escape
+
     bad = tmp_path / "bad.aez"
-    bad.write_bytes(container.pack(header, container.join_payload(*enc.finish())))
+    bad.write_bytes(coded_with_escape(open_codec(None, "cpu", 1))[1])
     r = run("decode", bad)
     assert r.returncode == 3 and "far out of the model's range" in r.stderr, r.stderr
     assert not (tmp_path / "bad.png").exists()

@@ -304,23 +304,13 @@ def test_a_synthesis_that_gives_nan_on_an_ordinary_file_is_the_models_fault(tmp_
     for a latent of zeros; a file whose escaped value overflows a sound synthesis is still damaged."""
     from aecompress import container
     from aecompress.compress import decode_bytes, open_codec
-    from aecompress.entropy import MAX_VALUE, Encoder
     from aecompress.errors import CorruptFileError, NonFiniteOutput
 
-    from .conftest import smooth_image
+    from .conftest import coded_with_escape
 
     codec = open_codec(None, "cpu", 1)
-    a = codec.analyse(smooth_image(48, 64, seed=2))
-    ordinary, st = codec.code(a, codec.quality_to_position(75))
+    ordinary, escaped = coded_with_escape(codec)
     assert container.split_payload(container.unpack(ordinary)[1])[1] == b""       # no escapes
-    q = st["q"].copy()
-    q.flat[0] = MAX_VALUE - 1
-    enc = Encoder()
-    enc.encode(st["z"], codec._channel_index(st["z"].shape), codec.z_tables)
-    enc.encode(q, st["idx"], codec.y_tables)
-    header = container.Header(codec.pkg.model_id, 64, 48, 3, "RGB", 8, codec.kind, st["level"], False,
-                              scale=st["scale"])
-    escaped = container.pack(header, container.join_payload(*enc.finish()))
 
     pkg = copy_package(tmp_path)
     nan_output(pkg / "synthesis.onnx")
