@@ -387,7 +387,7 @@ class Codec:
         return np.ascontiguousarray(x[0, :, :height, :width].transpose(1, 2, 0))
 
     def reconstruct(self, st: dict, height: int, width: int, check: Callable[[], None] | None = None) -> np.ndarray:
-        """The decoded image at (height, width): synthesised at the coded scale, then upsampled."""
+        """The decoded image at (height, width): synthesised at the coded scale, then resampled to size."""
         return self.render(self.latent_from_state(st), st.get("scale", 1), height, width, check)
 
     def render(self, y_hat: np.ndarray, scale: float, height: int, width: int,

@@ -17,17 +17,19 @@ from .errors import AecError, CorruptFileError
 from .imageio import MAX_PIXELS
 
 MAGIC = b"AEZ"
-VERSION = 3                    # 2 added the coded-resolution scale (flags bits 6-7), 3 the scale 4/3
-READABLE = (1, 2, 3)
+VERSION = 4                    # 2 added the coded-resolution scale (flags bits 6-7), 3 the scale 4/3,
+                               # 4 the scale 3/4 (coded at 4/3 of the resolution)
+READABLE = (1, 2, 3, 4)
+OLDEST_WRITTEN = 3             # writers write the lowest version from this one that holds the file
 ID_BYTES = 8
 TRAILER_SIZE = 4
 MODES = ("L", "LA", "RGB", "RGBA")
 CODECS = ("hyperprior", "factorized")
 QUALITY_SCALE = 1024           # quality level is stored as round(level * 1024) in a u16
 MAX_SIDE = 1 << 18
-SCALE_RATIOS = ((1, 1), (2, 1), (4, 3))  # coded resolution = den/num of the image's (flags bits 6-7: index)
+SCALE_RATIOS = ((1, 1), (2, 1), (4, 3), (3, 4))  # coded resolution = den/num of the image's (flags bits 6-7: index)
 SCALES = tuple(n / d if d != 1 else n for n, d in SCALE_RATIOS)
-_SCALE_CODES_BY_VERSION = {1: 1, 2: 2, 3: 3}     # how many of SCALES each version may use
+_SCALE_CODES_BY_VERSION = {1: 1, 2: 2, 3: 3, 4: 4}     # how many of SCALES each version may use
 
 
 @dataclass
@@ -41,8 +43,8 @@ class Header:
     codec: str                 # "hyperprior" or "factorized"
     quality: float             # quality level in the model's level range (multiple of 1/1024)
     alpha_dropped: bool = False
-    version: int = VERSION
-    scale: float = 1           # one of SCALES: coded at 1/scale resolution, upsampled after decoding
+    version: int | None = None  # None: the lowest version (from OLDEST_WRITTEN) that holds the file
+    scale: float = 1           # one of SCALES: coded at 1/scale resolution, resampled to size after decoding
 
     def as_dict(self) -> dict:
         return {"version": self.version, "model_id": self.model_id[:ID_BYTES].hex(), "width": self.width,
@@ -91,9 +93,11 @@ def pack(header: Header, payload: bytes) -> bytes:
     check_size(header.width, header.height)
     flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
              | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (SCALES.index(header.scale) << 6))
-    if SCALES.index(header.scale) >= _SCALE_CODES_BY_VERSION.get(header.version, 0):
-        raise ValueError(f"scale {header.scale:g} needs a newer .aez version than {header.version}")
-    body = (MAGIC + bytes([header.version]) + header.model_id[:ID_BYTES] + bytes([flags])
+    version = header.version or min(v for v in READABLE if v >= OLDEST_WRITTEN
+                                     and SCALES.index(header.scale) < _SCALE_CODES_BY_VERSION[v])
+    if SCALES.index(header.scale) >= _SCALE_CODES_BY_VERSION.get(version, 0):
+        raise ValueError(f"scale {header.scale:g} needs a newer .aez version than {version}")
+    body = (MAGIC + bytes([version]) + header.model_id[:ID_BYTES] + bytes([flags])
             + _varint(header.width) + _varint(header.height)
             + struct.pack("<H", round(header.quality * QUALITY_SCALE)) + payload)
     return body + struct.pack("<I", zlib.crc32(body))

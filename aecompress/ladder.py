@@ -7,7 +7,9 @@ for video). Measured with our photo codec on validation photos: at half resoluti
 also lowers the rate floor from about 0.4 to about 0.1 bpp.
 
 Between the two, 3/4 resolution beats both, mostly between 0.3 and 0.7 bpp where half resolution
-saturates and full resolution is still coarse (measurements in docs/codec.md).
+saturates and full resolution is still coarse (measurements in docs/codec.md). At the top, where the
+full-resolution levels saturate, coding the image upsampled to 4/3 of its size and downsampling
+the decoded one (scale 3/4) reaches PSNRs full resolution never does, in fewer bits.
 
 A ladder is a list of rungs, lowest rate first. A rung codes at 1/scale of the resolution with the
 model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs. The
@@ -19,7 +21,8 @@ Quality 1..100 maps onto positions piecewise linearly through an *anchor*: quali
 sits where the calibration photos average ANCHOR_PSNR, so the default keeps its meaning when a
 retrained model's ladder changes length. A manifest without an anchor maps quality linearly.
 
-Scales are exact ratios (4/3 codes a ceil(W * 3/4) x ceil(H * 3/4) image). Resampling uses Pillow's
+Scales are exact ratios (4/3 codes a ceil(W * 3/4) x ceil(H * 3/4) image, 3/4 a ceil(W * 4/3) x
+ceil(H * 4/3) one). Resampling uses Pillow's
 Lanczos filter on 8-bit images, which is integer arithmetic: the upsampled pixels are identical on
 every machine.
 """
@@ -245,7 +248,7 @@ def calibrate(curve: Callable[[float, float], tuple[float, float]], levels: int,
     if 1 not in curves:
         return Ladder.single(levels)                 # a non-monotone full curve: no basis to choose
     order = list(curves)                             # coarse -> fine
-    ps = np.linspace(min(p[0] for _, p in curves.values()), curves[1][1][-1], 1024)
+    ps = np.linspace(min(p[0] for _, p in curves.values()), max(p[-1] for _, p in curves.values()), 1024)
     path: list[tuple[float, float]] = []             # (scale, PSNR) where each run of a scale starts
     allowed = 0                                      # index in `order` of the coarsest scale still allowed
     for p in ps:

@@ -346,7 +346,9 @@ class CompressTab(ImageTab):
                 data, recon, position, notes, scale = enc.data, enc.recon, enc.position, enc.notes, enc.scale
                 t_enc, t_dec = p.seconds + time.perf_counter() - t0, 0.0
             if scale != 1:
-                notes = notes + [f"coded at {resolution_name(scale)} resolution and upsampled (the model's low-rate setting)"]
+                notes = notes + [f"coded at {resolution_name(scale)} resolution and upsampled (the model's low-rate setting)"
+                                 if scale > 1 else f"coded at {resolution_name(scale)} resolution and downsampled "
+                                 "(the model's high-rate setting)"]
             token.check()
             # metrics in the source's channel layout, as the decoded file will be (greyscale: one channel)
             ref_m, rec_m = in_mode(p.reference, pic.mode), in_mode(recon, pic.mode)

@@ -87,7 +87,14 @@ def _with_version(data: bytes, version: int) -> bytes:
 def test_scale_is_recorded_and_older_versions_still_read():
     for scale in container.SCALES:
         got, _ = container.unpack(container.pack(_header(scale=scale), b"x"))
-        assert got.scale == scale and got.version == container.VERSION == 3
+        # writers write the lowest version from 3 that holds the file: 4 only for the scale 3/4, so
+        # a reader of version 3 still reads every other file
+        assert got.scale == scale and got.version == (4 if scale == 3 / 4 else 3)
+    assert container.VERSION == 4 and container.READABLE == (1, 2, 3, 4)
+    with pytest.raises(ValueError):                          # 4/3 of the resolution came with version 4
+        container.pack(_header(version=3, scale=3 / 4), b"x")
+    with pytest.raises(CorruptFileError, match="flags"):     # nor may a version-3 file claim it
+        container.unpack(_with_version(container.pack(_header(scale=3 / 4), b"x"), 3))
     old = container.pack(_header(version=1), b"x")            # a version-1 file: no scale field
     got, payload = container.unpack(old)
     assert (got.version, got.scale, payload) == (1, 1, b"x")
@@ -102,7 +109,7 @@ def test_scale_is_recorded_and_older_versions_still_read():
         container.unpack(_with_version(container.pack(_header(scale=2), b"x"), 1))
     with pytest.raises(CorruptFileError, match="flags"):
         container.unpack(_with_version(container.pack(_header(scale=4 / 3), b"x"), 2))
-    # scale code 3 is unassigned
+    # nor a version-3 file the code 3
     data = bytearray(container.pack(_header(scale=4 / 3), b"x"))
     data[12] |= 0xC0
     body = bytes(data[:-4])
@@ -135,7 +142,7 @@ def _doc_parse(b: bytes) -> dict:
     (quality,) = struct.unpack_from("<H", b, i)
     n, i = _doc_varint(b, i + 2)
     assert i + n <= len(b) - 4
-    num, den = ((1, 1), (2, 1), (4, 3))[f >> 6]
+    num, den = ((1, 1), (2, 1), (4, 3), (3, 4))[f >> 6]
     return {"version": b[3], "model_id": b[4:12], "mode": ("L", "LA", "RGB", "RGBA")[f & 3],
             "bits": 16 if f & 4 else 8, "codec": ("hyperprior", "factorized")[f >> 3 & 1],
             "channels": 3 if f & 16 else 1, "alpha_dropped": bool(f & 32), "scale_code": f >> 6,
@@ -243,11 +250,11 @@ def test_written_files_follow_the_documented_layout(photo_codec):
                                  (photo_codec.ladder.position(4 / 3, 2.0), "RGBA", 8)):
         data, st = photo_codec.code(a, position, mode=mode, bits=bits, alpha_dropped=mode.endswith("A"))
         f, z, q, _, left = _doc_latents(data, folder)
-        assert (f["version"], f["model_id"]) == (3, _doc_model_id(folder))
+        assert (f["version"], f["model_id"]) == (4 if st["scale"] == 3 / 4 else 3, _doc_model_id(folder))
         assert (f["mode"], f["bits"], f["alpha_dropped"], f["codec"], f["channels"]) == (mode, bits, mode.endswith("A"),
                                                                                          "hyperprior", 3)
         assert (f["width"], f["height"]) == (90, 70)
-        assert f["scale_code"] == {1: 0, 2: 1, 4 / 3: 2}[st["scale"]]
+        assert f["scale_code"] == {1: 0, 2: 1, 4 / 3: 2, 3 / 4: 3}[st["scale"]]
         assert f["quality"] == round(st["level"] * 1024)
         assert f["stream"][-1:] != b"\0"                      # trailing zero bytes dropped
         assert np.array_equal(z, st["z"]) and np.array_equal(q, st["q"]) and left == []

@@ -106,7 +106,27 @@ def test_calibrate_switches_where_half_resolution_stops_paying():
     assert curve(2, half.hi)[0] == pytest.approx(b_full, rel=0.1)
     assert 0 < half.hi < 8 and 0 <= full.lo < 2
     # a half-resolution curve that is never cheaper: no half-resolution rung
-    assert [r.scale for r in calibrate(lambda s, lv: (0.5 * 1.25 ** lv, 25 + lv - (s - 1) * 3), 9).rungs] == [1]
+    assert [r.scale for r in calibrate(lambda s, lv: (0.5 * 1.25 ** lv, 25 + lv - (s - 1) * 3), 9,
+                                       scales=(1, 2)).rungs] == [1]
+
+
+def test_calibrate_climbs_past_full_resolution_where_it_saturates():
+    """Where the full-resolution levels saturate, coding at 4/3 of the size (scale 3/4) reaches PSNRs
+    full resolution never does: the ladder ends with such a rung, and the calibration walks up to its
+    top, not only to full resolution's (the photo model's top levels gain 0.2 dB for 20% more bits)."""
+    def curve(scale, lv):
+        if scale == 1:
+            return 0.4 * 1.25 ** lv, 25.0 + 7 * (1 - np.exp(-lv / 3))           # saturates near 32 dB
+        return 0.4 / scale ** 2 * 1.25 ** lv, 24.0 + 11 * (1 - np.exp(-lv / 4))  # 3/4: more bits, higher top
+
+    lad = calibrate(curve, 9, scales=(1, 3 / 4))
+    assert [r.scale for r in lad.rungs] == [1, 3 / 4] and lad.rungs[-1].hi == 8
+    full, up = lad.rungs
+    assert curve(1, full.hi)[1] == pytest.approx(curve(3 / 4, up.lo)[1], abs=0.05)   # the same PSNR at the switch
+    assert 0 < full.hi < 8
+    # a finer scale that never pays stays out
+    assert [r.scale for r in calibrate(lambda s, lv: (0.4 / s ** 2 * 1.25 ** lv, 25 + lv), 9,
+                                       scales=(1, 3 / 4)).rungs] == [1]
 
 
 def test_calibrate_puts_an_intermediate_resolution_where_it_is_cheapest():
@@ -171,7 +191,9 @@ def full_only(tmp_path_factory):
 
 
 def test_shipped_codec_has_a_half_resolution_rung(photo_codec):
-    assert photo_codec.ladder.rungs[0].scale == 2 and photo_codec.ladder.rungs[-1].scale == 1
+    # half resolution at the bottom, 4/3 at the top, where full resolution saturates
+    assert [r.scale for r in photo_codec.ladder.rungs] == [2, 4 / 3, 1, 3 / 4]
+    assert photo_codec.ladder.rungs[-1].hi == photo_codec.levels - 1
 
 
 def test_low_qualities_code_at_half_resolution_and_decode_to_full_size(laddered, full_only, cat):
@@ -213,8 +235,8 @@ def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
 
 
 def test_scales_are_exact_ratios():
-    assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3"]
-    assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4"]
+    assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3", "3/4"]
+    assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4", "4/3"]
     for s in container.SCALES:
         assert parse_scale(scale_label(s)) == s and parse_scale(s) == s
     assert parse_scale("2/1") == 2 and parse_scale(" 4/3") == 4 / 3
@@ -224,6 +246,10 @@ def test_scales_are_exact_ratios():
     # ceil(size / scale) in integers: 451 * 3/4 = 338.25 -> 339, 301 * 3/4 = 225.75 -> 226
     assert scaled_size(451, 301, 4 / 3) == (339, 226) and scaled_size(451, 301, 2) == (226, 151)
     assert downscale(np.zeros((301, 451, 3), np.uint8), 4 / 3).shape == (226, 339, 3)
+    # the scale 3/4 codes at 4/3 of the size: 451 * 4/3 = 601.33 -> 602, 301 * 4/3 = 401.33 -> 402
+    assert scaled_size(451, 301, 3 / 4) == (602, 402)
+    assert downscale(np.zeros((301, 451, 3), np.uint8), 3 / 4).shape == (402, 602, 3)
+    assert parse_scale("3/4") == 3 / 4 and scale_label(3 / 4) == "3/4"
     lad = Ladder([Rung(2, 0, 3), Rung(4 / 3, 2, 5), Rung(1, 3, 8)])
     spec = json.loads(json.dumps(lad.to_manifest()))
     assert [r["scale"] for r in spec] == [2, "4/3", 1]
@@ -234,29 +260,29 @@ def test_scales_are_exact_ratios():
 
 
 @pytest.fixture(scope="module")
-def three_rungs(tmp_path_factory):
-    return _variant(tmp_path_factory, "photo_three", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "4/3", "lo": 2, "hi": 5},
-                                                      {"scale": 1, "lo": 3, "hi": 8}])
+def four_rungs(tmp_path_factory):
+    return _variant(tmp_path_factory, "photo_four", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "4/3", "lo": 2, "hi": 5},
+                                                      {"scale": 1, "lo": 3, "hi": 5}, {"scale": "3/4", "lo": 3, "hi": 8}])
 
 
-def test_intermediate_resolutions_round_trip(three_rungs, cat, tmp_path):
+def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
     pic = Picture(cat, "RGB")
-    a = three_rungs.analyse(cat)
+    a = four_rungs.analyse(cat)
     seen = []
-    for lo, hi in three_rungs.ladder.intervals():
-        data, st = three_rungs.code(a, (lo + hi) / 2)
-        rec = three_rungs.reconstruct(st, 300, 451)
+    for lo, hi in four_rungs.ladder.intervals():
+        data, st = four_rungs.code(a, (lo + hi) / 2)
+        rec = four_rungs.reconstruct(st, 300, 451)
         header = container.read_header(data)
-        assert header.scale == st["scale"] and header.version == 3
-        pixels, header, _ = decode_bytes(data, three_rungs.pkg)
+        assert header.scale == st["scale"] and header.version == (4 if st["scale"] == 3 / 4 else 3)
+        pixels, header, _ = decode_bytes(data, four_rungs.pkg)
         assert pixels.shape == cat.shape and np.array_equal(pixels, rec)   # what the encoder reported
         seen.append((st["scale"], len(data), psnr(cat, rec)))
         path = tmp_path / f"{resolution_name(st['scale']).replace('/', '_')}.aez"
         path.write_bytes(data)
         info = file_info(path)
         assert info["resolution"] == resolution_name(st["scale"])
-    assert [s for s, _, _ in seen] == [2, 4 / 3, 1]
+    assert [s for s, _, _ in seen] == [2, 4 / 3, 1, 3 / 4]
     assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(seen, seen[1:]))   # rate and quality rise
     # rate targets search every rung and still keep to the target
-    enc = encode_picture(pic, three_rungs, target_size=seen[1][1])
+    enc = encode_picture(pic, four_rungs, target_size=seen[1][1])
     assert len(enc.data) <= seen[1][1]
