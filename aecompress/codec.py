@@ -338,6 +338,8 @@ class Codec:
         what `reconstruct` needs, including the scale. refine: steps of latent refinement (None:
         the codec's own setting); check: called between refinement steps, may raise to cancel."""
         scale, level = self.ladder.at(position)
+        if scale < 1 and np.prod(scaled_size(a.width, a.height, scale), dtype=np.int64) > MAX_UPSCALED_PIXELS:
+            scale, level = self.ladder.at_most_full(position)         # too large to code upsampled
         level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
         sub = self.analysis_at(a, scale)
         st = self._quantize(sub, level, self.refine if refine is None else refine, check)
@@ -480,6 +482,10 @@ class Codec:
 # runs in tiles, so its peak grows with the pixels and a header may ask for more memory than the
 # machine has. Measured (CLI decode peaks, 2026-12-06): 489 MB for 6 and 843 MB for 24 megapixels,
 # about 20 bytes a pixel over a fixed ~370 MB (the synthesis tile's working memory, the libraries).
+# an image is coded upsampled (a rung finer than full resolution) only while the coded image stays
+# within this: a 24-megapixel photo is (42.7 million coded), a 40-megapixel one codes at full
+# resolution's top levels instead, so that neither side needs the memory of a 70-megapixel image
+MAX_UPSCALED_PIXELS = 50_000_000
 DECODE_FIXED_BYTES = 400 << 20
 DECODE_BYTES_PER_PIXEL = 24
 

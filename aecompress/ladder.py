@@ -164,6 +164,19 @@ class Ladder:
         last = self.rungs[-1]
         return last.scale, min(last.lo + u, last.hi)
 
+    def at_most_full(self, u: float) -> tuple[float, float]:
+        """at(u), but never finer than full resolution: a position on a rung above it maps linearly
+        onto the full-resolution levels above the full rung's top (for images too large to code
+        upsampled); unchanged where the ladder has no full rung."""
+        scale, level = self.at(u)
+        full = [r for r in self.rungs if r.scale == 1]
+        if scale >= 1 or not full:
+            return scale, level
+        rung = next(r for r in self.rungs if r.scale == scale and r.lo <= level <= r.hi)
+        top = full[-1].hi
+        span = max(rung.hi - rung.lo, 1e-9)
+        return 1, top + (level - rung.lo) / span * (max(rung.hi, top) - top)
+
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else
         the nearest end of the nearest rung of that scale (a file coded outside today's ladder)."""

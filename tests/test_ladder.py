@@ -286,3 +286,26 @@ def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
     # rate targets search every rung and still keep to the target
     enc = encode_picture(pic, four_rungs, target_size=seen[1][1])
     assert len(enc.data) <= seen[1][1]
+
+
+def test_an_image_too_large_to_code_upsampled_codes_at_full_resolution(photo_codec, cat, monkeypatch):
+    """Above MAX_UPSCALED_PIXELS coded pixels the rung finer than full resolution maps onto the full
+    rung's levels above its top instead (a 40-megapixel photo would code as 70): quality still rises
+    with -q, and the top is full resolution's top level."""
+    import aecompress.codec as codec_mod
+
+    lad = photo_codec.ladder
+    full = [r for r in lad.rungs if r.scale == 1][-1]
+    lo, hi = lad.intervals()[-1]
+    assert lad.at_most_full(hi) == (1, photo_codec.levels - 1)
+    assert lad.at_most_full(lo)[1] == pytest.approx(full.hi)
+    assert lad.at_most_full(lo / 2) == lad.at(lo / 2)                 # below the top rung: as at()
+    a = photo_codec.analyse(cat)
+    assert photo_codec.code(a, hi)[1]["scale"] == 3 / 4
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)    # the cat itself fits, 4/3 of it not
+    sizes = []
+    for u in (lo, (lo + hi) / 2, hi):
+        data, st = photo_codec.code(a, u)
+        assert st["scale"] == 1 and container.read_header(data).scale == 1
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and st["level"] == photo_codec.levels - 1
