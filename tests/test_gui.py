@@ -185,9 +185,9 @@ def test_quality_slider_changes_the_result(qtbot, window, crops, shots):
     r12 = wait_result(qtbot, tab, r10)
     tab.quality_spin.setValue(95)
     r95 = wait_result(qtbot, tab, r12)
-    # moving the slider never re-runs the full-resolution analysis; the low qualities of the
-    # resolution ladder analyse the half-resolution image once, then reuse it
-    assert calls in ([], [(48, 64, 3)]), calls
+    # moving the slider never re-runs the full-resolution analysis; the other resolutions of the
+    # ladder (half for the low qualities, 4/3 for the high ones) are analysed once each, then reused
+    assert (96, 128, 3) not in calls and len(calls) == len(set(calls)) <= 2, calls
     assert len(r10.data) < len(r75.data) < len(r95.data)
     assert r10.psnr < r95.psnr
     assert tab.estimate.text().endswith("bpp")

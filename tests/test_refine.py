@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from aecompress.codec import Codec
+from aecompress.ladder import Ladder
 from aecompress.compress import REFINE_NOT_KEPT, decode_bytes, encode_picture
 from aecompress.imageio import Picture
 from aecompress.metrics import psnr
@@ -29,11 +30,13 @@ def test_the_shipped_codec_has_a_refinement_graph_outside_its_model_id():
 def test_refined_files_lie_above_the_unrefined_rate_distortion_curve(crop):
     pkg = load_package("photo", "cpu", 2)
     plain, refined = Codec(pkg), Codec(pkg, refine=30)
+    for c in (plain, refined):              # full resolution at every level: position = level
+        c.ladder = Ladder.single(c.levels)
     a = plain.analyse(crop)
     n = crop.shape[0] * crop.shape[1]
 
     def point(codec, level):
-        data, st = codec.code(a, codec.ladder.position(1, level))
+        data, st = codec.code(a, level)
         return data, st, len(data) * 8 / n, psnr(crop, codec.reconstruct(st, *crop.shape[:2]))
 
     curve = np.array([point(plain, lv)[2:] for lv in np.arange(0.0, 8.01, 0.5)])      # bpp, PSNR
@@ -96,7 +99,7 @@ def test_rate_targets_hold_with_refinement(cat, monkeypatch):
 
     monkeypatch.setattr(Codec, "code", spy)
     better = []
-    for limit in (1200, 2500):
+    for limit in (1200, 3500):
         e0 = encode_picture(pic, plain, target_size=limit)
         steps.clear()
         e1 = encode_picture(pic, refined, target_size=limit)
@@ -106,7 +109,7 @@ def test_rate_targets_hold_with_refinement(cat, monkeypatch):
         better.append(psnr(pic.pixels, e1.recon) - psnr(pic.pixels, e0.recon))
         # a refinement that was thrown away is said (it took seconds and changed nothing, silently)
         assert (REFINE_NOT_KEPT in e1.notes) == (e1.data == e0.data), (limit, e1.notes)
-    # and refinement is worth something within a size (measured: +0.14 dB at 2500 bytes)
+    # and refinement is worth something within a size (measured: +0.21 dB at 3500 bytes, 4/3 resolution)
     assert max(better) > 0.05
     for target in (31.0, 35.0):
         e0 = encode_picture(pic, plain, target_psnr=target)
