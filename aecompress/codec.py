@@ -17,6 +17,7 @@ break decoding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -338,7 +339,7 @@ class Codec:
         what `reconstruct` needs, including the scale. refine: steps of latent refinement (None:
         the codec's own setting); check: called between refinement steps, may raise to cancel."""
         scale, level = self.ladder.at(position)
-        if scale < 1 and np.prod(scaled_size(a.width, a.height, scale), dtype=np.int64) > MAX_UPSCALED_PIXELS:
+        if scale < 1 and math.prod(scaled_size(a.width, a.height, scale)) > MAX_UPSCALED_PIXELS:
             scale, level = self.ladder.at_most_full(position)         # too large to code upsampled
         level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
         sub = self.analysis_at(a, scale)

@@ -569,30 +569,22 @@ def _prepared(pixels: np.ndarray, fmt: str, mode: str | None, exif: bytes | None
             kwargs["compression"] = source["compression"]
         if source.get("dpi") is not None:
             kwargs["dpi"] = source["dpi"]
-        if source.get("xmp"):
-            xmp = source["xmp"]
-            if fmt == "PNG":                  # Pillow's PNG and TIFF writers take no xmp= of their own
-                from PIL.PngImagePlugin import PngInfo
-
-                kwargs["pnginfo"] = PngInfo()
-                kwargs["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace")
-                                           if isinstance(xmp, bytes) else str(xmp), zip=False)
-            elif fmt == "TIFF":
-                kwargs["tiffinfo"] = {700: xmp if isinstance(xmp, bytes) else str(xmp).encode()}
-            else:
-                kwargs["xmp"] = xmp
-        if fmt == "PNG" and source.get("png_colour"):
+        xmp = source.get("xmp")
+        if fmt == "PNG" and (xmp or source.get("png_colour") or source.get("png_text")):
             from PIL.PngImagePlugin import PngInfo
 
-            info = kwargs.setdefault("pnginfo", PngInfo())
-            for kind, body in source["png_colour"].items():      # Pillow drops sRGB beside an ICC profile
+            info = kwargs["pnginfo"] = PngInfo()  # Pillow's PNG writer takes no xmp= of its own
+            if xmp:
+                info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace") if isinstance(xmp, bytes)
+                              else str(xmp), zip=False)
+            for kind, body in (source.get("png_colour") or {}).items():   # Pillow drops sRGB beside an ICC profile
                 info.add(kind.encode(), body)
-        if fmt == "PNG" and source.get("png_text"):
-            from PIL.PngImagePlugin import PngInfo
-
-            info = kwargs.setdefault("pnginfo", PngInfo())
-            for key, value in source["png_text"].items():
+            for key, value in (source.get("png_text") or {}).items():
                 info.add_text(key, value, zip=len(value) > 1024)
+        elif xmp and fmt == "TIFF":
+            kwargs["tiffinfo"] = {700: xmp if isinstance(xmp, bytes) else str(xmp).encode()}
+        elif xmp:
+            kwargs["xmp"] = xmp
         if im.mode == "P" and "transparency" in im.info:
             kwargs["transparency"] = im.info["transparency"]
         if im.mode == "P" and fmt == "GIF":
@@ -708,8 +700,8 @@ def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | N
             # 1-bit, CMYK) and JPEG-in-TIFF keep EXIF's first directory only
             if not (format == "TIFF" and kwargs.get("exif")):
                 raise
-            if im.mode in ("L", "LA", "RGB", "RGBA", "I;16") and rgb16._TIFF_COMPRESSION.get(kwargs.get("compression")):
-                return rgb16._tiff(np.asarray(im), kwargs["exif"], kwargs.get("icc_profile"), source or {})
+            if im.mode in ("L", "LA", "RGB", "RGBA", "I;16") and rgb16.TIFF_COMPRESSION.get(kwargs.get("compression")):
+                return rgb16.tiff(np.asarray(im), kwargs["exif"], kwargs.get("icc_profile"), source or {})
             kwargs["exif"] = _first_directory(kwargs["exif"])
             buf = io.BytesIO()
             im.save(buf, format=format, **kwargs)

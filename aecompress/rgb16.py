@@ -28,7 +28,7 @@ from .errors import AecError
 FORMATS = ("PNG", "TIFF")
 
 # Pillow's TIFF compression names -> tifffile's; anything else is written uncompressed
-_TIFF_COMPRESSION = {"tiff_lzw": "lzw", "tiff_adobe_deflate": "zlib", "tiff_deflate": "zlib",
+TIFF_COMPRESSION = {"tiff_lzw": "lzw", "tiff_adobe_deflate": "zlib", "tiff_deflate": "zlib",
                      "packbits": "packbits", "zstd": "zstd", "lzma": "lzma", "webp": None, "jpeg": None}
 
 # EXIF tags of a TIFF's first directory that describe the photo (not its pixel layout), as ASCII
@@ -127,7 +127,7 @@ def encode(a: np.ndarray, fmt: str, exif: bytes | None, icc: bytes | None, sourc
         return _png(a, exif, icc, source.get("dpi"), source.get("xmp"), source.get("png_text") or {}, png_level,
                     source.get("png_colour") or {})
     if fmt == "TIFF":
-        return _tiff(a, exif, icc, source)
+        return tiff(a, exif, icc, source)
     raise AecError(f"16-bit colour cannot be written as {fmt}")
 
 
@@ -187,7 +187,7 @@ def _tifffile():
 _SUB_IFDS = {34664: (34665, 0x8769), 34852: (34853, 0x8825)}     # placeholder: (pointer tag, EXIF key)
 
 
-def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> io.BytesIO:
+def tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) -> io.BytesIO:
     """A TIFF of (H, W, 3 or 4) colour or (H, W) / (H, W, 2) grey pixels, 8 or 16 bits, with the
     source's compression (those tifffile writes), dpi, XMP and EXIF, its own and GPS directories
     included (imageio writes 8-bit TIFFs this way when libtiff cannot write those directories)."""
@@ -221,7 +221,7 @@ def _tiff(a: np.ndarray, exif: bytes | None, icc: bytes | None, source: dict) ->
     kwargs: dict = {}
     if source.get("dpi"):
         kwargs.update(resolution=tuple(float(d) for d in source["dpi"]), resolutionunit="INCH")
-    compression = _TIFF_COMPRESSION.get(source.get("compression"))
+    compression = TIFF_COMPRESSION.get(source.get("compression"))
     buf = io.BytesIO()
     grey = a.ndim == 2 or a.shape[2] <= 2
     alpha = a.ndim == 3 and a.shape[2] in (2, 4)

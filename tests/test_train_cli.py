@@ -479,26 +479,25 @@ def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     assert r.returncode == 2 and "multiple of 8" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_train_denoise_writes_the_description_given(tmp_path):
-    """--description was taken and dropped: a denoiser's manifest always had the shipped model's line."""
+def one_step_denoiser(tmp_path, images: int, *options: str) -> dict:
+    """The manifest of a denoiser trained one step on a few random images, with `options`."""
     pytest.importorskip("torch")
-    random_images(tmp_path / "imgs", 2)
+    random_images(tmp_path / "imgs", images)
     out = tmp_path / "dn"
     res = invoke("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1",
-                 "--batch", "1", "--crop", "16", "--threads", "1", "--quiet", "--description", "scanner grain")
+                 "--batch", "1", "--crop", "16", "--threads", "1", "--quiet", *options)
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert json.loads((out / "manifest.json").read_text())["description"] == "scanner grain"
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_train_denoise_writes_the_description_given(tmp_path):
+    """--description was taken and dropped: a denoiser's manifest always had the shipped model's line."""
+    assert one_step_denoiser(tmp_path, 2, "--description", "scanner grain")["description"] == "scanner grain"
 
 
 def test_train_denoise_fine_tunes_at_a_lower_default_learning_rate(tmp_path):
     """--init denoise started at the from-scratch peak 1e-3, which undid much of the shipped training."""
-    pytest.importorskip("torch")
-    random_images(tmp_path / "imgs", 3)
-    out = tmp_path / "ft"
-    res = invoke("train", "denoise", "--data", str(tmp_path / "imgs"), "--out", str(out), "--steps", "1",
-                 "--batch", "1", "--crop", "16", "--threads", "1", "--quiet", "--init", "denoise")
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    stage = json.loads((out / "manifest.json").read_text())["training"]["stages"][-1]
+    stage = one_step_denoiser(tmp_path, 3, "--init", "denoise")["training"]["stages"][-1]
     assert stage["lr"] == 1e-4 and stage["init"] == "denoise"
 
 

@@ -147,13 +147,13 @@ def corrupt(x: torch.Tensor, noise: tuple, gen: torch.Generator | None = None, p
     if not noise:
         return x
 
-    def draw(fn):
-        return fn(x.shape, generator=gen).to(x.device, x.dtype) if gen is not None else fn(x.shape).to(x)
+    def draw(fn, like):
+        return fn(x.shape, generator=gen).to(x.device, x.dtype) if gen is not None else like(x)
 
     if noise[0] == "gaussian":
-        out = x + (noise[1] * scale) * (draw(torch.randn) if gen is not None else torch.randn_like(x))
+        out = x + (noise[1] * scale) * draw(torch.randn, torch.randn_like)
         return out.clamp(0, 1) if pixels else out
-    return x * ((draw(torch.rand) if gen is not None else torch.rand_like(x)) >= noise[1]).to(x.dtype)
+    return x * (draw(torch.rand, torch.rand_like) >= noise[1]).to(x.dtype)
 
 
 def build(cfg: DenseTrainConfig, channels: int, height: int, width: int) -> tuple[DenseConfig, Objective]:

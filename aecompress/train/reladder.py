@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,8 @@ from PIL import Image
 
 from ..compress import open_codec
 from ..ladder import calibrate_codec
-from ..package import MANIFEST
+from ..fsutil import write_bytes_atomic
+from ..package import MANIFEST, ModelPackage
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train" / "photos"
 
@@ -53,14 +52,10 @@ def reladder(package: Path, photos: list[Path]) -> dict:
     m.setdefault("training", {})["ladder_calibration"] = {
         "images": len(images), "photos": [p.name for p in photos],
         "points (scale:level -> bpp, PSNR)": points}
-    tmp = Path(tempfile.mkstemp(prefix=".manifest.", dir=package)[1])
-    tmp.write_text(json.dumps(m, indent=2))
-    os.replace(tmp, package / MANIFEST)
-    new_id = open_codec(str(package), "cpu", None).pkg.model_id.hex()
-    if new_id != old_id:             # the same decoder: files of the old id decode to the same pixels
+    if ModelPackage(package, m, "cpu", None).model_id.hex() != old_id:
+        # the same decoder: files of the old id decode to the same pixels
         m["decodes"] = sorted(set(m.get("decodes", [])) | {old_id})
-        tmp.write_text(json.dumps(m, indent=2))
-        os.replace(tmp, package / MANIFEST)
+    write_bytes_atomic(package / MANIFEST, (json.dumps(m, indent=2) + "\n").encode(), force=True)
     return m
 
 
