@@ -433,6 +433,12 @@ class CompressTab(ImageTab):
     def jobs(self) -> list:
         return [self._prep_job, self._enc_job]
 
+    def timers(self) -> list:
+        return [self._debounce]
+
+    def _stopped_by_user(self, jobs: list, timers: list) -> None:
+        self._stopped()                       # at once: a coding that never started has no cancelled callback
+
     def _stopped(self) -> None:
         """Esc while the result for a new setting was being made: the result shown stays, and says
         it is the earlier one (the status bar and Save, which stay off, no longer wait for it). A

@@ -247,10 +247,23 @@ class DenoiseTab(ImageTab):
     def jobs(self) -> list:
         return [self._job, self._blend_job]
 
-    def _stopped_by_user(self, jobs: list) -> None:
-        """Esc stopped the run: the tab says so, as the Compress tab does, until the next run (a
-        mixing at a new strength that Esc stopped puts the slider back instead)."""
-        if not any(j is self._job for j in jobs):
+    def timers(self) -> list:
+        """A noise level set by key or wheel runs once it rests, a new strength is mixed once it rests."""
+        return ([self._noise_timer] if self.source is not None else []) + \
+            ([self._blend_timer] if self.result is not None else [])
+
+    def _stopped_by_user(self, jobs: list, timers: list) -> None:
+        """Esc stopped the run (or the one a noise level still settling was about to start): the tab
+        says so, as the Compress tab does, until the next run (a mixing at a new strength that Esc
+        stopped puts the slider back instead)."""
+        if self._blend_timer in timers:
+            self._strength_back()
+        if self._noise_timer in timers:
+            self.keep_settings()              # the level set is kept; the result shown is for the one before
+            if self.result is not None:
+                self._stale = True
+                self._update_buttons()
+        elif not any(j is self._job for j in jobs):
             return
         if self.result is not None and self._stale:
             text = "Stopped: the result shown is for the earlier settings; change a setting to denoise again."
@@ -304,19 +317,23 @@ class DenoiseTab(ImageTab):
                 self.panel.view.set_after(r.after, r.diff)
                 self._update_buttons()
 
-        def back() -> None:                   # the slider goes back to what is shown (and saved)
+        def back() -> None:
             if self.result is r:
-                self.strength.blockSignals(True)
-                self.strength.setValue(round(r.strength * 100))
-                self.strength.blockSignals(False)
-                self.strength_label.setText(f"{self.strength.value()}%")
-                self.settings.denoise_strength = self.strength.value()
+                self._strength_back()
 
         def failed(message: str) -> None:
             back()
             self.errorOccurred.emit(message)
 
         self._blend_job = self.work.submit(job, name="blend", done=done, error=failed, cancelled=back)
+
+    def _strength_back(self) -> None:
+        """The Strength slider goes back to the strength of the result shown (and saved)."""
+        self.strength.blockSignals(True)
+        self.strength.setValue(round(self.result.strength * 100))
+        self.strength.blockSignals(False)
+        self.strength_label.setText(f"{self.strength.value()}%")
+        self.settings.denoise_strength = self.strength.value()
 
     def _failed(self, message: str) -> None:
         if self._stale:                       # what is on screen is not what the settings ask for

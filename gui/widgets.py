@@ -226,20 +226,28 @@ class ImageTab(QWidget):
         """The tab's jobs that Esc stops (submitted to `work`, pending or not)."""
         return []
 
+    def timers(self) -> list:
+        """The tab's timers that start work once a setting rests (Esc stops them too)."""
+        return []
+
     def stop(self) -> bool:
-        """Esc: stop this tab's work at its next step; the other tabs' work goes on (it stopped too,
-        and a Denoise running behind the Compress tab was left without a result or a word). True
-        when there was work to stop."""
+        """Esc: stop this tab's work at its next step, and the work a setting still settling was about
+        to start (it started after Esc); the other tabs' work goes on (it stopped too, and a Denoise
+        running behind the Compress tab was left without a result or a word). True when there was
+        work to stop."""
         jobs = [j for j in self.jobs() if self.work.pending(j)]
+        timers = [t for t in self.timers() if t.isActive()]
+        for t in timers:
+            t.stop()
         for j in jobs:
             self.work.cancel(j)
-        if jobs:
+        if jobs or timers:
             self.panel.view.set_busy("")
-            self._stopped_by_user(jobs)
-        return bool(jobs)
+            self._stopped_by_user(jobs, timers)
+        return bool(jobs or timers)
 
-    def _stopped_by_user(self, jobs: list) -> None:
-        """After Esc stopped `jobs` (the view's busy text is gone)."""
+    def _stopped_by_user(self, jobs: list, timers: list) -> None:
+        """After Esc stopped `jobs` and `timers` (the view's busy text is gone)."""
 
     def lay_out(self, panel: QWidget, side: "SidePanel") -> None:
         """The panel, then the finished side panel at the right."""

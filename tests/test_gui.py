@@ -1294,6 +1294,55 @@ def test_stopping_a_new_result_says_the_one_shown_is_older(qtbot, window, crops)
     assert tab.save_aez_btn.isEnabled()
 
 
+def test_escape_while_a_setting_settles_stops_the_run_it_was_about_to_start(qtbot, window, crops, blur_denoiser):
+    """Esc just after the quality moved (the coding waits 150 ms for it to rest) or a noise level was
+    typed (400 ms) stopped nothing: the run started after it. Esc stops it and says so; a strength
+    still settling goes back to the strength shown."""
+    tab = window.compress
+    tab.open_path(crops[1])
+    first = wait_result(qtbot, tab)
+    submitted = []
+    submit = window.work.submit
+    window.work.submit = lambda fn, **kw: submitted.append(kw.get("name")) or submit(fn, **kw)
+    tab.quality.setValue(40)
+    assert tab._debounce.isActive() and not window.work.busy
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    assert window.statusBar().currentMessage() == "Stopped"
+    qtbot.wait(400)
+    assert submitted == [] and not window.work.busy
+    assert tab.result is first and not tab.save_aez_btn.isEnabled() and "stopped" in tab.estimate.text()
+    tab.quality.setValue(45)                     # a change makes it again
+    wait_result(qtbot, tab, first)
+    assert submitted == ["encode"] and tab.save_aez_btn.isEnabled()
+    # the Denoise tab: a noise level typed, and a strength, still settling
+    window.add_model_folder(blur_denoiser)
+    den = window.denoise
+    window.tabs.setCurrentWidget(den)
+    den.open_path(crops[0])
+    shown = wait_result(qtbot, den)
+    submitted.clear()
+    den.auto.setChecked(False)                   # runs at once
+    shown = wait_result(qtbot, den, shown)
+    submitted.clear()
+    den.sigma_spin.setValue(den.sigma.value() + 10)
+    assert den._noise_timer.isActive()
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    assert window.statusBar().currentMessage() == "Stopped"
+    qtbot.wait(600)
+    assert submitted == [] and den.result is shown and not den.save_btn.isEnabled()
+    assert not den.stopped_note.isHidden() and "earlier settings" in den.stopped_note.text()
+    assert window.settings.denoise_sigma == den.sigma.value()      # the level set is kept
+    den.sigma_spin.setValue(den.sigma.value() - 5)
+    shown = wait_result(qtbot, den, shown)
+    assert den.save_btn.isEnabled() and den.stopped_note.isHidden()
+    submitted.clear()
+    den.strength.setValue(40)
+    QTest.keyClick(window, Qt.Key.Key_Escape)
+    qtbot.wait(300)
+    assert submitted == [] and den.strength.value() == 100 and den.strength_label.text() == "100%"
+    assert window.settings.denoise_strength == 100 and den._current()
+
+
 # -- what a keyboard and small-screen audit found ----------------------------------------------------
 
 def test_a_long_unbroken_file_name_wraps_instead_of_widening(qtbot, settings, crops, tmp_path, shots):
