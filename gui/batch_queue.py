@@ -429,6 +429,10 @@ class BatchTab(QWidget):
     def running(self) -> bool:
         return self._job is not None
 
+    def busy_with(self) -> str:
+        """The batch running, in words for the question closing the window asks ("" when none is)."""
+        return f"a batch ({self._ended_count} of {len(self.items)} files done)" if self.running else ""
+
     def confirm_overwrite(self, existing: list[Path]) -> bool:
         """Ask before a run replaces files that exist (the user can also tick "skip")."""
         n = len(existing)

@@ -436,6 +436,14 @@ class CompressTab(ImageTab):
     def timers(self) -> list:
         return [self._debounce]
 
+    def busy_with(self) -> str:
+        """The analysis or the coding of a result not yet shown (the MS-SSIM of the result shown,
+        measured last, is not worth asking about)."""
+        if self.work.pending(self._prep_job) or (self.work.pending(self._enc_job)
+                                                 and (self._stale or self.result is None)):
+            return f"compressing {self.source.name}"
+        return ""
+
     def _stopped_by_user(self, jobs: list, timers: list) -> None:
         self._stopped()                       # at once: a coding that never started has no cancelled callback
 

@@ -158,6 +158,13 @@ class DecompressTab(ImageTab):
     def jobs(self) -> list:
         return [self._job, self._compare_job]
 
+    def busy_with(self) -> str:
+        if self.work.pending(self._job):
+            return f"decoding {self.path.name}"
+        if self.work.pending(self._compare_job):
+            return f"comparing {self.path.name} with its original"
+        return ""
+
     def _update_buttons(self) -> None:
         self.save_btn.setEnabled(self.decoded is not None)
         self.compare_btn.setEnabled(self.decoded is not None)

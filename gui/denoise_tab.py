@@ -252,6 +252,9 @@ class DenoiseTab(ImageTab):
         return ([self._noise_timer] if self.source is not None else []) + \
             ([self._blend_timer] if self.result is not None else [])
 
+    def busy_with(self) -> str:
+        return f"denoising {self.source.name}" if self.work.pending(self._job) else ""
+
     def _stopped_by_user(self, jobs: list, timers: list) -> None:
         """Esc stopped the run (or the one a noise level still settling was about to start): the tab
         says so, as the Compress tab does, until the next run (a mixing at a new strength that Esc

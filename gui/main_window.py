@@ -433,9 +433,31 @@ class MainWindow(QMainWindow):
                 picker.modelChanged.emit(picker.key())
 
     # -- closing ---------------------------------------------------------------------------------
+    def busy_with(self) -> list[str]:
+        """The work closing the window would stop, in words (saves are not: they are finished)."""
+        return [w for w in (t.busy_with() for t in (self.batch, self.compress, self.decompress, self.denoise)) if w]
+
+    def ask_to_stop(self, work: list[str]) -> bool:
+        """Ask whether to stop `work` and quit (True) or keep it running (False, the default)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Quit aecompress?",
+                          f"Still running: {', '.join(work)}. Stop {'it' if len(work) == 1 else 'them'} and quit?",
+                          QMessageBox.StandardButton.NoButton, self)
+        stop = box.addButton("Stop and quit", QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep running", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.setEscapeButton(keep)
+        box.exec()
+        box.deleteLater()
+        return box.clickedButton() is stop
+
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Cancel all work, finish the saves and wait for the model step in flight (with the window
-        already gone), quit."""
+        """Ask first while work runs (a batch, or a tab's coding, decoding or denoising: it closed
+        without a word); then cancel all work, finish the saves and wait for the model step in flight
+        (with the window already gone; a file being written is whole or not there), quit."""
+        work = self.busy_with()
+        if work and not self._closing and not self.ask_to_stop(work):
+            event.ignore()
+            return
         self.denoise.keep_settings()
         self.settings.geometry = self.saveGeometry()
         self.settings.sync()
@@ -448,6 +470,9 @@ class MainWindow(QMainWindow):
         the application quits). A save that fails now is reported on standard error."""
         self._closing = True
         self.denoise.keep_settings()
+        for tab in (self.compress, self.decompress, self.denoise):
+            for t in tab.timers():                       # nothing starts once the window is gone
+                t.stop()
         self.batch.cancel()
         for q in (self.work, self.batch_work):           # stop them first: they share the CPU with the saves
             q.cancel_all()

@@ -230,6 +230,11 @@ class ImageTab(QWidget):
         """The tab's timers that start work once a setting rests (Esc stops them too)."""
         return []
 
+    def busy_with(self) -> str:
+        """What this tab is doing that closing the window would stop, in a few words for the question
+        closing asks ("compressing cat.png"), or "" when nothing is."""
+        return ""
+
     def stop(self) -> bool:
         """Esc: stop this tab's work at its next step, and the work a setting still settling was about
         to start (it started after Esc); the other tabs' work goes on (it stopped too, and a Denoise

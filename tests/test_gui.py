@@ -67,10 +67,15 @@ def settings(tmp_path, monkeypatch):
     return Settings(QSettings(str(ini), QSettings.Format.IniFormat))
 
 
+def stop_and_quit(win: MainWindow) -> None:
+    """Work a test leaves running when its window is closed after it: the answer is "Stop and quit"."""
+    win.ask_to_stop = lambda work: True
+
+
 def make_window(qtbot, settings, size=(1100, 700)) -> MainWindow:
     create_app()
     win = MainWindow(settings, Runtime("cpu", threads=2))
-    qtbot.addWidget(win)
+    qtbot.addWidget(win, before_close_func=stop_and_quit)
     win.resize(*size)
     win.show()
     qtbot.waitExposed(win)
@@ -83,6 +88,7 @@ def no_unexpected_dialogs(monkeypatch):
     def question(*args, **kwargs):
         raise AssertionError(f"unexpected dialog: {args[1:3]}")
     monkeypatch.setattr("gui.batch_queue.QMessageBox.question", question)
+    monkeypatch.setattr("gui.main_window.MainWindow.ask_to_stop", question, raising=False)
 
 
 @pytest.fixture
@@ -592,13 +598,68 @@ def test_closing_during_work_cancels_cleanly(qtbot, settings, tmp_path):
     win.open_paths([p])
     qtbot.waitUntil(lambda: win.compress.panel.view.before is not None, timeout=WAIT)
     assert win.work.busy                         # analysing, then coding: at least a second of work
+    asked = []
+    win.ask_to_stop = lambda work: asked.append(work) or True       # "Stop and quit"
     t0 = time.perf_counter()
     win.close()
     assert time.perf_counter() - t0 < 60
+    assert asked == [["compressing large.png"]]
     assert not win.isVisible() and win.work.pool.activeThreadCount() == 0
     before = win.compress.result
     qtbot.wait(300)                              # nothing is delivered to the closed window
     assert win.compress.result is before and not win.work.busy
+
+
+def test_closing_while_work_runs_asks_first(qtbot, settings, tmp_path, blur_denoiser):
+    """Closing the window while a batch ran (or a tab's denoising, coding, decoding) stopped it
+    without a word. It asks: Keep running leaves the window and the work as they are; Stop and quit
+    cancels the work, waits for it, and leaves no partial or temporary file of the file in flight."""
+    win = make_window(qtbot, settings)
+    asked, answer = [], []
+    win.ask_to_stop = lambda work: asked.append(work) or answer.pop()
+    big = []
+    for k in range(4):
+        p = tmp_path / "big" / f"img{k}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(smooth_image(768, 1024, seed=k)).save(p)
+        big.append(p)
+    out = tmp_path / "out"
+    tab = win.batch
+    tab.add_paths(big)
+    tab.out_edit.setText(str(out))
+    tab.start()
+    qtbot.waitUntil(lambda: tab.items[0].status != WAITING, timeout=WAIT)
+    answer.append(False)                         # Keep running
+    win.close()
+    assert asked[-1] == [f"a batch ({tab._ended_count} of 4 files done)"]
+    assert win.isVisible() and tab.running and win.batch_work.busy
+    qtbot.waitUntil(lambda: tab.items[0].status == DONE, timeout=WAIT)
+    qtbot.waitUntil(lambda: tab.items[1].status != WAITING, timeout=WAIT)
+    flight = tab.items[1]                        # working on the second file: Stop and quit
+    answer.append(True)
+    win.close()
+    assert asked[-1] == ["a batch (1 of 4 files done)"]
+    assert not win.isVisible() and win.batch_work.pool.activeThreadCount() == 0
+    qtbot.wait(100)                              # the files that ended before the cancel report it
+    assert flight.status == CANCELLED and not tab.running
+    assert [it.status for it in tab.items] == [DONE, CANCELLED, CANCELLED, CANCELLED]
+    assert sorted(p.name for p in out.iterdir()) == ["img0.aez"]     # no temporary file either
+    assert container.read_header((out / "img0.aez").read_bytes()).width == 1024
+    # a denoising in flight is asked about; once it has ended, closing asks nothing
+    win2 = make_window(qtbot, settings)
+    win2.ask_to_stop = win.ask_to_stop
+    win2.add_model_folder(blur_denoiser)
+    gate = hold(win2.work)
+    win2.tabs.setCurrentWidget(win2.denoise)
+    win2.open_paths([big[0]])
+    answer.append(False)
+    win2.close()
+    assert asked[-1] == ["denoising img0.png"] and win2.isVisible()
+    gate.set()
+    wait_result(qtbot, win2.denoise)
+    n = len(asked)
+    win2.close()
+    assert len(asked) == n and not win2.isVisible()
 
 
 def test_cuda_not_available_is_a_message(qtbot, window, crops):
@@ -894,7 +955,7 @@ def test_a_blind_model_greys_the_manual_noise_level(qtbot, window, blur_denoiser
 def test_short_window_scrolls_the_side_panel_instead_of_hiding_lines(qtbot, settings, cat_png, shots):
     create_app()
     win = MainWindow(settings, Runtime("cpu", threads=2))
-    qtbot.addWidget(win)
+    qtbot.addWidget(win, before_close_func=stop_and_quit)
     win.show()
     win.resize(600, 500)                         # below the minimum width: 684 x 500
     win.compress.open_path(cat_png)
