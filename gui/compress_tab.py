@@ -436,6 +436,9 @@ class CompressTab(ImageTab):
     def timers(self) -> list:
         return [self._debounce]
 
+    def files(self) -> list[Path]:
+        return [self.source.path] if self.source is not None and self.source.path is not None else []
+
     def busy_with(self) -> str:
         """The analysis or the coding of a result not yet shown (the MS-SSIM of the result shown,
         measured last, is not worth asking about)."""

@@ -48,6 +48,7 @@ class DecompressTab(ImageTab):
         self._job = None
         self._compare_job = None
         self._unknown_model = False   # the last file failed for want of its model package
+        self._original: Path | None = None        # the image last opened to compare with
         self.panel = ComparePanel(self, ("Decoded", "Original"))
         self.panel.view.placeholder = ("Drop an .aez file here", "or use File \u203a Open (Ctrl+O)")
         side = SidePanel(self)
@@ -99,7 +100,7 @@ class DecompressTab(ImageTab):
             except AecError as exc:
                 if isinstance(exc, UnknownModelError):
                     emit(("unknown model",))          # adding a model folder may fix this one
-                raise type(exc)(f"{path.name}: {exc}") from None
+                raise type(exc)(f"{path}: {exc}") from None
             seconds = time.perf_counter() - t0
             return Decoded(path, info, pixels, pyramid(to_qimage(pixels)), seconds, codec.pkg.provider, codec.pkg.name)
 
@@ -158,6 +159,9 @@ class DecompressTab(ImageTab):
     def jobs(self) -> list:
         return [self._job, self._compare_job]
 
+    def files(self) -> list[Path]:
+        return [p for p in (self.path, self._original) if p is not None]
+
     def busy_with(self) -> str:
         if self.work.pending(self._job):
             return f"decoding {self.path.name}"
@@ -179,7 +183,7 @@ class DecompressTab(ImageTab):
             if not name:
                 return
             original = name
-        original = Path(original)
+        original = self._original = Path(original)
         dec = self.decoded
 
         def job(token, emit):
@@ -187,7 +191,7 @@ class DecompressTab(ImageTab):
             # in sRGB, as the encoder coded it: a photo in another RGB space beside its decode
             ref = (to_channels8(pic, 1) if dec.pixels.shape[2] == 1 else to_srgb(to_rgb8(pic), pic.icc)[0])
             if ref.shape != dec.pixels.shape:
-                raise AecError(f"{original.name} is {pic.width}\u00d7{pic.height}, the decoded image is "
+                raise AecError(f"{original} is {pic.width}\u00d7{pic.height}, the decoded image is "
                                f"{dec.pixels.shape[1]}\u00d7{dec.pixels.shape[0]}")
             return (pyramid(to_qimage(ref)), psnr(ref, dec.pixels), ms_ssim(ref, dec.pixels),
                     pyramid(difference_image(ref, dec.pixels)))

@@ -255,6 +255,9 @@ class DenoiseTab(ImageTab):
     def busy_with(self) -> str:
         return f"denoising {self.source.name}" if self.work.pending(self._job) else ""
 
+    def files(self) -> list[Path]:
+        return [self.source.path] if self.source is not None and self.source.path is not None else []
+
     def _stopped_by_user(self, jobs: list, timers: list) -> None:
         """Esc stopped the run (or the one a noise level still settling was about to start): the tab
         says so, as the Compress tab does, until the next run (a mixing at a new strength that Esc

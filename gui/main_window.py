@@ -58,8 +58,10 @@ class ErrorBanner(QFrame):
         lay.addWidget(close)
         self.hide()
 
-    def show_message(self, text: str) -> None:
+    def show_message(self, text: str, detail: str = "") -> None:
+        """Show `text`, with `detail` (the message naming files by their full path) as its tooltip."""
         self.label.setText(breakable(text))      # a long path wraps within the window instead of widening it
+        self.label.setToolTip(detail)
         self.show()
 
     @property
@@ -222,9 +224,16 @@ class MainWindow(QMainWindow):
 
     # -- messages --------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
+        """Show a message in the banner and the status bar. A file a tab reads is named by its name,
+        as the batch queue names its files (the Decompress tab named a damaged .aez by its full path,
+        and by its name when it failed to decode); the full message is the banner's tooltip."""
         if self._closing:                         # a save failing while the app quits: no window to show it
             print(f"aecompress: {message}", file=sys.stderr, flush=True)
-        self.banner.show_message(message)
+        full = message
+        files = {p for tab in (self.compress, self.decompress, self.denoise) for p in tab.files()}
+        for p in sorted(files, key=lambda p: -len(str(p))):
+            message = message.replace(str(p), p.name)
+        self.banner.show_message(message, full if message != full else "")
         self._status(f"Error: {message}", 10_000)
 
     def show_status(self, message: str) -> None:

@@ -230,6 +230,10 @@ class ImageTab(QWidget):
         """The tab's timers that start work once a setting rests (Esc stops them too)."""
         return []
 
+    def files(self) -> list[Path]:
+        """The files the tab reads: its messages name them by their name (MainWindow.show_error)."""
+        return []
+
     def busy_with(self) -> str:
         """What this tab is doing that closing the window would stop, in a few words for the question
         closing asks ("compressing cat.png"), or "" when nothing is."""

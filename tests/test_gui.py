@@ -286,6 +286,39 @@ def test_drop_corrupt_file_shows_message(qtbot, window, crops, tmp_path, shots, 
     assert window.windowTitle() == "crop0.png \u2014 aecompress"
 
 
+def test_a_damaged_file_is_named_by_its_name_on_every_tab(qtbot, window, crops, tmp_path):
+    """The Decompress tab named a damaged .aez by its full path (a .aez that failed to decode by its
+    name), the Compress and Denoise tabs an unreadable image by its full path, the batch queue by its
+    name. Every tab names it by its name now, the full path in the banner's tooltip."""
+    folder = tmp_path / "some" / "folder"
+    folder.mkdir(parents=True)
+    good = folder / "good.aez"
+    encode_file(crops[0], good, open_codec("photo", "cpu", 2))
+    cut = folder / "cut.aez"
+    cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    (folder / "magic.aez").write_bytes(b"this is not an aez file at all")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+
+    def fails(action, path, words):
+        window.banner.hide()
+        action()
+        qtbot.waitUntil(lambda: window.banner.text != "" and not window.work.busy, timeout=WAIT)
+        assert window.banner.text.startswith(path.name + words), window.banner.text
+        assert str(path.parent) not in window.banner.text + window.statusBar().currentMessage()
+        assert window.banner.label.toolTip() == window.banner.text.replace(path.name, str(path), 1)
+
+    broken = folder / "broken.png"
+    fails(lambda: drop(window, [folder / "magic.aez"]), folder / "magic.aez", ": not an .aez file")   # its header
+    fails(lambda: drop(window, [cut]), cut, ": ")                                                    # its decoding
+    fails(lambda: drop(window, [broken]), broken, ": cannot read image")                           # Compress
+    window.tabs.setCurrentWidget(window.denoise)
+    fails(lambda: drop(window, [broken]), broken, ": cannot read image")                           # Denoise
+    drop(window, [good])
+    qtbot.waitUntil(lambda: window.decompress.decoded is not None and not window.work.busy, timeout=WAIT)
+    fails(lambda: window.decompress.compare_with(broken), broken, ": cannot read image")
+    fails(lambda: window.decompress.compare_with(SAMPLE), SAMPLE, " is 451")                # another size
+
+
 def test_missing_model_is_a_message(qtbot, window, crops, tmp_path):
     window.add_model_folder(tmp_path)              # not a model package
     assert "not a model package" in window.banner.text
@@ -1433,7 +1466,7 @@ def test_a_long_unbroken_file_name_wraps_instead_of_widening(qtbot, settings, cr
     qtbot.waitUntil(lambda: bool(win.banner.text), timeout=WAIT)
     QApplication.processEvents()
     assert panel.verticalScrollBar().isVisible()
-    assert str(bad) in win.banner.text and win.width() == 1024 and win.minimumSizeHint().width() < 1024
+    assert bad.name in win.banner.text and win.width() == 1024 and win.minimumSizeHint().width() < 1024
     shots(win, "long-name-error")
     win.close()
 
