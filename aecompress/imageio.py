@@ -9,6 +9,7 @@ import functools
 import io
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,110 @@ def jpeg_data_too_short(source: Path | bytes, width: int, height: int) -> bool:
         return False
 
 
+# entropy-coded data ends at the first marker that is not a restart marker (0xFF 0x00 is a stuffed
+# 0xFF; fill bytes, more 0xFF, may come before a marker)
+_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+# what a cut-short scan is given in place of its missing data: no 0xFF, so never a marker; it starts
+# with 1 bits, as the missing data zero-filled does not (libjpeg decodes a bad code as 0 too)
+_JPEG_FILLER = b"\xfe\xfd\xfb\xf7" + bytes((i * 151 + 17) % 255 for i in range(252))
+
+
+def _jpeg_scans(data: bytes):
+    """The first image of a JPEG file, in outline: (frame, scans, where its last scan ends), with
+    frame = (Huffman-coded, width, height, {component: (h, v) sampling factors}) and scans =
+    [(component ids, restart interval, restart markers in it)]; None where it does not parse."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n, frame, interval, scans, end = 2, len(data), None, 0, [], None
+    while pos < n and data[pos] == 0xFF:
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:                                  # end of image
+            return (frame, scans, end) if frame and scans else None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:        # no length
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        seg = data[pos + 2:pos + length]
+        if len(seg) != length - 2 or length < 2:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if frame is not None or len(seg) < 6 or len(seg) < 6 + 3 * seg[5]:
+                return None
+            comps = {seg[6 + 3 * i]: (seg[7 + 3 * i] >> 4, seg[7 + 3 * i] & 15) for i in range(seg[5])}
+            if not comps or min(min(c) for c in comps.values()) < 1:
+                return None
+            frame = (marker < 0xC8, int.from_bytes(seg[3:5], "big"), int.from_bytes(seg[1:3], "big"), comps)
+        elif marker == 0xDD and len(seg) >= 2:
+            interval = int.from_bytes(seg[:2], "big")
+        pos += length
+        if marker == 0xDA:
+            if frame is None or not seg or len(seg) < 1 + 2 * seg[0]:
+                return None
+            ids = [seg[1 + 2 * i] for i in range(seg[0])]
+            if any(i not in frame[3] for i in ids):
+                return None
+            m = _SCAN_END.search(data, pos)
+            if m is None:
+                return None
+            end = m.start()
+            scans.append((ids, interval, len(_RESTART.findall(data, pos, end))))
+            pos = end
+    return None
+
+
+def _scan_mcus(frame, ids: list[int]) -> int:
+    """The MCUs of a scan: a block of its component's when it codes one, else the frame's MCUs."""
+    def ceil(a: int, b: int) -> int:
+        return -(-a // b)
+
+    _, width, height, comps = frame
+    hmax, vmax = max(h for h, _ in comps.values()), max(v for _, v in comps.values())
+    if len(ids) == 1:
+        h, v = comps[ids[0]]
+        return ceil(ceil(width * h, hmax), 8) * ceil(ceil(height * v, vmax), 8)
+    return ceil(width, 8 * hmax) * ceil(height, 8 * vmax)
+
+
+def jpeg_cut_short(data: bytes, im: Image.Image) -> bool:
+    """True when the last scan of a Huffman-coded JPEG ends before its last block: a file cut short
+    with an end marker after the cut (or a marker inside the data). libjpeg then fills the rest in
+    grey and warns, and Pillow drops the warning. `im` is the file's first image, loaded.
+
+    Two checks, neither of which can fire on a complete file. A scan with restart markers must hold
+    one between each two intervals: fewer mean data is missing. And a complete scan decodes to the
+    same pixels whatever follows its last byte (the decoder stops after its last block and skips
+    bytes before the next marker), while a cut-short one decodes what is put after the cut in place
+    of the grey: so the file is decoded again with other bytes there, and any pixel that changes
+    means the data ran out. Arithmetic-coded files (rare), whose decoder reads past the end of the
+    data as zeros by design, and anything that does not parse are not judged (False)."""
+    try:
+        parsed = _jpeg_scans(data)
+    except (IndexError, ValueError):                    # a header cut inside: Pillow's to report
+        return False
+    if parsed is None or not parsed[0][0] or not parsed[0][1] or not parsed[0][2]:
+        return False
+    frame, scans, end = parsed
+    for ids, interval, restarts in scans:
+        if interval and restarts < -(-_scan_mcus(frame, ids) // interval) - 1:
+            return True
+    try:
+        with Image.open(io.BytesIO(data[:end] + _JPEG_FILLER + b"\xff\xd9")) as other:
+            other.load()
+            if other.mode != im.mode or other.size != im.size:
+                return False
+            width, height = im.size
+            rows = max(1, (1 << 20) // max(width, 1))       # compared a megapixel at a time
+            return any(im.crop(box).tobytes() != other.crop(box).tobytes()
+                       for box in ((0, y, width, min(height, y + rows)) for y in range(0, height, rows)))
+    except Exception:  # noqa: BLE001 - the other decode failing says nothing about the file
+        return False
+
+
 def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     """Read any image Pillow can, with EXIF orientation applied. One-line AecError on failure.
 
@@ -309,6 +414,9 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                 # Pillow turns a TIFF upright as it loads it (and drops the tag): the stored orientation
                 stored = im.getexif().get(0x0112, 1) if fmt == "TIFF" else None
                 im.load()
+                if fmt == "JPEG" and jpeg_cut_short(path.read_bytes() if data is None else data, im):
+                    raise AecError(f"{path}: cannot read image (its JPEG data ends before the last of its "
+                                   f"{im.width}x{im.height} pixels: truncated or damaged)")
                 info = _source_info(im, fmt, path if data is None else data)
                 icc = im.info.get("icc_profile")
                 exif = im.getexif()

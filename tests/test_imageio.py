@@ -665,6 +665,68 @@ def test_a_jpeg_claiming_far_more_pixels_than_its_data_is_refused_at_once(tmp_pa
     assert read_image(tmp_path / "bomb.jpg", buf.getvalue()).pixels.shape == (120, 160, 3)
 
 
+def _cut_scan(data: bytes, keep: float) -> bytes:
+    """The JPEG's first image with only the first `keep` of its scans (from the first's data to the
+    end marker), and its end marker after the cut: what a download or copy cut short, with the
+    marker put back, looks like."""
+    start = data.index(b"\xff\xda")
+    start += 2 + int.from_bytes(data[start + 2:start + 4], "big")
+    end = data.index(b"\xff\xd9", start)
+    return data[:start + int((end - start) * keep)] + b"\xff\xd9"
+
+
+def test_a_jpeg_cut_short_before_its_end_marker_is_refused(tmp_path):
+    """A JPEG missing the last 40 % of its data but ending with its end marker decoded, the missing
+    part grey, without a word (libjpeg warns; Pillow drops the warning), and encode and denoise
+    went on. A complete scan decodes to the same pixels whatever follows it; a cut-short one does
+    not: the file is refused as damaged. None of a range of complete JPEGs is."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import ImageCms
+
+    from aecompress.errors import AecError
+
+    rgb = Image.fromarray(smooth_image(100, 150))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    made = []
+    for im, kw in [(rgb, {}), (rgb, {"quality": 100}), (rgb, {"quality": 20, "optimize": True}),
+                   (rgb, {"progressive": True}), (rgb, {"progressive": True, "optimize": True, "subsampling": 0}),
+                   (rgb, {"subsampling": 0}), (rgb, {"subsampling": 1}), (rgb.convert("L"), {}),
+                   (rgb.convert("L"), {"progressive": True}), (rgb.convert("CMYK"), {}),
+                   (rgb, {"exif": exif.tobytes(), "icc_profile": icc}), (rgb, {"restart_marker_rows": 1}),
+                   (rgb, {"restart_marker_blocks": 5, "progressive": True}), (rgb.crop((0, 0, 37, 21)), {}),
+                   (Image.new("RGB", (64, 48), (128, 128, 128)), {})]:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", **kw)
+        made.append((buf.getvalue(), kw))
+    buf = io.BytesIO()
+    rgb.save(buf, "MPO", save_all=True, append_images=[rgb.rotate(90)])
+    made.append((buf.getvalue(), "MPO"))
+    for data, kw in made:
+        read_image(tmp_path / "whole.jpg", data)                  # complete: read as before
+        for keep in (0.6, 0.95):
+            with pytest.raises(AecError, match="JPEG data ends before the last of its"):
+                read_image(tmp_path / "cut.jpg", _cut_scan(data, keep))
+
+    # cut at a restart marker: the interval before it is whole, and the ones after it are missing
+    data = made[11][0]
+    rst = data.index(b"\xff\xd4")
+    with pytest.raises(AecError, match="JPEG data ends before"):
+        read_image(tmp_path / "cut.jpg", data[:rst] + b"\xff\xd9")
+
+    # from the command line: one line, exit 1 as for any damaged image, nothing written
+    (tmp_path / "cut.jpg").write_bytes(_cut_scan(made[0][0], 0.6))
+    for cmd in (["encode", str(tmp_path / "cut.jpg")], ["denoise", str(tmp_path / "cut.jpg")]):
+        r = subprocess.run([sys.executable, "-m", "aecompress", *cmd], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "cut.jpg: cannot read image (its JPEG data ends before the last of its 150x100 pixels" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.jpg"]
+
+
 def test_icns_output_is_refused_unless_it_is_the_icon_size(tmp_path):
     """Pillow's ICNS writer stretched any picture to a 1024x1024 square."""
     from aecompress.errors import AecError

@@ -719,3 +719,104 @@ def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):
     r = run("embed", str(out), str(digits[0]), str(tmp_path / "tall.png"), "-o", str(tmp_path / "one.npy"))
     assert r.returncode == 4 and "1 done, 1 failed" in r.stderr, r.stderr       # the written rows stand
     assert np.load(tmp_path / "one.npy").shape == (1, 8)
+
+
+def _embed_photos(tmp_path, *extra):
+    """Three small noise images and `embed photo` (the shipped codec, no training) of the first two."""
+    images = tmp_path / "img"
+    if not images.exists():
+        random_images(images, seed=5, count=3)
+    return images, invoke("embed", "photo", str(images / "0.png"), str(images / "1.png"),
+                          "-o", str(tmp_path / "codes.npy"), *extra)
+
+
+def _fail_placing_npy(monkeypatch):
+    """codes.npy cannot be put in place (a full disk, as the rename or link that places it fails)
+    once codes.json has been: the moment between the two replaces."""
+    import errno
+    import os
+
+    from aecompress import fsutil
+
+    real_replace, real_place = os.replace, fsutil._place_new
+
+    def no_space(path):
+        if str(path).endswith(".npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "replace", lambda a, b: (no_space(b), real_replace(a, b))[1])
+    monkeypatch.setattr(fsutil, "_place_new", lambda tmp, path: (no_space(path), real_place(tmp, path))[1])
+
+
+def test_embed_replaces_codes_and_their_list_as_one_pair(tmp_path, monkeypatch):
+    """codes.npy and codes.json were replaced one after the other: a failure between the two left one
+    run's codes beside another's list of images, and nothing told a reader. Now a failure to place
+    codes.npy puts the old codes.json back (or removes the new one), and codes.json records the
+    digest and shape of its codes.npy, which read_codes checks."""
+    from aecompress.embedding import read_codes
+
+    images, r = _embed_photos(tmp_path)
+    assert r.exit_code == 0, r.output
+    codes, meta = read_codes(tmp_path / "codes.npy")
+    assert codes.shape == (2, 128) and meta["images"] == [str(images / "0.png"), str(images / "1.png")]
+    assert len(meta["npy_sha256"]) == 64
+    before = {f: (tmp_path / f).read_bytes() for f in ("codes.npy", "codes.json")}
+
+    with monkeypatch.context() as m:
+        _fail_placing_npy(m)
+        r = invoke("embed", "photo", str(images / "2.png"), "-o", str(tmp_path / "codes.npy"), "--force")
+        assert r.exit_code == 1 and "no space left" in str(r.exception), r.output
+        assert {f: (tmp_path / f).read_bytes() for f in before} == before      # the old pair, both files
+        r = invoke("embed", "photo", str(images / "2.png"), "-o", str(tmp_path / "new.npy"))
+        assert r.exit_code == 1 and "no space left" in str(r.exception), r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.json", "codes.npy", "img"]  # no new.json
+
+    # where codes.json cannot be put back either (a run killed outright between the replaces: the
+    # same files), the digest tells the reader
+    import aecompress.embedding as embedding
+
+    with monkeypatch.context() as m:
+        _fail_placing_npy(m)
+        m.setattr(embedding, "_undo", lambda *a: None)
+        r = invoke("embed", "photo", str(images / "1.png"), str(images / "2.png"), "-o", str(tmp_path / "codes.npy"),
+                   "--force")
+        assert r.exit_code == 1
+    assert (tmp_path / "codes.npy").read_bytes() == before["codes.npy"]
+    assert json.loads((tmp_path / "codes.json").read_text())["shape"] == [2, 128]      # same shape, other rows
+    with pytest.raises(Exception) as exc:
+        read_codes(tmp_path / "codes.npy")
+    assert str(exc.value) == f"{tmp_path / 'codes.npy'} does not belong to {tmp_path / 'codes.json'}: run embed again"
+    assert exc.value.exit_code == 1
+
+
+def test_read_codes_refuses_a_pair_that_does_not_belong_together(tmp_path):
+    """A one-line error (exit code 1) for codes of another run, a missing half, or an array that is
+    not one; a codes.json written before the digest was recorded is still read, checked by its shape."""
+    from aecompress.embedding import read_codes
+    from aecompress.errors import AecError
+
+    images, r = _embed_photos(tmp_path)
+    assert r.exit_code == 0, r.output
+    npy, names = tmp_path / "codes.npy", tmp_path / "codes.json"
+    codes = np.load(npy)
+    meta = json.loads(names.read_text())
+
+    def refused(match):
+        with pytest.raises(AecError) as exc:
+            read_codes(npy)
+        assert match in str(exc.value) and "\n" not in str(exc.value) and exc.value.exit_code == 1, str(exc.value)
+
+    np.save(npy, codes[::-1])                       # same shape, another run's rows
+    refused("does not belong to")
+    old = {k: v for k, v in meta.items() if k != "npy_sha256"}      # as embed wrote codes.json before
+    names.write_text(json.dumps(old))
+    assert read_codes(npy)[1]["images"] == meta["images"]           # no digest: the shape is all there is
+    np.save(npy, codes[:1])
+    refused("does not belong to")
+    npy.write_bytes(b"not an array")
+    refused("is not an array from embed")
+    npy.unlink()
+    refused("codes.npy is missing")
+    np.save(npy, codes)
+    names.unlink()
+    refused("codes.json is missing")

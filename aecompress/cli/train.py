@@ -516,8 +516,7 @@ def embed_cmd(
     Hyperprior codecs: the latent averaged over space. An image that cannot be read or coded is
     reported and left out (the run then exits non-zero)."""
     from ..compress import open_codec
-    from ..fsutil import atomic_output
-
+    from ..embedding import names_path, write_codes
     from ..fsutil import STDOUT_ALIASES, is_stdio
 
     if is_stdio(out) or out in STDOUT_ALIASES:
@@ -526,7 +525,7 @@ def embed_cmd(
     if out.endswith(("/", os.sep)) or Path(out).is_dir():
         raise bad_value("-o", f"{out} names a folder: name the .npy file (the .json list goes beside it)")
     out = Path(out)
-    names = out.with_suffix(".json")
+    names = names_path(out)
     if names == out:
         raise AecError(f"-o {out}: name the .npy file; the list of images goes beside it as .json")
     codec = open_codec(package, "cpu", None)
@@ -538,11 +537,7 @@ def embed_cmd(
     paths = _expand(images)
     done, rows, exit_codes = _each_image(codec, paths, code)
     codes = np.stack(rows)
-    with atomic_output(out, force) as tmp, atomic_output(names, force) as tmp_names:
-        with open(tmp, "wb") as f:
-            np.save(f, codes)
-        Path(tmp_names).write_text(json.dumps({"package": str(package), "shape": list(codes.shape),
-                                               "images": [str(p) for p in done]}, indent=1) + "\n")
+    write_codes(out, codes, str(package), [str(p) for p in done], force)
     print(f"{out}: {codes.shape[0]} codes of {codes.shape[1]} values; {names}: the images, in row order",
           file=sys.stderr)
     _failures(len(done), len(paths), exit_codes)
