@@ -1,20 +1,24 @@
 """Denoising benchmark: our blind model vs OpenCV NLM, scikit-image NLM and CBM3D (when `bm3d` is installed).
 
-Clean images (default ../shared/data/val/photos) get seeded Gaussian noise at sigma 15, 25 and 50
-(0-255 scale), clipped and rounded to 8 bits as a noisy photo file is: *clipped* Gaussian noise,
-not the unclipped float noise of the denoising literature. At sigma 50 clipping hits about a sixth
-of the values, so the noise left is weaker than 50 and biased near black and white; CBM3D, which
-assumes unclipped Gaussian noise of the sigma it is told, loses about 2 dB to this, so published
-margins over it do not carry over at sigma 50 (docs/denoise.md). Each image's noise is seeded by its
-file name and sigma, so runs with another --limit see the same noise. Every method sees the same noisy image; PSNR is against
-the clean image; seconds are per image, in this process, single run. The peers are told the true sigma
-(non-blind, their best case); our model is blind. ours_x2 and ours_x8 are the same model with
-`--ensemble 2` and `8` (averaged over flipped and rotated runs). Also measures the whole-process time of
+Clean images (a folder's PNG, JPEG, TIFF and BMP files; default ../shared/data/val/photos) get
+seeded Gaussian noise at sigma 15, 25 and 50 (0-255 scale), clipped and rounded to 8 bits as a noisy
+photo file is: *clipped* Gaussian noise, not the unclipped float noise of the denoising literature.
+At sigma 50 clipping hits about a sixth of the values, so the noise left is weaker than 50 and
+biased near black and white; CBM3D, which assumes unclipped Gaussian noise of the sigma it is told,
+loses about 2 dB to this, so published margins over it do not carry over at sigma 50
+(docs/denoise.md). Each image's noise is seeded by its file name and sigma, so runs with another
+--limit see the same noise. Every method sees the same noisy image; PSNR is against the clean image;
+seconds are per image, in this process, single run. The peers are told the true sigma (non-blind,
+their best case); our model is blind. ours_x2 and ours_x8 are the same model with `--ensemble 2` and
+`8` (averaged over flipped and rotated runs). As `aecompress denoise` reads them, a greyscale image
+stays greyscale (one channel of noise, as a noisy greyscale file has; every method denoises and is
+measured in grey), an alpha channel is left out; 16-bit images are rounded to 8 bits like every
+image here. Files that cannot be read are named and skipped. Also measures the whole-process time of
 `python -m aecompress denoise` on a 512x512 colour image (median of 7 runs, before the methods run).
 
 CBM3D (`pip install bm3d`) is a benchmark peer only, never a dependency: its licence is non-commercial.
 
-    python bench/denoise.py [--data DIR] [--limit N] [--crop N] [--sigmas 15 25 50] [--out bench/out/denoise]
+    python bench/denoise.py [DIR | --data DIR] [--limit N] [--crop N] [--sigmas 15 25 50] [--out bench/out/denoise]
 """
 
 from __future__ import annotations
@@ -82,10 +86,12 @@ def method_ours_unclipped(pkg):
     align = int(pkg.manifest.get("align", 8))
 
     def run(noisy, sigma):
-        h, w = noisy.shape[:2]
+        h, w, c = noisy.shape
         x = np.pad(noisy, ((0, -h % align), (0, -w % align), (0, 0)), mode="reflect")
-        y = sess(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255))
-        return np.clip(np.round(y[0].transpose(1, 2, 0)[:h, :w] * 255), 0, 255).astype(np.uint8)
+        x = np.repeat(x, 3, axis=2) if c == 1 else x           # grey as three equal channels, as the runtime
+        y = sess(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255))[0]
+        y = y.mean(axis=0, keepdims=True) if c == 1 else y       # and their mean back
+        return np.clip(np.round(y.transpose(1, 2, 0)[:h, :w] * 255), 0, 255).astype(np.uint8)
     return run
 
 
@@ -94,6 +100,8 @@ def method_opencv_nlm():
 
     def run(noisy, sigma):
         h = 0.8 * sigma                      # filter strength tracking the known noise level
+        if noisy.shape[2] == 1:              # greyscale: OpenCV's grey variant
+            return cv2.fastNlMeansDenoising(np.ascontiguousarray(noisy[:, :, 0]), None, h, 7, 21)[:, :, None]
         bgr = np.ascontiguousarray(noisy[:, :, ::-1])
         out = cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)
         return out[:, :, ::-1]
@@ -115,7 +123,8 @@ def method_cbm3d():
     import bm3d
 
     def run(noisy, sigma):
-        out = bm3d.bm3d_rgb(noisy.astype(np.float64) / 255, sigma / 255)
+        x = noisy.astype(np.float64) / 255
+        out = bm3d.bm3d(x[:, :, 0], sigma / 255)[:, :, None] if x.shape[2] == 1 else bm3d.bm3d_rgb(x, sigma / 255)
         return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
     return run
 
@@ -136,6 +145,13 @@ def whole_process_seconds(img: np.ndarray, model: str, runs: int = 7) -> float:
     return statistics.median(times)
 
 
+def clean_pixels(pic) -> np.ndarray:
+    """A picture's 8-bit pixels as `aecompress denoise` sees its colour: (H, W, 1) for a greyscale
+    image (its noise is then grey too), else (H, W, 3); alpha left out."""
+    rgb = to_rgb8(pic)
+    return np.ascontiguousarray(rgb[:, :, :1]) if pic.mode in ("L", "LA") else rgb
+
+
 def centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
     if not size:
         return a
@@ -151,7 +167,8 @@ KNOWN_METHODS = ("ours", "ours_x2", "ours_x8", "opencv_nlm", "skimage_nlm", "cbm
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "val" / "photos")
+    ap.add_argument("folder", nargs="?", type=Path, help="the clean images (the same as --data)")
+    ap.add_argument("--data", type=Path, default=None, help="the clean images (default ../shared/data/val/photos)")
     ap.add_argument("--limit", type=int, default=None, help="first N images (sorted by name, spread evenly)")
     ap.add_argument("--crop", type=int, default=None, help="centre-crop each image to at most N x N")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
@@ -166,18 +183,23 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also run another denoiser package (e.g. the previous one: prev=runs/denoise_prev)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "denoise")
     a = ap.parse_args(argv)
+    if a.folder is not None and a.data is not None and a.folder != a.data:
+        ap.error("give the folder once: as an argument or as --data")
+    a.data = a.folder or a.data or ROOT.parent / "shared" / "data" / "val" / "photos"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import images_in
+    from _common import images_in, readable
 
     unknown = [m for m in a.methods.split(",") if m not in KNOWN_METHODS and not m.startswith("ours_limit")]
     if unknown:
         ap.error(f"unknown method {unknown[0]} (choose from {', '.join(KNOWN_METHODS)}, ours_limitK)")
     if a.limit is not None and a.limit < 1:
         ap.error("--limit must be at least 1")
-    files = [p for p in images_in(a.data) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".bmp"}]
+    files = images_in(a.data, kinds={".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
     if a.limit and a.limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, a.limit).round().astype(int)]
-    images = [centre_crop(to_rgb8(read_image(p)), a.crop) for p in files]
+    skipped: dict[str, str] = {}
+    files, images = map(list, zip(*readable(files, lambda p: centre_crop(clean_pixels(read_image(p)), a.crop),
+                                            skipped)))
     pkg = load_package(a.model, device="cpu", threads=a.threads)
     makers = {"ours": lambda: method_ours(pkg), "ours_x2": lambda: method_ours(pkg, 2),
               "ours_x8": lambda: method_ours(pkg, 8), "opencv_nlm": method_opencv_nlm,
@@ -199,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "model": pkg.name, "model_training": pkg.manifest.get("training", {}),
                  "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores",
                  "note": "clipped Gaussian noise (8-bit files); peers get the true sigma (non-blind); ours is blind", "results": {}}
+    if skipped:
+        res["skipped"] = skipped
     # timed first, on a machine not yet warmed and fragmented by CBM3D's minutes of work (a run
     # after it read 0.77 s where a quiet run reads 0.46), with bytecode compiled as an install has it
     full = (to_rgb8(read_image(p)) for p in files)

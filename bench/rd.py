@@ -4,7 +4,9 @@
     python bench/rd.py --merge A/rd.json B/rd.json --out DIR    (runs on disjoint images, as one)
 
 For every image and setting it measures bpp from the real file bytes, RGB PSNR and MS-SSIM of the
-decoded image, and encode/decode seconds. Curves are averaged per setting over the images (as
+decoded image (of a greyscale image, in grey: the CLI's figures), and encode/decode seconds. Every
+codec codes the pixels `aecompress encode` codes (alpha dropped, 16 bits rounded to 8, sRGB); a file
+that cannot be read, or that a codec reproduces exactly (an infinite PSNR), is named and skipped. Curves are averaged per setting over the images (as
 CompressAI reports), and the headline BD-rate of ours against each codec is that of the averaged
 curves (PSNR; log-rate as a cubic of PSNR, Bjontegaard's fit), over the PSNR interval both averaged
 curves cover (printed with it). Beside it: the same with piecewise-cubic interpolation (PCHIP, the
@@ -39,9 +41,10 @@ import numpy as np
 from PIL import Image, features
 
 from aecompress.codec import Codec
-from aecompress.compress import decode_bytes, open_codec
+from aecompress.compress import coding_input, decode_bytes, in_mode, open_codec
+from aecompress.errors import AecError
 from aecompress.ladder import Ladder, calibrate, parse_points
-from aecompress.imageio import read_image, to_rgb8
+from aecompress.imageio import read_image
 from aecompress.metrics import bd_rate, ms_ssim, psnr
 
 OUR_QUALITIES = [1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100]
@@ -51,6 +54,10 @@ PIL_QUALITIES = {"JPEG": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
 
 
 def pil_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray, float, float]:
+    """(bytes, decoded pixels, encode and decode seconds) of an (H, W, 3) or, for a greyscale source,
+    (H, W, 1) image: that is saved as a greyscale image, as cjpeg would code the file, and its decoded
+    pixels come back as one channel, as `aecompress decode` writes ours (the mean of three)."""
+    grey = img.shape[2] == 1
     buf = io.BytesIO()
     t0 = time.perf_counter()
     kw = {"quality": q}
@@ -60,12 +67,90 @@ def pil_roundtrip(img: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray, f
         kw["method"] = 6
     if fmt == "AVIF":
         kw.update(speed=6, subsampling="4:4:4")
-    Image.fromarray(img).save(buf, format=fmt, **kw)
+    Image.fromarray(img[:, :, 0] if grey else img).save(buf, format=fmt, **kw)
     te = time.perf_counter() - t0
     t0 = time.perf_counter()
     dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     td = time.perf_counter() - t0
-    return len(buf.getvalue()), dec, te, td
+    return len(buf.getvalue()), in_mode(dec, "L") if grey else dec, te, td
+
+
+def measure_image(f: Path, codec: Codec, ours: dict[str, Codec], peers: list[str], settings: dict
+                  ) -> tuple[dict, dict]:
+    """One image's points ({codec: {setting: {bpp, psnr, ms_ssim}}}) and seconds ({codec: {encode: [...],
+    decode: [...]}}). Every codec codes the pixels `aecompress encode` codes (alpha dropped, 16 bits
+    rounded to 8, colour converted to sRGB); a greyscale image is coded and measured as greyscale,
+    as the CLI does (ours codes three equal channels, its header says grey and the decoder writes
+    their mean; the peers get a greyscale image). AecError, naming the file, when it cannot be read or
+    when a codec reproduces it exactly (its infinite PSNR has no place in the averaged curves)."""
+    pic = read_image(f)
+    img, _ = coding_input(pic, codec)
+    ref = in_mode(img, pic.mode)                       # (H, W, 1) for a greyscale source
+    px = img.shape[0] * img.shape[1]
+    points = {c: {} for c in [*ours, *peers]}
+    took = {c: {"encode": [], "decode": []} for c in points}
+    analysis = None
+    if ours:
+        t0 = time.perf_counter()
+        analysis = codec.analyse(img)
+        t_an = time.perf_counter() - t0
+    for name, cod in ours.items():
+        own, t_own = analysis, t_an
+        if cod.pkg is not codec.pkg:
+            t0 = time.perf_counter()
+            own = cod.analyse(img)
+            t_own = time.perf_counter() - t0
+        for q in settings[name]:
+            t0 = time.perf_counter()
+            data, _ = cod.code(own, cod.quality_to_position(q), pic.mode, pic.bits, pic.has_alpha)  # cached per scale
+            te = t_own + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            dec, _, _ = decode_bytes(data, cod.pkg)      # in the source's layout, as `decode` writes it
+            td = time.perf_counter() - t0
+            points[name][q] = {"bpp": len(data) * 8 / px, "psnr": psnr(ref, dec), "ms_ssim": ms_ssim(ref, dec)}
+            took[name]["encode"].append(te)
+            took[name]["decode"].append(td)
+    for fmt in peers:
+        for q in settings[fmt]:
+            size, dec, te, td = pil_roundtrip(ref, fmt, q)
+            points[fmt][q] = {"bpp": size * 8 / px, "psnr": psnr(ref, dec), "ms_ssim": ms_ssim(ref, dec)}
+            took[fmt]["encode"].append(te)
+            took[fmt]["decode"].append(td)
+    for c, pts in points.items():
+        for q, p in pts.items():
+            if not np.isfinite(p["psnr"]) or p["ms_ssim"] >= 1:
+                raise AecError(f"{f}: {c} at setting {q} reproduces it exactly (an infinite PSNR cannot be "
+                               "averaged into the curves)")
+    return points, took
+
+
+def measure_all(files: list[Path], codec: Codec, ours: dict[str, Codec], peers: list[str], settings: dict):
+    """measure_image over the files: (rows[codec][setting] -> per-image dicts, times[codec] -> {encode,
+    decode} lists, the files measured, {name: reason} of those skipped). A file that cannot be
+    measured is named with its reason on standard error and left out; an error line when none is left."""
+    codecs = [*ours, *peers]
+    rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in settings[c]} for c in codecs}
+    times: dict[str, dict[str, list[float]]] = {c: {"encode": [], "decode": []} for c in codecs}
+    done: list[Path] = []
+    skipped: dict[str, str] = {}
+    for n, f in enumerate(files):
+        try:
+            points, took = measure_image(f, codec, ours, peers, settings)
+        except AecError as exc:                      # damaged, not an image, or not measurable: named, left out
+            skipped[f.name] = str(exc).removeprefix(f"{f}: ")
+            print(f"[{n + 1}/{len(files)}] skipping {exc}", file=sys.stderr)
+            continue
+        for c in codecs:
+            for q in settings[c]:
+                rows[c][q].append(points[c][q])
+            for k in ("encode", "decode"):
+                times[c][k].extend(took[c][k])
+        done.append(f)
+        print(f"[{n + 1}/{len(files)}] {f.name}", file=sys.stderr)
+    if files and not done:
+        raise SystemExit(f"rd.py: error: none of the {len(files)} images in {files[0].parent} could be "
+                         "benchmarked (each is named above with the reason)")
+    return rows, times, done, skipped
 
 
 def whole_process_seconds(model: str, sample: Path) -> dict:
@@ -220,7 +305,10 @@ def summarise(rows: dict, settings: dict, codecs: list[str], refined: str | None
 def report(result: dict) -> None:
     """Print a result's table, BD-rates and timings."""
     curves, proc = result["curves"], result["whole_process_768x512"]
-    print(f"\n{len(result['images'])} images from {result['folder']}\n")
+    print(f"\n{len(result['images'])} images from {result['folder']}")
+    for name, why in result.get("skipped", {}).items():
+        print(f"  skipped {name}: {why}")
+    print()
     print(f"{'codec':10} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
     for c, pts in curves.items():
         for p in pts:
@@ -295,6 +383,7 @@ def merge(paths: list[Path]) -> dict:
     result = {"folder": first["folder"], "images": names, "model": first["model"],
               "model_name": first.get("model_name"), "model_id": first["model_id"], "machine": first["machine"],
               "merged_from": [str(p) for p in paths], "curves": curves, "bd_rate_vs": bd,
+              **({"skipped": skipped} if (skipped := {k: v for r in runs for k, v in r.get("skipped", {}).items()}) else {}),
               "seconds_per_image": timing, "whole_process_768x512": [r["whole_process_768x512"] for r in runs]}
     if refined:
         result.update(refine_steps=first["refine_steps"], refined=refined, bd_rate_of_refined_vs=bd_refined)
@@ -341,7 +430,7 @@ def main() -> None:
 
     if args.offset and not args.limit:
         ap.error("--offset needs --limit (it picks the other images of a --limit run)")
-    files = [p for p in images_in(args.folder) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}]
+    files = images_in(args.folder, kinds={".png", ".jpg", ".jpeg", ".bmp"})
     if args.folder == VAL_PHOTOS:          # recorded as before, relative to the checkout
         args.folder = Path("../shared/data/val/photos")
     if not files:
@@ -368,39 +457,7 @@ def main() -> None:
         ours[name] = open_codec(model or name, "cpu", args.threads)
     codecs = list(ours) + [f for f in ("JPEG", "WEBP", "AVIF") if f != "AVIF" or features.check("avif")]
     settings = {**{k: OUR_QUALITIES for k in ours}, **PIL_QUALITIES}
-    # rows[codec][setting] -> list of per-image dicts
-    rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in settings[c]} for c in codecs}
-    times: dict[str, dict[str, list[float]]] = {c: {"encode": [], "decode": []} for c in codecs}
-
-    for n, f in enumerate(files):
-        img = to_rgb8(read_image(f))
-        px = img.shape[0] * img.shape[1]
-        t0 = time.perf_counter()
-        analysis = codec.analyse(img)
-        t_an = time.perf_counter() - t0
-        for name, cod in ours.items():
-            own, t_own = analysis, t_an
-            if cod.pkg is not codec.pkg:
-                t0 = time.perf_counter()
-                own = cod.analyse(img)
-                t_own = time.perf_counter() - t0
-            for q in OUR_QUALITIES:
-                t0 = time.perf_counter()
-                data, _ = cod.code(own, cod.quality_to_position(q))           # analyses are cached per scale
-                te = t_own + time.perf_counter() - t0
-                t0 = time.perf_counter()
-                dec, _, _ = decode_bytes(data, cod.pkg)
-                td = time.perf_counter() - t0
-                rows[name][q].append({"bpp": len(data) * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
-                times[name]["encode"].append(te)
-                times[name]["decode"].append(td)
-        for fmt in codecs[len(ours):]:
-            for q in settings[fmt]:
-                size, dec, te, td = pil_roundtrip(img, fmt, q)
-                rows[fmt][q].append({"bpp": size * 8 / px, "psnr": psnr(img, dec), "ms_ssim": ms_ssim(img, dec)})
-                times[fmt]["encode"].append(te)
-                times[fmt]["decode"].append(td)
-        print(f"[{n + 1}/{len(files)}] {f.name}", file=sys.stderr)
+    rows, times, files, skipped = measure_all(files, codec, ours, codecs[len(ours):], settings)
 
     curves, bd, bd_refined = summarise(rows, settings, codecs, refined, len(files))
     timing = {c: {k: float(np.mean(v)) for k, v in times[c].items()} for c in codecs}
@@ -412,6 +469,8 @@ def main() -> None:
               "curves": curves, "bd_rate_vs": bd, "seconds_per_image": timing, "whole_process_768x512": proc}
     if refined:
         result.update(refine_steps=args.refine, refined=refined, bd_rate_of_refined_vs=bd_refined)
+    if skipped:
+        result["skipped"] = skipped
     result["per_image"] = {c: {str(q): lst for q, lst in rows[c].items()} for c in codecs}
     report(result)
 

@@ -99,23 +99,127 @@ def test_merge_refuses_overlapping_or_mismatched_runs(rd, tmp_path):
 @pytest.mark.parametrize("script, args, words", [
     ("rd.py", ["{tmp}/nosuch"], "no such folder"),
     ("rd.py", ["{tmp}/empty"], "no images in"),
+    ("rd.py", ["{tmp}/broken"], "none of the 2 images in"),
     ("denoise.py", ["--data", "{tmp}/empty"], "no images in"),
+    ("denoise.py", ["{tmp}/broken"], "none of the 2 images in"),
     ("denoise.py", ["--data", "{tmp}/empty", "--methods", "foo"], "unknown method foo"),
     ("speed.py", ["--runs", "0"], "--runs must be at least 1"),
     ("large.py", ["--size", "abc"], "use WIDTHxHEIGHT"),
 ])
 def test_benchmark_mistakes_are_one_error_line(tmp_path, script, args, words):
-    """A missing or empty folder, an unknown method, a bad number: the error line, not a traceback
-    (or a run of NaN figures written as results, for an empty folder)."""
+    """A missing or empty folder, a folder of damaged images only, an unknown method, a bad number:
+    the error line, not a traceback (or a run of NaN figures written as results, for an empty folder)."""
     import subprocess
     import sys
 
     (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cut.png").write_bytes(PNG_CUT)
+    (tmp_path / "broken" / "text.jpg").write_text("not a picture\n")
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *[a.format(tmp=tmp_path) for a in args],
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ") and words in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _png_cut() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+PNG_CUT = _png_cut()                        # a PNG cut short: Pillow opens it, reading its pixels fails
+
+
+def test_rd_measures_each_image_as_the_cli_does(rd, tmp_path, photo_codec):
+    """A greyscale PNG was coded as colour and measured in RGB: ours 0.1-0.2 dB below the PSNR of the
+    greyscale file `aecompress decode` writes (the chroma errors the decoder's mean removes were
+    counted), and the peers coded it as a colour image (JPEG about 5% more bits than cjpeg's
+    greyscale file). Every codec now sees the pixels `aecompress encode` codes, and a greyscale image
+    is measured in grey: ours gives exactly the CLI's bytes and figures, JPEG a greyscale JPEG's bytes."""
+    import io
+
+    from PIL import Image
+
+    from aecompress.compress import encode_picture, quality_report
+    from aecompress.imageio import read_image
+    from tests.conftest import smooth_image
+
+    grey = smooth_image(40, 48, seed=3, channels=1)[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    rgba = np.concatenate([smooth_image(40, 48, seed=4), np.full((40, 48, 1), 90, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    settings = {"ours": [10, 60], "JPEG": [50]}
+    for name in ("grey.png", "rgba.png"):
+        pts, _ = rd.measure_image(tmp_path / name, photo_codec, {"ours": photo_codec}, ["JPEG"], settings)
+        pic = read_image(tmp_path / name)
+        for q in settings["ours"]:
+            enc = encode_picture(pic, photo_codec, quality=q)
+            assert pts["ours"][q]["bpp"] == len(enc.data) * 8 / (40 * 48)
+            assert (pts["ours"][q]["psnr"], pts["ours"][q]["ms_ssim"]) == pytest.approx(quality_report(enc, pic.mode))
+    grey_pts, _ = rd.measure_image(tmp_path / "grey.png", photo_codec, {}, ["JPEG"], settings)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "JPEG", quality=50, optimize=True)
+    assert grey_pts["JPEG"][50]["bpp"] == len(buf.getvalue()) * 8 / (40 * 48)
+
+
+def test_rd_skips_what_it_cannot_measure(rd, tmp_path, capsys, photo_codec):
+    """A damaged file ended the whole run at its turn (`rd.py: error: ...`), and an image a codec
+    reproduces exactly (a flat one: JPEG and WebP at any quality) put an infinite PSNR into the
+    averaged curves: `inf` in the table, Infinity in rd.json (not JSON) and a crash drawing the plot.
+    Each is now named with its reason and left out; the others are measured."""
+    from PIL import Image
+
+    from tests.conftest import smooth_image
+
+    (tmp_path / "a_cut.png").write_bytes(PNG_CUT)
+    Image.new("RGB", (32, 24), (128, 128, 128)).save(tmp_path / "b_flat.png")
+    Image.fromarray(smooth_image(24, 32)).save(tmp_path / "c_photo.png")
+    files = sorted(tmp_path.glob("*.png"))
+    settings = {"JPEG": [20, 95], "WEBP": [50]}
+    rows, times, done, skipped = rd.measure_all(files, photo_codec, {}, ["JPEG", "WEBP"], settings)
+    assert [f.name for f in done] == ["c_photo.png"]
+    assert set(skipped) == {"a_cut.png", "b_flat.png"}
+    assert "cannot read image" in skipped["a_cut.png"] and "reproduces it exactly" in skipped["b_flat.png"]
+    assert all(len(lst) == 1 and np.isfinite(lst[0]["psnr"]) for c in rows for lst in rows[c].values())
+    err = capsys.readouterr().err
+    assert "skipping" in err and "a_cut.png" in err and "b_flat.png" in err
+
+
+def test_denoise_bench_takes_a_users_folder(tmp_path):
+    """bench/denoise.py FOLDER was refused (only --data took a folder); a damaged file stopped the
+    run; and a greyscale image was read as three equal channels and given colour noise, a different
+    and easier image (about 2.6 dB more for ours on a 200x160 photo) than the noisy greyscale file
+    `aecompress denoise` would get. Now: the folder as an argument, the damaged file named and left out
+    (in denoise.json too), and grey noise on a grey image, measured as `aecompress denoise` gives it."""
+    import sys
+
+    from PIL import Image
+
+    from aecompress.denoise import denoise_array
+    from aecompress.metrics import psnr
+    from aecompress.package import DEFAULT_DENOISER, load_package
+    from tests.conftest import smooth_image
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_denoise", ROOT / "bench" / "denoise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grey = smooth_image(40, 48, seed=5, channels=1)
+    Image.fromarray(grey[:, :, 0]).save(tmp_path / "grey.png")
+    (tmp_path / "cut.png").write_bytes(PNG_CUT)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    res = mod.main([str(tmp_path), "--methods", "ours", "--sigmas", "25", "--out", str(tmp_path / "out")])
+    assert res["images"] == ["grey.png"] and list(res["skipped"]) == ["cut.png"]
+    noisy = mod.add_noise(grey, 25, mod.noise_seed("grey.png", 25))          # one channel of noise
+    cli = denoise_array(noisy[:, :, 0], load_package(DEFAULT_DENOISER, device="cpu"))[0]
+    assert res["results"]["25"]["ours"]["psnr"] == round(psnr(cli, grey[:, :, 0]), 3)
+    assert json.loads((tmp_path / "out" / "denoise.json").read_text())["skipped"] == res["skipped"]
 
 
 def test_denoise_bench_keeps_fractional_sigmas_apart():
