@@ -13,6 +13,7 @@ session), and reports every finished job to a progress callback. Semantics share
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -550,14 +551,15 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
             if h is not None:
                 signal.signal(s, h)
 
+    # Ray's logger prints notices on standard error (token authentication, at every local start),
+    # past --quiet and beside our one-line report: only its errors come through while the Ray we
+    # start runs, and its own level comes back after ray.shutdown (a program that runs batches as a
+    # library keeps its logging setting)
+    ray_log = logging.getLogger("ray")
+    ray_level = ray_log.level
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        # Ray's logger prints notices on standard error (token authentication, at every local
-        # start), past --quiet and beside our one-line report: only its errors come through
-        import logging
-
-        ray_log = logging.getLogger("ray")
         ray_log.setLevel(max(ray_log.getEffectiveLevel(), logging.ERROR))
         try:
             if address:
@@ -566,9 +568,12 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 ray.init(num_cpus=jobs, **kwargs)
         except BaseException as exc:
             restore()
-            with interrupts_deferred():         # interrupted while starting: stop what was started
-                ray.shutdown()
-            restore()
+            try:
+                with interrupts_deferred():     # interrupted while starting: stop what was started
+                    ray.shutdown()
+                restore()
+            finally:
+                ray_log.setLevel(ray_level)
             if isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, -signal.SIGTERM):
                 signal.raise_signal(signal.SIGTERM)     # Ray's handler took our `kill`: handle it as ours
             raise
@@ -646,5 +651,8 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 pass
     finally:
         if started:
-            ray.shutdown()
-            restore()
+            try:
+                ray.shutdown()
+                restore()
+            finally:
+                ray_log.setLevel(ray_level)
