@@ -230,7 +230,7 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_writable
-    from .imageio import format_named, read_image, save_image
+    from .imageio import format_named, ico_smaller_sizes, read_image, save_image
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
@@ -242,8 +242,16 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
         raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
                               cancel=cancel, ensemble=ensemble)
-    if pic.notes:
-        info["notes"] = list(pic.notes)
+    notes = list(pic.notes)
+    smaller = ico_smaller_sizes(pic)
+    if smaller:                     # Pillow reads the largest icon; the others' own pixels cannot come back
+        sizes = ", ".join(f"{w}x{h}" for w, h in smaller)
+        fmt = format_named(dst, src, pic.format)
+        notes.append(f"an icon of {len(smaller) + 1} sizes: the largest, {pic.width}x{pic.height}, is denoised, and "
+                     + (f"the smaller ones ({sizes}) are made again from it" if fmt == "ICO" else
+                        f"the smaller ones ({sizes}) are not written"))
+    if notes:
+        info["notes"] = notes
     if cancel is not None and cancel():
         raise KeyboardInterrupt
     save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,

@@ -324,6 +324,38 @@ def test_a_ray_start_that_fails_gives_the_ray_logger_its_level_back(tmp_path, en
         ray_log.setLevel(saved)
 
 
+def _icon(path: Path) -> None:
+    """An ICO of three sizes whose 16x16 is its own picture (solid red), not a copy of the 64x64."""
+    big = Image.fromarray(noisy(smooth_image(64, 64), 20))
+    big.save(path, sizes=[(16, 16), (32, 32), (64, 64)], append_images=[Image.new("RGB", (16, 16), (255, 0, 0))])
+    with Image.open(path) as im:
+        im.size = (16, 16)
+        assert im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_an_icon_named_on_the_command_line_is_denoised_with_a_note_and_a_folder_scan_leaves_it(tmp_path, env):
+    """Pillow reads an ICO's largest size; the copy keeps the set of sizes but makes the smaller ones
+    again from the denoised largest (the 16x16's own pixels were replaced without a word): a note says
+    so, or that they are not written when the output is another format. A folder scan leaves .ico
+    out (an icon's sizes cannot all come back as they were), which is what docs/denoise.md says."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _icon(src / "m.ico")
+    s = run_batch([src / "m.ico"], tmp_path / "out.ico")
+    assert s.done == 1, [r.error for r in s.results]
+    assert s.results[0].notes == ["an icon of 3 sizes: the largest, 64x64, is denoised, and the smaller ones "
+                                  "(16x16, 32x32) are made again from it"]
+    with Image.open(tmp_path / "out.ico") as out:
+        assert out.format == "ICO" and sorted(out.info["sizes"]) == [(16, 16), (32, 32), (64, 64)]
+    s = run_batch([src / "m.ico"], tmp_path / "out.png")
+    assert s.done == 1 and s.results[0].notes[0].endswith("the smaller ones (16x16, 32x32) are not written")
+    Image.fromarray(smooth_image(40, 48)).save(src / "one.ico", sizes=[(48, 40)])     # one size: nothing to say
+    assert run_batch([src / "one.ico"], tmp_path / "one.ico").results[0].notes == []
+    (src / "a.png").write_bytes((tmp_path / "out.png").read_bytes())
+    s = run_batch([src], tmp_path / "scan")
+    assert [Path(r.src).name for r in s.results] == ["a.png"]
+
+
 def ray_scratch() -> set[str]:
     import glob
     import tempfile
