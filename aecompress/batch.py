@@ -13,6 +13,7 @@ session), and reports every finished job to a progress callback. Semantics share
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -229,7 +230,7 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_writable
-    from .imageio import format_named, read_image, save_image
+    from .imageio import format_named, ico_smaller_sizes, read_image, save_image
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
@@ -241,8 +242,16 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
         raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
                               cancel=cancel, ensemble=ensemble)
-    if pic.notes:
-        info["notes"] = list(pic.notes)
+    notes = list(pic.notes)
+    smaller = ico_smaller_sizes(pic)
+    if smaller:                     # Pillow reads the largest icon; the others' own pixels cannot come back
+        sizes = ", ".join(f"{w}x{h}" for w, h in smaller)
+        fmt = format_named(dst, src, pic.format)
+        notes.append(f"an icon of {len(smaller) + 1} sizes: the largest, {pic.width}x{pic.height}, is denoised, and "
+                     + (f"the smaller ones ({sizes}) are made again from it" if fmt == "ICO" else
+                        f"the smaller ones ({sizes}) are not written"))
+    if notes:
+        info["notes"] = notes
     if cancel is not None and cancel():
         raise KeyboardInterrupt
     save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,
@@ -550,14 +559,15 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
             if h is not None:
                 signal.signal(s, h)
 
+    # Ray's logger prints notices on standard error (token authentication, at every local start),
+    # past --quiet and beside our one-line report: only its errors come through while the Ray we
+    # start runs, and its own level comes back after ray.shutdown (a program that runs batches as a
+    # library keeps its logging setting)
+    ray_log = logging.getLogger("ray")
+    ray_level = ray_log.level
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        # Ray's logger prints notices on standard error (token authentication, at every local
-        # start), past --quiet and beside our one-line report: only its errors come through
-        import logging
-
-        ray_log = logging.getLogger("ray")
         ray_log.setLevel(max(ray_log.getEffectiveLevel(), logging.ERROR))
         try:
             if address:
@@ -566,9 +576,12 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 ray.init(num_cpus=jobs, **kwargs)
         except BaseException as exc:
             restore()
-            with interrupts_deferred():         # interrupted while starting: stop what was started
-                ray.shutdown()
-            restore()
+            try:
+                with interrupts_deferred():     # interrupted while starting: stop what was started
+                    ray.shutdown()
+                restore()
+            finally:
+                ray_log.setLevel(ray_level)
             if isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, -signal.SIGTERM):
                 signal.raise_signal(signal.SIGTERM)     # Ray's handler took our `kill`: handle it as ours
             raise
@@ -646,5 +659,8 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 pass
     finally:
         if started:
-            ray.shutdown()
-            restore()
+            try:
+                ray.shutdown()
+                restore()
+            finally:
+                ray_log.setLevel(ray_level)

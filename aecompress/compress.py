@@ -21,8 +21,8 @@ from .codec import Analysis, Codec
 from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
                      taken, write_stdout)
-from .imageio import (Picture, image_bytes, read_image, save_image, srgb_conversion, to_channels8, to_rgb8,
-                      to_srgb)
+from .imageio import (Picture, ico_smaller_sizes, image_bytes, read_image, save_image, srgb_conversion, to_channels8,
+                      to_rgb8, to_srgb)
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
 from .package import DEFAULT_CODEC, MODEL_HINT, ModelPackage, find_by_id, load_package
@@ -59,6 +59,9 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
         notes.append("the JPEG's extra image (an HDR gain map, a depth map or a second view) is not coded"
                      if pic.info["extra_images"] == 1 else
                      f"the JPEG's {pic.info['extra_images']} extra images (HDR gain map, depth map, views) are not coded")
+    if ico_smaller_sizes(pic):
+        notes.append(f"an icon of {len(ico_smaller_sizes(pic)) + 1} sizes: only the largest, "
+                     f"{pic.width}x{pic.height}, is coded")
     if codec.channels == 1 and pic.mode not in ("L", "LA"):
         notes.append("colour converted to greyscale (the model is greyscale)")
     if pic.mode in ("RGB", "RGBA") and srgb_conversion(pic.icc):

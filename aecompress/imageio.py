@@ -28,6 +28,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".ti
                   ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".jp2", ".j2k", ".qoi"}
 
 
+def ico_smaller_sizes(pic: "Picture") -> list[tuple[int, int]]:
+    """The sizes an ICO holds besides the one read (Pillow reads the largest), smallest first: a
+    copy cannot keep their own pixels (imageio writes them again from the one picture)."""
+    return [tuple(z) for z in pic.info.get("ico_sizes", []) if tuple(z) != (pic.width, pic.height)]
+
+
 def is_image_name(p: Path) -> bool:
     """Whether a file's name says it is an image a folder scan should pick up (hidden files are not)."""
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")

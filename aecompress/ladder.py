@@ -96,7 +96,8 @@ class Ladder:
         if anchor is not None:
             q, u = map(float, anchor)
             if not (1.0 < q < 100.0 and 0.0 < u < self.span):
-                raise ValueError(f"quality anchor {anchor} outside the ladder")
+                raise ValueError(f"quality {q:g} anchored at position {u:g}, outside the ladder (qualities 1 to 100, "
+                                 f"positions 0 to {self.span:g}, both ends excluded)")
         self.anchor = anchor and (float(anchor[0]), float(anchor[1]))
         self.anchor_psnr = anchor_psnr if anchor else None
 
@@ -111,8 +112,10 @@ class Ladder:
             return cls.single(levels)
         top = float(max(levels - 1, 0))
         rungs = [Rung(parse_scale(r["scale"]), float(r["lo"]), float(r["hi"])) for r in spec]
-        if any(r.lo < 0 or r.hi > top for r in rungs):
-            raise ValueError("resolution ladder levels outside the model's range")
+        for i, r in enumerate(rungs, 1):
+            if not 0 <= r.lo <= r.hi <= top:
+                raise ValueError(f"rung {i} runs from level {r.lo:g} to {r.hi:g}: its levels must rise within "
+                                 f"the model's 0 to {top:g}")
         a = manifest.get("quality_anchor")
         return cls(rungs, (a["quality"], a["position"]), a.get("calibration_psnr")) if a else cls(rungs)
 

@@ -345,7 +345,7 @@ def manifest_problem(m: dict) -> str | None:
     missing = [g for g in REQUIRED_GRAPHS.get((kind, codec), ()) if g not in graphs]
     if missing:
         return f"no {', '.join(missing)} graph"
-    return _sizes_problem(m, kind, codec)
+    return _sizes_problem(m, kind, codec) or (_encoder_problem(m, codec) if kind == "codec" else None)
 
 
 # Bounds (lowest, highest) of the manifest numbers that size the work, when a manifest has them. A
@@ -399,6 +399,52 @@ def _sizes_problem(m: dict, kind: str, codec: str | None) -> str | None:
                                   and all(_whole(v) and v >= 1 for v in shape)
                                   and math.prod(shape) <= MAX_LATENT_VALUES):
         return f"latent_shape must be 1 to 3 positive sizes of at most {MAX_LATENT_VALUES} values in all"
+    return None
+
+
+def _number(v) -> bool:
+    """A finite JSON number (not a boolean; an integer too large for a float is not one)."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _encoder_problem(m: dict, codec: str) -> str | None:
+    """What is wrong with the fields of a codec manifest that say how the encoder codes (read, until
+    they were checked here, only when the codec was built: `models` listed such a package as good):
+    encoder.rdoq_lambda, resolution_ladder, quality_anchor. After the types, the ladder's own rules
+    (aecompress.ladder.Ladder.from_manifest) decide: supported scales, levels rising within the
+    model's, an anchor inside the ladder."""
+    lam = m.get("encoder", {}).get("rdoq_lambda", 0.0)
+    if not (_number(lam) and lam >= 0):
+        # NaN made every comparison of the rounding false (every value rounded down), silently
+        shown = repr(lam) if len(repr(lam)) <= 40 else repr(lam)[:37] + "..."
+        return f"encoder.rdoq_lambda must be a number of at least 0, not {shown}"
+    spec, anchor = m.get("resolution_ladder"), m.get("quality_anchor")
+
+    def rung(r) -> bool:
+        return (isinstance(r, dict) and (isinstance(r.get("scale"), str) or _number(r.get("scale")))
+                and _number(r.get("lo")) and _number(r.get("hi")))
+
+    if spec not in (None, []) and not (isinstance(spec, list) and all(rung(r) for r in spec)):
+        return "resolution_ladder is not a list of rungs, each a table of scale, lo and hi (numbers)"
+    if anchor not in (None, {}) and not (
+            isinstance(anchor, dict) and _number(anchor.get("quality")) and _number(anchor.get("position"))
+            and (anchor.get("calibration_psnr") is None or _number(anchor["calibration_psnr"]))):
+        return "quality_anchor is not a table of a quality and a position (numbers)"
+    from .ladder import Ladder                  # numbers of the right types: the ladder's own rules
+
+    try:
+        ladder = Ladder.from_manifest({**m, "quality_anchor": None}, m.get("levels", 1))
+    except ValueError as exc:
+        return f"resolution_ladder: {exc}"
+    if codec != "hyperprior" and any(r.scale != 1 for r in ladder.rungs):
+        return "resolution_ladder: only hyperprior codecs can change resolution"
+    try:
+        Ladder.from_manifest(m, m.get("levels", 1))
+    except ValueError as exc:
+        return f"quality_anchor: {exc}"
     return None
 
 

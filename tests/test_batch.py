@@ -261,18 +261,24 @@ def test_plan_rejects_duplicate_outputs_and_missing_inputs(tmp_path, env, monkey
             plan_jobs([tmp_path / "x" / "a.png"], out)
 
 
-def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
+def test_ray_start_keeps_our_signal_handlers_and_the_ray_loggers_level(tmp_path, env, monkeypatch):
     """Ray installs its own SIGTERM handler in ray.init; the batch puts the command's back, so
-    `kill` stops a Ray batch like a local one (exit 143, no stack dump)."""
+    `kill` stops a Ray batch like a local one (exit 143, no stack dump). The batch quiets the `ray`
+    logger while Ray runs (its notices on standard error) and left it at ERROR for the rest of the
+    process: a program that runs the batch as a library gets its own level back."""
+    import logging
     import signal as sig
 
     ray = pytest.importorskip("ray")
     make_tree(tmp_path / "in", ["a.png"])
     old = sig.getsignal(sig.SIGTERM)
-    seen = []
+    seen, levels = [], []
     real_init = ray.init
+    ray_log = logging.getLogger("ray")
+    saved = ray_log.level
 
     def init(*a, **k):
+        levels.append(ray_log.level)
         out = real_init(*a, **k)
         seen.append(sig.getsignal(sig.SIGTERM))
         return out
@@ -282,14 +288,72 @@ def test_ray_start_keeps_our_signal_handlers(tmp_path, env, monkeypatch):
     mine = lambda signum, frame: ran.append(signum)      # noqa: E731
     sig.signal(sig.SIGTERM, mine)
     try:
+        ray_log.setLevel(logging.INFO)
         s = run_batch([tmp_path / "in"], tmp_path / "out", jobs=1, engine="ray")
         assert s.done == 1 and sig.getsignal(sig.SIGTERM) is mine
+        assert levels == [logging.ERROR] and ray_log.level == logging.INFO
         assert seen and seen[0] is not mine                # Ray did replace it during init
         # ray.shutdown() resets SIGTERM to the default action behind Python's back: ours must really run
         sig.raise_signal(sig.SIGTERM)
         assert ran == [sig.SIGTERM]
     finally:
         sig.signal(sig.SIGTERM, old)
+        ray_log.setLevel(saved)
+
+
+def test_a_ray_start_that_fails_gives_the_ray_logger_its_level_back(tmp_path, env, monkeypatch):
+    """The same when ray.init fails (an address where no cluster answers): no Ray is started here."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    make_tree(tmp_path / "in", ["a.png"])
+    ray_log, levels = logging.getLogger("ray"), []
+    saved = ray_log.level
+
+    def init(*a, **k):
+        levels.append(ray_log.level)
+        raise ConnectionError("no cluster there")
+
+    monkeypatch.setattr(ray, "init", init)
+    try:
+        ray_log.setLevel(logging.WARNING)
+        with pytest.raises(ConnectionError):
+            run_batch([tmp_path / "in"], tmp_path / "out", jobs=1, engine="ray", address="10.0.0.1:6379")
+        assert levels == [logging.ERROR] and ray_log.level == logging.WARNING
+    finally:
+        ray_log.setLevel(saved)
+
+
+def _icon(path: Path) -> None:
+    """An ICO of three sizes whose 16x16 is its own picture (solid red), not a copy of the 64x64."""
+    big = Image.fromarray(noisy(smooth_image(64, 64), 20))
+    big.save(path, sizes=[(16, 16), (32, 32), (64, 64)], append_images=[Image.new("RGB", (16, 16), (255, 0, 0))])
+    with Image.open(path) as im:
+        im.size = (16, 16)
+        assert im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_an_icon_named_on_the_command_line_is_denoised_with_a_note_and_a_folder_scan_leaves_it(tmp_path, env):
+    """Pillow reads an ICO's largest size; the copy keeps the set of sizes but makes the smaller ones
+    again from the denoised largest (the 16x16's own pixels were replaced without a word): a note says
+    so, or that they are not written when the output is another format. A folder scan leaves .ico
+    out (an icon's sizes cannot all come back as they were), which is what docs/denoise.md says."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _icon(src / "m.ico")
+    s = run_batch([src / "m.ico"], tmp_path / "out.ico")
+    assert s.done == 1, [r.error for r in s.results]
+    assert s.results[0].notes == ["an icon of 3 sizes: the largest, 64x64, is denoised, and the smaller ones "
+                                  "(16x16, 32x32) are made again from it"]
+    with Image.open(tmp_path / "out.ico") as out:
+        assert out.format == "ICO" and sorted(out.info["sizes"]) == [(16, 16), (32, 32), (64, 64)]
+    s = run_batch([src / "m.ico"], tmp_path / "out.png")
+    assert s.done == 1 and s.results[0].notes[0].endswith("the smaller ones (16x16, 32x32) are not written")
+    Image.fromarray(smooth_image(40, 48)).save(src / "one.ico", sizes=[(48, 40)])     # one size: nothing to say
+    assert run_batch([src / "one.ico"], tmp_path / "one.ico").results[0].notes == []
+    (src / "a.png").write_bytes((tmp_path / "out.png").read_bytes())
+    s = run_batch([src], tmp_path / "scan")
+    assert [Path(r.src).name for r in s.results] == ["a.png"]
 
 
 def ray_scratch() -> set[str]:

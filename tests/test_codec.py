@@ -198,7 +198,7 @@ def test_encoder_settings_do_not_change_the_model_id(tmp_path):
     m["quality_anchor"] = {"quality": 75, "position": 5.0, "calibration_psnr": 28.0}
     (copy / "manifest.json").write_text(json.dumps(m))
     assert load_package(copy).model_id == pkg.model_id
-    m["levels"] = 8                                  # a coding field does change it
+    m["latent_channels"] = 64                        # a coding field does change it
     (copy / "manifest.json").write_text(json.dumps(m))
     assert load_package(copy).model_id != pkg.model_id
 

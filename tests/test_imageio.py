@@ -426,6 +426,31 @@ def test_ico_keeps_all_its_sizes(tmp_path):
     assert sorted(Image.open(tmp_path / "out.ico").info["sizes"]) == [(16, 16), (32, 32), (64, 64)]
 
 
+def test_encoding_an_icon_of_several_sizes_notes_that_only_the_largest_is_coded(tmp_path):
+    """As for an animated image's other frames and an MPO's extra images: the others are not coded."""
+    from aecompress.compress import coding_input, open_codec
+
+    Image.fromarray(smooth_image(64, 64)).save(tmp_path / "m.ico", sizes=[(16, 16), (32, 32), (64, 64)])
+    Image.fromarray(smooth_image(64, 64)).save(tmp_path / "one.ico", sizes=[(64, 64)])
+    codec = open_codec(None, "cpu", 1)
+    assert "an icon of 3 sizes: only the largest, 64x64, is coded" in coding_input(read_image(tmp_path / "m.ico"),
+                                                                                      codec)[1]
+    assert not [n for n in coding_input(read_image(tmp_path / "one.ico"), codec)[1] if "icon" in n]
+
+
+def test_docs_list_the_suffixes_folder_scans_take():
+    import re
+
+    from aecompress.imageio import IMAGE_SUFFIXES
+
+    from .conftest import ROOT
+
+    text = (ROOT / "docs" / "denoise.md").read_text()
+    start = text.index("A folder scan takes files by their image extension (")
+    listed = re.findall(r"`(\.[a-z0-9]+)`", text[start:text.index(" in any case;", start)])
+    assert sorted(listed) == sorted(IMAGE_SUFFIXES) and ".ico" not in listed
+
+
 def test_pbm_of_greyscale_and_pgm_of_16_bit_colour(tmp_path):
     save_image(tmp_path / "g.pbm", smooth_image(12, 16)[:, :, :1])
     save_image(tmp_path / "c.pgm", smooth_image(12, 16).astype(np.uint16) * 257)

@@ -63,6 +63,87 @@ def test_manifest_numbers_that_size_the_work_are_bounded(tmp_path, name, change,
     assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
+FACTORIZED = {"codec": "factorized", "graphs": {"analysis": "analysis.onnx", "synthesis": "synthesis.onnx"}}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"encoder": {"rdoq_lambda": "abc"}}, "encoder.rdoq_lambda must be a number of at least 0, not 'abc'"),
+    ({"encoder": {"rdoq_lambda": float("nan")}}, "encoder.rdoq_lambda must be a number of at least 0, not nan"),
+    ({"encoder": {"rdoq_lambda": -1}}, "encoder.rdoq_lambda must be"),
+    ({"encoder": {"rdoq_lambda": True}}, "encoder.rdoq_lambda must be"),
+    ({"quality_anchor": {"position": 1}}, "quality_anchor is not a table of a quality and a position"),
+    ({"quality_anchor": {"quality": "75", "position": 5}}, "quality_anchor is not a table"),
+    ({"quality_anchor": {"quality": 75, "position": float("nan")}}, "quality_anchor is not a table"),
+    ({"quality_anchor": {"quality": 75, "position": 100}}, "quality_anchor: quality 75 anchored at position 100, "
+                                                           "outside the ladder"),
+    ({"quality_anchor": {"quality": 100, "position": 5}}, "outside the ladder"),
+    ({"resolution_ladder": {"scale": 1, "lo": 0, "hi": 8}}, "resolution_ladder is not a list of rungs"),
+    ({"resolution_ladder": [{"scale": 1, "lo": 0}]}, "resolution_ladder is not a list of rungs"),
+    ({"resolution_ladder": [{"scale": 1, "lo": 0, "hi": float("inf")}]}, "resolution_ladder is not a list"),
+    ({"resolution_ladder": [{"scale": 5, "lo": 0, "hi": 8}]}, "resolution_ladder: unsupported resolution scale 5"),
+    ({"resolution_ladder": [{"scale": "x", "lo": 0, "hi": 8}]}, "resolution_ladder: invalid resolution scale 'x'"),
+    ({"resolution_ladder": [{"scale": 1, "lo": 0, "hi": 12}]}, "resolution_ladder: rung 1 runs from level 0 to 12"),
+    ({"resolution_ladder": [{"scale": 2, "lo": 0, "hi": 3}, {"scale": 1, "lo": 5, "hi": 2}]},
+     "rung 2 runs from level 5 to 2: its levels must rise within the model's 0 to 8"),
+    ({"levels": 4}, "resolution_ladder: rung 2 runs from level 0.9623 to 3.1287"),   # the shipped ladder, 4 levels
+    ({**FACTORIZED, "input_size": [28, 28], "latent_shape": [32]},
+     "resolution_ladder: only hyperprior codecs can change resolution"),
+])
+def test_the_encoders_manifest_fields_are_checked_when_the_manifest_is_read(tmp_path, change, words):
+    """encoder.rdoq_lambda, resolution_ladder and quality_anchor were read only when the codec was
+    built: `models` listed such a package as good, and encode failed with a line like "malformed
+    manifest ('quality')" (a NaN rdoq_lambda was not refused at all: every value rounded down). They
+    are refused with the other manifest problems, when the manifest is read."""
+    pkg = copy_package(tmp_path)
+    edit_manifest(pkg, **change)
+    with pytest.raises(ModelError, match="malformed manifest") as exc:
+        load_package(pkg)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_encoders_manifest_fields_accept_what_the_exporter_writes(tmp_path):
+    """No ladder (full resolution, quality linear), an empty one, a scale written as a number, an
+    anchor without its calibration PSNR, plain rounding (0): all still load and build a codec."""
+    from aecompress.codec import Codec
+
+    for change in ({"resolution_ladder": DROP, "quality_anchor": DROP}, {"resolution_ladder": [], "quality_anchor": {}},
+                   {"resolution_ladder": [{"scale": 2.0, "lo": 0, "hi": 3}, {"scale": 0.75, "lo": 2, "hi": 8}],
+                    "quality_anchor": {"quality": 75, "position": 4}},
+                   {"encoder": {"rdoq_lambda": 0}}):
+        pkg = copy_package(tmp_path, folder="ok")
+        edit_manifest(pkg, **change)
+        Codec(load_package(pkg))
+        shutil.rmtree(pkg)
+
+
+def test_models_names_a_package_with_a_broken_ladder_and_commands_refuse_it_in_one_line(tmp_path):
+    """`models` skips it with the reason, like the other manifest problems (it listed it as good),
+    and encode, decode and info -m refuse it with the model error's exit code, 4."""
+    import os
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    bad = copy_package(models, folder="bad")
+    edit_manifest(bad, quality_anchor={"position": 1})
+    env = {**os.environ, "AECOMPRESS_MODELS": str(models)}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "aecompress", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    r = run("models", "--json")
+    assert r.returncode == 0 and str(bad) not in r.stdout, r.stdout
+    assert r.stderr.count("\n") == 1 and "skipped" in r.stderr and "quality_anchor is not a table" in r.stderr, r.stderr
+    cat, aez = ROOT / "docs" / "samples" / "cat.png", tmp_path / "cat.aez"
+    assert run("encode", cat, "-q", "10", "-o", aez).returncode == 0
+    for args in (("encode", cat, "-o", tmp_path / "x.aez"), ("decode", aez, "-o", tmp_path / "x.png"), ("info", aez)):
+        r = run(*args, "-m", bad)
+        assert r.returncode == 4 and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "malformed manifest (quality_anchor is not a table" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.aez").exists() and not (tmp_path / "x.png").exists()
+
+
 def test_the_shipped_and_the_trainings_manifests_are_within_the_bounds():
     for name in ("photo", "denoise"):
         read_manifest(ROOT / "models" / name)
@@ -327,7 +408,9 @@ def test_a_synthesis_that_gives_nan_on_an_ordinary_file_is_the_models_fault(tmp_
 def test_a_broken_copy_with_the_same_model_id_does_not_hide_the_good_package(tmp_path, monkeypatch):
     """A copy of the shipped codec whose manifest is broken where the model id does not look (its
     quality_anchor), earlier on the search path, made every file of that model fail to decode (exit
-    4) and `info` name no model: the next package with the id is tried."""
+    4) and `info` name no model: such a manifest is now refused when it is read (the copy is skipped),
+    and a package that cannot serve a file (here one that claims the id in `decodes` but whose
+    tables do not fit it) makes way for the next package with the id."""
     from aecompress.compress import decode_bytes, file_info, open_codec
     from aecompress.package import find_by_id
 
@@ -340,9 +423,10 @@ def test_a_broken_copy_with_the_same_model_id_does_not_hide_the_good_package(tmp
     edit_manifest(broken, quality_anchor={"position": 1})
     # and one that claims the id in `decodes` but whose tables do not fit it
     claimer = copy_package(models, folder="bclaims")
-    edit_manifest(claimer, levels=3, decodes=[codec.pkg.model_id.hex()])
+    edit_manifest(claimer, levels=3, decodes=[codec.pkg.model_id.hex()], resolution_ladder=DROP, quality_anchor=DROP)
     monkeypatch.setenv("AECOMPRESS_MODELS", str(models))
-    assert load_package(broken).model_id == codec.pkg.model_id
+    with pytest.raises(ModelError, match="malformed manifest"):
+        load_package(broken)
     pixels, _, used = decode_bytes(data, device="cpu", threads=1)
     assert used.pkg.path == ROOT / "models" / "photo" and pixels.shape == (48, 64, 3)
     aez = tmp_path / "x.aez"
@@ -355,6 +439,6 @@ def test_a_broken_copy_with_the_same_model_id_does_not_hide_the_good_package(tmp
         tried.append(pkg.path)
         raise ModelError(f"{pkg.path.name} refused")
 
-    with pytest.raises(ModelError, match="aphoto refused"):
+    with pytest.raises(ModelError, match="photo refused"):
         find_by_id(codec.pkg.model_id[:8], usable=refuse)
-    assert tried == [broken, ROOT / "models" / "photo", claimer]
+    assert tried == [ROOT / "models" / "photo", claimer]          # the broken copy was never a candidate
