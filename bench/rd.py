@@ -230,7 +230,7 @@ def plot(result: dict, path: Path) -> None:
         hidden += int((~inside).sum())
         seen_db[0].extend(psnr_db[inside])
         seen_db[1].extend(ssim_db[inside & np.isfinite(ssim_db)])
-    axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR RGB (dB)",
+    axes[0].set(xlabel="bits per pixel (file bytes)", ylabel="PSNR (dB; RGB, or grey for greyscale images)",
                 title=f"{len(result['images'])} images: {result['folder']}")
     axes[1].set(xlabel="bits per pixel (file bytes)", ylabel="MS-SSIM (dB)")
     for a, shown in zip(axes, seen_db):
@@ -333,10 +333,10 @@ def report(result: dict) -> None:
     print("\nmean seconds per image (in-process):")
     for c, v in result["seconds_per_image"].items():
         print(f"  {c:10}  encode {v['encode']:.3f}  decode {v['decode']:.3f}")
-    for run in (proc if isinstance(proc, list) else [proc]):
-        print(f"\nwhole process, 768x512: encode {run['encode_s']:.2f} s + decode {run['decode_s']:.2f} s"
-              f" = {run['total_s']:.2f} s (encode --quiet, no reconstruction for the report: "
-              f"{run['encode_quiet_s']:.2f} s, {run['quiet_total_s']:.2f} s in all)")
+    for timing in (proc if isinstance(proc, list) else [proc]):
+        print(f"\nwhole process, 768x512: encode {timing['encode_s']:.2f} s + decode {timing['decode_s']:.2f} s"
+              f" = {timing['total_s']:.2f} s (encode --quiet, no reconstruction for the report: "
+              f"{timing['encode_quiet_s']:.2f} s, {timing['quiet_total_s']:.2f} s in all)")
 
 
 def write(result: dict, out: Path) -> None:
