@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import os
 import re
 import warnings
@@ -19,6 +18,7 @@ from PIL import Image
 
 from . import rgb16
 from .cstderr import quiet
+from .entrypoint import pillow_limit
 from .errors import AecError
 from .fsutil import check_writable, refuse_device, write_bytes_atomic
 
@@ -37,11 +37,11 @@ def ico_smaller_sizes(pic: "Picture") -> list[tuple[int, int]]:
 def is_image_name(p: Path) -> bool:
     """Whether a file's name says it is an image a folder scan should pick up (hidden files are not)."""
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-# Pillow logs some read errors ("More samples per pixel than can be decoded") through `logging`, which
-# without a handler prints them on standard error beside the one-line error read_image raises
-logging.getLogger("PIL").addHandler(logging.NullHandler())
-logging.getLogger("PIL").propagate = False
+
+
+# Pillow's process-wide settings (its decompression-bomb limit, its logger) are the caller's: only the
+# command line and the desktop app set them (entrypoint.py), here when they started before Pillow loaded
+pillow_limit()
 
 
 @dataclass
@@ -385,10 +385,20 @@ def jpeg_cut_short(data: bytes, im: Image.Image) -> bool:
         return False
 
 
+def _read_limit() -> int:
+    """The most pixels read_image reads: MAX_PIXELS, or less where Pillow's own limit refuses sooner
+    (twice PIL.Image.MAX_IMAGE_PIXELS, a library caller's setting; the programs set it to MAX_PIXELS)."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return MAX_PIXELS if pillow is None else min(MAX_PIXELS, 2 * pillow)
+
+
 def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     """Read any image Pillow can, with EXIF orientation applied. One-line AecError on failure.
 
-    data: the file's bytes, already read (from standard input); `path` then only names it."""
+    data: the file's bytes, already read (from standard input); `path` then only names it.
+    Images over MAX_PIXELS are refused; so are those over twice PIL.Image.MAX_IMAGE_PIXELS, Pillow's
+    own limit, which is the caller's to set (Pillow's default: about 179 million pixels; the command
+    line and the desktop app raise it to MAX_PIXELS)."""
     path = Path(path)
     if data is None and not path.exists():
         raise AecError(f"{path}: a link that leads nowhere (a loop, or a missing target)" if path.is_symlink()
@@ -400,7 +410,9 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
     try:
         with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore", UserWarning)        # e.g. Pillow's multi-line note on corrupt EXIF
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above PIL.Image.MAX_IMAGE_PIXELS (the caller's setting): the limit here is
+            # MAX_PIXELS, checked below. Pillow's refusal above twice its limit stands (too_large)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path if data is None else io.BytesIO(data)) as im:
                 fmt = im.format
                 frames = int(getattr(im, "n_frames", 1) or 1)
@@ -464,8 +476,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> Picture:
                         arr, mode = _key_as_alpha16(arr, im.info.get("transparency"))
     except AecError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise AecError(f"{path}: image is too large (limit {MAX_PIXELS:,} pixels)") from None
+    except Image.DecompressionBombError:
+        raise AecError(f"{path}: image is too large (limit {_read_limit():,} pixels)") from None
     except MemoryError:
         raise AecError(f"{path}: not enough memory to read this image") from None
     except Image.UnidentifiedImageError:

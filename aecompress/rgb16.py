@@ -16,7 +16,6 @@ first-directory tags (make, model, date, artist, copyright, ...) and its EXIF an
 from __future__ import annotations
 
 import io
-import logging
 import struct
 import zlib
 
@@ -170,14 +169,11 @@ def _png(a: np.ndarray, exif: bytes | None, icc: bytes | None, dpi, xmp, text: d
 
 
 def _tifffile():
-    """tifffile, with its log quiet: its warnings would reach standard error through Python's
-    last-resort handler, in the middle of one-line output."""
+    """tifffile. Its log is left as the caller set it up: the command line and the desktop app keep
+    it off standard error, where its warnings would reach through Python's last-resort handler in the
+    middle of one-line output (entrypoint.py)."""
     import tifffile
 
-    log = logging.getLogger("tifffile")
-    if not log.handlers:
-        log.addHandler(logging.NullHandler())
-        log.propagate = False
     return tifffile
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import entrypoint
 from .cstderr import quiet
 from .errors import AecError, DeviceError, ModelError, NonFiniteOutput, env_flag, extra_hint
 from .fsutil import interrupts_deferred
@@ -50,7 +51,8 @@ def _ort():
             import onnxruntime as ort
     except ImportError:
         raise AecError(f"onnxruntime is not installed: {extra_hint('cpu')}, or the gpu extra for CUDA") from None
-    ort.set_default_logger_severity(3)
+    if entrypoint.configured:          # the command line's and the app's choice; a library caller's is its own
+        ort.set_default_logger_severity(3)
     return ort
 
 

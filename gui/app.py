@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"aecompress: error: {problem}", file=sys.stderr)
         return 1
+    from aecompress.entrypoint import configure_process
+
     from .main_window import MainWindow, show_later
 
+    configure_process()             # Pillow's limit, quiet library logs: the program's, not the library's
     undo = _fail_in_one_line()
     app = create_app([sys.argv[0]] + args)
     undo()

@@ -663,7 +663,7 @@ def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
     return data[:i + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[i + 9:]
 
 
-def test_a_jpeg_claiming_far_more_pixels_than_its_data_is_refused_at_once(tmp_path):
+def test_a_jpeg_claiming_far_more_pixels_than_its_data_is_refused_at_once(tmp_path, monkeypatch):
     """A 10 kB JPEG whose header says 19000x19000: Pillow fills the missing blocks in as grey, and
     the run took minutes and 3 GB on 361 megapixels of nothing. A Huffman-coded block costs at least
     a bit, so the file is too short for its size and is refused before any pixel is decoded."""
@@ -671,12 +671,15 @@ def test_a_jpeg_claiming_far_more_pixels_than_its_data_is_refused_at_once(tmp_pa
     import time
 
     from aecompress.errors import AecError
-    from aecompress.imageio import jpeg_data_too_short
+    from aecompress.imageio import MAX_PIXELS, jpeg_data_too_short
 
     buf = io.BytesIO()
     Image.fromarray(smooth_image(120, 160)).save(buf, "JPEG", quality=90)
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(_patch_jpeg_size(buf.getvalue(), 19000, 19000))
+    with pytest.raises(AecError, match="too large"):     # Pillow's own limit (its default), a library caller's
+        read_image(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", MAX_PIXELS)     # the command line's and the app's
     t = time.perf_counter()
     with pytest.raises(AecError, match="needs more data than the file holds"):
         read_image(bomb)

@@ -88,11 +88,13 @@ def main() -> None:
     import signal
 
     from ..cstderr import guard
+    from ..entrypoint import configure_process
     from ..errors import AecError, Terminated
     from .common import ignore_interrupts
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     guard()                                       # image libraries' own lines stay off standard error
+    configure_process()                           # Pillow's limit, quiet library logs: the program's, not the library's
     try:
         app()
     except AecError as exc:
