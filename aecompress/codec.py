@@ -97,9 +97,8 @@ class Codec:
         if self.kind not in container.CODECS:
             raise ModelError(f"model '{pkg.name}' uses unknown codec '{self.kind}'")
         # read_manifest (package.manifest_problem) has already refused a manifest whose fields
-        # these read are malformed, the ladder, its anchor and rdoq_lambda included; these checks
-        # stay for a manifest built in memory (train.export_dense, train.reladder) and for
-        # `architecture`, which manifest_problem does not look at
+        # these read are malformed, the ladder, its anchor, rdoq_lambda and architecture.lambdas
+        # included; these checks stay for a manifest built in memory (train.export_dense, train.reladder)
         try:
             self.channels = int(pkg.channels)
             self.levels = int(pkg.manifest.get("levels", 1))

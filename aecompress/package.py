@@ -410,17 +410,31 @@ def _number(v) -> bool:
         return False
 
 
+def _shown(v) -> str:
+    """A manifest value in an error line (at most 40 characters)."""
+    return repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+
+
 def _encoder_problem(m: dict, codec: str) -> str | None:
     """What is wrong with the fields of a codec manifest that say how the encoder codes (read, until
     they were checked here, only when the codec was built: `models` listed such a package as good):
-    encoder.rdoq_lambda, resolution_ladder, quality_anchor. After the types, the ladder's own rules
-    (aecompress.ladder.Ladder.from_manifest) decide: supported scales, levels rising within the
-    model's, an anchor inside the ladder."""
+    encoder.rdoq_lambda, architecture.lambdas, resolution_ladder, quality_anchor. After the types,
+    the ladder's own rules (aecompress.ladder.Ladder.from_manifest) decide: supported scales, levels
+    rising within the model's, an anchor inside the ladder."""
     lam = m.get("encoder", {}).get("rdoq_lambda", 0.0)
     if not (_number(lam) and lam >= 0):
         # NaN made every comparison of the rounding false (every value rounded down), silently
-        shown = repr(lam) if len(repr(lam)) <= 40 else repr(lam)[:37] + "..."
-        return f"encoder.rdoq_lambda must be a number of at least 0, not {shown}"
+        return f"encoder.rdoq_lambda must be a number of at least 0, not {_shown(lam)}"
+    arch = m.get("architecture", {})
+    if not isinstance(arch, dict):
+        return "architecture is not a table"
+    lams = arch.get("lambdas")
+    # the training lambda of each level, the rate-distortion weight of encode --refine (interpolated
+    # geometrically between levels): a non-number failed every encode as "malformed manifest", a zero
+    # or negative one gave the refinement a lambda of 0 or NaN. None or [] (none recorded) and a list
+    # of another length than the levels leave the codec without --refine (Codec.refine_problem says so)
+    if lams not in (None, []) and not (isinstance(lams, list) and all(_number(v) and v > 0 for v in lams)):
+        return f"architecture.lambdas must be a list of numbers above 0 (one a level), not {_shown(lams)}"
     spec, anchor = m.get("resolution_ladder"), m.get("quality_anchor")
 
     def rung(r) -> bool:

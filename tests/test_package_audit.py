@@ -101,6 +101,52 @@ def test_the_encoders_manifest_fields_are_checked_when_the_manifest_is_read(tmp_
     assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
+def _architecture(**change) -> dict:
+    """The shipped photo codec's architecture with some fields changed."""
+    return {**json.loads((ROOT / "models" / "photo" / "manifest.json").read_text())["architecture"], **change}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"architecture": _architecture(lambdas=["abc"] * 9)},
+     "architecture.lambdas must be a list of numbers above 0 (one a level), not ['abc', 'abc', "),
+    ({"architecture": _architecture(lambdas=[-0.001] + [0.01] * 8)}, "architecture.lambdas must be a list of numbers"),
+    ({"architecture": _architecture(lambdas=[0] + [0.01] * 8)}, "architecture.lambdas must be"),
+    ({"architecture": _architecture(lambdas=[float("nan")] * 9)}, "architecture.lambdas must be"),
+    ({"architecture": _architecture(lambdas=[True] * 9)}, "architecture.lambdas must be"),
+    ({"architecture": _architecture(lambdas=[0.01] * 8 + ["0.18"])}, "architecture.lambdas must be"),
+    ({"architecture": _architecture(lambdas=0.01)}, "architecture.lambdas must be a list of numbers above 0 "
+                                                    "(one a level), not 0.01"),
+    ({"architecture": [0.01] * 9}, "architecture is not a table"),
+])
+def test_the_training_lambdas_are_checked_when_the_manifest_is_read(tmp_path, change, words):
+    """architecture.lambdas (the training lambda of each level: encode --refine's rate-distortion
+    weight) was read only when the codec was built: `models` listed such a package as good, a
+    non-number failed every encode with "malformed manifest (could not convert ...)" and a zero or
+    negative lambda gave the refinement a weight of 0 or NaN. Refused when the manifest is read."""
+    pkg = copy_package(tmp_path)
+    edit_manifest(pkg, **change)
+    with pytest.raises(ModelError, match="malformed manifest") as exc:
+        load_package(pkg)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_codec_without_training_lambdas_for_its_levels_loads_and_codes_without_refine(tmp_path):
+    """None or [] (none recorded), no lambdas at all, or another number than the levels: the package
+    loads and the codec builds and codes; only --refine is refused, saying why."""
+    from aecompress.codec import Codec
+
+    from .conftest import smooth_image
+
+    for arch in (_architecture(lambdas=None), _architecture(lambdas=[]),
+                 {k: v for k, v in _architecture().items() if k != "lambdas"}, _architecture(lambdas=[0.01] * 8)):
+        pkg = copy_package(tmp_path, folder="ok")
+        edit_manifest(pkg, architecture=arch)
+        c = Codec(load_package(pkg, "cpu", 1))
+        assert "records no training lambda per level" in c.refine_problem()
+        c.code(c.analyse(smooth_image(32, 32)), c.quality_to_position(50))
+        shutil.rmtree(pkg)
+
+
 def test_the_encoders_manifest_fields_accept_what_the_exporter_writes(tmp_path):
     """No ladder (full resolution, quality linear), an empty one, a scale written as a number, an
     anchor without its calibration PSNR, plain rounding (0): all still load and build a codec."""
