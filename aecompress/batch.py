@@ -488,6 +488,11 @@ class _RayWorker:
     """Holds one inference session; gets file bytes, returns output bytes (no shared file system needed)."""
 
     def __init__(self, name: str, files: dict[str, bytes], device: str, threads: int | None):
+        from .entrypoint import configure_process
+
+        # the worker's process is aecompress's own, as the command line's is: the same image size
+        # limit (Pillow's default refused from 179 million pixels, the local engine reads 400 million)
+        configure_process()
         self.dir = Path(tempfile.mkdtemp(prefix="aec-ray-"))
         # the driver calls close() at the end of a batch; a worker that is killed instead (Ctrl-C,
         # Ray shutting down) still removes its copy of the model when its process exits

@@ -537,6 +537,25 @@ def test_a_ray_worker_writes_the_format_the_output_is_named_for(pkg_dir, tmp_pat
         worker.close()
 
 
+def test_a_ray_worker_reads_images_as_large_as_the_command_line_does(pkg_dir):
+    """A Ray worker's process is set up as the command line's (entrypoint.configure_process): with
+    Pillow's default limit it refused images from 179 million pixels that the local engine reads."""
+    code = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "from aecompress.batch import _package_files, _RayWorker\n"
+        "from aecompress.imageio import MAX_PIXELS\n"
+        "before = Image.MAX_IMAGE_PIXELS\n"
+        "name, files = _package_files(sys.argv[1])\n"
+        "w = _RayWorker(name, files, 'cpu', 1)\n"
+        "w.close()\n"
+        "print(before != MAX_PIXELS, Image.MAX_IMAGE_PIXELS == MAX_PIXELS)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(pkg_dir)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_an_output_that_is_an_input_does_not_stop_the_others(tmp_path, env):
     """`denoise a.png a.denoised.png` after an earlier run: a.png's output is an input of this run
     and is refused by itself; the up-front refusal of existing outputs does not count it, so the
