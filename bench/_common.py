@@ -34,7 +34,7 @@ def run(main: Callable[[], object]) -> None:
 
 def images_in(folder: Path, what: str = "images", kinds: set[str] | None = None) -> list[Path]:
     """The image files directly in a folder (of the suffixes in `kinds`, when given), sorted; an error
-    naming the folder when there are none. What else the folder holds (files not named as images,
+    naming the folder when there are none (of those kinds). What else the folder holds (files not named as images,
     images of another kind, subfolders, which are not searched) is named in one line on standard
     error, so that a user's folder is never cut short in silence."""
     from aecompress.imageio import is_image_name
@@ -55,6 +55,9 @@ def images_in(folder: Path, what: str = "images", kinds: set[str] | None = None)
         print(f"{Path(sys.argv[0]).name}: leaving out " + "; ".join(
             f"{', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''} ({w})"
             for w, names in groups.items()), file=sys.stderr)
+    if not found:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: error: no {what} of the kinds it takes "
+                         f"({', '.join(sorted(kinds))}) in {folder}")
     return found
 
 

@@ -103,6 +103,8 @@ def test_merge_refuses_overlapping_or_mismatched_runs(rd, tmp_path):
     ("denoise.py", ["--data", "{tmp}/empty"], "no images in"),
     ("denoise.py", ["{tmp}/broken"], "none of the 2 images in"),
     ("denoise.py", ["--data", "{tmp}/empty", "--methods", "foo"], "unknown method foo"),
+    ("rd.py", ["{tmp}/other"], "no images of the kinds it takes (.bmp, .jpeg, .jpg, .png) in"),
+    ("denoise.py", ["{tmp}/other"], "no images of the kinds it takes (.bmp, .jpeg, .jpg, .png, .tif, .tiff) in"),
     ("speed.py", ["--runs", "0"], "--runs must be at least 1"),
     ("large.py", ["--size", "abc"], "use WIDTHxHEIGHT"),
 ])
@@ -116,6 +118,10 @@ def test_benchmark_mistakes_are_one_error_line(tmp_path, script, args, words):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "cut.png").write_bytes(PNG_CUT)
     (tmp_path / "broken" / "text.jpg").write_text("not a picture\n")
+    from PIL import Image
+
+    (tmp_path / "other").mkdir()                 # images, none of a kind the script measures
+    Image.new("RGB", (16, 16)).save(tmp_path / "other" / "a.webp")
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *[a.format(tmp=tmp_path) for a in args],
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
