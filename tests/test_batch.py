@@ -518,13 +518,18 @@ def test_an_interrupt_reports_the_jobs_that_finished_during_it(tmp_path, env, mo
     assert len(written) == 2 and sorted(d for _, d in seen) == written and {s for s, _ in seen} == {"done"}
 
 
-def test_a_ray_worker_writes_the_format_the_output_is_named_for(pkg_dir, tmp_path):
+def test_a_ray_worker_writes_the_format_the_output_is_named_for(pkg_dir, tmp_path, monkeypatch):
     """The Ray engine's workers get the output's extension, so `-o b.jpg --engine ray` writes a JPEG
     as the local engine does (they wrote the input's format)."""
     import io
 
+    from aecompress import entrypoint
     from aecompress.batch import _package_files, _RayWorker
 
+    # a worker sets up its process as the command line does (the next test, in a process of its
+    # own): made here, it would set up this test process, and the tests after it would run with the
+    # command line's Pillow limit and logging instead of a library caller's
+    monkeypatch.setattr(entrypoint, "configure_process", lambda: None)
     src = tmp_path / "a.png"
     Image.fromarray(noisy(smooth_image(40, 48), 20)).save(src)
     name, files = _package_files(pkg_dir)
