@@ -2,8 +2,9 @@
 
 A program that imports aecompress as a library keeps Pillow's, tifffile's and onnxruntime's
 process-wide settings as it had them: importing aecompress, or reading, coding and writing images
-with it, changes none of them (tests/test_import_hygiene.py). The command line (`cli.main`) and the
-desktop app (`gui.app.main`) own their process and call `configure_process()` once at start:
+with it, changes none of them (tests/test_import_hygiene.py). The command line (`cli.main`), the
+desktop app (`gui.app.main`), the Ray engine's workers, the `python -m aecompress.train.*` tools and
+the benchmarks (bench/_common.run) own their process and call `configure_process()` once at start:
 
 - Pillow's decompression-bomb limit, `PIL.Image.MAX_IMAGE_PIXELS`, at aecompress's own limit
   (imageio.MAX_PIXELS, 400 million pixels). Pillow's default (about 89 million) refuses images

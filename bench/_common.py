@@ -14,6 +14,9 @@ def run(main: Callable[[], object]) -> None:
     """Run a benchmark's main: a bad argument, a missing folder or an unknown model ends with one line
     (`rd.py: error: ...`) and exit status 1, as the CLI's errors do, instead of a traceback;
     AECOMPRESS_DEBUG=1 lets the traceback through."""
+    from aecompress.entrypoint import configure_process
+
+    configure_process()         # a program of its own, as the command line is (Pillow's limit, quiet library logs)
     name = Path(sys.argv[0]).name
     try:
         main()

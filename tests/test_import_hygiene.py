@@ -189,3 +189,33 @@ def test_read_image_keeps_its_own_limit_whatever_pillows(tmp_path, monkeypatch):
     _png_header(tmp_path / "bomb.png", 40_000, 40_000)
     with pytest.raises(AecError, match=f"bomb.png: image is too large \\(limit {MAX_PIXELS:,} pixels\\)"):
         read_image(tmp_path / "bomb.png")
+
+
+_PROGRAM_STATE = """
+import logging, runpy, sys
+from PIL import Image
+sys.argv = [sys.argv[1], "--help"]
+try:
+    if sys.argv[0].endswith(".py"):              # as `python bench/X.py` runs it: its folder first
+        sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(Image.MAX_IMAGE_PIXELS, logging.getLogger("PIL").propagate, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("program", ["aecompress.train.denoiser", "aecompress.train.refine",
+                                     "aecompress.train.reladder", "aecompress.train.residual_gain",
+                                     "aecompress.train.retable", "aecompress.train.tune_analysis",
+                                     "aecompress.train.tune_synthesis", "bench/rd.py", "bench/denoise.py"])
+def test_the_projects_other_programs_set_up_their_process_as_the_command_line(program):
+    """`python -m aecompress.train.X` and the benchmarks (through bench/_common.run) are programs of
+    their own: they read images as large as `aecompress` does and keep Pillow's log lines off standard
+    error (since the library stopped setting these at import, they had Pillow's defaults)."""
+    arg = str(ROOT / program) if program.endswith(".py") else program
+    out = subprocess.run([sys.executable, "-c", _PROGRAM_STATE, arg], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.stderr.strip().splitlines()[-1] == f"{MAX_PIXELS} False", out.stderr

@@ -72,4 +72,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ..entrypoint import configure_process
+
+    configure_process()         # a program of its own, as the command line is (Pillow's limit, quiet library logs)
     main()

@@ -221,4 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ..entrypoint import configure_process
+
+    configure_process()         # a program of its own, as the command line is (Pillow's limit, quiet library logs)
     raise SystemExit(main())
