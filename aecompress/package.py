@@ -298,6 +298,14 @@ def _is_id(h: str) -> bool:
         return False
 
 
+def _number(v) -> bool:
+    """A finite JSON number (not a boolean; an integer too large for a float is not one)."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _gain_curve_problem(g) -> bool:
     """Whether a denoiser's residual_gain ({"sigma": [...], "gain": [...]}) is malformed."""
     if not isinstance(g, dict):
@@ -305,7 +313,7 @@ def _gain_curve_problem(g) -> bool:
     s, v = g.get("sigma"), g.get("gain")
     if not (isinstance(s, list) and isinstance(v, list) and len(s) == len(v) >= 1):
         return True
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in s + v):
+    if not all(_number(x) for x in s + v):
         return True
     return any(b <= a for a, b in zip(s, s[1:])) or any(not 0 < x <= 1 for x in v)
 
@@ -400,14 +408,6 @@ def _sizes_problem(m: dict, kind: str, codec: str | None) -> str | None:
                                   and math.prod(shape) <= MAX_LATENT_VALUES):
         return f"latent_shape must be 1 to 3 positive sizes of at most {MAX_LATENT_VALUES} values in all"
     return None
-
-
-def _number(v) -> bool:
-    """A finite JSON number (not a boolean; an integer too large for a float is not one)."""
-    try:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    except OverflowError:
-        return False
 
 
 def _shown(v) -> str:

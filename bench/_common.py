@@ -66,9 +66,9 @@ def images_in(folder: Path, what: str = "images", kinds: set[str] | None = None)
 
 def readable(files: list[Path], read: Callable[[Path], object],
              skipped: dict[str, str] | None = None) -> list[tuple[Path, object]]:
-    """(file, read(file)) for the files that read; each that does not (damaged, not really an image)
-    is named with its reason on standard error and left out (and in `skipped`, name -> reason, when
-    given). An error line when none is left."""
+    """(file, read(file)) for the files that read; each that does not (read raises AecError: damaged,
+    not really an image, not measurable) is named with its reason on standard error and left out (and
+    in `skipped`, name -> reason, when given). An error line when none is left."""
     from aecompress.errors import AecError
 
     got = []
@@ -81,5 +81,5 @@ def readable(files: list[Path], read: Callable[[Path], object],
                 skipped[f.name] = str(exc).removeprefix(f"{f}: ")
     if files and not got:
         raise SystemExit(f"{Path(sys.argv[0]).name}: error: none of the {len(files)} images in "
-                         f"{files[0].parent} could be read")
+                         f"{files[0].parent} could be used (each is named above with the reason)")
     return got

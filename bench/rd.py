@@ -128,28 +128,27 @@ def measure_all(files: list[Path], codec: Codec, ours: dict[str, Codec], peers: 
     """measure_image over the files: (rows[codec][setting] -> per-image dicts, times[codec] -> {encode,
     decode} lists, the files measured, {name: reason} of those skipped). A file that cannot be
     measured is named with its reason on standard error and left out; an error line when none is left."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import readable
+
     codecs = [*ours, *peers]
     rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in settings[c]} for c in codecs}
     times: dict[str, dict[str, list[float]]] = {c: {"encode": [], "decode": []} for c in codecs}
-    done: list[Path] = []
     skipped: dict[str, str] = {}
-    for n, f in enumerate(files):
-        try:
-            points, took = measure_image(f, codec, ours, peers, settings)
-        except AecError as exc:                      # damaged, not an image, or not measurable: named, left out
-            skipped[f.name] = str(exc).removeprefix(f"{f}: ")
-            print(f"[{n + 1}/{len(files)}] skipping {exc}", file=sys.stderr)
-            continue
+
+    def measure(f: Path):
+        out = measure_image(f, codec, ours, peers, settings)
+        print(f"[{files.index(f) + 1}/{len(files)}] {f.name}", file=sys.stderr)
+        return out
+
+    measured = readable(files, measure, skipped)     # damaged, not an image, or not measurable: named, left out
+    for _, (points, took) in measured:
         for c in codecs:
             for q in settings[c]:
                 rows[c][q].append(points[c][q])
             for k in ("encode", "decode"):
                 times[c][k].extend(took[c][k])
-        done.append(f)
-        print(f"[{n + 1}/{len(files)}] {f.name}", file=sys.stderr)
-    if files and not done:
-        raise SystemExit(f"rd.py: error: none of the {len(files)} images in {files[0].parent} could be "
-                         "benchmarked (each is named above with the reason)")
+    done = [f for f, _ in measured]
     return rows, times, done, skipped
 
 

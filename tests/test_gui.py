@@ -46,6 +46,14 @@ WAIT = 60_000
 
 # -- fixtures --------------------------------------------------------------------------------------
 
+def big_images(folder: Path, n: int, height: int, width: int) -> list[Path]:
+    """n smooth PNGs img0.png ... in folder, large enough that a batch of them takes a while."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{k}.png" for k in range(n)]
+    for k, p in enumerate(paths):
+        Image.fromarray(smooth_image(height, width, seed=k)).save(p)
+    return paths
+
 @pytest.fixture
 def shots(tmp_path):
     d = Path(os.environ.get("AECOMPRESS_GUI_SCREENSHOTS") or tmp_path / "screenshots")
@@ -445,12 +453,7 @@ def test_batch_asks_before_overwriting_and_never_writes_one_name_twice(qtbot, wi
 
 def test_batch_can_be_cancelled(qtbot, window, crops, tmp_path):
     tab = window.batch
-    big = []
-    for k in range(6):
-        p = tmp_path / "big" / f"img{k}.png"
-        p.parent.mkdir(exist_ok=True)
-        Image.fromarray(smooth_image(256, 320, seed=k)).save(p)
-        big.append(p)
+    big = big_images(tmp_path / "big", 6, 256, 320)
     tab.add_paths(big)
     tab.out_edit.setText(str(tmp_path / "out"))
     shown = tab._progress
@@ -650,12 +653,7 @@ def test_closing_while_work_runs_asks_first(qtbot, settings, tmp_path, blur_deno
     win = make_window(qtbot, settings)
     asked, answer = [], []
     win.ask_to_stop = lambda work: asked.append(work) or answer.pop()
-    big = []
-    for k in range(4):
-        p = tmp_path / "big" / f"img{k}.png"
-        p.parent.mkdir(exist_ok=True)
-        Image.fromarray(smooth_image(768, 1024, seed=k)).save(p)
-        big.append(p)
+    big = big_images(tmp_path / "big", 4, 768, 1024)
     out = tmp_path / "out"
     tab = win.batch
     tab.add_paths(big)
