@@ -138,23 +138,43 @@ def _is_file(p: Path) -> bool:
         return False
 
 
-def _find_reference(reference: Path, rel: Path) -> Path | None:
+def _find_reference(reference: Path, rel: Path, listings: dict[Path, list[str]] | None = None) -> Path | None:
+    """The clean image for `rel`: the same relative path, else the same name under another image
+    extension (a noisy JPEG's PNG), the name before the extension compared exactly (a pattern
+    would take `cat.backup.png` for `cat.jpg`, or `shot1.png` for `shot[1].jpg`). `listings`
+    keeps each folder's sorted names, so a folder of thousands is listed once, not once a file."""
     cand = reference / rel
     if cand.is_file():
         return cand
-    for p in sorted(cand.parent.glob(cand.stem + ".*")) if cand.parent.is_dir() else []:
-        if is_image_name(p):
+    listings = {} if listings is None else listings
+    names = listings.get(cand.parent)
+    if names is None:
+        try:
+            names = listings[cand.parent] = sorted(os.listdir(cand.parent))
+        except OSError:                     # no such folder in the references
+            names = listings[cand.parent] = []
+    for n in names:
+        p = cand.parent / n
+        if p.stem == cand.stem and is_image_name(p) and _is_file(p):
             return p
     return None
 
 
 def default_output(src: Path) -> Path:
-    """NAME.denoised.EXT next to a file; NAME.denoised next to a folder."""
-    return src.with_name(src.stem + SUFFIX + src.suffix) if src.is_file() else src.with_name(src.name + SUFFIX)
+    """NAME.denoised.EXT next to a file; NAME.denoised next to a folder (`.` and `..` are named by the
+    folder they are: `denoise .` writes ../NAME.denoised, not a hidden `.denoised` inside the input)."""
+    src = Path(src)
+    if src.is_file():
+        return src.with_name(src.stem + SUFFIX + src.suffix)
+    if src.name in ("", ".", ".."):
+        src = Path(os.path.realpath(src))
+        if not src.name:
+            raise AecError(f"{src}: a folder without a name has no default output folder; name one with -o")
+    return src.with_name(src.name + SUFFIX)
 
 
 def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, recursive: bool = False,
-              reference: str | Path | None = None) -> list[Job]:
+              reference: str | Path | None = None, left_out: list[tuple[Path, Path]] | None = None) -> list[Job]:
     """Turn files and folders into jobs. Raises AecError for inputs that do not exist.
 
     A single file with -o names the output file (or a folder to put it in, when -o is a folder or ends
@@ -162,6 +182,9 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     decode); without -o the output is NAME.denoised.EXT beside it. Folders (and several
     inputs) need -o to be a folder, or write into a sibling NAME.denoised folder / beside each file;
     -r recurses and mirrors the folder structure. The output folder is never scanned as input.
+    Without -o, an input that is another input's default output (`denoise *.jpg` run again names
+    a.jpg and a.denoised.jpg) is an earlier run's output, not an image to denoise again: it is left
+    out, and (input, the input whose output it is) appended to `left_out` when given.
     """
     inputs = [Path(p) for p in inputs]
     if not inputs:
@@ -169,6 +192,21 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
     for p in inputs:
         if not p.exists():
             raise AecError(f"{p}: no such file or folder")
+    if output is None and len(inputs) > 1:
+        outputs = {}
+        for p in inputs:
+            try:
+                outputs.setdefault(os.path.realpath(default_output(p)), p)
+            except AecError:                # `/`: fails below, as a single input does
+                pass
+        kept = []
+        for p in inputs:
+            owner = outputs.get(os.path.realpath(p))
+            if owner is None:
+                kept.append(p)
+            elif left_out is not None:
+                left_out.append((p, owner))
+        inputs = kept
     if output is not None and (is_stdio(output) or str(output) in STDOUT_ALIASES):
         raise AecError(f"-o {output}: denoise writes image files, not standard output; name a file or folder")
     out = Path(output) if output is not None else None
@@ -216,8 +254,9 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
         raise AecError(f"the outputs of {len(over)} input(s) would replace the inputs themselves "
                        f"({over[0].src}): choose another -o")
     if ref is not None:
+        listings: dict[Path, list[str]] = {}
         for j in jobs:
-            j.ref = _find_reference(ref, j.rel)
+            j.ref = None if j.error else _find_reference(ref, j.rel, listings)
     return jobs
 
 

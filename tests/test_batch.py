@@ -562,12 +562,76 @@ def test_a_ray_worker_reads_images_as_large_as_the_command_line_does(pkg_dir):
 
 
 def test_an_output_that_is_an_input_does_not_stop_the_others(tmp_path, env):
-    """`denoise a.png a.denoised.png` after an earlier run: a.png's output is an input of this run
-    and is refused by itself; the up-front refusal of existing outputs does not count it, so the
-    other image is still denoised."""
-    make_tree(tmp_path / "in", rels=["a.png"])
-    a = tmp_path / "in" / "a.png"
-    assert run_cli(["denoise", a], env).exit_code == 0
-    r = run_cli(["denoise", a, tmp_path / "in" / "a.denoised.png"], env)
+    """out/a.png, a link to in/b.png, is an output that is an input of this run: refused by itself;
+    the up-front refusal of existing outputs does not count it, so the other image is still
+    denoised. (`denoise a.png a.denoised.png` after an earlier run was this case until an earlier
+    run's default outputs were left out: test_a_rerun_over_a_glob_leaves_the_first_runs_outputs_alone.)"""
+    make_tree(tmp_path / "in", ["a.png", "b.png"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").symlink_to(tmp_path / "in" / "b.png")
+    r = run_cli(["denoise", tmp_path / "in", "-o", tmp_path / "out"], env)
     assert r.exit_code == 1 and "refusing to write over an input of this run" in r.output, r.output
-    assert (tmp_path / "in" / "a.denoised.denoised.png").exists()
+    assert (tmp_path / "out" / "b.png").is_file() and (tmp_path / "out" / "a.png").is_symlink()
+
+
+def test_a_folder_named_dot_or_dot_dot_gets_a_sibling_output_folder(tmp_path, env, monkeypatch):
+    """`denoise .` failed with a ValueError (an empty name), and `denoise ..` wrote into a hidden
+    `...denoised` folder inside the input: both are named by the folder they are."""
+    make_tree(tmp_path / "shoot", ["a.png", "sub/b.png"])
+    monkeypatch.chdir(tmp_path / "shoot")
+    r = run_cli(["denoise", ".", "--quiet"], env)
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "shoot.denoised") == {"a.png"}
+    monkeypatch.chdir(tmp_path / "shoot" / "sub")
+    r = run_cli(["denoise", "..", "-r", "--skip-existing", "--quiet"], env)
+    assert r.exit_code == 0, r.output
+    assert files_under(tmp_path / "shoot.denoised") == {"a.png", "sub/b.png"}
+    assert files_under(tmp_path / "shoot") == {"a.png", "sub/b.png", "notes.txt"}
+    r = run_cli(["denoise", "/"], env)
+    assert r.exit_code == 1 and "name one with -o" in str(r.exception)
+
+
+def test_a_rerun_over_a_glob_leaves_the_first_runs_outputs_alone(tmp_path, env, monkeypatch):
+    """`denoise *.png` run again names a.png and a.denoised.png: the second is the first's output,
+    not an image to denoise again (it made a.denoised.denoised.png, and a.png failed as writing over
+    an input), so --skip-existing resumes as with a folder; the same for FOLDER and FOLDER.denoised."""
+    make_tree(tmp_path, ["a.png", "b.png"])
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["denoise", "a.png", "b.png", "--quiet"], env).exit_code == 0
+    make_tree(tmp_path / "new", ["c.png"])
+    os.replace(tmp_path / "new" / "c.png", tmp_path / "c.png")
+    glob = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert glob == ["a.denoised.png", "a.png", "b.denoised.png", "b.png", "c.png"]
+    first = snapshot(tmp_path)
+    r = run_cli(["denoise", *glob], env)               # refused in one line, before any work
+    assert r.exit_code == 1 and "2 of the 3 outputs exist already" in str(r.exception), r.output
+    assert snapshot(tmp_path) == first
+    r = run_cli(["denoise", *glob, "--skip-existing"], env)
+    assert r.exit_code == 0, r.output
+    assert "a.denoised.png (and 1 more) left out: the output of a.png" in r.output
+    assert "1 denoised, 2 skipped, 0 failed" in r.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(glob + ["c.denoised.png"])
+    # a folder and its default output folder
+    make_tree(tmp_path / "shoot", ["x.png"])
+    assert run_cli(["denoise", "shoot", "--quiet"], env).exit_code == 0
+    r = run_cli(["denoise", "shoot", "shoot.denoised", "--skip-existing"], env)
+    assert r.exit_code == 0 and "shoot/x.png: skipped" in r.output, r.output
+    assert not (tmp_path / "shoot.denoised.denoised").exists()
+    # named alone, a .denoised file is an image like any other
+    r = run_cli(["denoise", "a.denoised.png", "--quiet"], env)
+    assert r.exit_code == 0 and (tmp_path / "a.denoised.denoised.png").exists()
+
+
+def test_a_reference_is_the_same_name_under_another_extension_not_a_pattern(tmp_path, env):
+    """cat.jpg was scored against cat.backup.png (a glob of cat.*, sorted), and shot[1].jpg against
+    shot1.png ([1] read as a pattern)."""
+    clean = smooth_image(40, 48, seed=3)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref").mkdir()
+    for name in ("cat.jpg", "shot[1].jpg"):
+        Image.fromarray(noisy(clean, 20)).save(tmp_path / "in" / name, quality=95)
+    Image.fromarray(clean).save(tmp_path / "ref" / "cat.png")
+    Image.fromarray(clean[::-1]).save(tmp_path / "ref" / "cat.backup.png")
+    Image.fromarray(clean).save(tmp_path / "ref" / "shot1.png")
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "out", reference=tmp_path / "ref")
+    assert {j.rel.name: j.ref for j in jobs} == {"cat.jpg": tmp_path / "ref" / "cat.png", "shot[1].jpg": None}

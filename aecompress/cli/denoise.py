@@ -85,7 +85,13 @@ def denoise(
     if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
         print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
               f"(--sigma {sig:g} is not used)", file=sys.stderr)
-    job_list = plan_jobs(inputs, output, recursive, reference)
+    left_out: list = []
+    job_list = plan_jobs(inputs, output, recursive, reference, left_out=left_out)
+    if left_out and not quiet:          # `denoise *.jpg` again: the .denoised files of the first run
+        src, owner = left_out[0]
+        more = f" (and {len(left_out) - 1} more)" if len(left_out) > 1 else ""
+        print(one_line(f"aecompress: note: {src}{more} left out: the output of {owner}, not denoised again"),
+              file=sys.stderr)
     if not job_list:
         raise AecError("no images found" + ("" if recursive else " (use -r to recurse into subfolders)"))
     missing = [j for j in job_list if j.ref is None and j.error is None] if reference is not None else []
