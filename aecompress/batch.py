@@ -238,15 +238,19 @@ def plan_jobs(inputs: Iterable[str | Path], output: str | Path | None = None, re
                 jobs.append(Job(folder, root_out, Path(), error=e))
         else:
             raise AecError(f"{p} is not a file or folder")
-    # an input given twice (`sub` and `./sub/`) is one job; outputs that would replace their inputs
-    # (-o naming the input folder) are refused once, here, rather than once per file
-    seen: set[tuple[Path, Path]] = set()
+    # an input given twice (`sub` and `./sub/`) is one job, and so is a file named as well as reached
+    # through a folder (under -r, any folder above it: `shoot -r shoot/day1/best.jpg`, or zsh's
+    # `shoot/**`), which goes to the output of its first naming, as encode runs such a file once: the
+    # same entry of the same real folder (two links to one file are two inputs); outputs that would
+    # replace their inputs (-o naming the input folder) are refused once, here, rather than once per file
+    seen: set[tuple] = set()
     unique = []
     for j in jobs:
         # realpath: no error on a link loop; a folder that could not be read fails once, however named
         key = (os.path.realpath(j.src), os.path.realpath(j.dst), j.error is not None)
-        if key not in seen:
-            seen.add(key)
+        entry = key if j.error else os.path.join(os.path.realpath(j.src.parent), j.src.name)
+        if key not in seen and entry not in seen:
+            seen.update((key, entry))
             unique.append(j)
     jobs = unique
     over = [j for j in jobs if j.error is None and os.path.realpath(j.src) == os.path.realpath(j.dst)]

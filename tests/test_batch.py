@@ -635,3 +635,20 @@ def test_a_reference_is_the_same_name_under_another_extension_not_a_pattern(tmp_
     Image.fromarray(clean).save(tmp_path / "ref" / "shot1.png")
     jobs = plan_jobs([tmp_path / "in"], tmp_path / "out", reference=tmp_path / "ref")
     assert {j.rel.name: j.ref for j in jobs} == {"cat.jpg": tmp_path / "ref" / "cat.png", "shot[1].jpg": None}
+
+
+def test_a_file_reached_through_several_inputs_runs_once(tmp_path, env):
+    """Under -r a file was denoised once for each input that reached it (`shoot -r` and
+    `shoot/sub/c.png` wrote out/sub/c.png and out/c.png; `shoot/sub shoot` both out/c.png and
+    out/sub/c.png): it runs once, to the output of its first naming, as a file given twice does."""
+    make_tree(tmp_path / "shoot")
+    s = run_batch([tmp_path / "shoot", tmp_path / "shoot" / "sub" / "c.png"], tmp_path / "o1", recursive=True)
+    assert (s.total, s.done) == (5, 5)
+    assert files_under(tmp_path / "o1") == set(RELS)
+    s = run_batch([tmp_path / "shoot" / "sub", tmp_path / "shoot"], tmp_path / "o2", recursive=True)
+    assert (s.total, s.done) == (5, 5)
+    assert files_under(tmp_path / "o2") == {"c.png", "deeper/d.png", "a.png", "b.jpg", "other/e.png"}
+    # two links to one file stay two inputs with two outputs
+    (tmp_path / "shoot" / "link.png").symlink_to(tmp_path / "shoot" / "a.png")
+    jobs = plan_jobs([tmp_path / "shoot"], tmp_path / "o3")
+    assert sorted(j.rel.name for j in jobs) == ["a.png", "b.jpg", "link.png"]
