@@ -272,13 +272,14 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     """Read, denoise and atomically write one image, keeping format, size, mode, EXIF and ICC profile.
     quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
-    from .fsutil import check_writable
+    from .fsutil import check_folder_writable, check_writable
     from .imageio import format_named, ico_smaller_sizes, read_image, save_image
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
         raise AecError(f"{dst}: refusing to overwrite the input")
     check_writable(dst, force)
+    check_folder_writable(dst)                  # a read-only folder fails before the work, too
     format_named(dst, src)                      # an unknown extension fails before the work
     pic = read_image(src)
     if pic.frames > 1:               # writing back one frame would silently drop the rest
@@ -594,7 +595,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
         import ray
     except ImportError:
         raise AecError(f"--engine ray needs Ray: {extra_hint('cluster')}") from None
-    from .fsutil import write_bytes_atomic
+    from .fsutil import check_folder_writable, write_bytes_atomic
 
     # Ray installs its own SIGTERM handler in init (and a native one that dumps a stack), and shutdown
     # resets SIGTERM to the default action behind Python's back: ours are put back after both, so
@@ -658,6 +659,7 @@ def _run_ray(todo: list[Job], report, is_cancelled, *, model, device, threads, j
                 stale.remove(job.dst)
                 try:
                     format_named(job.dst, job.src)     # an unknown extension fails here, as locally
+                    check_folder_writable(job.dst)     # and a folder that cannot take the output
                     data = job.src.read_bytes()
                     ref = job.ref.read_bytes() if job.ref is not None else None
                 except AecError as exc:

@@ -93,6 +93,29 @@ def check_writable(path: Path, force: bool) -> None:
         raise AecError(f"{path} is not a regular file (a device or a pipe): name a file")
 
 
+def check_folder_writable(path: Path) -> None:
+    """Refuse, before any work, an output whose folder (or, where it is still to be made, the
+    nearest folder above it that exists) cannot take a new file: a folder without write permission,
+    or on a read-only file system. The write itself would fail the same way, but only after the work:
+    a batch into such a folder denoised every image before failing to write each. An output that is
+    a link (written where it leads) is left to the write."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    folder = path.parent
+    while not folder.exists():
+        if folder.parent == folder:
+            return
+        folder = folder.parent
+    if not folder.is_dir() or os.access(folder, os.W_OK | os.X_OK):
+        return                          # a file where a folder should be: the write names it
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):
+        read_only = False
+    raise AecError(f"cannot write {path}: " + ("read-only file system" if read_only else "permission denied"))
+
+
 def write_target(path: Path) -> Path:
     """Where an atomic write to `path` lands: through a symbolic link to the file it names (the link
     stays a link, as when a program opens it for writing), else `path` itself. A file that is this

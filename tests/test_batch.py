@@ -652,3 +652,34 @@ def test_a_file_reached_through_several_inputs_runs_once(tmp_path, env):
     (tmp_path / "shoot" / "link.png").symlink_to(tmp_path / "shoot" / "a.png")
     jobs = plan_jobs([tmp_path / "shoot"], tmp_path / "o3")
     assert sorted(j.rel.name for j in jobs) == ["a.png", "b.jpg", "link.png"]
+
+
+def test_a_folder_that_cannot_take_the_outputs_fails_each_file_before_its_work(tmp_path, env, monkeypatch):
+    """Every image was denoised before its write failed (permission denied): hours of work for a
+    batch of thousands into a read-only folder. Each now fails before it is read, and the batch
+    goes on (the folder may be made writable meanwhile; a file where a folder should be still
+    fails at its write, as before). Root writes anywhere, so the permission is os.access's say."""
+    import tempfile
+
+    import aecompress.denoise
+
+    make_tree(tmp_path / "in")
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    locked = {str(tmp_path / "out"), str(tmp_path / "out" / "sub")}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) not in locked and real_access(p, mode, **kw))
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):                 # the write, as it fails for a user who is not root
+        if str(dir) in locked:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    calls = []
+    real_denoise = aecompress.denoise.denoise_array
+    monkeypatch.setattr(aecompress.denoise, "denoise_array", lambda *a, **k: calls.append(1) or real_denoise(*a, **k))
+    s = run_batch([tmp_path / "in"], tmp_path / "out", recursive=True)
+    assert (s.done, s.failed) == (0, 5) and len(calls) == 0
+    assert all("permission denied" in r.error for r in s.results)
+    assert files_under(tmp_path / "out") == set()
