@@ -376,6 +376,13 @@ def test_cli_sigma_auto_json(tmp_path, env):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.splitlines()[0])
     assert 14 < res["sigma_estimate"] < 26
+    # a --sigma the blind model does not use is said under --json too (notes go to standard error,
+    # as the README says), and standard output stays JSON
+    p = subprocess.run([sys.executable, "-m", "aecompress", "denoise", str(tmp_path / "n.png"), "-o",
+                        str(tmp_path / "m.png"), "--sigma", "10", "--json"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "--sigma 10 is not used" in p.stderr, p.stderr
+    assert [json.loads(x) for x in p.stdout.splitlines()][-1]["summary"]["done"] == 1
 
 
 def test_cli_ensemble_reaches_the_model(tmp_path, env, pkg):

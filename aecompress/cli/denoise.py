@@ -82,7 +82,7 @@ def denoise(
     pkg = load_package(model)
     if pkg.kind != "denoiser":
         raise ModelError(f"model '{pkg.name}' is a {pkg.kind}, not a denoiser")
-    if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet and not as_json:
+    if isinstance(sig, float) and not pkg.manifest.get("sigma_input", False) and not quiet:   # --json: on stderr too
         print(f"aecompress: note: model {pkg.name} is blind; it finds the noise level itself "
               f"(--sigma {sig:g} is not used)", file=sys.stderr)
     left_out: list = []
