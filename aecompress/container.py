@@ -17,9 +17,11 @@ from .errors import AecError, CorruptFileError
 from .imageio import MAX_PIXELS
 
 MAGIC = b"AEZ"
-VERSION = 4                    # 2 added the coded-resolution scale (flags bits 6-7), 3 the scale 4/3,
-                               # 4 the scale 3/4 (coded at 4/3 of the resolution)
-READABLE = (1, 2, 3, 4)
+VERSION = 5                    # 2 added the coded-resolution scale (flags bits 6-7), 3 the scale 4/3,
+                               # 4 the scale 3/4 (coded at 4/3 of the resolution), 5 a scale byte
+                               # after the flags with the scales 2/3 and 3/5 (coded at 3/2 and 5/3)
+READABLE = (1, 2, 3, 4, 5)
+SCALE_BYTE_FROM = 5            # from this version the scale is a byte after the flags (bits 6-7 are 0)
 OLDEST_WRITTEN = 3             # writers write the lowest version from this one that holds the file
 ID_BYTES = 8
 TRAILER_SIZE = 4
@@ -27,9 +29,10 @@ MODES = ("L", "LA", "RGB", "RGBA")
 CODECS = ("hyperprior", "factorized")
 QUALITY_SCALE = 1024           # quality level is stored as round(level * 1024) in a u16
 MAX_SIDE = 1 << 18
-SCALE_RATIOS = ((1, 1), (2, 1), (4, 3), (3, 4))  # coded resolution = den/num of the image's (flags bits 6-7: index)
+# coded resolution = den/num of the image's; the index is the scale code (flags bits 6-7, or the scale byte)
+SCALE_RATIOS = ((1, 1), (2, 1), (4, 3), (3, 4), (2, 3), (3, 5))
 SCALES = tuple(n / d if d != 1 else n for n, d in SCALE_RATIOS)
-_SCALE_CODES_BY_VERSION = {1: 1, 2: 2, 3: 3, 4: 4}     # how many of SCALES each version may use
+_SCALE_CODES_BY_VERSION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6}     # how many of SCALES each version may use
 
 
 @dataclass
@@ -91,13 +94,15 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def pack(header: Header, payload: bytes) -> bytes:
     check_size(header.width, header.height)
-    flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
-             | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (SCALES.index(header.scale) << 6))
-    version = header.version or min(v for v in READABLE if v >= OLDEST_WRITTEN
-                                     and SCALES.index(header.scale) < _SCALE_CODES_BY_VERSION[v])
-    if SCALES.index(header.scale) >= _SCALE_CODES_BY_VERSION.get(version, 0):
+    code = SCALES.index(header.scale)
+    version = header.version or min(v for v in READABLE if v >= OLDEST_WRITTEN and code < _SCALE_CODES_BY_VERSION[v])
+    if code >= _SCALE_CODES_BY_VERSION.get(version, 0):
         raise ValueError(f"scale {header.scale:g} needs a newer .aez version than {version}")
+    scale_byte = version >= SCALE_BYTE_FROM
+    flags = (MODES.index(header.mode) | (int(header.bits == 16) << 2) | (CODECS.index(header.codec) << 3)
+             | (int(header.channels == 3) << 4) | (int(header.alpha_dropped) << 5) | (0 if scale_byte else code << 6))
     body = (MAGIC + bytes([version]) + header.model_id[:ID_BYTES] + bytes([flags])
+            + (bytes([code]) if scale_byte else b"")
             + _varint(header.width) + _varint(header.height)
             + struct.pack("<H", round(header.quality * QUALITY_SCALE)) + payload)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -116,15 +121,22 @@ def _parse(data: bytes) -> tuple[Header, int]:
         raise CorruptFileError("truncated .aez file")
     model_id = bytes(data[4:4 + ID_BYTES])
     flags = data[4 + ID_BYTES]
+    if version >= SCALE_BYTE_FROM:
+        if flags >> 6 or pos >= end:
+            raise CorruptFileError("damaged .aez file (invalid header flags)" if flags >> 6 else "truncated .aez file")
+        scale_code = data[pos]
+        pos += 1
+    else:
+        scale_code = flags >> 6
     width, pos = _read_varint(data, pos, end)
     height, pos = _read_varint(data, pos, end)
     if pos + 2 > end:
         raise CorruptFileError("truncated .aez file")
     (q,) = struct.unpack_from("<H", data, pos)
     pos += 2
-    scale_code = flags >> 6
     if scale_code >= _SCALE_CODES_BY_VERSION[version]:
-        raise CorruptFileError("damaged .aez file (invalid header flags)")
+        raise CorruptFileError("damaged .aez file (invalid header flags)" if version < SCALE_BYTE_FROM
+                               else "damaged .aez file (invalid scale code)")
     if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise CorruptFileError(f"damaged .aez file (implausible size {width}x{height})")
     mode = MODES[flags & 3]

@@ -45,7 +45,7 @@ ANCHOR_QUALITY, ANCHOR_PSNR = 75.0, 30.2
 
 
 def scale_label(scale: float) -> str:
-    """How manifests and reports write a scale: "1", "2", "4/3"."""
+    """How manifests and reports write a scale: "1", "2", "4/3", "3/4"."""
     num, den = _RATIOS[scale]
     return str(num) if den == 1 else f"{num}/{den}"
 
@@ -168,17 +168,19 @@ class Ladder:
         return last.scale, min(last.lo + u, last.hi)
 
     def at_most_full(self, u: float) -> tuple[float, float]:
-        """at(u), but never finer than full resolution: a position on a rung above it maps linearly
-        onto the full-resolution levels above the full rung's top (for images too large to code
-        upsampled); unchanged where the ladder has no full rung."""
+        """at(u), but never finer than full resolution: the positions after the last full-resolution
+        rung, on the rungs above it, map linearly onto the full-resolution levels above that rung's
+        top, up to the highest level those rungs reach (for images too large to code upsampled);
+        unchanged where the ladder has no full rung."""
         scale, level = self.at(u)
-        full = [r for r in self.rungs if r.scale == 1]
-        if scale >= 1 or not full:
+        last = max((k for k, r in enumerate(self.rungs) if r.scale == 1), default=None)
+        if scale >= 1 or last is None:
             return scale, level
-        rung = next(r for r in self.rungs if r.scale == scale and r.lo <= level <= r.hi)
-        top = full[-1].hi
-        span = max(rung.hi - rung.lo, 1e-9)
-        return 1, top + (level - rung.lo) / span * (max(rung.hi, top) - top)
+        start = self.intervals()[last][1]
+        top = self.rungs[last].hi
+        end = max([r.hi for r in self.rungs[last + 1:]] + [top])
+        along = min(max(float(u) - start, 0.0) / max(self.span - start, 1e-9), 1.0)
+        return 1, top + along * (end - top)
 
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else

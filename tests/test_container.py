@@ -87,10 +87,11 @@ def _with_version(data: bytes, version: int) -> bytes:
 def test_scale_is_recorded_and_older_versions_still_read():
     for scale in container.SCALES:
         got, _ = container.unpack(container.pack(_header(scale=scale), b"x"))
-        # writers write the lowest version from 3 that holds the file: 4 only for the scale 3/4, so
-        # a reader of version 3 still reads every other file
-        assert got.scale == scale and got.version == (4 if scale == 3 / 4 else 3)
-    assert container.VERSION == 4 and container.READABLE == (1, 2, 3, 4)
+        # writers write the lowest version from 3 that holds the file: 4 only for the scale 3/4, 5
+        # (with its scale byte) only for 2/3 and 3/5, so a reader of version 3 still reads every other file
+        assert got.scale == scale and got.version == {3 / 4: 4, 2 / 3: 5, 3 / 5: 5}.get(scale, 3)
+    assert container.VERSION == 5 and container.READABLE == (1, 2, 3, 4, 5)
+    assert [container.SCALES.index(s) for s in (1, 2, 4 / 3, 3 / 4, 2 / 3, 3 / 5)] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(ValueError):                          # 4/3 of the resolution came with version 4
         container.pack(_header(version=3, scale=3 / 4), b"x")
     with pytest.raises(CorruptFileError, match="flags"):     # nor may a version-3 file claim it
@@ -117,6 +118,34 @@ def test_scale_is_recorded_and_older_versions_still_read():
         container.unpack(body + struct.pack("<I", zlib.crc32(body)))
 
 
+def test_version_5_records_the_scale_in_a_byte_after_the_flags():
+    """Version 5 (the scales 2/3 and 3/5: coded at 3/2 and 5/3 of the size) keeps the scale code in
+    its own byte after the flags, whose bits 6-7 must then be 0; a version-4 reader's codes end at 3."""
+    v4 = container.pack(_header(scale=3 / 4), b"x")
+    v5 = container.pack(_header(scale=3 / 5), b"x")
+    assert v5[3] == 5 and len(v5) == len(v4) + 1
+    assert v5[12] >> 6 == 0 and v5[13] == container.SCALES.index(3 / 5) == 5
+    assert v5[:3] + v5[4:12] == v4[:3] + v4[4:12] and v5[14:-4] == v4[13:-4]   # otherwise the same layout
+    for scale in container.SCALES:                           # a version-5 file may hold any scale
+        got, payload = container.unpack(container.pack(_header(version=5, scale=scale), b"x"))
+        assert (got.version, got.scale, payload) == (5, scale, b"x")
+    with pytest.raises(ValueError):                          # 2/3 came with version 5
+        container.pack(_header(version=4, scale=2 / 3), b"x")
+
+    def forged(i: int, value: int) -> bytes:
+        data = bytearray(v5)
+        data[i] = value
+        body = bytes(data[:-4])
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    with pytest.raises(CorruptFileError, match="scale code"):
+        container.unpack(forged(13, 6))                      # a code beyond the scales
+    with pytest.raises(CorruptFileError, match="flags"):
+        container.unpack(forged(12, v5[12] | 0x40))          # bits 6-7 are reserved in version 5
+    with pytest.raises(CorruptFileError, match="truncated"):
+        container.read_header(v5[:13], check_crc=False)     # ends before the scale byte
+
+
 # -- docs/aez-format.md, read independently of container.py ---------------------------------------
 # These tests parse freshly written files by the byte layout the format document gives (struct,
 # zlib, hashlib, constriction and numpy only), so the document and the code cannot drift apart
@@ -137,15 +166,20 @@ def _doc_parse(b: bytes) -> dict:
     assert b[:3] == b"AEZ"
     assert struct.unpack("<I", b[-4:])[0] == zlib.crc32(b[:-4])
     f = b[12]
-    width, i = _doc_varint(b, 13)
+    if b[3] >= 5:                                             # version 5: the scale code is a byte of its own
+        assert f >> 6 == 0
+        code, i = b[13], 14
+    else:
+        code, i = f >> 6, 13
+    width, i = _doc_varint(b, i)
     height, i = _doc_varint(b, i)
     (quality,) = struct.unpack_from("<H", b, i)
     n, i = _doc_varint(b, i + 2)
     assert i + n <= len(b) - 4
-    num, den = ((1, 1), (2, 1), (4, 3), (3, 4))[f >> 6]
+    num, den = ((1, 1), (2, 1), (4, 3), (3, 4), (2, 3), (3, 5))[code]
     return {"version": b[3], "model_id": b[4:12], "mode": ("L", "LA", "RGB", "RGBA")[f & 3],
             "bits": 16 if f & 4 else 8, "codec": ("hyperprior", "factorized")[f >> 3 & 1],
-            "channels": 3 if f & 16 else 1, "alpha_dropped": bool(f & 32), "scale_code": f >> 6,
+            "channels": 3 if f & 16 else 1, "alpha_dropped": bool(f & 32), "scale_code": code,
             "width": width, "height": height, "coded": (-(-width * den // num), -(-height * den // num)),
             "quality": quality, "stream": b[i:i + n], "escapes": b[i + n:-4]}
 
@@ -250,11 +284,12 @@ def test_written_files_follow_the_documented_layout(photo_codec):
                                  (photo_codec.ladder.position(4 / 3, 2.0), "RGBA", 8)):
         data, st = photo_codec.code(a, position, mode=mode, bits=bits, alpha_dropped=mode.endswith("A"))
         f, z, q, _, left = _doc_latents(data, folder)
-        assert (f["version"], f["model_id"]) == (4 if st["scale"] == 3 / 4 else 3, _doc_model_id(folder))
+        assert (f["version"], f["model_id"]) == ({3 / 4: 4, 2 / 3: 5, 3 / 5: 5}.get(st["scale"], 3),
+                                                 _doc_model_id(folder))
         assert (f["mode"], f["bits"], f["alpha_dropped"], f["codec"], f["channels"]) == (mode, bits, mode.endswith("A"),
                                                                                          "hyperprior", 3)
         assert (f["width"], f["height"]) == (90, 70)
-        assert f["scale_code"] == {1: 0, 2: 1, 4 / 3: 2, 3 / 4: 3}[st["scale"]]
+        assert f["scale_code"] == {1: 0, 2: 1, 4 / 3: 2, 3 / 4: 3, 2 / 3: 4, 3 / 5: 5}[st["scale"]]
         assert f["quality"] == round(st["level"] * 1024)
         assert f["stream"][-1:] != b"\0"                      # trailing zero bytes dropped
         assert np.array_equal(z, st["z"]) and np.array_equal(q, st["q"]) and left == []

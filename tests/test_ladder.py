@@ -235,12 +235,12 @@ def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
 
 
 def test_scales_are_exact_ratios():
-    assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3", "3/4"]
-    assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4", "4/3"]
+    assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3", "3/4", "2/3", "3/5"]
+    assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4", "4/3", "3/2", "5/3"]
     for s in container.SCALES:
         assert parse_scale(scale_label(s)) == s and parse_scale(s) == s
     assert parse_scale("2/1") == 2 and parse_scale(" 4/3") == 4 / 3
-    for bad in ("3/2", "8/5", "x", "4/0", 3):
+    for bad in ("3/2", "5/3", "8/5", "x", "4/0", 3):
         with pytest.raises(ValueError):
             parse_scale(bad)
     # ceil(size / scale) in integers: 451 * 3/4 = 338.25 -> 339, 301 * 3/4 = 225.75 -> 226
@@ -249,6 +249,8 @@ def test_scales_are_exact_ratios():
     # the scale 3/4 codes at 4/3 of the size: 451 * 4/3 = 601.33 -> 602, 301 * 4/3 = 401.33 -> 402
     assert scaled_size(451, 301, 3 / 4) == (602, 402)
     assert downscale(np.zeros((301, 451, 3), np.uint8), 3 / 4).shape == (402, 602, 3)
+    # 3/2 and 5/3 of the size: 451 * 3/2 = 676.5 -> 677, 301 * 5/3 = 501.67 -> 502
+    assert scaled_size(451, 301, 2 / 3) == (677, 452) and scaled_size(451, 301, 3 / 5) == (752, 502)
     assert parse_scale("3/4") == 3 / 4 and scale_label(3 / 4) == "3/4"
     lad = Ladder([Rung(2, 0, 3), Rung(4 / 3, 2, 5), Rung(1, 3, 8)])
     spec = json.loads(json.dumps(lad.to_manifest()))
@@ -309,3 +311,19 @@ def test_an_image_too_large_to_code_upsampled_codes_at_full_resolution(photo_cod
         assert st["scale"] == 1 and container.read_header(data).scale == 1
         sizes.append(len(data))
     assert sizes == sorted(sizes) and st["level"] == photo_codec.levels - 1
+
+
+def test_too_large_to_upsample_maps_every_rung_above_full_onto_full_levels_in_order():
+    """With two rungs above full resolution (3/2 and 5/3), at_most_full maps the whole stretch after
+    the full rung linearly onto the full levels above its top: rising with the position, from the
+    full rung's top to the highest level, never back down where the second rung starts (each rung
+    mapped on its own went from its start to the top twice)."""
+    lad = Ladder([Rung(2, 0.0, 3.0), Rung(1, 1.5, 4.0), Rung(2 / 3, 2.0, 5.3), Rung(3 / 5, 4.6, 8.0)])
+    start = lad.intervals()[1][1]
+    us = np.linspace(start, lad.span, 41)
+    mapped = [lad.at_most_full(u) for u in us]
+    assert all(s == 1 for s, _ in mapped)
+    levels = [lv for _, lv in mapped]
+    assert levels[0] == pytest.approx(4.0) and levels[-1] == pytest.approx(8.0)
+    assert all(b > a for a, b in zip(levels, levels[1:]))
+    assert lad.at_most_full(start / 2) == lad.at(start / 2)          # below: as at()
