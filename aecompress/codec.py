@@ -341,9 +341,10 @@ class Codec:
         The position picks the resolution and the quality level (see `span`); the state carries
         what `reconstruct` needs, including the scale. refine: steps of latent refinement (None:
         the codec's own setting); check: called between refinement steps, may raise to cancel."""
-        scale, level = self.ladder.at(position)
-        if scale < 1 and math.prod(scaled_size(a.width, a.height, scale)) > MAX_UPSCALED_PIXELS:
-            scale, level = self.ladder.at_most_full(position)         # too large to code upsampled
+        def fits(s: float) -> bool:             # a scale this image may be coded at (upsampled: within a bound)
+            return s >= 1 or math.prod(scaled_size(a.width, a.height, s)) <= MAX_UPSCALED_PIXELS
+
+        scale, level = self.ladder.at_fitting(position, fits)
         level = container.quantize_level(min(max(level, 0.0), max(self.levels - 1, 0)))
         sub = self.analysis_at(a, scale)
         st = self._quantize(sub, level, self.refine if refine is None else refine, check)
@@ -487,9 +488,10 @@ class Codec:
 # machine has. Measured (CLI decode peaks, 2026-12-06): 489 MB for 6 and 843 MB for 24 megapixels,
 # about 20 bytes a pixel over a fixed ~370 MB (the synthesis tile's working memory, the libraries).
 # an image is coded upsampled (a rung finer than full resolution) only while the coded image stays
-# within this: a 24-megapixel photo is (42.7 million coded), a 40-megapixel one codes at full
-# resolution's top levels instead, so that neither side needs the memory of a 70-megapixel image
-MAX_UPSCALED_PIXELS = 50_000_000
+# within this: a 24-megapixel photo is, at all three (66.7 to 67.6 million coded at 5/3); a larger one codes
+# at the finest rung that fits, at its levels above the rung's top (a 40-megapixel one at full
+# resolution's), so that neither side needs the memory of a 100-megapixel image
+MAX_UPSCALED_PIXELS = 68_000_000
 DECODE_FIXED_BYTES = 400 << 20
 DECODE_BYTES_PER_PIXEL = 24
 

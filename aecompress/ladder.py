@@ -168,19 +168,26 @@ class Ladder:
         return last.scale, min(last.lo + u, last.hi)
 
     def at_most_full(self, u: float) -> tuple[float, float]:
-        """at(u), but never finer than full resolution: the positions after the last full-resolution
-        rung, on the rungs above it, map linearly onto the full-resolution levels above that rung's
-        top, up to the highest level those rungs reach (for images too large to code upsampled);
-        unchanged where the ladder has no full rung."""
+        """at(u), but never finer than full resolution (at_fitting with only full and coarser scales)."""
+        return self.at_fitting(u, lambda scale: scale >= 1)
+
+    def at_fitting(self, u: float, fits: Callable[[float], bool]) -> tuple[float, float]:
+        """at(u), for an image too large to code at some scales finer than full resolution: a position
+        on a rung whose scale does not fit maps onto the finest rung before it that fits (counting
+        from the last full-resolution rung), linearly over the stretch of the ladder after that rung,
+        onto its scale's levels above the rung's top, up to the highest level the rungs after it reach.
+        Quality still rises with the position. Unchanged where the ladder has no full rung."""
         scale, level = self.at(u)
         last = max((k for k, r in enumerate(self.rungs) if r.scale == 1), default=None)
-        if scale >= 1 or last is None:
+        if fits(scale) or last is None:
             return scale, level
-        start = self.intervals()[last][1]
-        top = self.rungs[last].hi
-        end = max([r.hi for r in self.rungs[last + 1:]] + [top])
+        base = max(k for k in range(last, len(self.rungs)) if k == last or fits(self.rungs[k].scale)
+                   and all(fits(r.scale) for r in self.rungs[last:k]))
+        start = self.intervals()[base][1]
+        rung = self.rungs[base]
+        end = max([r.hi for r in self.rungs[base + 1:]] + [rung.hi])
         along = min(max(float(u) - start, 0.0) / max(self.span - start, 1e-9), 1.0)
-        return 1, top + along * (end - top)
+        return rung.scale, rung.hi + along * (end - rung.hi)
 
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else

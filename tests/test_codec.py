@@ -40,9 +40,9 @@ def test_quality_orders_rate_and_distortion(photo_codec, cat):
     assert psnrs[0] < psnrs[1] < psnrs[2]
     bpp = [s * 8 / (cat.shape[0] * cat.shape[1]) for s in sizes]
     # the shipped model spans about 0.05 to 2 bpp on photos: its resolution ladder codes the lowest
-    # qualities at half resolution, the highest at 4/3 resolution (where full resolution saturates)
+    # qualities at half resolution, the highest at 5/3 resolution (where full resolution saturates)
     assert bpp[0] < 0.15 and bpp[2] > 1.0
-    assert scales[0] == 2 and scales[2] == 3 / 4
+    assert scales[0] == 2 and scales[2] == 3 / 5
 
 
 def test_greyscale_rgba_and_16bit_sources(photo_codec):

@@ -191,8 +191,8 @@ def full_only(tmp_path_factory):
 
 
 def test_shipped_codec_has_a_half_resolution_rung(photo_codec):
-    # half resolution at the bottom, 4/3 at the top, where full resolution saturates
-    assert [r.scale for r in photo_codec.ladder.rungs] == [2, 4 / 3, 1, 3 / 4]
+    # half resolution at the bottom, 3/2 and then 5/3 at the top, where full resolution saturates
+    assert [r.scale for r in photo_codec.ladder.rungs] == [2, 4 / 3, 1, 2 / 3, 3 / 5]
     assert photo_codec.ladder.rungs[-1].hi == photo_codec.levels - 1
 
 
@@ -264,7 +264,9 @@ def test_scales_are_exact_ratios():
 @pytest.fixture(scope="module")
 def four_rungs(tmp_path_factory):
     return _variant(tmp_path_factory, "photo_four", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "4/3", "lo": 2, "hi": 5},
-                                                      {"scale": 1, "lo": 3, "hi": 5}, {"scale": "3/4", "lo": 3, "hi": 8}])
+                                                      {"scale": 1, "lo": 3, "hi": 5}, {"scale": "3/4", "lo": 3, "hi": 5},
+                                                      {"scale": "2/3", "lo": 3, "hi": 6},
+                                                      {"scale": "3/5", "lo": 4, "hi": 8}])
 
 
 def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
@@ -275,7 +277,7 @@ def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
         data, st = four_rungs.code(a, (lo + hi) / 2)
         rec = four_rungs.reconstruct(st, 300, 451)
         header = container.read_header(data)
-        assert header.scale == st["scale"] and header.version == (4 if st["scale"] == 3 / 4 else 3)
+        assert header.scale == st["scale"] and header.version == {3 / 4: 4, 2 / 3: 5, 3 / 5: 5}.get(st["scale"], 3)
         pixels, header, _ = decode_bytes(data, four_rungs.pkg)
         assert pixels.shape == cat.shape and np.array_equal(pixels, rec)   # what the encoder reported
         seen.append((st["scale"], len(data), psnr(cat, rec)))
@@ -283,7 +285,7 @@ def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
         path.write_bytes(data)
         info = file_info(path)
         assert info["resolution"] == resolution_name(st["scale"])
-    assert [s for s, _, _ in seen] == [2, 4 / 3, 1, 3 / 4]
+    assert [s for s, _, _ in seen] == [2, 4 / 3, 1, 3 / 4, 2 / 3, 3 / 5]
     assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(seen, seen[1:]))   # rate and quality rise
     # rate targets search every rung and still keep to the target
     enc = encode_picture(pic, four_rungs, target_size=seen[1][1])
@@ -291,22 +293,23 @@ def test_intermediate_resolutions_round_trip(four_rungs, cat, tmp_path):
 
 
 def test_an_image_too_large_to_code_upsampled_codes_at_full_resolution(photo_codec, cat, monkeypatch):
-    """Above MAX_UPSCALED_PIXELS coded pixels the rung finer than full resolution maps onto the full
-    rung's levels above its top instead (a 40-megapixel photo would code as 70): quality still rises
-    with -q, and the top is full resolution's top level."""
+    """Above MAX_UPSCALED_PIXELS coded pixels the rungs finer than full resolution map onto the full
+    rung's levels above its top instead (a 40-megapixel photo would code as 111 at 5/3): quality still
+    rises with -q, and the top is full resolution's top level."""
     import aecompress.codec as codec_mod
 
     lad = photo_codec.ladder
     full = [r for r in lad.rungs if r.scale == 1][-1]
-    lo, hi = lad.intervals()[-1]
+    last_full = max(k for k, r in enumerate(lad.rungs) if r.scale == 1)
+    lo, hi = lad.intervals()[last_full][1], lad.span             # the rungs above full resolution
     assert lad.at_most_full(hi) == (1, photo_codec.levels - 1)
     assert lad.at_most_full(lo)[1] == pytest.approx(full.hi)
     assert lad.at_most_full(lo / 2) == lad.at(lo / 2)                 # below the top rung: as at()
     a = photo_codec.analyse(cat)
-    assert photo_codec.code(a, hi)[1]["scale"] == 3 / 4
-    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)    # the cat itself fits, 4/3 of it not
+    assert photo_codec.code(a, hi)[1]["scale"] == 3 / 5
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)    # the cat itself fits, 3/2 of it not
     sizes = []
-    for u in (lo, (lo + hi) / 2, hi):
+    for u in (lo, (2 * lo + hi) / 3, (lo + 2 * hi) / 3, hi):        # on both rungs above full resolution
         data, st = photo_codec.code(a, u)
         assert st["scale"] == 1 and container.read_header(data).scale == 1
         sizes.append(len(data))
@@ -327,3 +330,25 @@ def test_too_large_to_upsample_maps_every_rung_above_full_onto_full_levels_in_or
     assert levels[0] == pytest.approx(4.0) and levels[-1] == pytest.approx(8.0)
     assert all(b > a for a, b in zip(levels, levels[1:]))
     assert lad.at_most_full(start / 2) == lad.at(start / 2)          # below: as at()
+
+
+def test_an_image_too_large_for_the_top_rung_codes_at_the_finest_rung_that_fits(photo_codec, cat, monkeypatch):
+    """An image whose 5/3 version is over the bound but whose 3/2 version is not codes the 5/3 rung's
+    positions at 3/2, on that scale's levels above its rung's top: quality rises with -q and the top
+    is the 3/2 scale's top level."""
+    import aecompress.codec as codec_mod
+
+    lad = photo_codec.ladder
+    assert [r.scale for r in lad.rungs[-2:]] == [2 / 3, 3 / 5]
+    lo, hi = lad.intervals()[-1]
+    three_halves = lad.rungs[-2]
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 677 * 450)      # the cat at 3/2 fits, at 5/3 not
+    a = photo_codec.analyse(cat)
+    sizes = []
+    for u in (lad.intervals()[-2][0] + 0.5, lo, (lo + hi) / 2, hi):
+        data, st = photo_codec.code(a, u)
+        assert st["scale"] == 2 / 3 and container.read_header(data).scale == 2 / 3
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+    assert st["level"] == photo_codec.levels - 1
+    assert lad.at_fitting(lo, lambda s: s != 3 / 5) == (2 / 3, pytest.approx(three_halves.hi))
