@@ -157,6 +157,20 @@ def test_info_reads_the_header(photo):
     assert d["bytes"] == photo.with_suffix(".aez").stat().st_size
 
 
+def test_a_folder_scan_leaves_hidden_files_out(tmp_path):
+    """decode of a folder, like encode's, leaves out hidden files: the `._cat.aez` a Mac writes beside
+    cat.aez on a shared disk is no .aez file, and failed the batch (exit 3)."""
+    Image.fromarray(smooth_image(32, 40)).save(tmp_path / "cat.png")
+    (tmp_path / "._cat.png").write_bytes(b"Mac OS X        \0\0")
+    r = run("encode", tmp_path, "-o", tmp_path / "packed", "--quiet")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "packed" / "._cat.aez").write_bytes(b"Mac OS X        \0\0")
+    r = run("decode", tmp_path / "packed", "-o", tmp_path / "out", "--json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [json.loads(line)["input"] for line in r.stdout.splitlines()] == [str(tmp_path / "packed" / "cat.aez")]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cat.png"]
+
+
 def test_info_finds_a_package_given_with_m(tmp_path, photo):
     """A file of a model that is not installed: info says how to name it, and -m names it."""
     import shutil
