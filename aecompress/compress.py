@@ -53,7 +53,9 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
         notes.append("alpha channel dropped (the codec stores colour only)")
     if pic.bits == 16:
         notes.append("16-bit samples reduced to 8 bits")
-    if pic.frames > 1:
+    if pic.frames > 1 and pic.format == "TIFF":     # a scan's pages, not an animation
+        notes.append(f"multi-page TIFF: only the first of its {pic.frames} pages is coded")
+    elif pic.frames > 1:
         notes.append(f"animated image: only the first of its {pic.frames} frames is coded")
     if pic.info.get("extra_images"):
         notes.append("the JPEG's extra image (an HDR gain map, a depth map or a second view) is not coded"

@@ -98,12 +98,15 @@ def test_tiny_and_animated_inputs_are_reported_honestly(tmp_path):
     Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "one.png")
     frames = [Image.fromarray(smooth_image(64, 64, seed=i)) for i in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    r = run("encode", tmp_path / "one.png", tmp_path / "anim.gif")
+    frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
+    r = run("encode", tmp_path / "one.png", tmp_path / "anim.gif", tmp_path / "scan.tif")
     assert r.returncode == 0, r.stderr
     one, anim = r.stdout.split("anim.gif ->")
+    anim, scan = anim.split("scan.tif ->")
     size = (tmp_path / "one.aez").stat().st_size
     assert f"{3 / size:.3f}:1 vs raw" in one                     # a tiny image grows: not "0.0:1"
-    assert "only the first of its 3 frames is coded" in anim
+    assert "animated image: only the first of its 3 frames is coded" in anim
+    assert "note: multi-page TIFF: only the first of its 3 pages is coded" in scan    # not "animated"
 
 
 def test_folders_and_clashing_output_names(tmp_path):
