@@ -147,7 +147,10 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                     candidates.append(found[1])
             if not candidates:
                 best = run(0.0)
-                notes.append(f"target not reachable: smallest file is {len(best[0])} bytes")
+                n = len(best[0])
+                asked = f"{target_size:,} bytes" if target_size is not None else f"{target_bpp:g} bpp"
+                notes.append(f"target {asked} not reachable: the smallest file, at the lowest quality, is {n:,} bytes "
+                             f"({n * 8 / (pic.width * pic.height):.3f} bpp)")
             elif len(candidates) == 1:
                 best = candidates[0]
             else:

@@ -414,7 +414,7 @@ def test_json_keeps_its_fields_and_notes_go_to_stderr(photo):
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)) == {"bpp", "ratio_raw", "ratio_file", "psnr", "ms_ssim", "seconds", "provider",
                                          "input", "output"}
-    assert "target not reachable" in r.stderr
+    assert "target 30 bytes not reachable: the smallest file" in r.stderr
 
 
 @pytest.mark.parametrize("signame,code,word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
