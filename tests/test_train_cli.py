@@ -697,6 +697,42 @@ def test_train_option_messages(tmp_path):
         assert res.exit_code == 2 and match in res.output and "--help" in res.output, (args, res.output)
 
 
+def test_dense_numbers_out_of_range_are_usage_errors(tmp_path):
+    """NaN passes a typer range (it compares false): `--rate nan` trained a classic autoencoder whose
+    manifest said rate nan, `--contractive nan` was ignored, `--beta nan` ended as a divergence blamed
+    on --lr; `--quant-bits 12` was offered by --help (1-16) and refused with a message about three
+    other options, exit 1, as were `--quant-step 0` and `--val-split nan`."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", seed=9)
+    dense = ["train", "dense", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--steps", "2"]
+    for args, match in ((["--rate", "nan"], "'--rate': must be a finite number, not nan"),
+                        (["--contractive", "nan"], "'--contractive': must be a finite number"),
+                        (["--variational", "--beta", "nan"], "'--beta': must be a finite number"),
+                        (["--rate", "inf"], "'--rate': must be a finite number, not inf"),
+                        (["--weight-decay", "nan"], "'--weight-decay': must be a finite number"),
+                        (["--val-split", "nan"], "'--val-split': must be a finite number"),
+                        (["--quant-step", "0"], "'--quant-step': must be positive"),
+                        (["--quant-step", "nan"], "'--quant-step': must be a finite number"),
+                        (["--quant-bits", "12"], "not in the range 1<=x<=8")):
+        res = invoke(*dense, *args)
+        assert res.exit_code == 2 and match in res.output and "--help" in res.output, (args, res.output)
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_dense_single_image_and_lr_0(tmp_path):
+    """--lr 0 is "0 to train nothing" in the option's check, and conv takes it; dense refused it after
+    the check with "--batch must be positive, --lr positive and --val-split in [0, 1)". A single image
+    is never held out, and the manifest said "--val-split 0" although the default share was given."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", seed=10, count=1)
+    out = tmp_path / "o"
+    res = invoke("train", "dense", "--data", str(tmp_path / "imgs"), "--out", str(out), "--size", "8x8", "--hidden",
+                 "none", "--latent", "2", "--steps", "2", "--lr", "0", "--quiet", "--no-report")
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["measured"]["set"] == "training images (a single image: none held out)"
+
+
 def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):
     """A package whose tables do not fit is one model error (exit 4) before any image, not one
     error an image; a run whose failures share a code ends with it."""
