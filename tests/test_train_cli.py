@@ -456,6 +456,22 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
     assert r.returncode == 1 and "--resume" in r.stderr
 
 
+def test_a_resumed_conv_run_goes_on_with_its_running_training_loss(tmp_path):
+    """The training loss in the step lines, the history and the report's curve is a running mean; a
+    resumed run started it again from 0 (each step adding 2% of its loss), so after --resume the
+    curve fell fifty-fold and took hundreds of steps to come back."""
+    torch = pytest.importorskip("torch")
+    from aecompress.train.fit_conv import ConvConfig, train_conv
+
+    random_images(tmp_path / "imgs", seed=11)
+    opts = dict(data=str(tmp_path / "imgs"), out=str(tmp_path / "run"), n=8, m=8, nh=8, nz=8, crop=64, batch=1,
+                val_every=1, threads=1)
+    train_conv(ConvConfig(steps=2, **opts), log=lambda *a: None)
+    path = train_conv(ConvConfig(steps=4, **opts), resume=True, log=lambda *a: None)
+    loss = {h["step"]: h["train"]["loss"] for h in torch.load(path, weights_only=False)["history"]}
+    assert loss[3] > 0.5 * loss[2], loss
+
+
 def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
     pytest.importorskip("torch")
     random_images(tmp_path / "imgs", 1, count=3)
