@@ -275,6 +275,27 @@ def test_train_conv_tiny(tmp_path):
     assert [p["quality"] for p in pts] == [10, 50, 75, 100] and all(p["bpp"] > 0 for p in pts)
 
 
+def test_a_timed_conv_run_reports_its_progress(tmp_path):
+    """`train conv --minutes 2` on a CPU printed nothing between 'training on CPU' and 'done': the step
+    lines came with validation, every 500 steps (a tenth of the default --steps), which a few minutes
+    do not reach; the report's training curves were one point. Now a line, and a point of the
+    training curve, at least every tenth of the budget."""
+    torch = pytest.importorskip("torch")
+    from aecompress.cli import app
+    from aecompress.train.fit_dense import work_dir
+
+    random_images(tmp_path / "imgs", seed=12)
+    out = tmp_path / "conv"
+    r = CliRunner().invoke(app, ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(out), "--minutes",
+                                 "0.04", "--crop", "64", "--n", "8", "--m", "8", "--batch", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    lines = [line for line in r.output.splitlines() if line.endswith("of --minutes)")]
+    assert len(lines) >= 5 and lines[0].startswith("step "), r.output
+    history = torch.load(work_dir(out) / "checkpoint.pt", weights_only=False)["history"]
+    assert len([h for h in history if "val" not in h]) >= 5 and "val" in history[-1]
+    assert (out / "report" / "curves.png").stat().st_size > 0
+
+
 def test_train_conv_init_fine_tunes_from_a_checkpoint(tmp_path):
     pytest.importorskip("torch")
     import torch

@@ -248,6 +248,10 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     t0 = time.time() - elapsed_before
     last = dict(running or {"loss": 0.0, "bpp": 0.0, "mse": 0.0})
     seeded = running is not None                         # whether last holds a step's values yet
+    # a wall-clock budget holds an unknown number of steps, and validation follows --steps (every 500 by
+    # default: none in a few minutes on a CPU): a step line, and a point of the training curve, at
+    # least every tenth of the budget
+    line_every, last_line = (budget / 10 if budget else None), time.time()
     whole = {"photos": len(photos), "start": whole_start}
 
     def progress() -> float:
@@ -322,6 +326,12 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
                 train = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
                 val = " ".join(f"{v['bpp']:.3f}/{v['psnr']:.2f}" for v in rows)
                 log(f"step {step}, {time.time() - t0:.0f} s, lr {lr:.3g}: {train}; validation bpp/PSNR by level: {val}")
+                last_line = time.time()
+            elif line_every and time.time() - last_line >= line_every:
+                history.append({"step": step, "seconds": time.time() - t0, "train": dict(last)})
+                train = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                log(f"step {step}, {time.time() - t0:.0f} s, lr {lr:.3g}: {train} ({progress():.0%} of --minutes)")
+                last_line = time.time()
             if whole_start is not None and cfg.whole_every and step % cfg.whole_every == 0 and progress() < 1.0:
                 _, bd = check_whole()
                 log(f"step {step}: whole photos " + ("not comparable" if bd is None else f"{bd:+.2f}%")
