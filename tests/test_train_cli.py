@@ -477,7 +477,7 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
     assert r.returncode == 1 and "--resume" in r.stderr
 
 
-def test_a_resumed_conv_run_goes_on_with_its_running_training_loss(tmp_path):
+def test_a_resumed_conv_run_keeps_its_running_loss_and_names_a_spent_budget(tmp_path):
     """The training loss in the step lines, the history and the report's curve is a running mean; a
     resumed run started it again from 0 (each step adding 2% of its loss), so after --resume the
     curve fell fifty-fold and took hundreds of steps to come back."""
@@ -491,6 +491,10 @@ def test_a_resumed_conv_run_goes_on_with_its_running_training_loss(tmp_path):
     path = train_conv(ConvConfig(steps=4, **opts), resume=True, log=lambda *a: None)
     loss = {h["step"]: h["train"]["loss"] for h in torch.load(path, weights_only=False)["history"]}
     assert loss[3] > 0.5 * loss[2], loss
+    # a budget the run already spent: said, as for --steps (it said only 'resumed at step 4')
+    said = []
+    train_conv(ConvConfig(steps=8, minutes=1e-4, **opts), resume=True, log=said.append)
+    assert "resumed at step 4 (already past --minutes 0.0001: nothing to train)" in said, said
 
 
 def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):

@@ -215,8 +215,9 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
         # the running means go on from where they were (a checkpoint without them: its last recorded ones)
         running = ck.get("train_running") or next((h["train"] for h in reversed(history) if "train" in h), None)
         rng = np.random.default_rng(cfg.seed + step)
-        log(f"resumed at step {step}" + (f" (already past --steps {cfg.steps}: nothing to train)"
-                                         if step >= cfg.steps else ""))
+        past = (f"--steps {cfg.steps}" if step >= cfg.steps else f"--minutes {cfg.minutes:g}"
+                if cfg.minutes and elapsed_before >= cfg.minutes * 60 else None)
+        log(f"resumed at step {step}" + (f" (already past {past}: nothing to train)" if past else ""))
     elif init_dir is not None:
         ck = {"step": None}
         source, rebuilt = codec_from_package(init_dir)
