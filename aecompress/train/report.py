@@ -360,10 +360,11 @@ def report_conv(pkg_dir: Path, history: list[dict], images: list[np.ndarray], cr
         fig.savefig(out / "recon.png", dpi=110)
         plt.close(fig)
     last = history[-1] if history else {}
+    checked = validated[-1] if validated else {}
     table = {"architecture": _fmt(manifest.get("architecture", {})), "steps": last.get("step"),
              "training time": f"{last.get('seconds', 0):.0f} s",
              "final validation (level: bpp, PSNR)": "; ".join(f"{v['level']}: {v['bpp']:.3f}, {v['psnr']:.2f} dB"
-                                                             for v in last.get("val", []))}
+                                                             for v in checked.get("val", []))}
     sections = [("Training curves", _img("curves.png"))]
     if crops:
         sections.append(("Originals and reconstructions", _img("recon.png")))
