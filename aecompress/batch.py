@@ -283,7 +283,8 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     format_named(dst, src)                      # an unknown extension fails before the work
     pic = read_image(src)
     if pic.frames > 1:               # writing back one frame would silently drop the rest
-        raise AecError(f"{src}: animated images are not supported ({pic.frames} frames)")
+        raise AecError(f"{src}: multi-page TIFFs are not supported ({pic.frames} pages)" if pic.format == "TIFF"
+                       else f"{src}: animated images are not supported ({pic.frames} frames)")
     out, info = denoise_array(pic.pixels, pkg, sigma=sigma, tile=DEFAULT_TILE if tile is None else tile,
                               cancel=cancel, ensemble=ensemble)
     notes = list(pic.notes)

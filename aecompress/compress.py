@@ -53,7 +53,9 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
         notes.append("alpha channel dropped (the codec stores colour only)")
     if pic.bits == 16:
         notes.append("16-bit samples reduced to 8 bits")
-    if pic.frames > 1:
+    if pic.frames > 1 and pic.format == "TIFF":     # a scan's pages, not an animation
+        notes.append(f"multi-page TIFF: only the first of its {pic.frames} pages is coded")
+    elif pic.frames > 1:
         notes.append(f"animated image: only the first of its {pic.frames} frames is coded")
     if pic.info.get("extra_images"):
         notes.append("the JPEG's extra image (an HDR gain map, a depth map or a second view) is not coded"
@@ -145,7 +147,10 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
                     candidates.append(found[1])
             if not candidates:
                 best = run(0.0)
-                notes.append(f"target not reachable: smallest file is {len(best[0])} bytes")
+                n = len(best[0])
+                asked = f"{target_size:,} bytes" if target_size is not None else f"{target_bpp:g} bpp"
+                notes.append(f"target {asked} not reachable: the smallest file, at the lowest quality, is {n:,} bytes "
+                             f"({n * 8 / (pic.width * pic.height):.3f} bpp)")
             elif len(candidates) == 1:
                 best = candidates[0]
             else:

@@ -151,12 +151,14 @@ def test_corrupt_file_is_skipped_others_complete(tmp_path, env):
     (tmp_path / "in" / "trunc.png").write_bytes(data[: len(data) // 2])
     frames = [Image.fromarray(smooth_image(40, 48, seed=i)) for i in range(2)]   # one frame back would lose one
     frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "in" / "scan.tif", save_all=True, append_images=frames[1:])  # a scan's 2 pages
     r = run_cli(["denoise", tmp_path / "in", "-r", "-o", tmp_path / "out", "-j", "2"], env)
     assert r.exit_code == 1
     assert files_under(tmp_path / "out") == set(RELS)
     assert "broken.png" in r.output and "trunc.png" in r.output
     assert "anim.gif: animated images are not supported (2 frames)" in " ".join(r.output.split())
-    assert "5 denoised, 0 skipped, 3 failed" in r.output
+    assert "scan.tif: multi-page TIFFs are not supported (2 pages)" in " ".join(r.output.split())
+    assert "5 denoised, 0 skipped, 4 failed" in r.output
 
 
 def test_jobs_give_identical_outputs(tmp_path, env):

@@ -71,7 +71,13 @@ def test_rate_targets(photo_codec, cat):
         bpp = len(enc.data) * 8 / px
         assert bpp <= target and bpp > target * 0.8
     enc = encode_picture(pic, photo_codec, target_bpp=0.01)
-    assert any("not reachable" in n for n in enc.notes)
+    # the note names the target in the unit it was asked in, and what the smallest file is
+    size = len(enc.data)
+    assert f"target 0.01 bpp not reachable: the smallest file, at the lowest quality, is {size:,} bytes " \
+           f"({size * 8 / px:.3f} bpp)" in enc.notes
+    enc = encode_picture(pic, photo_codec, target_size=30)
+    assert f"target 30 bytes not reachable: the smallest file, at the lowest quality, is {len(enc.data):,} bytes " \
+           f"({len(enc.data) * 8 / px:.3f} bpp)" in enc.notes
     enc = encode_picture(pic, photo_codec, target_size=9000)
     assert 8000 < len(enc.data) <= 9000
     enc = encode_picture(pic, photo_codec, target_psnr=26.0)

@@ -275,6 +275,27 @@ def test_train_conv_tiny(tmp_path):
     assert [p["quality"] for p in pts] == [10, 50, 75, 100] and all(p["bpp"] > 0 for p in pts)
 
 
+def test_a_timed_conv_run_reports_its_progress(tmp_path):
+    """`train conv --minutes 2` on a CPU printed nothing between 'training on CPU' and 'done': the step
+    lines came with validation, every 500 steps (a tenth of the default --steps), which a few minutes
+    do not reach; the report's training curves were one point. Now a line, and a point of the
+    training curve, at least every tenth of the budget."""
+    torch = pytest.importorskip("torch")
+    from aecompress.cli import app
+    from aecompress.train.fit_dense import work_dir
+
+    random_images(tmp_path / "imgs", seed=12)
+    out = tmp_path / "conv"
+    r = CliRunner().invoke(app, ["train", "conv", "--data", str(tmp_path / "imgs"), "--out", str(out), "--minutes",
+                                 "0.04", "--crop", "64", "--n", "8", "--m", "8", "--batch", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    lines = [line for line in r.output.splitlines() if line.endswith("of --minutes)")]
+    assert len(lines) >= 5 and lines[0].startswith("step "), r.output
+    history = torch.load(work_dir(out) / "checkpoint.pt", weights_only=False)["history"]
+    assert len([h for h in history if "val" not in h]) >= 5 and "val" in history[-1]
+    assert (out / "report" / "curves.png").stat().st_size > 0
+
+
 def test_train_conv_init_fine_tunes_from_a_checkpoint(tmp_path):
     pytest.importorskip("torch")
     import torch
@@ -454,6 +475,26 @@ def test_kill_mid_training_keeps_a_resumable_checkpoint(tmp_path):
     assert (tmp_path / "conv.work" / "checkpoint.pt").exists() and not out.exists()
     r = run(*args)
     assert r.returncode == 1 and "--resume" in r.stderr
+
+
+def test_a_resumed_conv_run_keeps_its_running_loss_and_names_a_spent_budget(tmp_path):
+    """The training loss in the step lines, the history and the report's curve is a running mean; a
+    resumed run started it again from 0 (each step adding 2% of its loss), so after --resume the
+    curve fell fifty-fold and took hundreds of steps to come back."""
+    torch = pytest.importorskip("torch")
+    from aecompress.train.fit_conv import ConvConfig, train_conv
+
+    random_images(tmp_path / "imgs", seed=11)
+    opts = dict(data=str(tmp_path / "imgs"), out=str(tmp_path / "run"), n=8, m=8, nh=8, nz=8, crop=64, batch=1,
+                val_every=1, threads=1)
+    train_conv(ConvConfig(steps=2, **opts), log=lambda *a: None)
+    path = train_conv(ConvConfig(steps=4, **opts), resume=True, log=lambda *a: None)
+    loss = {h["step"]: h["train"]["loss"] for h in torch.load(path, weights_only=False)["history"]}
+    assert loss[3] > 0.5 * loss[2], loss
+    # a budget the run already spent: said, as for --steps (it said only 'resumed at step 4')
+    said = []
+    train_conv(ConvConfig(steps=8, minutes=1e-4, **opts), resume=True, log=said.append)
+    assert "resumed at step 4 (already past --minutes 0.0001: nothing to train)" in said, said
 
 
 def test_train_denoise_makes_a_package_denoise_uses_at_once(tmp_path):
@@ -695,6 +736,42 @@ def test_train_option_messages(tmp_path):
                         (["conv", "--data", imgs, "--minutes", "nan"], "'--minutes': must be positive and finite")):
         res = invoke("train", *args, "--out", str(tmp_path / "o"))    # a usage error: exit 2, with the --help
         assert res.exit_code == 2 and match in res.output and "--help" in res.output, (args, res.output)
+
+
+def test_dense_numbers_out_of_range_are_usage_errors(tmp_path):
+    """NaN passes a typer range (it compares false): `--rate nan` trained a classic autoencoder whose
+    manifest said rate nan, `--contractive nan` was ignored, `--beta nan` ended as a divergence blamed
+    on --lr; `--quant-bits 12` was offered by --help (1-16) and refused with a message about three
+    other options, exit 1, as were `--quant-step 0` and `--val-split nan`."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", seed=9)
+    dense = ["train", "dense", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--steps", "2"]
+    for args, match in ((["--rate", "nan"], "'--rate': must be a finite number, not nan"),
+                        (["--contractive", "nan"], "'--contractive': must be a finite number"),
+                        (["--variational", "--beta", "nan"], "'--beta': must be a finite number"),
+                        (["--rate", "inf"], "'--rate': must be a finite number, not inf"),
+                        (["--weight-decay", "nan"], "'--weight-decay': must be a finite number"),
+                        (["--val-split", "nan"], "'--val-split': must be a finite number"),
+                        (["--quant-step", "0"], "'--quant-step': must be positive"),
+                        (["--quant-step", "nan"], "'--quant-step': must be a finite number"),
+                        (["--quant-bits", "12"], "not in the range 1<=x<=8")):
+        res = invoke(*dense, *args)
+        assert res.exit_code == 2 and match in res.output and "--help" in res.output, (args, res.output)
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_dense_single_image_and_lr_0(tmp_path):
+    """--lr 0 is "0 to train nothing" in the option's check, and conv takes it; dense refused it after
+    the check with "--batch must be positive, --lr positive and --val-split in [0, 1)". A single image
+    is never held out, and the manifest said "--val-split 0" although the default share was given."""
+    pytest.importorskip("torch")
+    random_images(tmp_path / "imgs", seed=10, count=1)
+    out = tmp_path / "o"
+    res = invoke("train", "dense", "--data", str(tmp_path / "imgs"), "--out", str(out), "--size", "8x8", "--hidden",
+                 "none", "--latent", "2", "--steps", "2", "--lr", "0", "--quiet", "--no-report")
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["measured"]["set"] == "training images (a single image: none held out)"
 
 
 def test_embed_and_score_stop_at_a_broken_package(trained, tmp_path):

@@ -179,7 +179,9 @@ def decode(
     from ..package import load_package
 
     check_skip(skip_existing, force)
-    plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez", ".aez files")
+    # hidden files are left out of a folder, as encode leaves them (a Mac's `._cat.aez` beside cat.aez)
+    plan = plan_outputs(files, output, ".png", lambda p: p.suffix.lower() == ".aez" and not p.name.startswith("."),
+                        ".aez files")
     pkg = load_package(model, device, threads) if model else None
     found: dict = {}                    # models found by id, opened once for all the files
     stale = StaleParts()

@@ -70,8 +70,12 @@ def device_option():
                         help="auto (CUDA when it works, else CPU), cpu or cuda.")
 
 
+MAX_THREADS = 1024     # onnxruntime starts them all: 100,000 exhausted the memory, a number past 64 bits raised
+
+
 def threads_option():
-    return typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all cores).")
+    return typer.Option(None, "--threads", min=1, max=MAX_THREADS,
+                        help=f"CPU threads for inference, 1-{MAX_THREADS} (default: all cores).")
 
 
 class _Lines:

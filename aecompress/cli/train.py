@@ -139,7 +139,7 @@ def train_cmd(
     greedy_steps: Optional[int] = typer.Option(None, min=1, help="dense: pretraining steps per layer (default: steps / 4)"),
     quant_step: float = typer.Option(0.1, help="dense, rate 0: quantization step in standard deviations of each "
                                                "code unit"),
-    quant_bits: int = typer.Option(4, min=1, max=16, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
+    quant_bits: int = typer.Option(4, min=1, max=8, help="dense, sigmoid (KL-sparse) code: 2^BITS levels on [0, 1]"),
     val_every: Optional[int] = typer.Option(None, min=1, help="dense: steps between validations (default: one epoch)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or step lines (the final 'wrote OUT' stays)"),
     no_report: bool = typer.Option(False, "--no-report", help="conv, dense: skip the training report (OUT/report/; "
@@ -226,6 +226,8 @@ def train_cmd(
             quant_step=quant_step, quant_bits=quant_bits, val_every=val_every)
         if latent < 1:
             raise bad_value("--latent", "must be at least 1")
+        _check_dense_numbers({"--beta": beta, "--contractive": contractive, "--rate": rate,
+                              "--weight-decay": weight_decay, "--val-split": val_split, "--quant-step": quant_step})
         _check_dense_choices(activation, output, loss, sparse, noise)
         result = train_dense(cfg, resume=resume, progress=not quiet, log=log)
         export_and_report_dense(result, out, name, description, report, say)
@@ -288,10 +290,12 @@ def export_and_report_dense(result, out: Path, name: str, description: str = "",
 
     held_out = len(result.val_images) > 0
     sample = result.val_images if held_out else result.train_images
+    # none held out: --val-split 0, or a single image, which split() never holds out whatever the share
+    why = "--val-split 0" if result.cfg.val_split == 0 else "a single image"
     export_dense_codec(result.model, out, name, sample[:8], training_summary(result),
                        description or describe(result.model_cfg, result.obj), measure=sample[:500],
                        measure_set="held-out validation images" if held_out
-                       else "training images (--val-split 0: none held out)")
+                       else f"training images ({why}: none held out)")
     meas = json.loads((out / "manifest.json").read_text())["measured"]
     log(f"wrote {out}: {meas['mean_psnr']:.2f} dB, {meas['mean_file_bytes']:.1f} bytes per file "
         f"({meas['mean_payload_bytes']:.1f} payload) on {meas['images']} {meas['set']}")
@@ -484,6 +488,17 @@ def _failures(done: int, total: int, codes: set[int]) -> None:
     if done < total:
         print(f"{done} done, {total - done} failed", file=sys.stderr)
         raise typer.Exit(next(iter(codes)) if len(codes) == 1 else 1)
+
+
+def _check_dense_numbers(values: dict) -> None:
+    """The dense options' numbers, before any data is read: NaN passes an option's range (it compares
+    false), and was trained with (`--rate nan` as a classic autoencoder that the manifest called
+    rate nan) or ended as a divergence blamed on --lr; infinity too. A usage error, exit 2."""
+    for opt, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise bad_value(opt, f"must be a finite number, not {value:g}")
+    if not values["--quant-step"] > 0:
+        raise bad_value("--quant-step", f"must be positive, not {values['--quant-step']:g}")
 
 
 def _check_dense_choices(activation, output, loss, sparse, noise) -> None:

@@ -425,7 +425,8 @@ def export_checkpoint(ckpt_path: Path, out: Path, name: str, calib: list[np.ndar
                 **{k: ck[k] for k in ("images", "validation_images", "skipped") if k in ck},
                 "steps": ck["step"], "seconds": round(ck["elapsed"]),
                 "crop": tc.get("crop"), "batch": tc.get("batch"), "lr": tc.get("lr"), "seed": tc.get("seed"),
-                "validation_history": ck.get("history", [])[-1:], **(extra_training or {})}
+                # the last validation (a timed run's step lines between validations carry none)
+                "validation_history": [h for h in ck.get("history", []) if "val" in h][-1:], **(extra_training or {})}
     # fine-tuning (--init): follow the chain of checkpoints back to the first run
     stages, cur, path = [], ck, Path(ckpt_path)
     while True:

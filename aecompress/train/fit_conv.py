@@ -206,14 +206,18 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
     init_dir = package_for_init(cfg.init) if cfg.init else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed_before, history = 0, 0.0, []
+    running = None                                       # a resumed run's running means of the training loss
     rng = np.random.default_rng(cfg.seed)
     if resuming:
         model.load_state_dict(ck["model"])
         step, elapsed_before, history = ck["step"], ck["elapsed"], ck["history"]
         init_package = ck.get("init_package")
+        # the running means go on from where they were (a checkpoint without them: its last recorded ones)
+        running = ck.get("train_running") or next((h["train"] for h in reversed(history) if "train" in h), None)
         rng = np.random.default_rng(cfg.seed + step)
-        log(f"resumed at step {step}" + (f" (already past --steps {cfg.steps}: nothing to train)"
-                                         if step >= cfg.steps else ""))
+        past = (f"--steps {cfg.steps}" if step >= cfg.steps else f"--minutes {cfg.minutes:g}"
+                if cfg.minutes and elapsed_before >= cfg.minutes * 60 else None)
+        log(f"resumed at step {step}" + (f" (already past {past}: nothing to train)" if past else ""))
     elif init_dir is not None:
         ck = {"step": None}
         source, rebuilt = codec_from_package(init_dir)
@@ -243,7 +247,12 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
 
     budget = cfg.minutes * 60 if cfg.minutes else None
     t0 = time.time() - elapsed_before
-    last = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}
+    last = dict(running or {"loss": 0.0, "bpp": 0.0, "mse": 0.0})
+    seeded = running is not None                         # whether last holds a step's values yet
+    # a wall-clock budget holds an unknown number of steps, and validation follows --steps (every 500 by
+    # default: none in a few minutes on a CPU): a step line, and a point of the training curve, at
+    # least every tenth of the budget
+    line_every, last_line = (budget / 10 if budget else None), time.time()
     whole = {"photos": len(photos), "start": whole_start}
 
     def progress() -> float:
@@ -257,7 +266,7 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
                             "model": {k: v.cpu() for k, v in model.state_dict().items()},
                             "opt": opt.state_dict(), "step": step, "device": device_name(device), "machine": machine(),
                             "torch_threads": torch.get_num_threads(), **counts,
-                            "init_package": init_package,
+                            "init_package": init_package, "train_running": dict(last) if seeded else None,
                             "elapsed": time.time() - t0, "history": history,
                             "whole_photos": whole_photos or whole}, path)
 
@@ -310,13 +319,20 @@ def train_conv(cfg: ConvConfig, resume: bool = False, log=print) -> Path:
             step += 1
             for k in last:
                 v = float(r[k].detach())
-                last[k] = 0.98 * last[k] + 0.02 * v if step > 1 else v
+                last[k] = 0.98 * last[k] + 0.02 * v if seeded else v
+            seeded = True
             if step % cfg.val_every == 0:
                 rows = evaluate(model, val_crops)
                 history.append({"step": step, "seconds": time.time() - t0, "train": dict(last), "val": rows})
                 train = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
                 val = " ".join(f"{v['bpp']:.3f}/{v['psnr']:.2f}" for v in rows)
                 log(f"step {step}, {time.time() - t0:.0f} s, lr {lr:.3g}: {train}; validation bpp/PSNR by level: {val}")
+                last_line = time.time()
+            elif line_every and time.time() - last_line >= line_every:
+                history.append({"step": step, "seconds": time.time() - t0, "train": dict(last)})
+                train = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                log(f"step {step}, {time.time() - t0:.0f} s, lr {lr:.3g}: {train} ({progress():.0%} of --minutes)")
+                last_line = time.time()
             if whole_start is not None and cfg.whole_every and step % cfg.whole_every == 0 and progress() < 1.0:
                 _, bd = check_whole()
                 log(f"step {step}: whole photos " + ("not comparable" if bd is None else f"{bd:+.2f}%")

@@ -32,6 +32,7 @@ from .resume import differing_options, refusal, resolved
 RESUMABLE_CHANGES = ("out", "steps", "epochs", "patience", "val_every", "checkpoint_every", "threads", "eb_steps")
 DEFAULT_RATE = 0.02            # lambda of the rate term: loss = distortion + lambda * bits per pixel
 EB_FIT_STEPS = 600
+MAX_QUANT_BITS = 8             # a sigmoid code's grid: 2^bits levels (`--quant-bits`, its range in cli/train.py)
 EB_LR_SCALE = 10.0          # the entropy model learns faster than the network (rate follows lambda within ~1000 steps)
 
 
@@ -164,10 +165,16 @@ def build(cfg: DenseTrainConfig, channels: int, height: int, width: int) -> tupl
         raise AecError("--sparse kl and --variational cannot be combined")
     if cfg.loss == "bce" and output != "sigmoid":
         raise AecError("--loss bce needs sigmoid output units (drop --linear or --output linear)")
-    if not cfg.quant_step > 0 or not 1 <= cfg.quant_bits <= 8:
-        raise AecError("--quant-step must be positive and --quant-bits between 1 and 8")
-    if cfg.batch < 1 or cfg.lr <= 0 or not 0 <= cfg.val_split < 1:
-        raise AecError("--batch must be positive, --lr positive and --val-split in [0, 1)")
+    if not cfg.quant_step > 0 or not math.isfinite(cfg.quant_step):
+        raise AecError("--quant-step must be positive and finite")
+    if not 1 <= cfg.quant_bits <= MAX_QUANT_BITS:
+        raise AecError(f"--quant-bits must be from 1 to {MAX_QUANT_BITS}")
+    if cfg.batch < 1:
+        raise AecError("--batch must be positive")
+    if not cfg.lr >= 0 or not math.isfinite(cfg.lr):                 # 0 trains nothing, as for conv
+        raise AecError("--lr must be positive (or 0 to train nothing) and finite")
+    if not 0 <= cfg.val_split < 1:
+        raise AecError("--val-split must be from 0 to below 1")
     rate = DEFAULT_RATE if cfg.rate is None else float(cfg.rate)
     if cfg.variational:
         rate = 0.0        # the KL term is the VAE's rate; the mean is coded with a calibrated step

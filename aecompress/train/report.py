@@ -316,11 +316,14 @@ def report_conv(pkg_dir: Path, history: list[dict], images: list[np.ndarray], cr
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].plot(steps, [h["train"]["loss"] for h in history], marker=".")
     axes[0].set_title("training loss (running mean)", fontsize=10)
-    levels = len(history[-1]["val"]) if history else 0
-    marker = "o" if len(steps) < 30 else None          # a short run has a point or two: drawn, not lost
+    validated = [h for h in history if "val" in h]      # a timed run's lines between validations have none
+    levels = len(validated[-1]["val"]) if validated else 0
+    marker = "o" if len(validated) < 30 else None      # a short run has a point or two: drawn, not lost
     for k in range(levels):
-        axes[1].plot(steps, [h["val"][k]["psnr"] for h in history], label=f"level {k}", marker=marker)
-        axes[2].plot(steps, [h["val"][k]["bpp"] for h in history], label=f"level {k}", marker=marker)
+        axes[1].plot([h["step"] for h in validated], [h["val"][k]["psnr"] for h in validated], label=f"level {k}",
+                     marker=marker)
+        axes[2].plot([h["step"] for h in validated], [h["val"][k]["bpp"] for h in validated], label=f"level {k}",
+                     marker=marker)
     axes[1].set_title("validation PSNR (dB)", fontsize=10)
     axes[2].set_title("validation bits per pixel (estimated)", fontsize=10)
     for ax in axes:
@@ -357,10 +360,11 @@ def report_conv(pkg_dir: Path, history: list[dict], images: list[np.ndarray], cr
         fig.savefig(out / "recon.png", dpi=110)
         plt.close(fig)
     last = history[-1] if history else {}
+    checked = validated[-1] if validated else {}
     table = {"architecture": _fmt(manifest.get("architecture", {})), "steps": last.get("step"),
              "training time": f"{last.get('seconds', 0):.0f} s",
              "final validation (level: bpp, PSNR)": "; ".join(f"{v['level']}: {v['bpp']:.3f}, {v['psnr']:.2f} dB"
-                                                             for v in last.get("val", []))}
+                                                             for v in checked.get("val", []))}
     sections = [("Training curves", _img("curves.png"))]
     if crops:
         sections.append(("Originals and reconstructions", _img("recon.png")))
