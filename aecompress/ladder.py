@@ -191,7 +191,11 @@ class Ladder:
 
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else
-        the nearest end of the nearest rung of that scale (a file coded outside today's ladder)."""
+        the nearest end of the nearest rung of that scale (a file coded outside today's ladder). A
+        scale the ladder has no rung of (a file of an earlier package, coded at 4/3 where today's
+        codes at 3/2 and 5/3) counts as the ladder's scale nearest to it in resolution."""
+        if self.rungs and all(r.scale != scale for r in self.rungs):
+            scale = min((r.scale for r in self.rungs), key=lambda s: (abs(np.log(s / scale)), s))
         u, best = 0.0, None
         for r in self.rungs:
             if r.scale == scale:
@@ -199,8 +203,6 @@ class Ladder:
                 if best is None or miss < best[0] - 1e-9:
                     best = (miss, u + min(max(level, r.lo), r.hi) - r.lo)
             u += r.length
-        if best is None:
-            return u if scale == 1 else 0.0
         return best[1]
 
     def _knots(self, qmin: float, qmax: float) -> tuple[list[float], list[float]]:

@@ -234,6 +234,32 @@ def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
     assert lad.position(2, 3.0) == pytest.approx(3.0)
 
 
+def test_position_of_a_scale_without_a_rung_is_on_the_nearest_scale():
+    """A file of an earlier package coded at 4/3 (scale 3/4), read with today's ladder, which goes
+    from full resolution to 3/2 and 5/3: its quality is that of the nearest scale's rung (3/2), not
+    the bottom of the ladder (it was position 0, quality 1, for a file coded at -q 95)."""
+    lad = Ladder([Rung(2, 0.0, 3.0), Rung(1, 1.5, 4.0), Rung(2 / 3, 2.0, 5.3), Rung(3 / 5, 4.6, 8.0)])
+    assert lad.position(3 / 4, 3.0) == pytest.approx(lad.position(2 / 3, 3.0)) == pytest.approx(6.5)
+    assert lad.position(3 / 4, 8.0) == pytest.approx(lad.intervals()[2][1])     # the 3/2 rung's top
+    assert lad.position(4 / 3, 2.0) == pytest.approx(lad.position(1, 2.0))    # between 1/2 and full: full
+    assert Ladder([Rung(2, 0.0, 3.0), Rung(4 / 3, 1.0, 5.0)]).position(1, 6.0) == pytest.approx(7.0)
+    assert Ladder([Rung(1, 0.0, 3.0), Rung(2 / 3, 1.0, 5.0)]).position(2, 1.0) == pytest.approx(1.0)
+
+
+def test_info_of_a_file_of_the_package_before_at_4_3_gives_a_high_quality(tmp_path):
+    """The shipped package decodes files of the one before (id ccdd523b), whose top rung was 4/3;
+    `info` recomputes their quality from today's ladder, which has no 4/3 rung."""
+    from aecompress.compress import file_info
+
+    header = container.Header(bytes.fromhex("ccdd523b3a4bdc88"), 600, 400, 3, "RGB", 8, "hyperprior", 6.0,
+                              False, scale=3 / 4)
+    path = tmp_path / "old.aez"
+    path.write_bytes(container.pack(header, b"\0" * 10))
+    info = file_info(path)
+    assert info["model"] == "photo" and info["resolution"] == "4/3"
+    assert 75 < info["quality"] < 100
+
+
 def test_scales_are_exact_ratios():
     assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3", "3/4", "2/3", "3/5"]
     assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4", "4/3", "3/2", "5/3"]
