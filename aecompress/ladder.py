@@ -157,37 +157,52 @@ class Ladder:
             u += r.length
         return out
 
-    def at(self, u: float) -> tuple[float, float]:
-        """Position -> (scale, level). A position on the border of two rungs belongs to the lower one."""
+    def _rung_at(self, u: float) -> tuple[int, float]:
+        """Position -> (index of its rung, level). A position on the border of two rungs belongs to
+        the lower one."""
         u = min(max(float(u), 0.0), self.span)
-        for r in self.rungs[:-1]:
+        for k, r in enumerate(self.rungs[:-1]):
             if u <= r.length:
-                return r.scale, r.lo + u
+                return k, r.lo + u
             u -= r.length
         last = self.rungs[-1]
-        return last.scale, min(last.lo + u, last.hi)
+        return len(self.rungs) - 1, min(last.lo + u, last.hi)
+
+    def at(self, u: float) -> tuple[float, float]:
+        """Position -> (scale, level). A position on the border of two rungs belongs to the lower one."""
+        k, level = self._rung_at(u)
+        return self.rungs[k].scale, level
 
     def at_most_full(self, u: float) -> tuple[float, float]:
         """at(u), but never finer than full resolution (at_fitting with only full and coarser scales)."""
         return self.at_fitting(u, lambda scale: scale >= 1)
 
     def at_fitting(self, u: float, fits: Callable[[float], bool]) -> tuple[float, float]:
-        """at(u), for an image too large to code at some scales finer than full resolution: a position
-        on a rung whose scale does not fit maps onto the finest rung before it that fits (counting
-        from the last full-resolution rung), linearly over the stretch of the ladder after that rung,
-        onto its scale's levels above the rung's top, up to the highest level the rungs after it reach.
-        Quality still rises with the position. Unchanged where the ladder has no full rung."""
-        scale, level = self.at(u)
-        last = max((k for k, r in enumerate(self.rungs) if r.scale == 1), default=None)
-        if fits(scale) or last is None:
-            return scale, level
-        base = max(k for k in range(last, len(self.rungs)) if k == last or fits(self.rungs[k].scale)
-                   and all(fits(r.scale) for r in self.rungs[last:k]))
-        start = self.intervals()[base][1]
-        rung = self.rungs[base]
-        end = max([r.hi for r in self.rungs[base + 1:]] + [rung.hi])
-        along = min(max(float(u) - start, 0.0) / max(self.span - start, 1e-9), 1.0)
-        return rung.scale, rung.hi + along * (end - rung.hi)
+        """at(u), for an image too large to code at some scales finer than full resolution (fits(scale):
+        whether it may; full resolution and coarser scales always do). A position on a rung that does
+        not fit, in a run of such rungs, maps linearly over that run onto the levels above the top of
+        the rung before the run, up to the highest level the run's rungs reach: at that rung's scale
+        when it is full resolution or finer (on a ladder that climbs past full resolution, the finest
+        rung that fits), else at full resolution, which codes a level at least as well as a coarser
+        scale. So quality still rises with the position, and no upsampled rung is coded beyond the
+        bound, a ladder without a full-resolution rung included (full resolution from the run's
+        first level when the run starts the ladder)."""
+        i, level = self._rung_at(u)
+        if fits(self.rungs[i].scale):
+            return self.rungs[i].scale, level
+        j0, j1 = i, i
+        while j0 > 0 and not fits(self.rungs[j0 - 1].scale):
+            j0 -= 1
+        while j1 < len(self.rungs) - 1 and not fits(self.rungs[j1 + 1].scale):
+            j1 += 1
+        base = self.rungs[j0 - 1] if j0 > 0 else None
+        scale = base.scale if base is not None and base.scale <= 1 else 1
+        bottom = base.hi if base is not None else self.rungs[j0].lo
+        top = max([r.hi for r in self.rungs[j0:j1 + 1]] + [bottom])
+        ivs = self.intervals()
+        start, stop = ivs[j0][0], ivs[j1][1]
+        along = min(max(float(u) - start, 0.0) / max(stop - start, 1e-9), 1.0)
+        return scale, bottom + along * (top - bottom)
 
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else

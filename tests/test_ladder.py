@@ -378,3 +378,47 @@ def test_an_image_too_large_for_the_top_rung_codes_at_the_finest_rung_that_fits(
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
     assert st["level"] == photo_codec.levels - 1
     assert lad.at_fitting(lo, lambda s: s != 3 / 5) == (2 / 3, pytest.approx(three_halves.hi))
+
+
+@pytest.fixture(scope="module")
+def no_full_rung(tmp_path_factory):
+    """A ladder without a full-resolution rung (calibrate gives one where 3/2 is cheaper than full
+    resolution at every PSNR above half resolution's)."""
+    return _variant(tmp_path_factory, "photo_no_full", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "2/3", "lo": 0, "hi": 7},
+                                                         {"scale": "3/5", "lo": 6, "hi": 8}])
+
+
+def test_a_ladder_without_a_full_rung_still_keeps_large_images_within_the_bound(no_full_rung, cat, monkeypatch):
+    """An image too large to code upsampled codes the upsampled rungs at full resolution (which
+    always fits) on the levels above the half rung's top, rising with the position; it coded them
+    upsampled whatever the bound when the ladder had no full rung."""
+    import aecompress.codec as codec_mod
+
+    lad = no_full_rung.ladder
+    lo = lad.intervals()[1][0]
+    a = no_full_rung.analyse(cat)
+    assert no_full_rung.code(a, lad.span)[1]["scale"] == 3 / 5
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)     # the cat itself fits, 3/2 of it not
+    sizes = []
+    for u in (lo + 0.01, (2 * lo + lad.span) / 3, lad.span):
+        data, st = no_full_rung.code(a, u)
+        assert st["scale"] == 1 and container.read_header(data).scale == 1
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and st["level"] == no_full_rung.levels - 1
+    assert no_full_rung.code(a, lo)[1]["scale"] == 2                      # the half rung: as before
+    # the mapping starts at the half rung's top level: full resolution codes a level at least as well
+    assert lad.at_most_full(lo + 1e-6) == (1, pytest.approx(4.0, abs=1e-3))
+    assert lad.at_most_full(lad.span) == (1, 8.0)
+
+
+def test_at_fitting_maps_a_run_of_rungs_that_do_not_fit_onto_the_rung_before_it():
+    """Only the run of rungs that do not fit moves; with a fitting rung after the run (a ladder
+    calibrate does not make), the run maps onto its own stretch of positions, not the ladder's rest."""
+    lad = Ladder([Rung(1, 0.0, 4.0), Rung(3 / 5, 2.0, 6.0), Rung(2 / 3, 5.0, 8.0)])
+    fits = lambda s: s != 3 / 5                                          # noqa: E731
+    assert lad.at_fitting(4.0, fits) == (1, 4.0)
+    assert lad.at_fitting(6.0, fits) == (1, pytest.approx(5.0))          # halfway along the 3/5 rung
+    assert lad.at_fitting(8.0, fits) == (1, pytest.approx(6.0))          # its end: its top level
+    assert lad.at_fitting(9.0, fits) == lad.at(9.0) == (2 / 3, 6.0)
+    # a run at the start of the ladder: full resolution on the run's levels
+    assert Ladder([Rung(3 / 5, 0.0, 4.0), Rung(1, 3.0, 8.0)]).at_fitting(2.0, fits) == (1, 2.0)
