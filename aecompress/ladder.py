@@ -321,7 +321,9 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
     """Mean (bpp, PSNR) of real coded files at each scale and level, over (H, W, C) uint8 images.
 
     codec: an aecompress.codec.Codec (a hyperprior codec). Each scale is coded through the codec's own
-    resolution mechanism, with a one-rung ladder at that scale."""
+    resolution mechanism, with a one-rung ladder at that scale. An image too large to code at an
+    upsampled scale (codec.MAX_UPSCALED_PIXELS: the codec codes it at full resolution instead) is
+    left out of that scale's points, which would otherwise be full resolution's under its name."""
     import copy
 
     from .metrics import psnr
@@ -341,6 +343,8 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
                 continue
             for lv in grid:
                 data, st = c.code(a, lv)
+                if st["scale"] != scale:
+                    break                                              # too large for this scale
                 rec = c.reconstruct(st, h, w)
                 acc = sums.setdefault((scale, lv), [0.0, 0.0, 0.0])
                 acc[0] += len(data) * 8 / (h * w)

@@ -422,3 +422,19 @@ def test_at_fitting_maps_a_run_of_rungs_that_do_not_fit_onto_the_rung_before_it(
     assert lad.at_fitting(9.0, fits) == lad.at(9.0) == (2 / 3, 6.0)
     # a run at the start of the ladder: full resolution on the run's levels
     assert Ladder([Rung(3 / 5, 0.0, 4.0), Rung(1, 3.0, 8.0)]).at_fitting(2.0, fits) == (1, 2.0)
+
+
+def test_measure_leaves_out_images_too_large_for_an_upsampled_scale(photo_codec, cat, monkeypatch):
+    """calibrate_codec's points under an upsampled scale are that scale's: an image the codec would
+    code at full resolution instead (over MAX_UPSCALED_PIXELS there) counts at no upsampled scale."""
+    import aecompress.codec as codec_mod
+    from aecompress.ladder import measure
+
+    im = np.ascontiguousarray(cat[:96, :128])
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 96 * 128 * 2)   # 4/3 fits (2.0x), 3/2 and 5/3 not
+    points = measure(photo_codec, [im], levels=[4.0])
+    assert {s for s, _ in points} == {1, 4 / 3, 3 / 4}                  # 1/2 needs 128 pixels a side
+    full = points[(1, 4.0)]
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 10 ** 9)
+    again = measure(photo_codec, [im], levels=[4.0])
+    assert again[(1, 4.0)] == full and again[(2 / 3, 4.0)] != full and (3 / 5, 4.0) in again
