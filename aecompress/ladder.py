@@ -8,8 +8,9 @@ also lowers the rate floor from about 0.4 to about 0.1 bpp.
 
 Between the two, 3/4 resolution beats both, mostly between 0.3 and 0.7 bpp where half resolution
 saturates and full resolution is still coarse (measurements in docs/codec.md). At the top, where the
-full-resolution levels saturate, coding the image upsampled to 4/3 of its size and downsampling
-the decoded one (scale 3/4) reaches PSNRs full resolution never does, in fewer bits.
+full-resolution levels saturate, coding the image upsampled to 4/3, 3/2 or 5/3 of its size and
+downsampling the decoded one (scales 3/4, 2/3 and 3/5) reaches PSNRs full resolution never does, in
+fewer bits (the shipped photo ladder uses 3/2, then 5/3).
 
 A ladder is a list of rungs, lowest rate first. A rung codes at 1/scale of the resolution with the
 model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs. The
@@ -45,13 +46,13 @@ ANCHOR_QUALITY, ANCHOR_PSNR = 75.0, 30.2
 
 
 def scale_label(scale: float) -> str:
-    """How manifests and reports write a scale: "1", "2", "4/3", "3/4"."""
+    """How manifests and reports write a scale: "1", "2", "4/3", "3/4", "2/3", "3/5"."""
     num, den = _RATIOS[scale]
     return str(num) if den == 1 else f"{num}/{den}"
 
 
 def resolution_name(scale: float) -> str:
-    """The coded resolution as a fraction of the image's: "full", "1/2", "3/4"."""
+    """The coded resolution as a fraction of the image's: "full", "1/2", "3/4", "4/3", "3/2", "5/3"."""
     num, den = _RATIOS[scale]
     return "full" if num == den else f"{den}/{num}"
 
