@@ -357,9 +357,11 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
 def calibrate_codec(codec, images: Sequence[np.ndarray]) -> tuple[Ladder, dict]:
     """The ladder for a codec from calibration images, and the measured points behind it."""
     points = measure(codec, images)
-    if not all((s, float(lv)) in points for s in SCALES for lv in range(codec.levels)):
+    complete = [s for s in SCALES if all((s, float(lv)) in points for lv in range(codec.levels))]
+    if any(s >= 1 for s in SCALES if s not in complete):
         return Ladder.single(codec.levels), {}          # images too small to code at every scale
-    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels).anchored(points)
+    # an upsampled scale every image was too large for (MAX_UPSCALED_PIXELS) gets no rung
+    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels, scales=complete).anchored(points)
     return ladder, {f"{scale_label(s)}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}
 
 

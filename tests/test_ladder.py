@@ -438,3 +438,16 @@ def test_measure_leaves_out_images_too_large_for_an_upsampled_scale(photo_codec,
     monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 10 ** 9)
     again = measure(photo_codec, [im], levels=[4.0])
     assert again[(1, 4.0)] == full and again[(2 / 3, 4.0)] != full and (3 / 5, 4.0) in again
+
+
+def test_calibration_on_images_too_large_for_an_upsampled_scale_leaves_that_scale_out(photo_codec, cat, monkeypatch):
+    """When every calibration image is too large for 3/2 and 5/3, the ladder is chosen among the
+    other scales (it fell back to a single full-resolution rung, as for images too small)."""
+    import aecompress.codec as codec_mod
+    from aecompress.ladder import calibrate_codec
+
+    im = np.ascontiguousarray(cat[:192, :256])
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 192 * 256 * 2)     # 4/3 of it fits, 3/2 not
+    ladder, points = calibrate_codec(photo_codec, [im])
+    assert len(ladder.rungs) > 1 and not {2 / 3, 3 / 5} & {r.scale for r in ladder.rungs}
+    assert not any(k.startswith(("2/3:", "3/5:")) for k in points) and "3/4:8" in points
