@@ -8,8 +8,9 @@ also lowers the rate floor from about 0.4 to about 0.1 bpp.
 
 Between the two, 3/4 resolution beats both, mostly between 0.3 and 0.7 bpp where half resolution
 saturates and full resolution is still coarse (measurements in docs/codec.md). At the top, where the
-full-resolution levels saturate, coding the image upsampled to 4/3 of its size and downsampling
-the decoded one (scale 3/4) reaches PSNRs full resolution never does, in fewer bits.
+full-resolution levels saturate, coding the image upsampled to 4/3, 3/2 or 5/3 of its size and
+downsampling the decoded one (scales 3/4, 2/3 and 3/5) reaches PSNRs full resolution never does, in
+fewer bits (the shipped photo ladder uses 3/2, then 5/3).
 
 A ladder is a list of rungs, lowest rate first. A rung codes at 1/scale of the resolution with the
 model's quality levels lo..hi (continuous). A *position* u in [0, span] runs along the rungs. The
@@ -45,13 +46,13 @@ ANCHOR_QUALITY, ANCHOR_PSNR = 75.0, 30.2
 
 
 def scale_label(scale: float) -> str:
-    """How manifests and reports write a scale: "1", "2", "4/3", "3/4"."""
+    """How manifests and reports write a scale: "1", "2", "4/3", "3/4", "2/3", "3/5"."""
     num, den = _RATIOS[scale]
     return str(num) if den == 1 else f"{num}/{den}"
 
 
 def resolution_name(scale: float) -> str:
-    """The coded resolution as a fraction of the image's: "full", "1/2", "3/4"."""
+    """The coded resolution as a fraction of the image's: "full", "1/2", "3/4", "4/3", "3/2", "5/3"."""
     num, den = _RATIOS[scale]
     return "full" if num == den else f"{den}/{num}"
 
@@ -157,41 +158,60 @@ class Ladder:
             u += r.length
         return out
 
-    def at(self, u: float) -> tuple[float, float]:
-        """Position -> (scale, level). A position on the border of two rungs belongs to the lower one."""
+    def _rung_at(self, u: float) -> tuple[int, float]:
+        """Position -> (index of its rung, level). A position on the border of two rungs belongs to
+        the lower one."""
         u = min(max(float(u), 0.0), self.span)
-        for r in self.rungs[:-1]:
+        for k, r in enumerate(self.rungs[:-1]):
             if u <= r.length:
-                return r.scale, r.lo + u
+                return k, r.lo + u
             u -= r.length
         last = self.rungs[-1]
-        return last.scale, min(last.lo + u, last.hi)
+        return len(self.rungs) - 1, min(last.lo + u, last.hi)
+
+    def at(self, u: float) -> tuple[float, float]:
+        """Position -> (scale, level). A position on the border of two rungs belongs to the lower one."""
+        k, level = self._rung_at(u)
+        return self.rungs[k].scale, level
 
     def at_most_full(self, u: float) -> tuple[float, float]:
         """at(u), but never finer than full resolution (at_fitting with only full and coarser scales)."""
         return self.at_fitting(u, lambda scale: scale >= 1)
 
     def at_fitting(self, u: float, fits: Callable[[float], bool]) -> tuple[float, float]:
-        """at(u), for an image too large to code at some scales finer than full resolution: a position
-        on a rung whose scale does not fit maps onto the finest rung before it that fits (counting
-        from the last full-resolution rung), linearly over the stretch of the ladder after that rung,
-        onto its scale's levels above the rung's top, up to the highest level the rungs after it reach.
-        Quality still rises with the position. Unchanged where the ladder has no full rung."""
-        scale, level = self.at(u)
-        last = max((k for k, r in enumerate(self.rungs) if r.scale == 1), default=None)
-        if fits(scale) or last is None:
-            return scale, level
-        base = max(k for k in range(last, len(self.rungs)) if k == last or fits(self.rungs[k].scale)
-                   and all(fits(r.scale) for r in self.rungs[last:k]))
-        start = self.intervals()[base][1]
-        rung = self.rungs[base]
-        end = max([r.hi for r in self.rungs[base + 1:]] + [rung.hi])
-        along = min(max(float(u) - start, 0.0) / max(self.span - start, 1e-9), 1.0)
-        return rung.scale, rung.hi + along * (end - rung.hi)
+        """at(u), for an image too large to code at some scales finer than full resolution (fits(scale):
+        whether it may; full resolution and coarser scales always do). A position on a rung that does
+        not fit, in a run of such rungs, maps linearly over that run onto the levels above the top of
+        the rung before the run, up to the highest level the run's rungs reach: at that rung's scale
+        when it is full resolution or finer (on a ladder that climbs past full resolution, the finest
+        rung that fits), else at full resolution, which codes a level at least as well as a coarser
+        scale. So quality still rises with the position, and no upsampled rung is coded beyond the
+        bound, a ladder without a full-resolution rung included (full resolution from the run's
+        first level when the run starts the ladder)."""
+        i, level = self._rung_at(u)
+        if fits(self.rungs[i].scale):
+            return self.rungs[i].scale, level
+        j0, j1 = i, i
+        while j0 > 0 and not fits(self.rungs[j0 - 1].scale):
+            j0 -= 1
+        while j1 < len(self.rungs) - 1 and not fits(self.rungs[j1 + 1].scale):
+            j1 += 1
+        base = self.rungs[j0 - 1] if j0 > 0 else None
+        scale = base.scale if base is not None and base.scale <= 1 else 1
+        bottom = base.hi if base is not None else self.rungs[j0].lo
+        top = max([r.hi for r in self.rungs[j0:j1 + 1]] + [bottom])
+        ivs = self.intervals()
+        start, stop = ivs[j0][0], ivs[j1][1]
+        along = min(max(float(u) - start, 0.0) / max(stop - start, 1e-9), 1.0)
+        return scale, bottom + along * (top - bottom)
 
     def position(self, scale: float, level: float) -> float:
         """(scale, level) -> position: on the first rung of that scale containing the level, else
-        the nearest end of the nearest rung of that scale (a file coded outside today's ladder)."""
+        the nearest end of the nearest rung of that scale (a file coded outside today's ladder). A
+        scale the ladder has no rung of (a file of an earlier package, coded at 4/3 where today's
+        codes at 3/2 and 5/3) counts as the ladder's scale nearest to it in resolution."""
+        if self.rungs and all(r.scale != scale for r in self.rungs):
+            scale = min((r.scale for r in self.rungs), key=lambda s: (abs(np.log(s / scale)), s))
         u, best = 0.0, None
         for r in self.rungs:
             if r.scale == scale:
@@ -199,8 +219,6 @@ class Ladder:
                 if best is None or miss < best[0] - 1e-9:
                     best = (miss, u + min(max(level, r.lo), r.hi) - r.lo)
             u += r.length
-        if best is None:
-            return u if scale == 1 else 0.0
         return best[1]
 
     def _knots(self, qmin: float, qmax: float) -> tuple[list[float], list[float]]:
@@ -304,7 +322,9 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
     """Mean (bpp, PSNR) of real coded files at each scale and level, over (H, W, C) uint8 images.
 
     codec: an aecompress.codec.Codec (a hyperprior codec). Each scale is coded through the codec's own
-    resolution mechanism, with a one-rung ladder at that scale."""
+    resolution mechanism, with a one-rung ladder at that scale. An image too large to code at an
+    upsampled scale (codec.MAX_UPSCALED_PIXELS: the codec codes it at full resolution instead) is
+    left out of that scale's points, which would otherwise be full resolution's under its name."""
     import copy
 
     from .metrics import psnr
@@ -324,6 +344,8 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
                 continue
             for lv in grid:
                 data, st = c.code(a, lv)
+                if st["scale"] != scale:
+                    break                                              # too large for this scale
                 rec = c.reconstruct(st, h, w)
                 acc = sums.setdefault((scale, lv), [0.0, 0.0, 0.0])
                 acc[0] += len(data) * 8 / (h * w)
@@ -335,9 +357,11 @@ def measure(codec, images: Sequence[np.ndarray], levels: Sequence[float] | None 
 def calibrate_codec(codec, images: Sequence[np.ndarray]) -> tuple[Ladder, dict]:
     """The ladder for a codec from calibration images, and the measured points behind it."""
     points = measure(codec, images)
-    if not all((s, float(lv)) in points for s in SCALES for lv in range(codec.levels)):
+    complete = [s for s in SCALES if all((s, float(lv)) in points for lv in range(codec.levels))]
+    if any(s >= 1 for s in SCALES if s not in complete):
         return Ladder.single(codec.levels), {}          # images too small to code at every scale
-    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels).anchored(points)
+    # an upsampled scale every image was too large for (MAX_UPSCALED_PIXELS) gets no rung
+    ladder = calibrate(lambda scale, lv: points[(scale, lv)], codec.levels, scales=complete).anchored(points)
     return ladder, {f"{scale_label(s)}:{lv:g}": [round(b, 4), round(p, 3)] for (s, lv), (b, p) in sorted(points.items())}
 
 

@@ -260,3 +260,18 @@ def test_speed_bench_crops_without_stretching(tmp_path):
 
     # the same spacing down and across (stretched, the columns' lines were 1.5 times as far apart)
     assert abs(spacing(out.mean(axis=1)) - spacing(out.mean(axis=0))) <= 2
+
+
+def test_the_shipped_manifest_records_the_shipped_results():
+    """`aecompress models` shows the manifest's `measured`: when bench/results/rd.json measured the
+    shipped package, the manifest holds that run's curve and BD-rates (a new ladder left the package
+    before's 0.04-2.12 bpp, 23.9-36.0 dB there)."""
+    from aecompress.package import find_package_dir, load_package
+
+    result = json.loads((ROOT / "bench" / "results" / "rd.json").read_text())
+    pkg = load_package(str(find_package_dir("photo")), "cpu", 1)
+    if not pkg.model_id.hex().startswith(result["model_id"]):
+        pytest.skip("bench/results/rd.json measured another package")
+    measured = pkg.manifest["measured"]
+    assert measured["points"] == [{k: round(v, 4) for k, v in p.items()} for p in result["curves"]["ours"]]
+    assert measured["bd_rate_psnr_vs"] == {c: v["psnr"] for c, v in result["bd_rate_vs"].items()}

@@ -200,7 +200,7 @@ def test_quality_slider_changes_the_result(qtbot, window, crops, shots):
     tab.quality_spin.setValue(95)
     r95 = wait_result(qtbot, tab, r12)
     # moving the slider never re-runs the full-resolution analysis; the other resolutions of the
-    # ladder (half for the low qualities, 4/3 for the high ones) are analysed once each, then reused
+    # ladder (half for the low qualities, 5/3 for the high ones) are analysed once each, then reused
     assert (96, 128, 3) not in calls and len(calls) == len(set(calls)) <= 2, calls
     assert len(r10.data) < len(r75.data) < len(r95.data)
     assert r10.psnr < r95.psnr

@@ -234,6 +234,32 @@ def test_position_of_a_level_outside_the_ladder_is_the_nearest_rung_end():
     assert lad.position(2, 3.0) == pytest.approx(3.0)
 
 
+def test_position_of_a_scale_without_a_rung_is_on_the_nearest_scale():
+    """A file of an earlier package coded at 4/3 (scale 3/4), read with today's ladder, which goes
+    from full resolution to 3/2 and 5/3: its quality is that of the nearest scale's rung (3/2), not
+    the bottom of the ladder (it was position 0, quality 1, for a file coded at -q 95)."""
+    lad = Ladder([Rung(2, 0.0, 3.0), Rung(1, 1.5, 4.0), Rung(2 / 3, 2.0, 5.3), Rung(3 / 5, 4.6, 8.0)])
+    assert lad.position(3 / 4, 3.0) == pytest.approx(lad.position(2 / 3, 3.0)) == pytest.approx(6.5)
+    assert lad.position(3 / 4, 8.0) == pytest.approx(lad.intervals()[2][1])     # the 3/2 rung's top
+    assert lad.position(4 / 3, 2.0) == pytest.approx(lad.position(1, 2.0))    # between 1/2 and full: full
+    assert Ladder([Rung(2, 0.0, 3.0), Rung(4 / 3, 1.0, 5.0)]).position(1, 6.0) == pytest.approx(7.0)
+    assert Ladder([Rung(1, 0.0, 3.0), Rung(2 / 3, 1.0, 5.0)]).position(2, 1.0) == pytest.approx(1.0)
+
+
+def test_info_of_a_file_of_the_package_before_at_4_3_gives_a_high_quality(tmp_path):
+    """The shipped package decodes files of the one before (id ccdd523b), whose top rung was 4/3;
+    `info` recomputes their quality from today's ladder, which has no 4/3 rung."""
+    from aecompress.compress import file_info
+
+    header = container.Header(bytes.fromhex("ccdd523b3a4bdc88"), 600, 400, 3, "RGB", 8, "hyperprior", 6.0,
+                              False, scale=3 / 4)
+    path = tmp_path / "old.aez"
+    path.write_bytes(container.pack(header, b"\0" * 10))
+    info = file_info(path)
+    assert info["model"] == "photo" and info["resolution"] == "4/3"
+    assert 75 < info["quality"] < 100
+
+
 def test_scales_are_exact_ratios():
     assert [scale_label(s) for s in container.SCALES] == ["1", "2", "4/3", "3/4", "2/3", "3/5"]
     assert [resolution_name(s) for s in container.SCALES] == ["full", "1/2", "3/4", "4/3", "3/2", "5/3"]
@@ -352,3 +378,76 @@ def test_an_image_too_large_for_the_top_rung_codes_at_the_finest_rung_that_fits(
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
     assert st["level"] == photo_codec.levels - 1
     assert lad.at_fitting(lo, lambda s: s != 3 / 5) == (2 / 3, pytest.approx(three_halves.hi))
+
+
+@pytest.fixture(scope="module")
+def no_full_rung(tmp_path_factory):
+    """A ladder without a full-resolution rung (calibrate gives one where 3/2 is cheaper than full
+    resolution at every PSNR above half resolution's)."""
+    return _variant(tmp_path_factory, "photo_no_full", [{"scale": 2, "lo": 0, "hi": 4}, {"scale": "2/3", "lo": 0, "hi": 7},
+                                                         {"scale": "3/5", "lo": 6, "hi": 8}])
+
+
+def test_a_ladder_without_a_full_rung_still_keeps_large_images_within_the_bound(no_full_rung, cat, monkeypatch):
+    """An image too large to code upsampled codes the upsampled rungs at full resolution (which
+    always fits) on the levels above the half rung's top, rising with the position; it coded them
+    upsampled whatever the bound when the ladder had no full rung."""
+    import aecompress.codec as codec_mod
+
+    lad = no_full_rung.ladder
+    lo = lad.intervals()[1][0]
+    a = no_full_rung.analyse(cat)
+    assert no_full_rung.code(a, lad.span)[1]["scale"] == 3 / 5
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)     # the cat itself fits, 3/2 of it not
+    sizes = []
+    for u in (lo + 0.01, (2 * lo + lad.span) / 3, lad.span):
+        data, st = no_full_rung.code(a, u)
+        assert st["scale"] == 1 and container.read_header(data).scale == 1
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and st["level"] == no_full_rung.levels - 1
+    assert no_full_rung.code(a, lo)[1]["scale"] == 2                      # the half rung: as before
+    # the mapping starts at the half rung's top level: full resolution codes a level at least as well
+    assert lad.at_most_full(lo + 1e-6) == (1, pytest.approx(4.0, abs=1e-3))
+    assert lad.at_most_full(lad.span) == (1, 8.0)
+
+
+def test_at_fitting_maps_a_run_of_rungs_that_do_not_fit_onto_the_rung_before_it():
+    """Only the run of rungs that do not fit moves; with a fitting rung after the run (a ladder
+    calibrate does not make), the run maps onto its own stretch of positions, not the ladder's rest."""
+    lad = Ladder([Rung(1, 0.0, 4.0), Rung(3 / 5, 2.0, 6.0), Rung(2 / 3, 5.0, 8.0)])
+    fits = lambda s: s != 3 / 5                                          # noqa: E731
+    assert lad.at_fitting(4.0, fits) == (1, 4.0)
+    assert lad.at_fitting(6.0, fits) == (1, pytest.approx(5.0))          # halfway along the 3/5 rung
+    assert lad.at_fitting(8.0, fits) == (1, pytest.approx(6.0))          # its end: its top level
+    assert lad.at_fitting(9.0, fits) == lad.at(9.0) == (2 / 3, 6.0)
+    # a run at the start of the ladder: full resolution on the run's levels
+    assert Ladder([Rung(3 / 5, 0.0, 4.0), Rung(1, 3.0, 8.0)]).at_fitting(2.0, fits) == (1, 2.0)
+
+
+def test_measure_leaves_out_images_too_large_for_an_upsampled_scale(photo_codec, cat, monkeypatch):
+    """calibrate_codec's points under an upsampled scale are that scale's: an image the codec would
+    code at full resolution instead (over MAX_UPSCALED_PIXELS there) counts at no upsampled scale."""
+    import aecompress.codec as codec_mod
+    from aecompress.ladder import measure
+
+    im = np.ascontiguousarray(cat[:96, :128])
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 96 * 128 * 2)   # 4/3 fits (2.0x), 3/2 and 5/3 not
+    points = measure(photo_codec, [im], levels=[4.0])
+    assert {s for s, _ in points} == {1, 4 / 3, 3 / 4}                  # 1/2 needs 128 pixels a side
+    full = points[(1, 4.0)]
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 10 ** 9)
+    again = measure(photo_codec, [im], levels=[4.0])
+    assert again[(1, 4.0)] == full and again[(2 / 3, 4.0)] != full and (3 / 5, 4.0) in again
+
+
+def test_calibration_on_images_too_large_for_an_upsampled_scale_leaves_that_scale_out(photo_codec, cat, monkeypatch):
+    """When every calibration image is too large for 3/2 and 5/3, the ladder is chosen among the
+    other scales (it fell back to a single full-resolution rung, as for images too small)."""
+    import aecompress.codec as codec_mod
+    from aecompress.ladder import calibrate_codec
+
+    im = np.ascontiguousarray(cat[:192, :256])
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 192 * 256 * 2)     # 4/3 of it fits, 3/2 not
+    ladder, points = calibrate_codec(photo_codec, [im])
+    assert len(ladder.rungs) > 1 and not {2 / 3, 3 / 5} & {r.scale for r in ladder.rungs}
+    assert not any(k.startswith(("2/3:", "3/5:")) for k in points) and "3/4:8" in points
