@@ -31,3 +31,13 @@ def test_seam_score_finds_seams_at_fractional_tile_borders():
     ramp = np.broadcast_to(np.arange(n, dtype=np.float32)[None, :, None] * 0.01, (4, n, 3))
     assert abs(large.seam_score(ramp, tile, grid) - 1.0) < 1e-3
     assert list(large._borders(768, 2000)) == [767, 1535]       # integer steps as before
+
+
+def test_importing_the_benchmark_leaves_pillows_limit_alone():
+    """bench/large.py set Image.MAX_IMAGE_PIXELS = None at import, so this file's import turned Pillow's
+    limit off for the rest of the test process (test_imageio's check of Pillow's own refusal failed)."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    _large()
+    assert Image.MAX_IMAGE_PIXELS == before
