@@ -358,6 +358,9 @@ class Codec:
         header = Header(self.pkg.model_id, a.width, a.height, self.channels, mode, bits, self.kind, level,
                         alpha_dropped, scale=scale)
         st.update(level=level, scale=scale, position=self.ladder.position(scale, level))
+        wanted = self.ladder.at(position)[0]
+        if wanted != scale:                     # too large to code at the rung's own resolution
+            st["instead_of"] = wanted
         return container.pack(header, payload), st
 
     # -- decoding -----------------------------------------------------------------------------

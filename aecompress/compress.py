@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import container
+from . import codec as codec_module
 from .codec import Analysis, Codec
 from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
@@ -226,12 +227,17 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
             # the latent is all the synthesis needs: the coded integers and the means (about
             # 200 MB on a 24-megapixel photo) and the analysis go before it runs
             y_hat = codec.latent_from_state(st)
-            st = {"position": st["position"], "scale": st["scale"]}
+            st = {"position": st["position"], "scale": st["scale"], "instead_of": st.get("instead_of")}
             del analysis
             recon = codec.render(y_hat, st["scale"], pic.height, pic.width, check)
             del y_hat
     if recon is None and reconstruct:
         recon = rebuild(st)
+    if st.get("instead_of") is not None:
+        # a 45-megapixel photo at -q 90: the quality reported is where that file sits on the ladder
+        notes.append(f"too large to code at {resolution_name(st['instead_of'])} resolution (over "
+                     f"{codec_module.MAX_UPSCALED_PIXELS / 1e6:g} million coded pixels): coded at "
+                     f"{resolution_name(st['scale'])} resolution instead")
     return Encoded(data, recon, pixels, st["position"], st["scale"], notes)
 
 

@@ -451,3 +451,22 @@ def test_calibration_on_images_too_large_for_an_upsampled_scale_leaves_that_scal
     ladder, points = calibrate_codec(photo_codec, [im])
     assert len(ladder.rungs) > 1 and not {2 / 3, 3 / 5} & {r.scale for r in ladder.rungs}
     assert not any(k.startswith(("2/3:", "3/5:")) for k in points) and "3/4:8" in points
+
+
+def test_encode_says_when_an_image_is_too_large_for_its_rung(photo_codec, cat, monkeypatch):
+    """`encode -q 100` of a photo too large to code at 5/3 codes at 3/2 and reports the quality that
+    file has on the ladder (below 100): a note says why, so a 45-megapixel photo's 'q 89' is not a
+    mystery; a photo that fits gets no such note, and the note survives the report's reconstruction."""
+    import aecompress.codec as codec_mod
+
+    pic = Picture(cat, "RGB")
+    fits = encode_picture(pic, photo_codec, quality=100)
+    assert fits.scale == 3 / 5 and not any("too large" in n for n in fits.notes)
+    monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 677 * 450)      # the cat at 3/2 fits, at 5/3 not
+    for reconstruct in (True, False):
+        enc = encode_picture(pic, photo_codec, quality=100, reconstruct=reconstruct)
+        assert enc.scale == 2 / 3
+        assert ("too large to code at 5/3 resolution (over 0.30465 million coded pixels): coded at 3/2 "
+                "resolution instead") in enc.notes
+    below = encode_picture(pic, photo_codec, quality=50)                 # a rung it fits: no note
+    assert not any("too large" in n for n in below.notes)
