@@ -54,7 +54,9 @@ def denoise(
     quality: Optional[int] = typer.Option(None, "-q", "--quality", min=1, max=100,
                                           help="Quality of lossy outputs (JPEG, lossy WebP, AVIF). Default: a JPEG keeps "
                                                "its own quantization tables (its quality), others 95."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of clean images with the same relative paths: report PSNR and SSIM."),
+    reference: Optional[Path] = typer.Option(None, "--reference",
+                                             help="Folder of clean images with the same relative paths (or the "
+                                                  "same names under another image extension): report PSNR and SSIM."),
     model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Denoiser model package name or folder (default: denoise)."),
     engine: str = typer.Option("local", "--engine", help="local or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --engine ray; default: start a local instance)."),
