@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def _borders(step: float, n: int) -> np.ndarray:
     """Indices into an n-long gradient of the borders every `step` pixels (not an integer when the
     image was coded at another resolution: at 5/3 a 1024-pixel tile is 614.4 pixels of the output,
@@ -142,7 +141,6 @@ def plot(result: dict, steps, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    Image.MAX_IMAGE_PIXELS = None      # the benchmark's own process only (importing it changed the importer's)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import run
 
