@@ -78,8 +78,23 @@ def coding_input(pic: Picture, codec: Codec) -> tuple[np.ndarray, list[str]]:
 
 
 def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool = True):
-    """Bisection for the highest (want_high) or lowest position where ok(position) holds (monotone)."""
-    best = None
+    """Bisection for the highest (want_high) or lowest position in [lo, hi] where ok(position)
+    holds (monotone): (position, ok's result), or None where it holds nowhere.
+
+    The segment's ends are tried first: a segment wholly inside or wholly outside the target (every
+    rung of the ladder but one, for most targets) costs one or two codings instead of `steps`. The
+    ends tried are one bisection step inside [lo, hi], the farthest the bisection itself reaches: a
+    position on the border of two rungs may code on either rung, as float rounding has it."""
+    step = (hi - lo) / 2 ** steps
+    lo, hi = lo + step, hi - step
+    near, far = (hi, lo) if want_high else (lo, hi)
+    res = ok(near)
+    if res is not None:
+        return near, res
+    res = ok(far)
+    if res is None:
+        return None
+    best = (far, res)
     for _ in range(steps):
         mid = (lo + hi) / 2
         res = ok(mid)
@@ -193,10 +208,9 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
 
         candidates = []
         for lo, hi in segments:
-            data, st, rec, ok = attempt(hi)
-            if ok:
-                found = _search(lo, hi, reaches, want_high=False)
-                candidates.append(found[1] if found else (data, st, rec))
+            found = _search(lo, hi, reaches, want_high=False)
+            if found is not None:
+                candidates.append(found[1])
         if candidates:
             data, st, recon = min(candidates, key=lambda c: len(c[0]))
             if refining:
@@ -448,14 +462,24 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
         pixels, header, codec = decode_bytes(data, pkg, device, threads, extra, hint=hint, cache=cache)
     except AecError as exc:
         raise type(exc)(f"{name}: {exc}") from None
+    notes = []
     if is_stdio(out):
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
         save_image(out, pixels, force=force, quality=quality)
+        if out.suffix.lower() == ".gif" and pixels.ndim == 3 and pixels.shape[2] >= 3 and too_many_colours(pixels):
+            notes.append("a GIF holds 256 colours at most: the picture was reduced to a 256-colour palette "
+                         "(.png keeps every colour)")
     return {"input": name, "output": STDOUT_NAME if is_stdio(out) else str(out),
             "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
-            "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider}
+            "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider, "_notes": notes}
+
+
+def too_many_colours(pixels: np.ndarray, limit: int = 256) -> bool:
+    """Whether an (H, W, 3) uint8 image has more than `limit` distinct colours."""
+    packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
+    return len(np.unique(packed)) > limit
 
 
 def open_codec(model: str | None, device: str = "auto", threads: int | None = None, refine: int = 0) -> Codec:

@@ -1291,3 +1291,29 @@ def test_control_characters_from_names_and_manifests_reach_no_terminal(tmp_path)
     r = subprocess.run([sys.executable, "-m", "aecompress", "models"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "AECOMPRESS_MODELS": str(models), "COLUMNS": "200"})
     assert r.returncode == 0 and "\x1b" not in r.stdout and "evil\\x1b[2J" in r.stdout, r.stdout
+
+
+def test_decode_to_gif_says_the_palette_took_colours(photo, tmp_path):
+    """A GIF holds 256 colours: decoding a photo to .gif says so (it used to pass in silence); a PNG
+    says nothing, and --json keeps its fields, the note going to standard error."""
+    assert run("encode", photo, "-q", "40").returncode == 0
+    aez = photo.with_suffix(".aez")
+    r = run("decode", aez, "-o", tmp_path / "cat.gif")
+    assert r.returncode == 0, r.stderr
+    assert "note: a GIF holds 256 colours at most" in r.stdout
+    with Image.open(tmp_path / "cat.gif") as im:
+        assert im.mode == "P" and im.size == (451, 300)
+    r = run("decode", aez, "-o", tmp_path / "back.png")
+    assert r.returncode == 0 and "note" not in r.stdout + r.stderr
+    r = run("decode", aez, "-o", tmp_path / "again.gif", "--json")
+    assert r.returncode == 0
+    assert set(json.loads(r.stdout)) == {"input", "output", "width", "height", "bpp", "model", "seconds", "provider"}
+    assert "note: " in r.stderr and "256 colours" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--bpp", "--psnr"])
+def test_rate_targets_of_zero_are_usage_errors_like_size_zero(photo, flag):
+    for value in ("0", "-1"):
+        r = run("encode", photo, flag, value)
+        assert r.returncode == 2 and "must be above 0" in r.stderr and "Traceback" not in r.stderr
+    assert not photo.with_suffix(".aez").exists()

@@ -100,7 +100,7 @@ def encode(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file (one input) or folder (several, "
                                          "or a name ending in /); - for standard output (the report goes to stderr)."),
     quality: Optional[float] = typer.Option(None, "-q", "--quality", min=1, max=100, help="Quality 1-100 (default 75)."),
-    bpp: Optional[float] = typer.Option(None, "--bpp", min=0, help="Target bits per pixel (largest file not above it)."),
+    bpp: Optional[float] = typer.Option(None, "--bpp", help="Target bits per pixel (largest file not above it)."),
     psnr: Optional[float] = typer.Option(None, "--psnr", help="Target PSNR in dB (smallest file reaching it)."),
     size: Optional[int] = typer.Option(None, "--size", min=1, help="Target file size in bytes."),
     model: Optional[str] = typer.Option(None, "-m", "--model", callback=nonempty_model, help="Model package name or folder (default: photo)."),
@@ -128,6 +128,9 @@ def encode(
     for flag, value in (("-q", quality), ("--bpp", bpp), ("--psnr", psnr)):
         if value is not None and not math.isfinite(value):
             raise bad_value(flag, f"must be a finite number, not {value}")
+    for flag, value in (("--bpp", bpp), ("--psnr", psnr)):
+        if value is not None and value <= 0:         # as --size 0: no file is that small
+            raise bad_value(flag, f"must be above 0, not {value:g}")
     check_skip(skip_existing, force)
     plan = plan_outputs(images, output, ".aez", is_image_name, "images")
     codec = open_codec(model, device, threads, refine)
@@ -195,10 +198,12 @@ def decode(
         if r is None:
             return None
         if as_json:
-            _print(to_json(r), out, plain=True)
+            _print(to_json({k: v for k, v in r.items() if not k.startswith("_")}), out, plain=True)
+            for n in r["_notes"]:           # the JSON object keeps its fields; notes as encode's
+                print(one_line(f"aecompress: note: {r['input']}: {n}"), file=sys.stderr, flush=True)
         elif not quiet:
-            _print(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, {r['seconds']:.2f} s, {r['provider']}",
-                   out)
+            _print(f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}, {r['seconds']:.2f} s, {r['provider']}"
+                   + "".join(f"\n  note: {n}" for n in r["_notes"]), out)
         return r
 
     run_many(plan, one, "decoding")
