@@ -302,13 +302,19 @@ class MainWindow(QMainWindow):
         """One image or .aez goes to its tab, several files (or any, on the Batch tab) to the batch queue."""
         paths = [Path(p) for p in paths]
         files = [p for p in paths if not p.is_dir()]
+        unreadable = []
         for d in (p for p in paths if p.is_dir()):      # a folder stands for its images and .aez files
-            files += sorted(x for x in d.iterdir() if x.is_file() and (
-                is_image_name(x) or (x.suffix.lower() == ".aez" and not x.name.startswith("."))))
+            try:
+                files += sorted(x for x in d.iterdir() if x.is_file() and (
+                    is_image_name(x) or (x.suffix.lower() == ".aez" and not x.name.startswith("."))))
+            except OSError as exc:                      # an unreadable folder fails alone, as in the CLI
+                unreadable.append(f"{d}: cannot read this folder ({exc.strerror or exc})")
         if not files:
-            self.show_error("nothing to open: drop image files or .aez files")
+            self.show_error(unreadable[0] if unreadable else "nothing to open: drop image files or .aez files")
             return
         self.banner.hide()
+        if unreadable:                                  # the files that could be read are opened all the same
+            self.show_error(unreadable[0])
         self.settings.set_folder("open", files[0])
         showing = self.tabs.currentWidget()
         if len(files) > 1 or showing is self.batch:

@@ -327,6 +327,28 @@ def test_a_damaged_file_is_named_by_its_name_on_every_tab(qtbot, window, crops, 
     fails(lambda: window.decompress.compare_with(SAMPLE), SAMPLE, " is 451")                # another size
 
 
+def test_an_unreadable_folder_dropped_is_a_message(qtbot, window, crops, tmp_path, monkeypatch):
+    """A folder the user may not list (no read permission) raised PermissionError out of the drop:
+    a traceback on standard error and nothing in the window. It is a one-line message now, as the
+    CLI's, and the files dropped with it are opened all the same."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    iterdir = Path.iterdir
+
+    def refuse(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    drop(window, [locked])
+    assert window.banner.text == f"{locked}: cannot read this folder (Permission denied)"
+    drop(window, [locked, crops[0], crops[1]])
+    assert "cannot read this folder" in window.banner.text
+    assert window.tabs.currentWidget() is window.batch
+    assert [it.path for it in window.batch.items] == [crops[0], crops[1]]
+
+
 def test_missing_model_is_a_message(qtbot, window, crops, tmp_path):
     window.add_model_folder(tmp_path)              # not a model package
     assert "not a model package" in window.banner.text
