@@ -25,7 +25,7 @@ from aecompress.compress import decode_file, encode_file, open_codec, output_for
 from aecompress.errors import AecError
 from aecompress.fsutil import first_writers
 
-from .compress_tab import IMAGE_FILTER
+from .compress_tab import IMAGE_FILTER, ratio_text
 from .runtime import APP_MODEL_HINT, Runtime
 from .settings import Settings
 from .workers import Cancelled, WorkQueue
@@ -513,7 +513,7 @@ class BatchTab(QWidget):
                             if codec is None:
                                 codec = open_codec(o["codec_key"], device, threads, o.get("refine", 0))
                             r = encode_file(src, out, codec, force=True, check=token.check, **_rate_arguments(o))
-                            msg = (f"{r['bpp']:.3f} bpp, {r['ratio_raw']:.1f}:1, PSNR {r['psnr']:.2f} dB, "
+                            msg = (f"{r['bpp']:.3f} bpp, {ratio_text(r['ratio_raw'])}:1, PSNR {r['psnr']:.2f} dB, "
                                    f"MS-SSIM {r['ms_ssim']:.4f}, {r['seconds']:.1f} s \u2192 {out.name}")
                         else:
                             r = decode_file(src, out, None, force=True, device=device, threads=threads,

@@ -57,6 +57,12 @@ def human_bytes(n: int) -> str:
     return f"{n / 1_000_000:.2f} MB"
 
 
+def ratio_text(x: float) -> str:
+    """A compression ratio, '41.5'; below 1 (a tiny image's file is larger than its pixels) with the
+    digits the CLI gives it, '0.032' (it read '0.0 : 1')."""
+    return f"{x:.{1 if x >= 1 else 3}f}"
+
+
 def size_text(n: int) -> str:
     """'5.3 kB (5,285 bytes)'; small sizes once: '50 bytes'."""
     return human_bytes(n) + (f" ({n:,} bytes)" if n >= 1000 else "")
@@ -381,10 +387,10 @@ class CompressTab(ImageTab):
         self.estimate.setText(f"{human_bytes(n)} \u00b7 {n * 8 / px:.3f} bpp")
         self.grid.set("size", size_text(n))
         self.grid.set("bpp", f"{n * 8 / px:.3f}")
-        ratio = f"{px * 3 / n:.1f} : 1 vs raw"
+        ratio = f"{ratio_text(px * 3 / n)} : 1 vs raw"
         fb = self.source.file_bytes
         if fb:
-            ratio += f"\n{fb / n:.1f} : 1 vs the {self.source.path.suffix.lstrip('.').upper() or 'input'} file"
+            ratio += f"\n{ratio_text(fb / n)} : 1 vs the {self.source.path.suffix.lstrip('.').upper() or 'input'} file"
         self.grid.set("ratio", ratio)
         self.grid.set("psnr", "\u221e (lossless)" if r.psnr == float("inf") else f"{r.psnr:.2f} dB")
         self.grid.set("msssim", f"{r.ms_ssim:.4f}" if r.ms_ssim is not None else "computing\u2026")

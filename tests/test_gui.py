@@ -186,6 +186,22 @@ def test_drop_image_compresses_and_reports(qtbot, window, cat_png, tmp_path, sho
     assert window.banner.text == ""
 
 
+def test_a_tiny_image_shows_its_compression_ratio(qtbot, window, tmp_path):
+    """A 1x1 image codes to a file larger than its 3 bytes of pixels: the Compress tab and the batch
+    queue said "0.0 : 1 vs raw" where `aecompress encode` says 0.032:1."""
+    p = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(p)
+    window.open_paths([p])
+    r = wait_result(qtbot, window.compress)
+    raw, vs_file = 3 / len(r.data), p.stat().st_size / len(r.data)
+    assert raw < 1 and vs_file < 1
+    assert window.compress.grid.text("ratio") == f"{raw:.3f} : 1 vs raw\n{vs_file:.3f} : 1 vs the PNG file"
+    window.batch.add_paths([p])
+    run_batch(qtbot, window.batch)
+    assert window.batch.items[0].status == DONE
+    assert f" bpp, {raw:.3f}:1, PSNR " in window.batch.items[0].message
+
+
 def test_quality_slider_changes_the_result(qtbot, window, crops, shots):
     tab = window.compress
     tab.open_path(crops[1])
