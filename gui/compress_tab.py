@@ -416,6 +416,12 @@ class CompressTab(ImageTab):
     def _failed(self, message: str) -> None:
         if self._stale:                       # what is on screen is not what the settings ask for
             self.result, self._stale = None, False
+            # nor are its numbers: the panel described a result that can no longer be saved
+            self.grid.clear()
+            self.notes.hide()
+            self.estimate.setText("")
+            self.panel.view.set_after(None)
+            self.panel.set_pair_controls(False)
         self._set_busy("")
         self.errorOccurred.emit(message)
         self._update_buttons()

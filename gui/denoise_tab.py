@@ -344,6 +344,11 @@ class DenoiseTab(ImageTab):
     def _failed(self, message: str) -> None:
         if self._stale:                       # what is on screen is not what the settings ask for
             self.result, self._stale = None, False
+            # nor are the denoised image and its numbers, which can no longer be saved
+            for key in ("noise", "time", "provider"):
+                self.grid.set(key, "\u2013")
+            self.panel.view.set_after(None)
+            self.panel.set_pair_controls(False)
         self.panel.view.set_busy("")
         self.errorOccurred.emit(message)
         self._update_buttons()

@@ -745,6 +745,36 @@ def test_cuda_not_available_is_a_message(qtbot, window, crops):
     assert window.provider.text() == "Provider: CPU" and "CPUExecutionProvider" in window.provider.toolTip()
 
 
+def test_a_result_that_fails_to_be_redone_leaves_no_numbers_behind(qtbot, window, crops):
+    """Switching to a device that fails (CUDA without its provider) dropped the result shown (Save
+    greyed) but the Compress tab kept its file size, bpp, PSNR and provider, and the Denoise tab its
+    denoised image and noise figures: numbers of a result that was gone, beside the error. Both
+    panels are cleared of it now; the image opened stays."""
+    from aecompress.session import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    window.open_paths([crops[0]])
+    wait_result(qtbot, window.compress)
+    window.tabs.setCurrentWidget(window.denoise)
+    window.open_paths([crops[1]])
+    wait_result(qtbot, window.denoise)
+    assert window.compress.grid.text("size") != "\u2013" and window.denoise.grid.text("time") != "\u2013"
+    window.device.setCurrentIndex(window.device.findData("cuda"))
+    qtbot.waitUntil(lambda: "CUDA" in window.banner.text and not window.work.busy, timeout=WAIT)
+    c, d = window.compress, window.denoise
+    assert c.result is None and d.result is None and not c.save_aez_btn.isEnabled() and not d.save_btn.isEnabled()
+    assert all(c.grid.text(k) == "\u2013" for k in ("size", "bpp", "psnr", "msssim", "provider"))
+    assert c.estimate.text() == "" and c.panel.view.after is None and c.panel.view.before is not None
+    assert all(d.grid.text(k) == "\u2013" for k in ("noise", "time", "provider"))
+    assert d.grid.text("dims").startswith("128 \u00d7 96")
+    assert d.panel.view.after is None and d.panel.view.before is not None and not d.panel.diff_btn.isEnabled()
+    window.device.setCurrentIndex(window.device.findData("cpu"))     # and back: both are redone
+    wait_result(qtbot, c)
+    wait_result(qtbot, d)
+    assert c.grid.text("size") != "\u2013" and d.panel.view.after is not None
+
+
 def test_many_qt_calls_do_not_exhaust_none(qtbot):
     """PySide6 6.12.0 on Python < 3.12 leaks a reference to None per void call (see gui/qtfix.py)."""
     import sys
