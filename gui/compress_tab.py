@@ -460,6 +460,9 @@ class CompressTab(ImageTab):
         return ""
 
     def _stopped_by_user(self, jobs: list, timers: list) -> None:
+        r = self.result
+        if r is not None and not self._stale and r.ms_ssim is None and any(j is self._enc_job for j in jobs):
+            self.grid.set("msssim", "not measured (stopped)")     # it said "computing…" for good
         self._stopped()                       # at once: a coding that never started has no cancelled callback
 
     def _stopped(self) -> None:

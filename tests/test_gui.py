@@ -1690,6 +1690,37 @@ def test_a_folder_of_a_thousand_files_drops_at_once(qtbot, window, tmp_path):
     assert took < 2.5, f"{took:.1f} s"          # 0.2 s here (it took 6 to 9 s, then 0.5 s with a bar per row)
 
 
+def test_escape_while_ms_ssim_is_measured_does_not_leave_it_computing(qtbot, window, crops, monkeypatch):
+    """Esc while the result's MS-SSIM was measured (measured last: seconds on a large photo) stopped
+    the measurement, but the Result panel said "computing…" for good. It says it was not measured;
+    the result itself stays current (Save works) and a new setting measures again."""
+    import gui.compress_tab as ct
+
+    gate, measuring = threading.Event(), threading.Event()
+    real = ct.ms_ssim
+
+    def slow(a, b, check=None):
+        measuring.set()
+        while not gate.wait(0.02):
+            check()
+        return real(a, b, check)
+
+    monkeypatch.setattr(ct, "ms_ssim", slow)
+    tab = window.compress
+    window.open_paths([crops[0]])
+    qtbot.waitUntil(lambda: measuring.is_set() and tab.result is not None, timeout=WAIT)
+    assert tab.grid.text("msssim") == "computing\u2026"
+    window.stop()                                # Esc
+    qtbot.waitUntil(lambda: not window.work.busy, timeout=WAIT)
+    assert tab.grid.text("msssim") == "not measured (stopped)"
+    assert tab.save_aez_btn.isEnabled() and tab.grid.text("psnr").endswith("dB")
+    gate.set()
+    tab.quality.setValue(40)
+    r = wait_result(qtbot, tab, tab.result)
+    qtbot.waitUntil(lambda: tab.result.ms_ssim is not None, timeout=WAIT)
+    assert tab.grid.text("msssim") == f"{tab.result.ms_ssim:.4f}" and r.rate == ("quality", 40.0)
+
+
 def test_a_coding_replaced_by_a_newer_one_does_not_say_stopped(qtbot, window, crops, tmp_path):
     """Moving the quality (or changing the model) while a coding ran cancelled it, and its end said
     "stopped: the result shown is the earlier one" (0.2 s to seconds, until the new result came) as
