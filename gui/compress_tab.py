@@ -189,7 +189,7 @@ class CompressTab(ImageTab):
         self.refine.setSuffix(" steps")
         self.refine.setValue(settings.refine)
         self.refine.setToolTip("Slower; smaller files at equal PSNR: optimise the latent for this image (encode --refine). "
-                               "50 steps: about 9 s a photo on 2 cores (bench/rd.py); files decode as usual.")
+                               "50 steps on 2 cores: about 9 s for a 500x500 photo at q 75, 20 s at q 95; files decode as usual.")
         self.refine.valueChanged.connect(self._rate_changed)
         self._refine_tip = self.refine.toolTip()
         side.add(group("Quality", self.rate_mode, self.rate_stack, self.refine, self.estimate))
