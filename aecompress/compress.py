@@ -132,7 +132,7 @@ def encode_picture(pic: Picture, codec: Codec, quality: float | None = None, tar
     targeted = (target_bpp, target_size, target_psnr) != (None, None, None)
 
     def run(position: float, refine: bool = not targeted):
-        # a target's search codes the image a dozen times, unrefined; its answer is refined after
+        # a target's search codes the image a dozen times or more, unrefined; its answer is refined after
         if check is not None:
             check()
         return codec.code(analysis, position, mode, bits, dropped, refine=steps if refine else 0, check=check)

@@ -114,8 +114,9 @@ def encode(
                                                       "that PSNR and MS-SSIM need)."),
     refine: int = typer.Option(0, "--refine", min=0, max=1000, metavar="STEPS",
                                help="Slower; smaller files at equal PSNR: optimise the latent for this image in STEPS "
-                                    "gradient steps (50 on 2 cores: about 9 s for a 500x500 photo at -q 75, 20 s at -q 95, "
-                                    "which codes it upsampled; under a second without). Files decode as usual."),
+                                    "gradient steps (50 on 2 cores: about 9 s for a 500x500 photo at -q 75, "
+                                    "20 s at -q 95, which codes it upsampled; under a second without). "
+                                    "Files decode as usual."),
 ) -> None:
     """Compress images into .aez files and report bpp, compression ratio, PSNR and MS-SSIM."""
     from ..compress import encode_file, open_codec, plan_outputs
