@@ -22,8 +22,8 @@ from .codec import Analysis, Codec
 from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
                      taken, write_stdout)
-from .imageio import (Picture, ico_smaller_sizes, image_bytes, read_image, save_image, srgb_conversion, to_channels8,
-                      to_rgb8, to_srgb)
+from .imageio import (Picture, ico_smaller_sizes, image_bytes, palette_note, read_image, save_image, srgb_conversion,
+                      to_channels8, to_rgb8, to_srgb)
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
 from .package import DEFAULT_CODEC, MODEL_HINT, ModelPackage, find_by_id, load_package
@@ -467,19 +467,13 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
         save_image(out, pixels, force=force, quality=quality)
-        if out.suffix.lower() == ".gif" and pixels.ndim == 3 and pixels.shape[2] >= 3 and too_many_colours(pixels):
-            notes.append("a GIF holds 256 colours at most: the picture was reduced to a 256-colour palette "
-                         "(.png keeps every colour)")
+        note = palette_note(out, pixels)
+        if note:
+            notes.append(note)
     return {"input": name, "output": STDOUT_NAME if is_stdio(out) else str(out),
             "width": header.width, "height": header.height,
             "bpp": len(data) * 8 / (header.width * header.height), "model": codec.pkg.name,
             "seconds": time.perf_counter() - t0, "provider": codec.pkg.provider, "_notes": notes}
-
-
-def too_many_colours(pixels: np.ndarray, limit: int = 256) -> bool:
-    """Whether an (H, W, 3) uint8 image has more than `limit` distinct colours."""
-    packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
-    return len(np.unique(packed)) > limit
 
 
 def open_codec(model: str | None, device: str = "auto", threads: int | None = None, refine: int = 0) -> Codec:

@@ -771,6 +771,17 @@ def format_named(path: str | Path, source: Path | None = None, source_format: st
     return fmt
 
 
+def palette_note(path: str | Path, pixels: np.ndarray) -> str | None:
+    """What writing a colour picture of more than 256 colours to a GIF does to it (Pillow reduces it
+    to a palette), or None: the note `decode` and the app give beside the saved file."""
+    if Path(path).suffix.lower() != ".gif" or pixels.ndim != 3 or pixels.shape[2] < 3:
+        return None
+    rgb = pixels[..., :3].astype(np.uint64)              # 8 or 16 bits a sample: one integer a colour
+    if len(np.unique((rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2])) <= 256:
+        return None
+    return "a GIF holds 256 colours at most: the picture was reduced to a 256-colour palette (.png keeps every colour)"
+
+
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
                exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
                quality: int | None = None, png_level: int = 1, source: dict | None = None) -> None:

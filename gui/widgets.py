@@ -275,6 +275,11 @@ def note_label(text: str = "", parent: QWidget | None = None) -> QLabel:
     return lab
 
 
+def saved_text(path: Path, note: str | None = None) -> str:
+    """The status line after a save, with what the format did to the picture (a GIF's palette)."""
+    return f"Saved {path}" + (f" \u2014 note: {note}" if note else "")
+
+
 def ask_save_path(parent: QWidget, settings: Settings, title: str, suggested: str, filters: str, suffix: str,
                   accept: tuple[str, ...] = ()) -> Path | None:
     """Ask where to save, starting with `suggested` in the folder last saved to; None when the user

@@ -279,9 +279,15 @@ def test_drop_aez_shows_image_and_header(qtbot, window, cat_png, tmp_path, shots
     qtbot.waitUntil(lambda: tab.panel.view.after is not None and not window.work.busy, timeout=WAIT)
     assert tab.metrics.text("psnr") == f"{rep['psnr']:.2f} dB"
     shots(window, "decompress")
+    said = []
+    tab.statusMessage.connect(said.append)
     out = tab.save_image(tmp_path / "decoded.png")
     qtbot.waitUntil(lambda: out.exists(), timeout=WAIT)
     assert np.asarray(Image.open(out)).shape == (300, 451, 3)
+    qtbot.waitUntil(lambda: f"Saved {out}" in said, timeout=WAIT)          # a PNG keeps every colour: no note
+    gif = tab.save_image(tmp_path / "decoded.gif")                         # a GIF's palette: said, as decode says it
+    qtbot.waitUntil(lambda: any(m.startswith(f"Saved {gif}") for m in said), timeout=WAIT)
+    assert "a GIF holds 256 colours at most" in said[-1] and Image.open(gif).mode == "P"
 
 
 @pytest.mark.parametrize("name,content,expect", [
