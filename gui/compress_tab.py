@@ -132,6 +132,7 @@ class CompressTab(ImageTab):
         self.result: Result | None = None
         self._stale = False           # the settings changed since `result` was made; a new one is on its way
         self._prep_job = None
+        self._prep_failed = False
         self._enc_job = None
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -257,8 +258,13 @@ class CompressTab(ImageTab):
             return Prepared(pic, codec, ref, analysis, notes, time.perf_counter() - t0)
 
         self._set_busy(f"Analysing {src.name}\u2026")
+        self._prep_failed = False
         self._prep_job = self.work.submit(job, name="analyse", progress=self._prep_progress, done=self._prepared,
-                                          error=self._failed, cancelled=lambda: None)
+                                          error=self._analysis_failed, cancelled=lambda: None)
+
+    def _analysis_failed(self, message: str) -> None:
+        self._prep_failed = True                # a change of quality or target tries the image again
+        self._failed(message)
 
     def _prep_progress(self, payload) -> None:
         if payload[0] == "picture":
@@ -299,8 +305,8 @@ class CompressTab(ImageTab):
             if self._enc_job is not None:     # its result would be for the value before
                 self._enc_job.cancel()
             self._debounce.start()
-        elif self.source is not None and self._prep_job is not None and self._prep_job.cancelled:
-            self.prepare()                    # its analysis was stopped (Esc): run it again
+        elif self.source is not None and self._prep_job is not None and (self._prep_job.cancelled or self._prep_failed):
+            self.prepare()                    # its analysis was stopped (Esc) or failed: run it again
 
     def rate(self) -> tuple[str, float]:
         i = self.rate_mode.currentIndex()

@@ -1829,3 +1829,28 @@ def test_thousands_of_rows_drop_paint_and_go_at_once(qtbot, window, tmp_path):
     tab.table.selectAll()
     tab.remove_selected()
     assert tab.items == [] and tab.table.rowCount() == 0
+
+
+def test_a_failed_analysis_is_tried_again_when_the_quality_moves(qtbot, window, crops, monkeypatch):
+    """When the analysis of an opened image failed (out of memory, say), moving the quality did
+    nothing until the image was opened again; it now runs the analysis again."""
+    from aecompress.codec import Codec
+    from aecompress.errors import AecError
+
+    real = Codec.analyse
+    calls = []
+
+    def analyse(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise AecError("not enough memory to analyse this image")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Codec, "analyse", analyse)
+    tab = window.compress
+    tab.open_path(crops[0])
+    qtbot.waitUntil(lambda: "not enough memory" in window.banner.text and not window.work.busy, timeout=WAIT)
+    assert tab.result is None and tab.prepared is None
+    tab.quality.setValue(tab.quality.value() - 10)
+    wait_result(qtbot, tab)
+    assert len(calls) == 2 and tab.save_aez_btn.isEnabled()
