@@ -697,3 +697,20 @@ def test_a_folder_that_cannot_take_the_outputs_fails_each_file_before_its_work(t
     assert (s.done, s.failed) == (0, 5) and len(calls) == 0
     assert all("permission denied" in r.error for r in s.results)
     assert files_under(tmp_path / "out") == set()
+
+
+def test_a_photo_denoised_into_a_gif_says_the_palette_took_colours(tmp_path, pkg_dir):
+    """`denoise photo.png -o photo.gif` reduces the picture to 256 colours: a note says so, as decode's
+    does; a GIF source keeps its own palette and gets none."""
+    from aecompress.batch import denoise_file
+    from aecompress.package import load_package
+
+    pkg = load_package(str(pkg_dir), "cpu", 1)
+    src = tmp_path / "photo.png"
+    Image.fromarray(noisy(smooth_image(40, 48), 20)).save(src)
+    info = denoise_file(src, tmp_path / "photo.gif", pkg)
+    assert any("a GIF holds 256 colours at most" in n for n in info.get("notes", []))
+    assert Image.open(tmp_path / "photo.gif").mode == "P"
+    info = denoise_file(tmp_path / "photo.gif", tmp_path / "again.gif", pkg)
+    assert not any("GIF" in n for n in info.get("notes", []))
+    assert "notes" not in denoise_file(src, tmp_path / "photo_out.png", pkg)
