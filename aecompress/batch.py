@@ -273,7 +273,7 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
     quality: of a lossy output (imageio.save_image; None: a JPEG's own tables, else 95)."""
     from .denoise import DEFAULT_TILE, denoise_array
     from .fsutil import check_folder_writable, check_writable
-    from .imageio import format_named, ico_smaller_sizes, palette_note, read_image, save_image
+    from .imageio import format_named, ico_smaller_sizes, read_image, save_image
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and os.path.realpath(src) == os.path.realpath(dst):
@@ -295,16 +295,14 @@ def denoise_file(src: Path, dst: Path, pkg, force: bool = False, tile: int | Non
         notes.append(f"an icon of {len(smaller) + 1} sizes: the largest, {pic.width}x{pic.height}, is denoised, and "
                      + (f"the smaller ones ({sizes}) are made again from it" if fmt == "ICO" else
                         f"the smaller ones ({sizes}) are not written"))
-    if pic.info.get("source_mode") != "P":      # a GIF's own palette goes back to it: nothing to say
-        note = palette_note(dst, out)
-        if note:
-            notes.append(note)
-    if notes:
-        info["notes"] = notes
     if cancel is not None and cancel():
         raise KeyboardInterrupt
-    save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,
-               format=format_named(dst, src, pic.format), source=pic.info, quality=quality)
+    note = save_image(dst, out, force=force, mode=pic.mode, exif=pic.exif, icc=pic.icc,
+                      format=format_named(dst, src, pic.format), source=pic.info, quality=quality)
+    if note:
+        notes.append(note)
+    if notes:
+        info["notes"] = notes
     if ref is not None:
         try:
             info.update(reference_metrics(out, pic.pixels, ref))

@@ -22,7 +22,7 @@ from .codec import Analysis, Codec
 from .errors import AecError, ModelError, OutputExists
 from .fsutil import (STDIO, STDOUT_ALIASES, first_writers, is_stdio, read_stdin, refuse_device, write_bytes_atomic,
                      taken, write_stdout)
-from .imageio import (Picture, ico_smaller_sizes, image_bytes, palette_note, read_image, save_image, srgb_conversion,
+from .imageio import (Picture, ico_smaller_sizes, image_bytes, read_image, save_image, srgb_conversion,
                       to_channels8, to_rgb8, to_srgb)
 from .ladder import resolution_name
 from .metrics import ms_ssim, psnr
@@ -94,7 +94,12 @@ def _search(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool
     res = ok(far)
     if res is None:
         return None
-    best = (far, res)
+    return _bisect(lo, hi, ok, steps, want_high, best=(far, res))
+
+
+def _bisect(lo: float, hi: float, ok, steps: int = SEARCH_STEPS, want_high: bool = True, best=None):
+    """`steps` halvings of [lo, hi] towards the border where ok(position) stops (want_high) or starts
+    holding: the last (position, result) where it held, else `best`."""
     for _ in range(steps):
         mid = (lo + hi) / 2
         res = ok(mid)
@@ -466,8 +471,7 @@ def decode_file(inp: Path, out: Path, pkg: ModelPackage | None = None, force: bo
     if is_stdio(out):
         write_stdout(image_bytes(pixels))           # PNG: there is no extension to name another format
     else:
-        save_image(out, pixels, force=force, quality=quality)
-        note = palette_note(out, pixels)
+        note = save_image(out, pixels, force=force, quality=quality)
         if note:
             notes.append(note)
     return {"input": name, "output": STDOUT_NAME if is_stdio(out) else str(out),

@@ -771,10 +771,9 @@ def format_named(path: str | Path, source: Path | None = None, source_format: st
     return fmt
 
 
-def palette_note(path: str | Path, pixels: np.ndarray) -> str | None:
-    """What writing a colour picture of more than 256 colours to a GIF does to it (Pillow reduces it
-    to a palette), or None: the note `decode` and the app give beside the saved file."""
-    if Path(path).suffix.lower() != ".gif" or pixels.ndim != 3 or pixels.shape[2] < 3:
+def _palette_note(pixels: np.ndarray) -> str | None:
+    """What a GIF's palette does to a colour picture of more than 256 colours, or None."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
         return None
     rgb = pixels[..., :3].astype(np.uint64)              # 8 or 16 bits a sample: one integer a colour
     if len(np.unique((rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2])) <= 256:
@@ -784,8 +783,10 @@ def palette_note(path: str | Path, pixels: np.ndarray) -> str | None:
 
 def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: str | None = None,
                exif: bytes | None = None, icc: bytes | None = None, format: str | None = None,
-               quality: int | None = None, png_level: int = 1, source: dict | None = None) -> None:
-    """Write pixels atomically in the format the extension (or `format`) names.
+               quality: int | None = None, png_level: int = 1, source: dict | None = None) -> str | None:
+    """Write pixels atomically in the format the extension (or `format`) names. Returns a note on
+    what the format did to the picture, or None: a photo written to a GIF lost colours to its
+    palette (a palette source's own palette goes back to it, with nothing to say).
 
     quality: of a lossy format (JPEG, lossy WebP, AVIF, JPEG-in-TIFF); None: a JPEG source's own
     quantization tables for a JPEG, else DEFAULT_QUALITY. A lossless source stays lossless.
@@ -818,6 +819,9 @@ def save_image(path: str | Path, pixels: np.ndarray, force: bool = False, mode: 
     # writer: Pillow's JPEG encoder, writing to a file on a full disk, can return normally with the
     # file cut short (seen with Pillow 13)
     write_bytes_atomic(path, buf.getbuffer(), force)
+    if fmt == "GIF" and (source or {}).get("source_mode") != "P":
+        return _palette_note(pixels)
+    return None
 
 
 def _encoded(pixels: np.ndarray, format: str, mode: str | None, quality: int | None, png_level: int,

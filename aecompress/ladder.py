@@ -174,10 +174,6 @@ class Ladder:
         k, level = self._rung_at(u)
         return self.rungs[k].scale, level
 
-    def at_most_full(self, u: float) -> tuple[float, float]:
-        """at(u), but never finer than full resolution (at_fitting with only full and coarser scales)."""
-        return self.at_fitting(u, lambda scale: scale >= 1)
-
     def at_fitting(self, u: float, fits: Callable[[float], bool]) -> tuple[float, float]:
         """at(u), for an image too large to code at some scales finer than full resolution (fits(scale):
         whether it may; full resolution and coarser scales always do). A position on a rung that does

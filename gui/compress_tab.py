@@ -23,7 +23,7 @@ from aecompress.compress import encode_picture, in_mode, output_for
 # the same conversion encode_picture applies before coding (alpha, 16-bit, greyscale models)
 from aecompress.compress import coding_input
 from aecompress.fsutil import write_bytes_atomic
-from aecompress.imageio import IMAGE_SUFFIXES, Picture, palette_note, read_image, save_image, to_rgb8, to_srgb
+from aecompress.imageio import IMAGE_SUFFIXES, Picture, read_image, save_image, to_rgb8, to_srgb
 from aecompress.ladder import resolution_name
 from aecompress.metrics import ms_ssim, psnr
 
@@ -524,7 +524,7 @@ class CompressTab(ImageTab):
             path = path.with_suffix(".png")
         mode = self.prepared.picture.mode if self.prepared is not None else "RGB"
         recon = in_mode(self.result.recon, mode)                # as `aecompress decode` writes it
-        self.saves.submit(lambda token, emit: save_image(path, recon, force=True) or palette_note(path, recon),
+        self.saves.submit(lambda token, emit: save_image(path, recon, force=True),
                           name="save", done=lambda note: self.statusMessage.emit(saved_text(path, note)),
                           error=self.errorOccurred.emit)
         return path

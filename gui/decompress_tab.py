@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QFileDialog, QPushButton, QWidget
 
 from aecompress.compress import decode_bytes, file_info
 from aecompress.errors import AecError, UnknownModelError
-from aecompress.imageio import palette_note, read_image, save_image, to_channels8, to_rgb8, to_srgb
+from aecompress.imageio import read_image, save_image, to_channels8, to_rgb8, to_srgb
 from aecompress.metrics import ms_ssim, psnr
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
@@ -222,7 +222,7 @@ class DecompressTab(ImageTab):
         if not path.suffix:
             path = path.with_suffix(".png")
         pixels = self.decoded.pixels
-        self.saves.submit(lambda token, emit: save_image(path, pixels, force=True) or palette_note(path, pixels),
+        self.saves.submit(lambda token, emit: save_image(path, pixels, force=True),
                           name="save", done=lambda note: self.statusMessage.emit(saved_text(path, note)),
                           error=self.errorOccurred.emit)
         return path

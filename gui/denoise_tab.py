@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QPushButton, QSlider, QSpinBox, QWidget
 
-from aecompress.imageio import Picture, palette_note, save_image, to_rgb8, to_srgb
+from aecompress.imageio import Picture, save_image, to_rgb8, to_srgb
 
 from .compare import ComparePanel, difference_image, pyramid, to_qimage
 from .compress_tab import IMAGE_FILTER, SAVE_EXTENSIONS, Source, load_source
@@ -391,7 +391,7 @@ class DenoiseTab(ImageTab):
             path = path.with_suffix(".png")
         pic, shown = r.picture, r.shown
         self.saves.submit(lambda token, emit: save_image(path, shown, force=True, mode=pic.mode, exif=pic.exif,
-                                                         icc=pic.icc, source=pic.info) or palette_note(path, shown),
+                                                         icc=pic.icc, source=pic.info),
                           name="save", done=lambda note: self.statusMessage.emit(saved_text(path, note)),
                           error=self.errorOccurred.emit)
         return path

@@ -190,6 +190,11 @@ def full_only(tmp_path_factory):
     return _variant(tmp_path_factory, "photo_full", None)
 
 
+def _at_most_full(lad: Ladder, u: float) -> tuple[float, float]:
+    """The ladder's answer for an image too large to code at any scale finer than full resolution."""
+    return lad.at_fitting(u, lambda scale: scale >= 1)
+
+
 def test_shipped_codec_has_a_half_resolution_rung(photo_codec):
     # half resolution at the bottom, 3/2 and then 5/3 at the top, where full resolution saturates
     assert [r.scale for r in photo_codec.ladder.rungs] == [2, 4 / 3, 1, 2 / 3, 3 / 5]
@@ -328,9 +333,9 @@ def test_an_image_too_large_to_code_upsampled_codes_at_full_resolution(photo_cod
     full = [r for r in lad.rungs if r.scale == 1][-1]
     last_full = max(k for k, r in enumerate(lad.rungs) if r.scale == 1)
     lo, hi = lad.intervals()[last_full][1], lad.span             # the rungs above full resolution
-    assert lad.at_most_full(hi) == (1, photo_codec.levels - 1)
-    assert lad.at_most_full(lo)[1] == pytest.approx(full.hi)
-    assert lad.at_most_full(lo / 2) == lad.at(lo / 2)                 # below the top rung: as at()
+    assert _at_most_full(lad, hi) == (1, photo_codec.levels - 1)
+    assert _at_most_full(lad, lo)[1] == pytest.approx(full.hi)
+    assert _at_most_full(lad, lo / 2) == lad.at(lo / 2)                 # below the top rung: as at()
     a = photo_codec.analyse(cat)
     assert photo_codec.code(a, hi)[1]["scale"] == 3 / 5
     monkeypatch.setattr(codec_mod, "MAX_UPSCALED_PIXELS", 451 * 300)    # the cat itself fits, 3/2 of it not
@@ -343,19 +348,19 @@ def test_an_image_too_large_to_code_upsampled_codes_at_full_resolution(photo_cod
 
 
 def test_too_large_to_upsample_maps_every_rung_above_full_onto_full_levels_in_order():
-    """With two rungs above full resolution (3/2 and 5/3), at_most_full maps the whole stretch after
+    """With two rungs above full resolution (3/2 and 5/3), at_fitting with only full and coarser scales maps the whole stretch after
     the full rung linearly onto the full levels above its top: rising with the position, from the
     full rung's top to the highest level, never back down where the second rung starts (each rung
     mapped on its own went from its start to the top twice)."""
     lad = Ladder([Rung(2, 0.0, 3.0), Rung(1, 1.5, 4.0), Rung(2 / 3, 2.0, 5.3), Rung(3 / 5, 4.6, 8.0)])
     start = lad.intervals()[1][1]
     us = np.linspace(start, lad.span, 41)
-    mapped = [lad.at_most_full(u) for u in us]
+    mapped = [_at_most_full(lad, u) for u in us]
     assert all(s == 1 for s, _ in mapped)
     levels = [lv for _, lv in mapped]
     assert levels[0] == pytest.approx(4.0) and levels[-1] == pytest.approx(8.0)
     assert all(b > a for a, b in zip(levels, levels[1:]))
-    assert lad.at_most_full(start / 2) == lad.at(start / 2)          # below: as at()
+    assert _at_most_full(lad, start / 2) == lad.at(start / 2)          # below: as at()
 
 
 def test_an_image_too_large_for_the_top_rung_codes_at_the_finest_rung_that_fits(photo_codec, cat, monkeypatch):
@@ -407,8 +412,8 @@ def test_a_ladder_without_a_full_rung_still_keeps_large_images_within_the_bound(
     assert sizes == sorted(sizes) and st["level"] == no_full_rung.levels - 1
     assert no_full_rung.code(a, lo)[1]["scale"] == 2                      # the half rung: as before
     # the mapping starts at the half rung's top level: full resolution codes a level at least as well
-    assert lad.at_most_full(lo + 1e-6) == (1, pytest.approx(4.0, abs=1e-3))
-    assert lad.at_most_full(lad.span) == (1, 8.0)
+    assert _at_most_full(lad, lo + 1e-6) == (1, pytest.approx(4.0, abs=1e-3))
+    assert _at_most_full(lad, lad.span) == (1, 8.0)
 
 
 def test_at_fitting_maps_a_run_of_rungs_that_do_not_fit_onto_the_rung_before_it():
@@ -472,20 +477,6 @@ def test_encode_says_when_an_image_is_too_large_for_its_rung(photo_codec, cat, m
     assert not any("too large" in n for n in below.notes)
 
 
-def _plain_bisection(lo, hi, ok, steps=compress_module.SEARCH_STEPS, want_high=True):
-    """The search as it was: `steps` codings on every rung, whatever the target."""
-    best = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        res = ok(mid)
-        if res is not None:
-            best = (mid, res)
-            lo, hi = (mid, hi) if want_high else (lo, mid)
-        else:
-            lo, hi = (lo, mid) if want_high else (mid, hi)
-    return best
-
-
 @pytest.mark.parametrize("target", [{"target_size": 4000}, {"target_bpp": 0.01}, {"target_psnr": 30.0},
                                     {"target_psnr": 0.0}])
 def test_targets_find_what_a_full_bisection_finds_in_a_few_codings(photo_codec, cat, monkeypatch, target):
@@ -499,7 +490,8 @@ def test_targets_find_what_a_full_bisection_finds_in_a_few_codings(photo_codec, 
     monkeypatch.setattr(photo_codec, "code", lambda *a, **k: calls.append(a[1]) or code(*a, **k))
     fast = encode_picture(pic, photo_codec, analysis=analysis, **target)
     n_fast = len(calls)
-    monkeypatch.setattr(compress_module, "_search", _plain_bisection)
+    # the search as it was: `steps` halvings of every rung, whatever the target
+    monkeypatch.setattr(compress_module, "_search", compress_module._bisect)
     calls.clear()
     full = encode_picture(pic, photo_codec, analysis=analysis, **target)
     rungs = len(photo_codec.ladder.rungs)
